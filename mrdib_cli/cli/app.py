@@ -1,0 +1,107 @@
+"""The ``mrdib`` Typer application: global options, command discovery, error rendering.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input or model/data unavailable offline,
+4 protocol mismatch refused.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+try:  # typer >= 0.20 vendors click as typer._click
+    from typer._click import exceptions as cx
+except ImportError:  # pragma: no cover - older typer
+    from click import exceptions as cx
+
+from mrdib_cli import __version__
+from mrdib_cli.cli.common import Globals, err, set_globals
+from mrdib_cli.errors import EXIT_RUNTIME, EXIT_USAGE, MrdibError
+from mrdib_cli.workspace import Workspace
+
+app = typer.Typer(
+    name="mrdib",
+    help="Multimodal recommendation from raw Amazon reviews to evaluated models, with MRdIB.\n\n"
+         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input/offline, 4 protocol mismatch.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_NOT_COMMANDS = {"app", "common"}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mrdib {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", envvar="MRDIB_HOME",
+                                           help="Working directory for data, features, graphs and runs "
+                                                "[default: ./mrdib-data]."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print results; no progress."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug output."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    set_globals(Globals(workspace=Workspace(workdir), quiet=quiet, verbose=verbose))
+
+
+def _load_commands() -> None:
+    """Import every ``mrdib_cli.cli.<module>`` that defines ``register(app)``."""
+    import mrdib_cli.cli as pkg
+
+    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if mod.name in _NOT_COMMANDS or mod.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"mrdib_cli.cli.{mod.name}")
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+_load_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn user errors into one line and an exit code."""
+    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    try:
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except MrdibError as e:
+        if verbose:
+            err.print_exception()
+        err.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("[red]error:[/red] interrupted")
+        sys.exit(130)
+    except cx.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # help was already printed
+            sys.exit(0)
+        err.print(f"[red]error:[/red] {e.format_message()}", highlight=False)
+        sys.exit(EXIT_USAGE if isinstance(e, cx.UsageError) else e.exit_code)
+    except KeyboardInterrupt:
+        err.print("[red]error:[/red] interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except SystemExit:
+        raise
+    except Exception as e:  # a bug: keep the traceback available
+        if verbose:
+            raise
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+                  highlight=False)
+        sys.exit(EXIT_RUNTIME)

@@ -1,0 +1,91 @@
+"""Shared CLI plumbing: global options, consoles, progress bars, option panels."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                           TimeElapsedColumn, TimeRemainingColumn)
+
+from mrdib_cli.workspace import Workspace
+
+# Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+# Option panels in --help, shared by all commands.
+PANEL_DATA = "Data"
+PANEL_MODEL = "Model"
+PANEL_EVAL = "Evaluation"
+PANEL_RUNTIME = "Runtime"
+
+
+@dataclass
+class Globals:
+    workspace: Workspace
+    quiet: bool = False
+    verbose: bool = False
+
+
+_GLOBALS: Globals | None = None
+
+
+def set_globals(g: Globals) -> None:
+    global _GLOBALS
+    _GLOBALS = g
+
+
+def globals_() -> Globals:
+    """The global options of this invocation (workdir, quiet, verbose)."""
+    if _GLOBALS is None:  # library use without the CLI callback
+        return Globals(workspace=Workspace())
+    return _GLOBALS
+
+
+def ws() -> Workspace:
+    return globals_().workspace
+
+
+def info(msg: str) -> None:
+    """A status line on stderr, silenced by --quiet."""
+    if not globals_().quiet:
+        err.print(msg)
+
+
+def warn(msg: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {msg}")
+
+
+def progress_enabled() -> bool:
+    return not globals_().quiet and os.environ.get("MRDIB_NO_PROGRESS") != "1"
+
+
+def make_progress(transient: bool = True) -> Progress:
+    """A Rich progress bar on stderr; disabled with --quiet or MRDIB_NO_PROGRESS=1."""
+    return Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err, transient=transient, disable=not progress_enabled())
+
+
+@contextmanager
+def status(msg: str) -> Iterator[None]:
+    if progress_enabled():
+        with err.status(msg):
+            yield
+    else:
+        yield
+
+
+DeviceOption = typer.Option("auto", "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
+                            help="auto|cpu|cuda[:N]")
+SeedOption = typer.Option(999, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
+                          help="Random seed (MMRec's default 999).")
+DatasetOption = typer.Option(None, "--dataset", "-d", rich_help_panel=PANEL_DATA,
+                             help="Dataset name (default: the active dataset).")
+ForceOption = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
+                           help="Recompute even when the cached result is up to date.")

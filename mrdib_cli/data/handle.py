@@ -1,0 +1,115 @@
+"""The dataset handle: the one way every consumer reads a prepared dataset.
+
+A prepared dataset is a folder with ``interactions.parquet`` (user_idx, item_idx, rating, timestamp,
+split), ``items.parquet``, ``users.parquet``, ``dataset.json`` (the dataset card) and optional
+``features/*.parquet``. Consumers never open those files directly: they ask the handle for interaction
+pairs or sparse matrices by split, and for feature matrices by modality, so the on-disk format can evolve
+in one place.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from mrdib_cli.errors import DataError, MissingInputError
+from mrdib_cli.features.store import FeatureTable, read_feature_table, select_table
+from mrdib_cli.workspace import Workspace, file_digest, read_json
+
+SPLITS = ("train", "valid", "test")
+INTERACTIONS = "interactions.parquet"
+ITEMS = "items.parquet"
+USERS = "users.parquet"
+CARD = "dataset.json"
+
+
+class DatasetHandle:
+    """Paths, counts, interactions by split and lazily loaded features of one prepared dataset."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        if not (self.dir / CARD).exists():
+            raise MissingInputError(f"no prepared dataset in {self.dir} (dataset.json missing)")
+        self.card: dict[str, Any] = read_json(self.dir / CARD)
+        self.name: str = self.card.get("name", self.dir.name)
+        self.n_users: int = int(self.card["n_users"])
+        self.n_items: int = int(self.card["n_items"])
+        self._features: dict[tuple[str, str | None], FeatureTable] = {}
+
+    @classmethod
+    def open(cls, workspace: Workspace, name: str | None = None) -> DatasetHandle:
+        """Open ``name`` (or the active dataset) in a workspace."""
+        return cls(workspace.dataset_dir(workspace.resolve_dataset(name)))
+
+    # interactions ---------------------------------------------------------------------------
+    @cached_property
+    def interactions(self) -> pl.DataFrame:
+        path = self.dir / INTERACTIONS
+        try:
+            df = pl.read_parquet(path)
+        except Exception as e:  # polars raises several error types for corrupt files
+            raise DataError(f"cannot read {path} ({type(e).__name__}); re-run prepare/import") from None
+        if df.height and (df["user_idx"].max() >= self.n_users or df["item_idx"].max() >= self.n_items):
+            raise DataError(f"{path}: indices exceed the counts in dataset.json; re-run prepare/import")
+        return df
+
+    @cached_property
+    def digest(self) -> str:
+        """Content digest of the interactions (with split): the dataset part of protocol fingerprints."""
+        return file_digest(self.dir / INTERACTIONS)
+
+    def pairs(self, split: str | Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(users, items) int64 arrays of the interactions in ``split`` (one name or several)."""
+        splits = [split] if isinstance(split, str) else list(split)
+        df = self.interactions.filter(pl.col("split").is_in(splits))
+        return (df["user_idx"].to_numpy().astype(np.int64), df["item_idx"].to_numpy().astype(np.int64))
+
+    def csr(self, split: str | Iterable[str]) -> sp.csr_matrix:
+        """Binary user x item CSR matrix of ``split`` (duplicate pairs collapse to 1)."""
+        u, i = self.pairs(split)
+        m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(self.n_users, self.n_items))
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        return m
+
+    def split_sizes(self) -> dict[str, int]:
+        counts = self.interactions.group_by("split").len()
+        got = dict(zip(counts["split"].to_list(), counts["len"].to_list()))
+        return {s: int(got.get(s, 0)) for s in SPLITS}
+
+    @cached_property
+    def items(self) -> pl.DataFrame:
+        p = self.dir / ITEMS
+        return pl.read_parquet(p) if p.exists() else pl.DataFrame({"item_idx": np.arange(self.n_items)})
+
+    @cached_property
+    def users(self) -> pl.DataFrame:
+        p = self.dir / USERS
+        return pl.read_parquet(p) if p.exists() else pl.DataFrame({"user_idx": np.arange(self.n_users)})
+
+    # features -------------------------------------------------------------------------------
+    def feature_path(self, modality: str, name: str | None = None) -> Path | None:
+        return select_table(self.dir, modality, name)
+
+    def features(self, modality: str, name: str | None = None) -> FeatureTable:
+        """The feature table of ``modality`` (``name`` or the newest), validated against this dataset."""
+        key = (modality, name)
+        if key not in self._features:
+            path = self.feature_path(modality, name)
+            if path is None:
+                raise MissingInputError(
+                    f"dataset '{self.name}' has no {modality} features; run 'mrdib extract-features' "
+                    "or import a dataset that has them")
+            self._features[key] = read_feature_table(path, n_items=self.n_items)
+        return self._features[key]
+
+    def has_features(self, modality: str) -> bool:
+        return self.feature_path(modality) is not None
+
+    def __repr__(self) -> str:
+        return f"DatasetHandle({self.name!r}, users={self.n_users}, items={self.n_items})"

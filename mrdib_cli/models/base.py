@@ -1,0 +1,174 @@
+"""The Backbone interface and the backbone registry.
+
+Every backbone (LightGCN, VBPR, LGMRec, FREEDOM, ...) subclasses :class:`Backbone`, registers itself with
+``@register("name")`` and implements three methods. The trainer only ever calls these, sums the named loss
+terms and logs each one; evaluation only needs the final user/item embeddings. Plug-in objectives such as
+MRdIB attach through :meth:`Backbone.modality_hook`, never through backbone-specific code.
+
+    propagate()            full-graph forward -> Embeddings(user [U,d], item [I,d], views {...})
+    loss(batch, emb)       -> {"bpr": ..., "reg": ..., ...} (named, already weighted by the backbone's own
+                              hyper-parameters; the trainer adds plug-in terms and sums)
+    embeddings_for_eval()  deterministic (no dropout / sampling) user and item embeddings for ranking
+
+Hook points: wherever a per-modality, item-level representation h_m [n_items, d_m] is formed before
+fusion, a backbone writes ``h = self.modality_hook("image", h)``. Without plug-ins this is the identity.
+A backbone that exposes a modality-specific *user* representation for modality m puts it in
+``Embeddings.views["user_<m>"]`` so that per-modality objectives can score with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from mrdib_cli.errors import UsageError
+
+HookFn = Callable[[str, Tensor], Tensor]
+
+
+@dataclass
+class Embeddings:
+    """Output of a full-graph forward pass."""
+
+    user: Tensor  # [n_users, d]
+    item: Tensor  # [n_items, d]
+    views: dict[str, Tensor] = field(default_factory=dict)  # named extra views, e.g. "user_image"
+
+
+@dataclass
+class Batch:
+    """A training batch of (user, positive item[, negative item]) index triples."""
+
+    users: Tensor  # [B] int64
+    pos: Tensor  # [B] int64
+    neg: Tensor | None = None  # [B] int64; None for backbones trained without negatives (BM3)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(self.users.to(device), self.pos.to(device),
+                     None if self.neg is None else self.neg.to(device))
+
+
+class Backbone(nn.Module):
+    """Base class of every recommender backbone. See the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    #: modalities the backbone consumes, e.g. ("image", "text"); () for ID-only models
+    modalities: ClassVar[tuple[str, ...]] = ()
+    #: which modalities are required (a subset of ``modalities``); the rest are used when present
+    required_modalities: ClassVar[tuple[str, ...]] = ()
+    #: "bpr" (one sampled negative per positive) or "pairs" (no negatives, e.g. BM3)
+    training_mode: ClassVar[str] = "bpr"
+    #: hyper-parameter defaults (MMRec's, Baby where per-dataset)
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: per-dataset overrides of ``defaults`` keyed by dataset name (e.g. LGMRec's Sports/Clothing)
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: names of the modality hook points this backbone calls (default: its modalities)
+    hook_points: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._hooks: dict[str, HookFn] = {}
+
+    # hooks ----------------------------------------------------------------------------------
+    def modality_hook(self, name: str, h: Tensor) -> Tensor:
+        """Pass a per-modality item representation through the installed plug-in (identity if none)."""
+        fn = self._hooks.get(name)
+        return h if fn is None else fn(name, h)
+
+    def install_hook(self, name: str, fn: HookFn) -> None:
+        if name not in self.get_hook_points():
+            raise UsageError(f"backbone '{self.name}' has no modality hook point '{name}' "
+                             f"(it has: {', '.join(self.get_hook_points()) or 'none'})")
+        self._hooks[name] = fn
+
+    @classmethod
+    def get_hook_points(cls) -> tuple[str, ...]:
+        return cls.hook_points or cls.modalities
+
+    # training lifecycle -----------------------------------------------------------------------
+    def pre_epoch(self, epoch: int, generator: torch.Generator) -> None:
+        """Called before each training epoch (e.g. FREEDOM resamples its pruned graph)."""
+
+    def propagate(self) -> Embeddings:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def embeddings_for_eval(self) -> tuple[Tensor, Tensor]:
+        """Deterministic user and item embeddings; score(u, i) = <user[u], item[i]>."""
+        was = self.training
+        self.eval()
+        try:
+            emb = self.propagate()
+        finally:
+            self.train(was)
+        return emb.user, emb.item
+
+
+_REGISTRY: dict[str, type[Backbone]] = {}
+
+
+def register(name: str) -> Callable[[type[Backbone]], type[Backbone]]:
+    """Class decorator: make a backbone available as ``mrdib train --backbone name``."""
+
+    def deco(cls: type[Backbone]) -> type[Backbone]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"backbone '{name}' registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    """Import every module in mrdib_cli.models so their @register decorators run."""
+    import importlib
+    import pkgutil
+
+    import mrdib_cli.models as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name != "base" and not mod.name.startswith("_"):
+            importlib.import_module(f"mrdib_cli.models.{mod.name}")
+
+
+def available() -> dict[str, type[Backbone]]:
+    _import_all()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_backbone(name: str) -> type[Backbone]:
+    """Look up a backbone class by name; a one-line error lists the valid names."""
+    reg = available()
+    key = name.lower()
+    if key not in reg:
+        raise UsageError(f"unknown backbone '{name}' (available: {', '.join(reg)})")
+    return reg[key]
+
+
+def resolve_hparams(cls: type[Backbone], dataset_name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """defaults <- per-dataset defaults <- user overrides; unknown keys are errors, not ignored."""
+    params = dict(cls.defaults)
+    for ds_key, ds_defaults in cls.dataset_defaults.items():
+        if dataset_name.lower().startswith(ds_key):
+            params.update(ds_defaults)
+    unknown = sorted(set(overrides) - set(params))
+    if unknown:
+        raise UsageError(f"unknown hyper-parameter(s) for {cls.name}: {', '.join(unknown)} "
+                         f"(valid: {', '.join(sorted(params))})")
+    for k, v in overrides.items():
+        default = params[k]
+        if default is not None and not isinstance(v, type(default)):
+            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            else:
+                raise UsageError(f"hyper-parameter '{k}' of {cls.name} must be {type(default).__name__}, "
+                                 f"got {v!r}")
+        params[k] = v
+    return params

@@ -1,0 +1,1 @@
+"""mrdib stage of the pipeline."""

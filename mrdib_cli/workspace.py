@@ -1,0 +1,338 @@
+"""The workdir: layout, active dataset/run, manifests, atomic writes and locks.
+
+Every pipeline step reads artefacts and writes artefacts plus a JSON manifest beside them. The manifest
+records input digests, parameters, package version, output digests and wall time; a step whose inputs
+and parameters are unchanged is skipped (see :func:`cached_step`). Writes go to a temp file in the same
+directory and are renamed into place, so an interrupted step never leaves a half-written artefact and the
+previous good result stays in place.
+
+Layout::
+
+    <workdir>/
+      state.json                  active dataset, latest run per dataset
+      raw/                        downloads (Amazon files, images)
+      datasets/<name>/            interactions.parquet, items.parquet, users.parquet, dataset.json
+        features/                 <modality>-<model-slug>.parquet
+        graphs/                   cached graphs
+        manifests/<step>.json     one manifest per step
+      runs/<run-name>/            config.json, checkpoints, metrics.jsonl, results
+      .locks/                     lock files
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrdib_cli import __version__
+from mrdib_cli.errors import LockedError, MissingInputError, UsageError
+
+DEFAULT_WORKDIR = "./mrdib-data"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+TMP_PREFIX = ".tmp-"
+
+
+# --------------------------------------------------------------------------------------------- atomic IO
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success rename it onto ``path``, on failure delete it.
+
+    The temp file lives in the same directory so the final ``os.replace`` is atomic on POSIX.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+# --------------------------------------------------------------------------------------------- digests
+def file_digest(path: str | os.PathLike, algo: str = "sha256", chunk: int = 1 << 20) -> str:
+    """Content digest of a file, streamed (no full read into memory)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return f"{algo}:{h.hexdigest()}"
+
+
+def digest_obj(obj: Any) -> str:
+    """Stable digest of a JSON-serialisable object (parameters, configs)."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return "sha256:" + hashlib.sha256(blob).hexdigest()
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """Digest of a file, or of a directory's files (names + contents), for cache keys."""
+    p = Path(path)
+    if p.is_file():
+        return file_digest(p)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(TMP_PREFIX)):
+            h.update(str(f.relative_to(p)).encode())
+            h.update(file_digest(f).encode())
+        return "sha256:" + h.hexdigest()
+    raise MissingInputError(f"input not found: {p}")
+
+
+# --------------------------------------------------------------------------------------------- locks
+@contextlib.contextmanager
+def file_lock(lock_path: str | os.PathLike, *, wait: bool = True, timeout: float | None = None,
+              what: str = "this artefact") -> Iterator[None]:
+    """Exclusive advisory lock (fcntl) so two processes never write the same artefact.
+
+    With ``wait`` the caller blocks until the lock is free (up to ``timeout`` seconds); otherwise a
+    :class:`LockedError` says which process holds it.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(lock_path, "a+")
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not wait or (deadline is not None and time.monotonic() >= deadline):
+                    fh.seek(0)
+                    holder = fh.read().strip() or "another process"
+                    raise LockedError(
+                        f"{what} is being written by {holder}; wait for it to finish or remove {lock_path}"
+                    ) from None
+                time.sleep(0.2)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        fh.close()
+
+
+# --------------------------------------------------------------------------------------------- manifest
+@dataclass
+class Manifest:
+    """What a step consumed and produced; stored as ``<dir>/manifests/<step>.json``."""
+
+    step: str
+    inputs: dict[str, str]
+    params: dict[str, Any]
+    outputs: dict[str, str] = field(default_factory=dict)
+    version: str = __version__
+    wall_time_s: float = 0.0
+    created: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "inputs": self.inputs, "params": self.params, "outputs": self.outputs,
+            "version": self.version, "wall_time_s": self.wall_time_s, "created": self.created,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Manifest:
+        return cls(step=d["step"], inputs=dict(d["inputs"]), params=dict(d["params"]),
+                   outputs=dict(d.get("outputs", {})), version=d.get("version", ""),
+                   wall_time_s=float(d.get("wall_time_s", 0.0)), created=d.get("created", ""),
+                   extra=dict(d.get("extra", {})))
+
+
+@dataclass
+class StepResult:
+    """Outcome of :func:`cached_step`: whether work was done, and why."""
+
+    cached: bool
+    reason: str
+    manifest: Manifest
+
+
+def _why_stale(old: Manifest | None, inputs: dict[str, str], params: dict[str, Any],
+               base: Path) -> str | None:
+    """Return why a step must rerun, or None when the cached result is still valid."""
+    if old is None:
+        return "no previous result"
+    for key in sorted(set(old.inputs) | set(inputs)):
+        if old.inputs.get(key) != inputs.get(key):
+            return f"input '{key}' changed"
+    for key in sorted(set(old.params) | set(params)):
+        if old.params.get(key) != params.get(key):
+            return f"parameter '{key}' changed ({old.params.get(key)!r} -> {params.get(key)!r})"
+    for rel, digest in old.outputs.items():
+        out = base / rel
+        if not out.exists():
+            return f"output '{rel}' is missing"
+        if out.is_file() and file_digest(out) != digest:
+            return f"output '{rel}' was modified"
+    return None
+
+
+def cached_step(step: str, base: str | os.PathLike, inputs: dict[str, str], params: dict[str, Any],
+                run: Callable[[], dict[str, Any] | None], outputs: list[str], *, force: bool = False,
+                manifest_dir: str | os.PathLike | None = None) -> StepResult:
+    """Run ``run()`` unless a manifest shows the same inputs/params produced intact outputs.
+
+    ``inputs`` maps names to digests (use :func:`path_digest`/:func:`digest_obj`), ``outputs`` are paths
+    relative to ``base`` that ``run`` writes (atomically). ``run`` may return extra facts for the manifest.
+    The whole step holds a lock so two processes cannot write the same artefact at once.
+    """
+    base = Path(base)
+    mdir = Path(manifest_dir) if manifest_dir else base / "manifests"
+    mpath = mdir / f"{step}.json"
+    with file_lock(mdir / f".{step}.lock", what=f"step '{step}' in {base}"):
+        old = Manifest.from_dict(read_json(mpath)) if mpath.exists() else None
+        reason = "--force" if force else _why_stale(old, inputs, params, base)
+        if reason is None and old is not None:
+            return StepResult(cached=True, reason="inputs and parameters unchanged", manifest=old)
+        t0 = time.perf_counter()
+        extra = run() or {}
+        outs = {}
+        for rel in outputs:
+            p = base / rel
+            outs[rel] = file_digest(p) if p.is_file() else path_digest(p)
+        man = Manifest(step=step, inputs=inputs, params=params, outputs=outs,
+                       wall_time_s=round(time.perf_counter() - t0, 3),
+                       created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), extra=extra)
+        atomic_write_json(mpath, man.to_dict())
+        return StepResult(cached=False, reason=reason or "", manifest=man)
+
+
+# --------------------------------------------------------------------------------------------- workspace
+def check_name(name: str, what: str = "name") -> str:
+    """Names become directory names: refuse anything that could escape the workdir."""
+    if not NAME_RE.match(name or "") or ".." in name:
+        raise UsageError(f"invalid {what} '{name}': use letters, digits, '_', '-', '.' (no '..', no '/')")
+    return name
+
+
+class Workspace:
+    """The workdir and its small state file (active dataset, latest run)."""
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root or os.environ.get("MRDIB_HOME") or DEFAULT_WORKDIR).expanduser().resolve()
+
+    # layout --------------------------------------------------------------------------------
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def dataset_dir(self, name: str) -> Path:
+        return self.datasets_dir / check_name(name, "dataset name")
+
+    def run_dir(self, name: str) -> Path:
+        return self.runs_dir / check_name(name, "run name")
+
+    # state ---------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def state(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            try:
+                return read_json(self.state_path)
+            except (json.JSONDecodeError, OSError):
+                return {}
+        return {}
+
+    def _update_state(self, **changes: Any) -> None:
+        with file_lock(self.root / ".locks" / "state.lock", what="the workdir state"):
+            st = self.state()
+            st.update(changes)
+            atomic_write_json(self.state_path, st)
+
+    def set_active_dataset(self, name: str) -> None:
+        self._update_state(active_dataset=check_name(name, "dataset name"))
+
+    def set_latest_run(self, dataset: str, run: str) -> None:
+        st = self.state()
+        latest = dict(st.get("latest_run", {}))
+        latest[dataset] = run
+        self._update_state(latest_run=latest, last_run=run)
+
+    def datasets(self) -> list[str]:
+        if not self.datasets_dir.exists():
+            return []
+        return sorted(p.name for p in self.datasets_dir.iterdir() if (p / "dataset.json").exists())
+
+    def resolve_dataset(self, name: str | None) -> str:
+        """The dataset to work on: the explicit one, else the active one; one-line error otherwise."""
+        if name is None:
+            name = self.state().get("active_dataset")
+            if name is None:
+                raise MissingInputError(
+                    f"no active dataset in {self.root}; run 'mrdib prepare demo' (or prepare/import one) first")
+        if not (self.dataset_dir(name) / "dataset.json").exists():
+            have = ", ".join(self.datasets()) or "none"
+            raise MissingInputError(f"dataset '{name}' not found in {self.root} (available: {have})")
+        return name
+
+    def resolve_run(self, name: str | None, dataset: str | None = None) -> str:
+        """The run to work on: the explicit one, else the latest run of the (active) dataset."""
+        if name is None:
+            st = self.state()
+            ds = dataset or st.get("active_dataset")
+            name = st.get("latest_run", {}).get(ds) if ds else None
+            if name is None:
+                name = st.get("last_run")
+            if name is None:
+                raise MissingInputError("no run found; train one first with 'mrdib train --backbone NAME'")
+        if not (self.run_dir(name) / "config.json").exists():
+            raise MissingInputError(f"run '{name}' not found in {self.runs_dir}")
+        return name
+
+    def runs(self) -> list[str]:
+        if not self.runs_dir.exists():
+            return []
+        return sorted(p.name for p in self.runs_dir.iterdir() if (p / "config.json").exists())
