@@ -1,1 +1,1 @@
-"""training stage of the pipeline."""
+"""training stage: BPR sampler, trainer loop, checkpoints, plug-in objectives."""
