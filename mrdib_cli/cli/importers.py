@@ -1,0 +1,69 @@
+"""``mrdib import mmrec|lattice|recbole DIR --name NAME`` and ``mrdib resplit``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mrdib_cli.cli._summary import print_dataset, report_step
+from mrdib_cli.cli.common import PANEL_DATA, ForceOption, info, ws
+from mrdib_cli.errors import UsageError
+
+import_app = typer.Typer(help="Import a dataset from files you already have (MMRec, LATTICE, RecBole).",
+                         no_args_is_help=True)
+
+NameOption = typer.Option(..., "--name", "-n", help="Name of the new dataset in the workdir.",
+                          rich_help_panel=PANEL_DATA)
+
+
+def _run(fmt: str, directory: Path, name: str, force: bool, **options) -> None:
+    from mrdib_cli.data.importers import import_dataset
+
+    res, card = import_dataset(ws(), fmt, directory, name, force=force, **options)
+    report_step(res, f"import of {directory} as '{name}'")
+    print_dataset(card, f"imported '{name}' ({fmt})")
+    info(f"active dataset: {name}")
+
+
+@import_app.command("mmrec")
+def import_mmrec(directory: Path = typer.Argument(..., help="MMRec data folder (<name>.inter, optional "
+                                                            "image_feat.npy, text_feat.npy, id mappings)."),
+                 name: str = NameOption, force: bool = ForceOption) -> None:
+    """Import an MMRec folder, keeping its x_label split exactly."""
+    _run("mmrec", directory, name, force)
+
+
+@import_app.command("lattice")
+def import_lattice(directory: Path = typer.Argument(..., help="Folder with train.json, val.json, test.json "
+                                                              "(optional item2id.json, user2id.json)."),
+                   name: str = NameOption, force: bool = ForceOption) -> None:
+    """Import a LATTICE-style JSON split, keeping it exactly."""
+    _run("lattice", directory, name, force)
+
+
+@import_app.command("recbole")
+def import_recbole(
+    directory: Path = typer.Argument(..., help="Folder with <prefix>.{train,valid,test}.inter (RecBole "
+                                               "sequential), optional .item2index/.user2index/.text/.feat*CLS."),
+    name: str = NameOption,
+    feature: Optional[list[str]] = typer.Option(None, "--feature", help="MODALITY=FILE raw float32 feature "
+                                                "file (default: <prefix>.feat1CLS text, <prefix>.feat3CLS image)."),
+    feature_dim: int = typer.Option(512, "--feature-dim", help="Dimension of the raw float32 feature files."),
+    force: bool = ForceOption,
+) -> None:
+    """Import RecBole leave-one-out files (last item test, second-to-last valid)."""
+    feats: dict[str, str] = {}
+    for f in feature or []:
+        if "=" not in f:
+            raise UsageError(f"--feature {f!r}: expected MODALITY=FILE, e.g. --feature text=Scientific.feat1CLS")
+        k, v = f.split("=", 1)
+        feats[k.strip()] = v.strip()
+    if feature_dim <= 0:
+        raise UsageError("--feature-dim must be positive")
+    _run("recbole", directory, name, force, features=feats, feature_dim=feature_dim)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(import_app, name="import", rich_help_panel="Data")
