@@ -42,6 +42,7 @@ def dataset_table(card: dict[str, Any], title: str | None = None) -> Table:
         rows.append(("k-core", str(card["k_core"])))
     for key, label in (("n_malformed_reviews", "malformed review lines"), ("n_malformed_meta", "malformed meta lines"),
                        ("n_duplicates_dropped", "duplicate reviews dropped"),
+                       ("n_duplicate_pairs_dropped", "repeated user-item rows dropped"),
                        ("n_items_without_meta", "items without metadata")):
         if card.get(key) is not None:
             rows.append((label, f"{card[key]:,}"))

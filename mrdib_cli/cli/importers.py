@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from mrdib_cli.cli._summary import print_dataset, report_step
-from mrdib_cli.cli.common import PANEL_DATA, ForceOption, info, ws
+from mrdib_cli.cli.common import PANEL_DATA, ForceOption, SeedOption, info, ws
 from mrdib_cli.errors import UsageError
 
 import_app = typer.Typer(help="Import a dataset from files you already have (MMRec, LATTICE, RecBole).",
@@ -65,5 +65,31 @@ def import_recbole(
     _run("recbole", directory, name, force, features=feats, feature_dim=feature_dim)
 
 
+
+
+def _register_resplit(app: typer.Typer) -> None:
+    @app.command("resplit", rich_help_panel="Data")
+    def resplit_cmd(
+        dataset: Optional[str] = typer.Argument(None, help="Source dataset (default: the active one)."),
+        name: str = typer.Option(..., "--name", "-n", help="Name of the new dataset."),
+        scheme: str = typer.Option("mmrec", "--scheme", help="mmrec (MMRec's per-user rule), loo (one valid "
+                                   "and one test item per user) or temporal."),
+        temporal: bool = typer.Option(False, "--temporal", help="Hold out the latest interactions instead of "
+                                      "random ones (mmrec -> temporal, loo -> loo-temporal)."),
+        seed: int = SeedOption,
+        force: bool = ForceOption,
+    ) -> None:
+        """A new dataset with the same interactions and feature tables under another split."""
+        from mrdib_cli.data.resplit import resplit
+
+        if temporal:
+            scheme = {"mmrec": "temporal", "loo": "loo-temporal"}.get(scheme, scheme)
+        res, card = resplit(ws(), dataset, name, scheme, seed, force=force)
+        report_step(res, f"resplit '{card['source']['from']}' -> '{name}'")
+        print_dataset(card, f"'{name}' ({scheme} split of '{card['source']['from']}')")
+        info(f"active dataset: {name}")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(import_app, name="import", rich_help_panel="Data")
+    _register_resplit(app)

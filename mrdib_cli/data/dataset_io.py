@@ -123,7 +123,7 @@ def _write_parquet(df: pl.DataFrame, path: Path) -> None:
 
 def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, users: pl.DataFrame,
                     card: dict[str, Any], features: list[ImportedFeature] = (), *,
-                    replace_folder: bool = False) -> None:
+                    replace_folder: bool = False, copy_tables: list[Path] = ()) -> None:
     """Write a dataset folder atomically.
 
     Everything is written into a staging folder beside ``ds_dir``. With ``replace_folder`` (importers,
@@ -142,6 +142,9 @@ def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, user
         for f in features:
             p = table_path(stage, f.modality, f.model)
             write_feature_table(p, f.vectors, ["imported"] * len(f.vectors), f.meta())
+        for p in copy_tables:  # feature tables of a source dataset (per item, split-independent)
+            (stage / "features").mkdir(exist_ok=True)
+            shutil.copy2(p, stage / "features" / Path(p).name)
         atomic_write_json(stage / CARD, card)
         if replace_folder or not ds_dir.exists():
             if ds_dir.exists():
