@@ -82,7 +82,7 @@ class DemoConfig:
         return asdict(self)
 
     def slug(self) -> str:
-        return digest_obj({"v": 1, **self.to_dict()}).split(":")[1][:12]
+        return digest_obj({"v": 2, **self.to_dict()}).split(":")[1][:12]
 
 
 # ------------------------------------------------------------------------------------------- catalogue
@@ -135,18 +135,21 @@ def _typo(word: str, rng: np.random.Generator) -> str:
 
 
 def item_text(a: dict[str, np.ndarray], i: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Title/brand/categories/description of item ``i``: colour, material and size in words, plus noise."""
+    """Title/brand/categories/description of item ``i``: colour, material and size in words, plus noise.
+
+    The planted words lead the title and the description so that a sentence encoder's embedding is
+    dominated by them; brand, product noun and one filler sentence are the noise.
+    """
     colour = list(COLOURS)[a["colour"][i]]
     noun = NOUNS[a["noun"][i]]
     size = SIZES[a["size"][i]]
-    title = f"{BRANDS[a['brand'][i]]} {colour} {noun}, {size}"
-    sentences = [MATERIAL_TEXT[MATERIALS[a["material"][i]]], SIZE_TEXT[size],
-                 *rng.choice(FILLERS, size=2, replace=False).tolist()]
-    order = rng.permutation(len(sentences))
-    desc = " ".join(sentences[k] for k in order)
-    if rng.random() < 0.05:  # noisy text: a typo in a filler word
+    material = MATERIALS[a["material"][i]]
+    title = f"{colour.capitalize()} {material} {noun}, {size}"
+    sentences = [MATERIAL_TEXT[material], SIZE_TEXT[size], str(rng.choice(FILLERS))]
+    desc = " ".join(sentences[k] for k in (*rng.permutation(2), 2))
+    if rng.random() < 0.05:  # noisy text: a typo in the filler sentence
         words = desc.split()
-        k = int(rng.integers(0, len(words)))
+        k = int(rng.integers(len(words) - 3, len(words)))
         words[k] = _typo(words[k], rng)
         desc = " ".join(words)
     rec: dict[str, Any] = {"title": title, "categories": [["Demo", "Nursery", noun.capitalize()]],
