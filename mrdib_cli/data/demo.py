@@ -29,7 +29,7 @@ import numpy as np
 
 from mrdib_cli.data.rawfmt import write_meta, write_reviews
 from mrdib_cli.errors import UsageError
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj, file_lock
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (240, 210, 30),
            "purple": (140, 50, 190), "orange": (245, 140, 20)}
@@ -228,10 +228,15 @@ def generate_raw(cfg: DemoConfig, out_dir: Path, log: Callable[[str], None] = la
     """
     cfg.validate()
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock", what=f"demo files {out_dir}"):
+        return _generate_locked(cfg, out_dir, log)
+
+
+def _generate_locked(cfg: DemoConfig, out_dir: Path, log: Callable[[str], None]) -> Path:
     marker = out_dir / "generator.json"
     if marker.exists() and json.loads(marker.read_text()) == cfg.to_dict():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + out_dir.name + ".", dir=out_dir.parent))
     try:
         rng = np.random.default_rng(cfg.seed)
