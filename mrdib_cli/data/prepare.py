@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import polars as pl
 
 from mrdib_cli.data import amazon
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
 from mrdib_cli.data.kcore import dedup_mask, factorize, kcore
 from mrdib_cli.data.sources import DEMO, AmazonCategory, base_url, download, lookup
-from mrdib_cli.data.split import LABELS, SCHEMES, assign_split
+from mrdib_cli.data.split import LABELS, assign_split
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
 
