@@ -93,6 +93,8 @@ def eval_cmd(
                                             "ANN's recall@K vs exact search and the metric drift."),
     seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME,
                              help="Seed of the --verify-exact user sample and of IVF training."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
+                                          help="FAISS threads [all cores]; 1 can be faster on a busy machine."),
     no_save: bool = typer.Option(False, "--no-save", rich_help_panel=PANEL_RUNTIME,
                                  help="Do not write per-user metrics and top-K lists into the run folder."),
     extra: Optional[List[str]] = typer.Argument(None, hidden=True),
@@ -112,7 +114,8 @@ def eval_cmd(
         task = prog.add_task(f"evaluating {r.name} on {split}", total=n_eval)
         res, paths = evaluate_run(r, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index,
                                   index_params=_index_params(index_param), verify_exact=verify_exact, seed=seed,
-                                  save=not no_save, on_batch=lambda n: prog.advance(task, n))
+                                  save=not no_save, threads=threads,
+                                  on_batch=lambda n: prog.advance(task, n))
     payload = {"run": r.name, **res.to_dict()}
     console: Console = err if json_path == "-" else out
     console.print(f"[bold]Protocol:[/bold] {escape(res.protocol.describe())}", highlight=False)
