@@ -89,7 +89,7 @@ class Run:
         cfg = {k: v for k, v in self.config.items()
                if k not in ("run_name", "created", "version", "dataset_dir")}
         cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
-                        if k not in ("seed", "device", "num_workers")}
+                        if k not in ("seed", "device", "threads", "num_workers", "eval_batch_users")}
         return digest_obj(cfg)
 
     def label(self) -> str:
