@@ -43,11 +43,13 @@ def offline_forced() -> bool:
                                                                          "TRANSFORMERS_OFFLINE"))
 
 
-@lru_cache(maxsize=4)
 def network_available(host: str = HF_HOST, port: int = 443, timeout: float = 3.0) -> bool:
     """True when ``host`` (or the HTTPS proxy) accepts a TCP connection within ``timeout`` seconds."""
-    if offline_forced():
-        return False
+    return not offline_forced() and _probe(host, port, timeout)
+
+
+@lru_cache(maxsize=4)
+def _probe(host: str, port: int, timeout: float) -> bool:
     proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
     if proxy:
         parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
