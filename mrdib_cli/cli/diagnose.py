@@ -13,7 +13,7 @@ METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
 def diagnose_cmd(
-    run: Optional[str] = typer.Argument(None, help="Run to diagnose [default: the latest run]."),
+    run: Optional[str] = typer.Argument(None, help="Run to diagnose (default: the latest run)."),
     baseline: Optional[str] = typer.Option(None, "--baseline", "-B", rich_help_panel=PANEL_EVAL,
                                            help="The same backbone trained without MRdIB, for comparison."),
     mi_steps: int = typer.Option(2000, "--mi-steps", min=50, rich_help_panel=PANEL_EVAL,
@@ -55,4 +55,4 @@ def diagnose_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("diagnose", rich_help_panel="Evaluate")(diagnose_cmd)
+    app.command("diagnose", rich_help_panel="Results")(diagnose_cmd)
