@@ -113,7 +113,10 @@ def modality_views(lr: LoadedRun) -> tuple[dict[str, Tensor], dict[str, Tensor],
 def _rank(handle: DatasetHandle, user: Tensor | np.ndarray, item: Tensor | np.ndarray, mask: str) -> dict[str, float]:
     from mrdib_cli.evaluation.engine import evaluate_split
 
-    res = evaluate_split(handle, user, item, split="test", mask=mask, ks=KS)
+    def arr(x: Tensor | np.ndarray) -> np.ndarray:
+        return (x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)).astype(np.float32)
+
+    res = evaluate_split(handle, arr(user), arr(item), split="test", mask=mask, ks=KS)
     return {k: float(v) for k, v in res.metrics.items()}
 
 

@@ -103,7 +103,7 @@ def test_weights_scale_terms(batch) -> None:
         plugin = _attached(toy, alpha_kl=a, alpha_uni=a)
         toy.eval()  # mu path: identical z in both runs
         t = plugin.loss(batch, toy.propagate())
-        vals[a] = (float(t["kl"]), float(t["uni"]))
+        vals[a] = (float(t["kl"].detach()), float(t["uni"].detach()))
     assert vals[0.02][0] == pytest.approx(2 * vals[0.01][0], rel=1e-5)
     assert vals[0.02][1] == pytest.approx(2 * vals[0.01][1], rel=1e-5)
 
