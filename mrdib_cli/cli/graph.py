@@ -28,8 +28,16 @@ def build_graph(
 ) -> None:
     """Build the user-item adjacency (train interactions only), item-item kNN graphs per feature table
     and optionally the user-user co-occurrence graph. Cached by input digests: reruns are instant."""
-    from mrdib_cli.graphs.store import build_graphs
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.graphs.knn import NORMS
+    from mrdib_cli.graphs.store import ADJ_VARIANTS, build_graphs
 
+    for n in knn_norm:
+        if n not in NORMS:
+            raise UsageError(f"unknown kNN normalisation '{n}' (choose from {', '.join(NORMS)})")
+    for a in adj:
+        if a not in ADJ_VARIANTS:
+            raise UsageError(f"unknown adjacency variant '{a}' (choose from {', '.join(ADJ_VARIANTS)})")
     handle = DatasetHandle.open(ws(), dataset)
     with status(f"building graphs of {handle.name}"):
         infos = build_graphs(handle, knn_k=knn_k, knn_norms=tuple(knn_norm), adj_variants=tuple(adj),

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import warnings
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 DEG_EPS = 1e-7
 
@@ -56,8 +60,10 @@ def norm_adj_random_walk(r: sp.csr_matrix) -> sp.csr_matrix:
     return out
 
 
-def to_torch_sparse(m: sp.spmatrix, layout: str = "csr") -> torch.Tensor:
+def to_torch_sparse(m: sp.spmatrix, layout: str = "csr") -> "torch.Tensor":
     """A scipy sparse matrix as a torch sparse tensor (``csr`` or ``coo``), float32."""
+    import torch  # imported here so that building graphs does not pay torch's import time
+
     if layout == "csr":
         m = sp.csr_matrix(m, dtype=np.float32)
         with warnings.catch_warnings():  # "CSR support is in beta": we test what we use

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 from mrdib_cli.errors import UsageError
 
@@ -29,20 +28,25 @@ NORMS = ("sym_binary", "sym", "rw", "none")
 def topk_cosine(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(indices [n, k] int64, cosine values [n, k] float32) of each row's k most similar rows.
 
-    Rows are L2-normalised (zero rows stay zero). Ties are broken by torch.topk deterministically on CPU.
+    Rows are L2-normalised (zero rows stay zero). Within a row, neighbours are ordered by decreasing
+    similarity, ties by increasing index, so the graph is deterministic. numpy only (no torch import), so
+    ``build-graph`` starts fast.
     """
     n = x.shape[0]
     if not 1 <= k <= n:
         raise UsageError(f"knn_k must be between 1 and the number of items ({n}), got {k}")
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    xt = torch.nn.functional.normalize(xt, p=2, dim=1)
+    xn = np.array(x, dtype=np.float32)
+    norms = np.linalg.norm(xn, axis=1, keepdims=True)
+    xn = np.divide(xn, norms, out=np.zeros_like(xn), where=norms > 0)
     idx = np.empty((n, k), dtype=np.int64)
     val = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
-        sim = xt[start:start + block] @ xt.T  # [b, n]
-        v, i = torch.topk(sim, k, dim=1)
-        idx[start:start + block] = i.numpy()
-        val[start:start + block] = v.numpy()
+        sim = xn[start:start + block] @ xn.T  # [b, n]: the only block-sized buffer
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sim), 1))
+        pv = np.take_along_axis(sim, part, 1)
+        order = np.lexsort((part, -pv), axis=1)  # by similarity desc, then index asc
+        idx[start:start + block] = np.take_along_axis(part, order, 1)
+        val[start:start + block] = np.take_along_axis(pv, order, 1)
     return idx, val
 
 

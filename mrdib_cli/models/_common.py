@@ -49,3 +49,27 @@ def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tupl
 
 def xavier_uniform(*shape: int) -> torch.nn.Parameter:
     return torch.nn.Parameter(torch.nn.init.xavier_uniform_(torch.empty(*shape)))
+
+
+class _SpMM(torch.autograd.Function):
+    """y = A x with a precomputed Aᵀ for the backward pass.
+
+    torch's own backward of ``sparse.mm`` on CSR re-derives the transpose (a sort) on every call; the
+    graphs are constant, so we build Aᵀ once (and for the symmetric Â, Aᵀ is Â itself).
+    """
+
+    @staticmethod
+    def forward(ctx, a: Tensor, a_t: Tensor, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.a_t = a_t
+        return torch.sparse.mm(a, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return None, None, torch.sparse.mm(ctx.a_t, grad)
+
+
+def spmm(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
+    """Sparse (constant) times dense; ``a_t`` defaults to ``a`` (a symmetric matrix)."""
+    if not x.requires_grad:
+        return torch.sparse.mm(a, x)
+    return _SpMM.apply(a, a if a_t is None else a_t, x)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, load_modalities, xavier_uniform
+from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, load_modalities, spmm, xavier_uniform
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 from mrdib_cli.models.lightgcn import light_propagate
 
@@ -89,6 +89,7 @@ class LGMRec(Backbone):
         inv_deg = 1.0 / (np.asarray(r.sum(axis=1)).ravel() + 1e-7)
         self.register_buffer("norm_adj", to_torch_sparse(adj), persistent=False)
         self.register_buffer("r", to_torch_sparse(r), persistent=False)  # U x I binary
+        self.register_buffer("r_t", to_torch_sparse(r.T.tocsr()), persistent=False)
         self.register_buffer("inv_deg_u", torch.from_numpy(inv_deg.astype(np.float32))[:, None],
                              persistent=False)
         self.user_embedding = xavier_uniform(self.n_users, d)
@@ -105,10 +106,10 @@ class LGMRec(Backbone):
     def _mge(self, m: str) -> tuple[Tensor, Tensor]:
         """Modality graph embedding M^m (last layer) and the user mean F_u^m."""
         f_i = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.trs[m])  # [I, d]
-        f_u = torch.sparse.mm(self.r, f_i) * self.inv_deg_u  # [U, d]
+        f_u = spmm(self.r, f_i, self.r_t) * self.inv_deg_u  # [U, d]
         h = torch.cat([f_u, f_i], dim=0)
         for _ in range(self.n_mm_layers):
-            h = torch.sparse.mm(self.norm_adj, h)
+            h = spmm(self.norm_adj, h)
         return h, f_u
 
     def _assign(self, logits: Tensor) -> Tensor:
@@ -119,7 +120,7 @@ class LGMRec(Backbone):
     def _ghe(self, m: str, c_items: Tensor) -> tuple[Tensor, Tensor]:
         """Global hypergraph embedding (G_u^m, G_i^m)."""
         z_i = getattr(self, f"feat_{m}") @ self.hyper[m]  # [I, H]
-        z_u = torch.sparse.mm(self.r, z_i)  # [U, H] sum over the user's items
+        z_u = spmm(self.r, z_i, self.r_t)  # [U, H] sum over the user's items
         h_i, h_u = self._assign(z_i), self._assign(z_u)
         h_i, h_u = self.drop(h_i), self.drop(h_u)  # identity in eval mode
         e_i, g_u = c_items, None

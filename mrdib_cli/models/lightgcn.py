@@ -21,15 +21,15 @@ from torch import Tensor
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr_loss, emb_norm_loss, xavier_uniform
+from mrdib_cli.models._common import bpr_loss, emb_norm_loss, spmm, xavier_uniform
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
 def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """mean_{l=0..L} Â^l E^0: LightGCN's layer-mean readout."""
+    """mean_{l=0..L} Â^l E^0: LightGCN's layer-mean readout (Â symmetric)."""
     acc, h = ego, ego
     for _ in range(n_layers):
-        h = torch.sparse.mm(adj, h)
+        h = spmm(adj, h)
         acc = acc + h
     return acc / (n_layers + 1)
 

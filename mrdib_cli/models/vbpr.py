@@ -30,7 +30,7 @@ from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 @register("vbpr")
 class VBPR(Backbone):
     modalities = ("image", "text")
-    defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 1e-4}
+    defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 2.0}  # first point of MMRec's grid
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:

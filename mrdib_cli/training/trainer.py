@@ -85,8 +85,27 @@ def default_run_name(backbone: str, dataset: str) -> str:
     return f"{backbone}-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _score(metrics: dict[str, float], key: str) -> float:
-    return round(float(metrics[key]), 4)  # MMRec compares the 4-decimal rounded value
+@dataclass
+class EarlyStopping:
+    """MMRec's rule: the score is rounded to 4 decimals, only a strictly greater score improves, and
+    training stops once ``patience`` has been *exceeded* (21 consecutive bad epochs for patience 20)."""
+
+    patience: int = 20
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        score = round(float(value), 4)
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs > self.patience
 
 
 class Trainer:
@@ -134,10 +153,8 @@ class Trainer:
         self.sampler = BPRSampler(users, items, self.handle.n_items, tc.batch_size, tc.seed,
                                   with_negatives=cls.training_mode == "bpr")
         self.epoch = 0
-        self.best_score = -math.inf
-        self.best_epoch = 0
+        self.stopper = EarlyStopping(tc.patience)
         self.best_valid: dict[str, float] = {}
-        self.bad_epochs = 0
         self.best_emb: tuple[np.ndarray, np.ndarray] | None = None
         self.history: list[EpochRecord] = []
         if resume:
@@ -206,8 +223,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "plugin": self.plugin.state_dict() if self.plugin else None,
             "rng": ckpt.rng_state(), "sampler": self.sampler.state(),
-            "best_score": self.best_score, "best_epoch": self.best_epoch,
-            "best_valid": self.best_valid, "bad_epochs": self.bad_epochs,
+            "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
+            "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
         }
 
     def _restore(self) -> None:
@@ -218,11 +235,12 @@ class Trainer:
             self.plugin.load_state_dict(st["plugin"])
         ckpt.set_rng_state(st["rng"])
         self.sampler.set_state(st["sampler"])
-        self.epoch, self.best_score, self.best_epoch = int(st["epoch"]), float(st["best_score"]), \
-            int(st["best_epoch"])
-        self.best_valid, self.bad_epochs = dict(st["best_valid"]), int(st["bad_epochs"])
+        self.epoch = int(st["epoch"])
+        self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
+        self.stopper.bad_epochs = int(st["bad_epochs"])
+        self.best_valid = dict(st["best_valid"])
         emb_path = self.run_dir / "embeddings.npz"
-        if self.best_epoch and emb_path.exists():
+        if self.stopper.best_epoch and emb_path.exists():
             with np.load(emb_path, allow_pickle=False) as z:
                 self.best_emb = (z["user"], z["item"])
         # keep the metrics of the epochs the checkpoint covers; later lines are recomputed
@@ -234,7 +252,7 @@ class Trainer:
                                            if k in EpochRecord.__dataclass_fields__}) for ln in kept]
             self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
         self.on_info(f"resumed run '{self.cfg.run_name}' after epoch {self.epoch} "
-                     f"(best epoch {self.best_epoch}, {self.bad_epochs} epochs without improvement)")
+                     f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
 
     @staticmethod
     def _atomic_text(path: Path, text: str) -> None:
@@ -310,7 +328,7 @@ class Trainer:
         tc = self.cfg.train
         status, message = "finished", ""
         try:
-            while self.epoch < tc.epochs and self.bad_epochs <= tc.patience:
+            while self.epoch < tc.epochs and not self.stopper.should_stop:
                 t0 = time.perf_counter()
                 losses = self._train_epoch()
                 t1 = time.perf_counter()
@@ -318,24 +336,19 @@ class Trainer:
                 valid = self._evaluate(u, i, "valid").metrics
                 t2 = time.perf_counter()
                 self.epoch += 1
-                score = _score(valid, tc.valid_metric)
-                improved = score > self.best_score
+                improved = self.stopper.update(self.epoch, valid[tc.valid_metric])
                 if improved:
-                    self.best_score, self.best_epoch, self.best_valid = score, self.epoch, dict(valid)
-                    self.bad_epochs = 0
-                    self.best_emb = (u, i)
+                    self.best_valid, self.best_emb = dict(valid), (u, i)
                     self._save_best(u, i)
-                else:
-                    self.bad_epochs += 1
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved)
                 self.history.append(rec)
                 self._append_metrics(rec)
                 ckpt.save(self.ckpt_dir / "last.pt", self._state())
                 self.on_epoch(rec)
-            if self.bad_epochs > tc.patience:
+            if self.stopper.should_stop:
                 message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
-                           f"for {self.bad_epochs} epochs")
+                           f"for {self.stopper.bad_epochs} epochs")
             else:
                 message = f"reached the epoch limit ({tc.epochs})"
         except KeyboardInterrupt:
@@ -353,11 +366,11 @@ class Trainer:
             res = self._evaluate(*self.best_emb, "test")
             res.save(self.run_dir, "test")
             test, protocol = dict(res.metrics), res.protocol.to_dict()
-        results = {"status": status, "message": message, "best_epoch": self.best_epoch,
+        results = {"status": status, "message": message, "best_epoch": self.stopper.best_epoch,
                    "epochs_run": self.epoch, "valid": self.best_valid, "test": test, "protocol": protocol,
                    "valid_metric": self.cfg.train.valid_metric}
         atomic_write_json(self.run_dir / "results.json", results)
-        return TrainResult(self.cfg.run_name, self.run_dir, status, self.best_epoch, self.epoch,
+        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
 
 
