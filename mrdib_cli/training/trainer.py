@@ -288,7 +288,7 @@ class Trainer:
                 terms.update(self.plugin.loss(batch, emb))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                bad = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                 raise TrainingDiverged(f"loss became non-finite in epoch {self.epoch + 1} ({bad}); stopped, "
                                        f"the last good checkpoint (epoch {self.epoch}) is kept; "
                                        "try a lower --lr or smaller weights")
