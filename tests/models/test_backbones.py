@@ -127,3 +127,22 @@ def test_per_dataset_defaults():
     assert resolve_hparams(cls, "baby", {})["hyper_num"] == 4
     assert resolve_hparams(cls, "clothing", {})["hyper_num"] == 64
     assert resolve_hparams(cls, "sports", {"alpha": 0.5})["alpha"] == 0.5
+
+
+def test_lowrank_hcl_equals_the_plain_formula_and_its_gradients():
+    from mrdib_cli.models.lgmrec import info_nce_sum_lowrank
+
+    g = torch.Generator().manual_seed(0)
+    n, h, d = 50, 4, 16
+    assign = torch.softmax(torch.randn(n, h, generator=g), 1).requires_grad_()
+    lam = torch.randn(h, d, generator=g, requires_grad=True)
+    anchor_all = torch.randn(n, d, generator=g, requires_grad=True)
+    ids = torch.tensor([3, 7, 3, 3, 49, 0, 7])  # repeated ids are weighted, not recomputed
+    pos_all = assign @ lam
+    plain = info_nce_sum(anchor_all[ids], pos_all[ids], pos_all)
+    fast = info_nce_sum_lowrank(ids, anchor_all, pos_all, assign, lam)
+    assert torch.allclose(plain, fast, rtol=1e-5)
+    grads_plain = torch.autograd.grad(plain, [assign, lam, anchor_all], retain_graph=True)
+    grads_fast = torch.autograd.grad(fast, [assign, lam, anchor_all])
+    for a, b in zip(grads_plain, grads_fast):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
