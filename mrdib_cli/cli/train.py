@@ -22,7 +22,6 @@ def _extra_hparams(args: list[str]) -> dict[str, object]:
     from mrdib_cli.training.config import parse_value
 
     out_: dict[str, object] = {}
-    it = iter(range(len(args)))
     i = 0
     while i < len(args):
         a = args[i]
@@ -36,7 +35,6 @@ def _extra_hparams(args: list[str]) -> dict[str, object]:
             i += 1
         out_[key.replace("-", "_")] = parse_value(val)
         i += 1
-    del it
     return out_
 
 
@@ -144,17 +142,18 @@ def train_cmd(
         return
 
     def on_epoch(rec: EpochRecord) -> None:
-        tm = cfg.train.valid_metric
         mark = " [green]*best*[/green]" if rec.best else ""
         val = "  ".join(f"{k} {rec.valid[k]:.4f}" for k in SHOWN if k in rec.valid)
         err.print(f"epoch {rec.epoch:>4}  {_fmt_losses(rec.loss)}  | valid {val}  | "
                   f"{rec.time['train_s']:.1f}s + {rec.time['valid_s']:.1f}s{mark}", highlight=False)
-        del tm
 
     progress = make_progress(transient=True)
     with progress:
+        task = progress.add_task("training", total=None, visible=False)
+
         def batches(total: int):
-            task = progress.add_task("training", total=total)
+            # one bar, reset at every epoch
+            progress.reset(task, total=total, visible=True)
             return lambda: progress.advance(task)
 
         trainer = Trainer(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
@@ -214,12 +213,13 @@ def runs_cmd(
     t = Table(title=f"runs in {w.runs_dir}")
     for col in ("run", "dataset", "backbone", "plugin", "status", "best ep", "valid R@20", "test R@20",
                 "test N@20", "created"):
-        t.add_column(col, justify="right" if col[0] in "bvt" and col != "test" else "left")
+        t.add_column(col, justify="right" if col in ("best ep", "valid R@20", "test R@20", "test N@20")
+                     else "left", overflow="fold", no_wrap=col not in ("run", "created"))
     for r in rows:
         f = lambda m, k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
         t.add_row(r["run"], r["dataset"] or "", r["backbone"] or "", r["plugin"] or "", r["status"],
                   str(r["best_epoch"] or "-"), f(r["valid"], "recall@20"), f(r["test"], "recall@20"),
-                  f(r["test"], "ndcg@20"), (r["created"] or "")[:19])
+                  f(r["test"], "ndcg@20"), (r["created"] or "")[:16])
     out.print(t)
 
 
