@@ -211,15 +211,14 @@ def runs_cmd(
         info("no runs yet; train one with 'mrdib train --backbone NAME'")
         return
     t = Table(title=f"runs in {w.runs_dir}")
-    for col in ("run", "dataset", "backbone", "plugin", "status", "best ep", "valid R@20", "test R@20",
-                "test N@20", "created"):
-        t.add_column(col, justify="right" if col in ("best ep", "valid R@20", "test R@20", "test N@20")
-                     else "left", overflow="fold", no_wrap=col not in ("run", "created"))
+    numeric = ("best ep", "valid R@20", "test R@20", "test N@20")
+    for col in ("run", "dataset", "model", "status", *numeric):
+        t.add_column(col, justify="right" if col in numeric else "left", overflow="fold")
     for r in rows:
         f = lambda m, k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
-        t.add_row(r["run"], r["dataset"] or "", r["backbone"] or "", r["plugin"] or "", r["status"],
-                  str(r["best_epoch"] or "-"), f(r["valid"], "recall@20"), f(r["test"], "recall@20"),
-                  f(r["test"], "ndcg@20"), (r["created"] or "")[:16])
+        model = r["backbone"] + (f"+{r['plugin']}" if r["plugin"] else "")
+        t.add_row(r["run"], r["dataset"] or "", model, r["status"], str(r["best_epoch"] or "-"),
+                  f(r["valid"], "recall@20"), f(r["test"], "recall@20"), f(r["test"], "ndcg@20"))
     out.print(t)
 
 
