@@ -19,7 +19,8 @@ def steps_table(steps, title: str) -> Table:  # noqa: ANN001
         t.add_column(col, justify="right" if col in ("#", "s") else "left", overflow="fold")
     for i, s in enumerate(steps, 1):
         st = STATE_STYLE.get(s.state, "")
-        t.add_row(str(i), s.kind, s.target, f"[{st}]{s.state}[/{st}]" if st else s.state, s.reason,
+        t.add_row(str(i), s.kind, s.target, f"[{st}]{s.state}[/{st}]" if st else s.state,
+                  s.reason if len(s.reason) <= 60 else s.reason[:57] + "...",
                   f"{s.seconds:.1f}" if s.seconds else "")
     return t
 

@@ -74,6 +74,10 @@ def training_curves(run: str, history: list[dict[str, Any]], path: Path,
         ax2.axvline(best[-1], color="grey", ls="--", lw=1, label=f"best epoch {best[-1]}")
     ax2.set_xlabel("epoch")
     ax2.set_title("validation")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax2.legend(fontsize=7)
     ax2.grid(alpha=0.3)
     fig.suptitle(run, fontsize=10)
