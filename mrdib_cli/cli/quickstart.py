@@ -32,10 +32,11 @@ def quickstart_cmd(
     has_mrdib = "mrdib" in available_plugins()
     if not has_mrdib:
         warn("the MRdIB plug-in is not available in this installation; training LGMRec without it only")
-    study = quickstart_study(epochs=epochs, seed=seed, users=users, items=items, interactions=interactions,
+    study = quickstart_study(ws(), epochs=epochs, seed=seed, users=users, items=items, interactions=interactions,
                              mrdib=has_mrdib, device=device)
-    warn(f"image features use RANDOM {IMAGE_MODEL} weights (offline demo; no visual semantics). For real "
-         "features: 'mrdib extract-features --image-pretrained laion2b_s34b_b79k'.")
+    warn(f"image features use RANDOM weights ({IMAGE_MODEL}, a 2-layer ViT; offline demo, no pretrained "
+         "visual semantics). For real features: 'mrdib extract-features --image-model ViT-B-32 "
+         "--image-pretrained laion2b_s34b_b79k'.")
     t0 = time.perf_counter()
     res = run_pipeline(ws(), study, log=info, on_step=on_step_printer, on_epoch=on_epoch_printer)
     wall = time.perf_counter() - t0

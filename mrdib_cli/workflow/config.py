@@ -131,7 +131,7 @@ TOP = ("name", "datasets", "dataset", "features", "graph", "backbones", "backbon
 PREPARE_KEYS = ("k_core", "split", "seed", "raw_dir", "base_url", "max_malformed", "users", "items",
                 "interactions", "image_size")
 IMPORT_KEYS = ("format", "dir", "features", "feature_dim")
-IMAGE_KEYS = ("model", "pretrained", "checkpoint", "allow_random_weights", "image_dir")
+IMAGE_KEYS = ("model", "pretrained", "checkpoint", "allow_random_weights", "image_dir", "model_config")
 TEXT_KEYS = ("model", "template")
 FEATURE_KEYS = ("image", "text", "device", "batch_size", "normalize")
 GRAPH_KEYS = ("knn_k", "knn_norm", "adj", "cooccurrence")

@@ -175,7 +175,8 @@ def _feature_options(study: Study) -> tuple[Any, Any, Any]:
                           pretrained=None if pre in (None, "none") else pre,
                           checkpoint=Path(im["checkpoint"]).expanduser() if im.get("checkpoint") else None,
                           allow_random_weights=bool(im.get("allow_random_weights", False)),
-                          image_dir=Path(im["image_dir"]).expanduser() if im.get("image_dir") else None)
+                          image_dir=Path(im["image_dir"]).expanduser() if im.get("image_dir") else None,
+                          model_config=Path(im["model_config"]).expanduser() if im.get("model_config") else None)
     if f.get("text") is not None:
         tx = dict(f["text"])
         to = TextOptions(**tx) if tx else TextOptions()
@@ -214,6 +215,10 @@ def _feature_dry(ws: Workspace, ds: str, modality: str, opts: Any) -> StepRecord
     from mrdib_cli.features.resolve import resolve_image_weights
 
     if modality == "image":
+        if opts.model_config is not None:
+            from mrdib_cli.features.resolve import register_model_config
+
+            register_model_config(opts.model_config)
         label = resolve_image_weights(opts.model, opts.pretrained, opts.checkpoint, opts.allow_random_weights).label
     else:
         label = Path(opts.model).name if Path(opts.model).exists() else opts.model.split("/")[-1]
