@@ -18,9 +18,7 @@ def doctor_cmd(
     all_runs: bool = typer.Option(False, "--all", help="Check every run of the workdir."),
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
 ) -> None:
-    """Check runs for evaluation leakage and protocol traps: hyper-parameters selected on test, graphs or
-    features built from valid/test interactions, valid items unmasked at test, runs compared across
-    protocols, resumed runs whose RNG state was not restored. Exit code 1 when an error is found."""
+    """Check runs for evaluation leakage and protocol traps: hyper-parameters selected on test, graphs or features built from valid/test interactions, valid items unmasked at test, runs compared across protocols, resumed runs whose RNG state was not restored. Exit code 1 when an error is found."""  # noqa: E501
     from mrdib_cli.workflow.doctor import check_runs
 
     w = ws()

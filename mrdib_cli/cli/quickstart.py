@@ -23,8 +23,7 @@ def quickstart_cmd(
                                help="auto|cpu|cuda[:N]"),
     as_json: bool = typer.Option(False, "--json", help="Print the steps and report path as JSON."),
 ) -> None:
-    """Prepare the demo dataset, extract features offline, build graphs, train LGMRec without and with
-    MRdIB, evaluate and write a report; prints where the report is."""
+    """The README demo, offline: prepare the demo dataset, extract features, build graphs, train LGMRec without and with MRdIB, evaluate, write a report and print where it is."""  # noqa: E501
     from mrdib_cli.training.plugin import available_plugins
     from mrdib_cli.workflow.pipeline import run_pipeline
     from mrdib_cli.workflow.quickstart import IMAGE_MODEL, quickstart_study

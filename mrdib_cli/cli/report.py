@@ -15,13 +15,12 @@ def report_cmd(
     runs: List[str] = typer.Argument(None, help="Runs to report (default: all runs of the workdir)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for report.md and the PNGs."),
     metric: List[str] = typer.Option([], "--metric", "-m", rich_help_panel=PANEL_EVAL,
-                                      help="Metrics to tabulate [recall/ndcg at every K]. Repeatable."),
+                                      help="Metrics to tabulate (default: recall and ndcg at every K). Repeatable."),
     mask: str = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                              help="Test mask of the compared results: train (MMRec) or train+valid."),
     as_json: bool = typer.Option(False, "--json", help="Print what was written as JSON."),
 ) -> None:
-    """Training curves, test-metric bars with error bars over seeds, MRdIB diagnostics, tables with
-    protocol fingerprints and paired significance tests, and the doctor's findings."""
+    """PNG figures and a Markdown report: training curves, test-metric bars with error bars over seeds, MRdIB diagnostics, tables with protocol fingerprints and paired significance tests, the doctor's findings."""  # noqa: E501
     from mrdib_cli.reporting.report import build_report
 
     w = ws()

@@ -47,8 +47,7 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", rich_help_panel=PANEL_RUNTIME,
                                  help="Print the steps and runs as JSON on stdout."),
 ) -> None:
-    """Run a study: datasets x backbones x seeds (x MRdIB off/on). Each step is cached, so a rerun only does
-    what changed; unknown or mistyped config keys are errors."""
+    """Run a study: datasets x backbones x seeds (x MRdIB off/on). Each step is cached, so a rerun only does what changed; unknown or mistyped config keys are errors."""  # noqa: E501
     from mrdib_cli.workflow.config import load_study
     from mrdib_cli.workflow.pipeline import run_pipeline
 

@@ -19,15 +19,14 @@ def sweep_cmd(
                                   help="Split used to pick the winner: valid (default, correct) or test (ONLY "
                                        "for parity checks with MMRec; outputs are labelled as such)."),
     metric: str = typer.Option(None, "--metric", rich_help_panel=PANEL_EVAL,
-                               help="Selection metric [sweep.metric, default recall@20]."),
+                               help="Selection metric (default: sweep.metric, else recall@20)."),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", rich_help_panel=PANEL_RUNTIME,
                                  help="List the runs and which are cached; train nothing."),
     device: str = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                help="Override train.device (auto|cpu|cuda[:N])."),
     as_json: bool = typer.Option(False, "--json", rich_help_panel=PANEL_RUNTIME, help="Print JSON on stdout."),
 ) -> None:
-    """Train a grid of hyper-parameters x seeds (cached) and select the winner on the validation split;
-    writes results.parquet/.csv and summary.json under <workdir>/sweeps/<name>/."""
+    """Train a grid of hyper-parameters x seeds (cached) and select the winner on the validation split; writes results.parquet/.csv and summary.json under <workdir>/sweeps/<name>/."""  # noqa: E501
     from mrdib_cli.workflow.config import load_study
     from mrdib_cli.workflow.sweep import PARITY_LABEL, run_sweep
 
