@@ -331,6 +331,30 @@ def parse_study(data: dict[str, Any], where: str = "config", path: Path | None =
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file (YAML/TOML; the trainer's reader, so both accept the same files)."""
+    """Read and validate a study file (YAML/TOML; the trainer's reader, so both accept the same files).
+
+    Relative paths inside the file (import dirs, raw dirs, model configs, checkpoints, image dirs) are taken
+    relative to the file's folder, so a study folder can be moved or shared as a whole.
+    """
     p = Path(path)
-    return parse_study(load_config_file(p), where=p.name, path=p)
+    study = parse_study(load_config_file(p), where=p.name, path=p)
+    resolve_paths(study, p.resolve().parent)
+    return study
+
+
+def _rel(value: str, base: Path) -> str:
+    q = Path(value).expanduser()
+    return str(q if q.is_absolute() else base / q)
+
+
+def resolve_paths(study: Study, base: Path) -> None:
+    for d in study.datasets:
+        if d.import_ and "dir" in d.import_:
+            d.import_["dir"] = _rel(d.import_["dir"], base)
+        if "raw_dir" in d.prepare:
+            d.prepare["raw_dir"] = _rel(d.prepare["raw_dir"], base)
+    image = study.features.get("image")
+    if image:
+        for k in ("model_config", "checkpoint", "image_dir"):
+            if image.get(k):
+                image[k] = _rel(image[k], base)

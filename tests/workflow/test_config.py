@@ -75,3 +75,19 @@ def test_cli_bad_key_one_line_exit_2(cli, tmp_path):
     assert rc == 2
     assert "train.learning_rate" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_shipped_examples_are_valid_and_paths_are_relative_to_the_file():
+    from pathlib import Path
+
+    ex = Path(__file__).resolve().parents[2] / "examples"
+    files = sorted(ex.glob("*.yaml"))
+    assert {f.name for f in files} >= {"demo.yaml", "baby-mmrec.yaml", "backbone-vs-mrdib.yaml"}
+    for f in files:
+        s = load_study(f)
+        img = s.features.get("image")
+        if img and img.get("model_config"):
+            assert Path(img["model_config"]).is_file()
+    baby = load_study(ex / "baby-mmrec.yaml")
+    assert baby.datasets[0].import_["dir"] == str(ex / "data" / "baby")
+    assert load_study(ex / "backbone-vs-mrdib.yaml").mrdib == [False, True]
