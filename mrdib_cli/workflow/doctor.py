@@ -243,4 +243,16 @@ def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
             findings += check_graphs(ws, ds_dir, f"dataset {ds}")
             findings += check_features(ds_dir, f"dataset {ds}")
     findings += check_protocols(proto_rows)
-    return sorted(findings, key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
+    return sorted(_merge_info(findings), key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
+
+
+def _merge_info(findings: list[Finding]) -> list[Finding]:
+    """One line for the same informational note on many runs (the explanation is identical)."""
+    notes = [f for f in findings if f.code == "valid-unmasked"]
+    if len(notes) <= 1:
+        return findings
+    rest = [f for f in findings if f.code != "valid-unmasked"]
+    runs = [f.run or "" for f in notes]
+    shown = ", ".join(runs[:4]) + (f" (+{len(runs) - 4} more)" if len(runs) > 4 else "")
+    return rest + [Finding("valid-unmasked", "info", shown, f"{len(runs)} runs: {notes[0].message}",
+                           notes[0].explanation)]
