@@ -35,3 +35,13 @@ def test_report_cli_json(cli, tiny_ws, tmp_path):
     assert rc == 0, err
     d = json.loads(out)
     assert d["markdown"].endswith("report.md") and len(d["figures"]) == 3
+
+
+def test_mrdib_terms_figure(tmp_path):
+    from mrdib_cli.reporting.plots import plugin_terms
+
+    hist = [{"epoch": e, "loss": {"bpr": 0.7 - 0.01 * e, "kl": 0.01 / e, "kl_image": 1.0 / e, "red": 0.05,
+                                  "mine": -0.1 + 0.02 * e, "uni_text": 0.6}} for e in range(1, 6)]
+    p = plugin_terms({"a-mrdib": hist, "b": [{"epoch": 1, "loss": {"bpr": 0.7}}]}, tmp_path / "m.png")
+    assert p is not None and p.read_bytes()[:8] == PNG
+    assert plugin_terms({"b": [{"epoch": 1, "loss": {"bpr": 0.7}}]}, tmp_path / "none.png") is None
