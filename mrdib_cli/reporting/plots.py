@@ -36,6 +36,23 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _colors(n: int) -> list[str]:
+    """Distinct colours for up to 20 series (tab20 beyond the 10-colour palette)."""
+    if n <= len(PALETTE):
+        return PALETTE
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return [matplotlib.colors.to_hex(cmap(i % 20)) for i in range(n)]
+
+
+def _integer_epochs(*axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """Epoch records of ``metrics.jsonl`` (empty when the run logged none)."""
     p = run_dir / "metrics.jsonl"
@@ -54,11 +71,12 @@ def training_curves(run: str, history: list[dict[str, Any]], path: Path,
     terms = sorted({k for r in history for k in r.get("loss", {})}, key=lambda k: (k != "total", k))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     positive = True
+    colors = _colors(len(terms))
     for i, t in enumerate(terms):
         ys = [r.get("loss", {}).get(t, math.nan) for r in history]
         positive &= all(y > 0 for y in ys if not math.isnan(y))
-        ax1.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, ms=3, lw=2 if t == "total" else 1.2,
-                 color=PALETTE[i % len(PALETTE)], label=t)
+        ax1.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, ms=3, lw=2.5 if t == "total" else 1.2,
+                 color="black" if t == "total" else colors[i], ls="-" if i < 10 else "--", label=t)
     if positive and terms:
         ax1.set_yscale("log")
     ax1.set_xlabel("epoch")
@@ -74,10 +92,7 @@ def training_curves(run: str, history: list[dict[str, Any]], path: Path,
         ax2.axvline(best[-1], color="grey", ls="--", lw=1, label=f"best epoch {best[-1]}")
     ax2.set_xlabel("epoch")
     ax2.set_title("validation")
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (ax1, ax2):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _integer_epochs(ax1, ax2)
     ax2.legend(fontsize=7)
     ax2.grid(alpha=0.3)
     fig.suptitle(run, fontsize=10)
@@ -131,6 +146,7 @@ def plugin_terms(histories: dict[str, list[dict[str, Any]]], path: Path,
             ax.plot([r["epoch"] for r in h], ys, color=PALETTE[i % len(PALETTE)], lw=1.2, label=run)
         ax.set_title(t, fontsize=9)
         ax.set_xlabel("epoch")
+        _integer_epochs(ax)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
