@@ -102,6 +102,12 @@ def check_plugin_available(study: Study) -> None:
         if "mrdib" not in available_plugins():
             raise UsageError("the study asks for mrdib: true but the MRdIB plug-in is not available in this "
                              "installation (update mrdib, or set mrdib: false)")
+        from mrdib_cli.training.plugin import create_plugin
+
+        try:  # unknown or invalid mrdib_options fail now, not after hours of baseline training
+            create_plugin("mrdib", dict(study.mrdib_options))
+        except UsageError as e:
+            raise UsageError(f"mrdib_options: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ dataset
