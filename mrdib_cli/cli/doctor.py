@@ -6,7 +6,6 @@ import json
 from typing import List
 
 import typer
-from rich.table import Table
 
 from mrdib_cli.cli.common import info, out, ws
 
@@ -30,13 +29,12 @@ def doctor_cmd(
     elif not findings:
         out.print(f"[green]no findings[/green] for {len(names)} run(s)")
     else:
-        t = Table(title=f"doctor: {len(names)} run(s), {n_err} error(s)", show_lines=True)
-        for col in ("severity", "check", "run", "finding", "why it matters / what to do"):
-            t.add_column(col, overflow="fold")
+        out.print(f"[bold]doctor[/bold]: {len(names)} run(s), {n_err} error(s), {len(findings)} finding(s)")
         for f in findings:
             st = STYLE.get(f.severity, "")
-            t.add_row(f"[{st}]{f.severity}[/{st}]", f.code, f.run or "", f.message, f.explanation)
-        out.print(t)
+            out.print(f"\n[{st}]{f.severity}[/{st}] [bold]{f.code}[/bold] {f.run or ''}: {f.message}",
+                      highlight=False)
+            out.print(f"  [dim]{f.explanation}[/dim]", highlight=False)
     if n_err:
         info(f"{n_err} error(s): these results should not be reported as they are")
         raise typer.Exit(1)
