@@ -6,7 +6,7 @@ the highest score and only then are its test metrics read. ``select_on="test"`` 
 with MMRec, which picks hyper-parameters on test; the outputs then say so loudly (``selected_on: test`` in
 the summary, a warning line, and ``mrdib doctor`` flags the runs).
 
-Outputs in ``<workdir>/sweeps/<name>/``: ``results.parquet`` and ``results.csv`` (one row per run) and
+Outputs in ``<workdir>/sweeps/<name>-sweep/`` (``<name>-sweep-selected-on-test/`` for a parity run): ``results.parquet`` and ``results.csv`` (one row per run) and
 ``summary.json`` (grid, selection rule, per-point means, winner and its test metrics).
 """
 
@@ -142,7 +142,11 @@ def run_sweep(ws: Workspace, study: Study, *, select_on: str = "valid", metric: 
         return res.steps
     table = collect(ws, specs)
     summary = select(table, metric, select_on)
-    name = f"{study.name}-sweep"
+    typed = {point_id(s.overrides): dict(s.overrides) for s in specs}
+    for w in summary["winners"]:  # the table holds strings (a column per key); report the values as given
+        w["params"] = typed.get(w["point"], w["params"])
+    # a test-selected sweep never overwrites the validation-selected one
+    name = f"{study.name}-sweep" + ("-selected-on-test" if select_on == "test" else "")
     summary.update({"name": name, "grid": study.sweep["grid"], "seeds": study.seeds,
                     "runs": [s.run_name for s in specs],
                     "winner_runs": [r for w in summary["winners"] for r in w["runs"]]})

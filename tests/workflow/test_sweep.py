@@ -93,6 +93,7 @@ def test_end_to_end_sweep_on_tiny_demo(tiny_ws):
     assert w["test"]["recall@20"] == pytest.approx(saved["test"]["recall@20"])
     summary = json.loads((res.dir / "summary.json").read_text())
     assert summary["selected_on"] == "valid" and summary["winner_runs"] == [winner_run]
+    assert isinstance(w["params"]["train.lr"], float)
     # cached: a second sweep trains nothing
     again = run_sweep(ws, study)
     assert all(s.state == "cached" for s in again.steps if s.kind == "train")
