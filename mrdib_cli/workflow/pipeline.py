@@ -335,8 +335,11 @@ def train_step(ws: Workspace, study: Study, rs: RunSpec, execute: bool, log: Log
         from mrdib_cli.training.trainer import Trainer
 
         log(f"training {rs.run_name} ({label})")
-        trainer = Trainer(ws, cfg, overwrite=True, on_epoch=on_epoch, on_info=log)
+        trainer = _resumable(ws, cfg, base, on_epoch, log) or Trainer(ws, cfg, overwrite=True, on_epoch=on_epoch,
+                                                                      on_info=log)
         result = trainer.fit()
+        if result.status == "stopped":  # Ctrl-C: the checkpoint stays; the next `mrdib run` resumes it
+            raise KeyboardInterrupt
         if result.status != "finished":
             raise MrdibError(f"run '{rs.run_name}' {result.status}: {result.message}")
         return {"best_epoch": result.best_epoch, "epochs_run": result.epochs_run}
@@ -344,6 +347,23 @@ def train_step(ws: Workspace, study: Study, rs: RunSpec, execute: bool, log: Log
     t0 = time.perf_counter()
     res = cached_step(step, base, inputs, params, run, outputs, manifest_dir=train_manifest_dir(ws))
     return _record("train", label, res, t0, rs.run_name)
+
+
+def _resumable(ws: Workspace, cfg: Any, run_dir: Path, on_epoch: Any, log: Log) -> Any:
+    """A Trainer resuming an interrupted run of the same configuration (RNG and sampler restored), or None."""
+    import copy
+
+    from mrdib_cli.training.trainer import Trainer
+
+    if not (run_dir / "checkpoints" / "last.pt").exists():
+        return None
+    if (run_dir / "results.json").exists() and read_json(run_dir / "results.json").get("status") != "stopped":
+        return None
+    try:
+        return Trainer(ws, copy.deepcopy(cfg), resume=True, on_epoch=on_epoch, on_info=log)
+    except MrdibError as e:  # a different configuration or an unreadable checkpoint: start afresh
+        log(f"not resuming '{cfg.run_name}' ({e}); training it from scratch")
+        return None
 
 
 def _required(backbone: str) -> tuple[str, ...]:

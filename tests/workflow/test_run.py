@@ -65,3 +65,25 @@ def test_cli_dry_run_json(cli, tmp_path):
     d = json.loads(out)
     assert d["dry_run"] is True and [s["kind"] for s in d["steps"]][0] == "prepare"
     assert len(d["runs"]) == 2
+
+
+def test_interrupted_run_is_resumed_not_restarted(tiny_ws, tmp_path):
+    import shutil
+
+    from mrdib_cli.workspace import Workspace
+
+    ws0, study, first = tiny_ws
+    ws = Workspace(tmp_path / "copy")
+    shutil.copytree(ws0.root, ws.root)
+    run = first.runs[0]
+    res_path = ws.run_dir(run) / "results.json"
+    before = json.loads(res_path.read_text())
+    # as after Ctrl-C: results say "stopped" and the step has no manifest yet
+    res_path.write_text(json.dumps({**before, "status": "stopped"}))
+    (ws.runs_dir / ".manifests" / f"train-{run}.json").unlink()
+    logs: list[str] = []
+    again = run_pipeline(ws, study, log=logs.append)
+    assert [s.state for s in again.steps if s.kind == "train"] == ["ran", "cached"]
+    assert any("resumed run" in m for m in logs), logs
+    after = json.loads(res_path.read_text())
+    assert after["status"] == "finished" and after["test"] == before["test"]
