@@ -230,9 +230,10 @@ def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask
     """Full-ranking evaluation of inner-product scores ``user_emb @ item_emb.T``.
 
     Users with >= 1 item in ``truth`` are evaluated; items in ``mask`` are never returned. ``truth`` may be
-    a :class:`Prepared` (reused across epochs, then ``mask`` is ignored). ``protocol`` carries split/mask/
-    dataset names for the record; ks/index are filled in here. ``verify_exact`` (0..1] measures, on that
-    fraction of users, an approximate index's recall@K against exact search and the metric drift.
+    a :class:`Prepared` (reused across epochs; it already holds the mask, so pass ``mask=None``).
+    ``protocol`` carries split/mask/dataset names for the record; ks/index are filled in here.
+    ``verify_exact`` (0..1] measures, on that fraction of users, an approximate index's recall@K against
+    exact search and the metric drift.
     ``threads`` sets FAISS's OpenMP threads for this call (default: FAISS's own, all cores).
     """
     if threads is None:
