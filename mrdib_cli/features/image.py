@@ -143,12 +143,12 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str, str]]) -> tuple[li
 
 
 def iter_image_batches(refs: Sequence[ImageRef], transform: Any, batch_size: int, workers: int,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[list[int], torch.Tensor | None,
-                                                                                list[str], list[str]]]:
+                       pin_memory: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+                       ) -> Iterator[tuple[list[int], torch.Tensor | None, list[str], list[str]]]:
     """Decoded, preprocessed batches in input order (DataLoader keeps order with workers)."""
     loader = DataLoader(_ImageSet(refs, transform, max_pixels), batch_size=batch_size, shuffle=False,
                         num_workers=max(0, workers), collate_fn=_collate,
-                        persistent_workers=False, pin_memory=False)
+                        persistent_workers=False, pin_memory=pin_memory)
     yield from loader
 
 
@@ -160,7 +160,8 @@ def encode_image_shard(enc: ImageEncoder, refs: Sequence[ImageRef], batch_size: 
     vectors = np.zeros((n, enc.dim), dtype=np.float32)
     status = np.empty(n, dtype="<U10")
     reasons = np.empty(n, dtype="<U200")
-    for pos, pixels, st, rs in iter_image_batches(refs, enc.transform, batch_size, workers, max_pixels):
+    for pos, pixels, st, rs in iter_image_batches(refs, enc.transform, batch_size, workers,
+                                                  enc.device.type == "cuda", max_pixels):
         status[pos] = st
         reasons[pos] = rs
         if pixels is not None:

@@ -111,7 +111,12 @@ def register_model_config(path: Path) -> str:
         raise UsageError(f"{path} is not a JSON open_clip model config ({e})") from None
     if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise UsageError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
-    open_clip.add_model_config(path)
+    from open_clip import factory
+
+    if path.resolve() not in [Path(p).resolve() for p in factory._MODEL_CONFIG_PATHS]:
+        open_clip.add_model_config(path)
+    else:
+        factory._rescan_model_configs()  # the file may have changed since it was registered
     return path.stem
 
 
