@@ -307,7 +307,7 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
                 **weights.provenance(), "preprocessing": enc.preprocess,
                 "image_source": {"kind": kind, "image_dir": str(image_dir) if image_dir else None},
                 "normalize": ro.normalize, "fill": FILL, "precision": precision_of(device),
-                "seed": ro.seed, "batch_size": ro.batch_size, "items_digest": inputs["items"],
+                "seed": params["seed"], "batch_size": ro.batch_size, "items_digest": inputs["items"],
                 "packages": package_versions(), "coverage": cov}
         store.write_feature_table(store.table_path(handle.dir, "image", weights.label),
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
