@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tests.features.fixtures import awkward_dataset, run_cli  # noqa: F401 - pytest fixtures
 from tests.features.helpers import TINY_ARGS, TINY_CONFIG
 
 
