@@ -114,6 +114,13 @@ def cpu_seconds() -> float:
     return time.process_time() + ch.ru_utime + ch.ru_stime
 
 
+def _forward_share(stats: dict[str, float], encode_s: float) -> dict[str, float]:
+    """Time in the model forward vs. the whole shard loop (decode, tokenise, batching, shard writes)."""
+    fwd = stats.get("forward_s", 0.0)
+    return {"forward_s": round(fwd, 3),
+            "outside_forward_pct": round(100 * (1 - fwd / encode_s), 1) if encode_s > 0 else 0.0}
+
+
 def package_versions() -> dict[str, str]:
     out = {"mrdib": __version__}
     for pkg in ("torch", "open_clip_torch", "sentence-transformers", "transformers", "pillow", "numpy"):
@@ -293,9 +300,11 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"image-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"image features ({io.model})", len(refs))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_image_shard(enc, refs[lo:hi], ro.batch_size, ro.workers, io.max_pixels,
-                                      on_items=lambda n: reporter.advance("encode", n))
+                                      on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
         t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(refs), enc.dim, ro.shard_size, encode,
@@ -313,7 +322,8 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
         timing = {"fetch_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
-                  "encode_cpu_s": round(c3 - c2, 3), "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2),
+                  "encode_cpu_s": round(c3 - c2, 3),
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2),
                   "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         examples = [{"item_idx": int(i), "asin": asins[i], "status": str(status[i]), "reason": str(reasons[i])}
@@ -359,9 +369,11 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"text-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"text features ({label})", len(texts))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_text_shard(enc, texts[lo:hi], ro.batch_size,
-                                     on_items=lambda n: reporter.advance("encode", n))
+                                     on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
         t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(texts), enc.dim, ro.shard_size, encode,
@@ -382,7 +394,8 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
         timing = {"model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3), "encode_cpu_s": round(c3 - c2, 3),
-                  "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2), "shards_computed": computed}
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2),
+                  "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         return {"coverage": cov, "timing": timing, "device": str(device)}
 
