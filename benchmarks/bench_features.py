@@ -179,7 +179,8 @@ def report(rows: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title_justify="left", title=f"extract-features on CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+    t = Table(title_justify="left",
+              title=f"extract-features on CPU ({os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
                     f"{args.workers} decode worker(s), batch {args.batch_size}, best of {args.repeat})")
     for c in ("modality", "items", "pipeline items/s", "time outside forward", "overhead (same run)",
               "bare forward items/s", "overhead vs bare run (wall)", "(CPU)", "end-to-end items/s"):
