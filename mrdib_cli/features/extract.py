@@ -277,7 +277,8 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
     inputs = {"items": _items_digest(handle), "images": source_fp}
     params = {"modality": "image", "model": io.model, "model_config": digest_obj(open_clip.get_model_config(io.model)),
               "weights": weights.kind, "pretrained": weights.pretrained, "weights_digest": weights.digest,
-              "preprocess_overrides": weights.preprocess_overrides, "normalize": ro.normalize,
+              "preprocess_overrides": weights.preprocess_overrides, "quick_gelu": weights.quick_gelu,
+              "normalize": ro.normalize,
               "precision": precision_of(device), "batch_size": ro.batch_size, "shard_size": ro.shard_size,
               "max_pixels": io.max_pixels, "seed": ro.seed if weights.kind == "random" else None,
               "image_source": kind, "fill": FILL}

@@ -76,6 +76,7 @@ class ImageEncoder:
         log.setLevel(logging.ERROR)  # open_clip logs "initialized randomly" as a warning; we warn ourselves
         try:
             model = open_clip.create_model(weights.model, pretrained=None, device="cpu",
+                                           force_quick_gelu=weights.quick_gelu,
                                            force_preprocess_cfg=weights.preprocess_overrides or None)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot build open_clip model {weights.model}: {_one_line(e)}") from None

@@ -114,3 +114,11 @@ def test_demo_dataset_pngs_found_without_options(run_cli, workdir: Path) -> None
     assert ft.vectors.shape == (h.n_items, 16) and (ft.status == "ok").all()
     assert ft.meta["image_source"]["kind"] == "dir" and ft.meta["image_source"]["image_dir"] == h.card["image_dir"]
     assert ft.meta["coverage"]["coverage"] == 1.0
+
+
+def test_text_model_offline_or_missing_is_exit_3(run_cli, awkward_dataset, tmp_path: Path) -> None:
+    rc, _, err = run_cli("extract-features", "--modality", "text", "--text-model", "some-org/not-cached-model")
+    assert rc == 3 and "--text-model PATH" in one_line(err)
+    rc, _, err = run_cli("extract-features", "--modality", "text", "--text-model", str(tmp_path / "nope"))
+    assert rc == 3 and "not found" in one_line(err)
+    assert not (awkward_dataset[0] / "features").exists()
