@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
                                      help="image, text or all."),
         image_dir: Optional[Path] = typer.Option(None, "--image-dir", rich_help_panel=PANEL_DATA,
                                                  help="Folder of <asin>.<ext> or <item_idx>.<ext> images "
-                                                      "[default: the card's image_dir, else image_url downloads]."),
+                                                      "(default: the card's image_dir, else image_url downloads)."),
         image_model: str = typer.Option("ViT-B-32", "--image-model", rich_help_panel=PANEL_IMAGE,
                                         help="open_clip architecture name."),
         image_pretrained: str = typer.Option("laion2b_s34b_b79k", "--image-pretrained", rich_help_panel=PANEL_IMAGE,
