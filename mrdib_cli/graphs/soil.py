@@ -75,10 +75,10 @@ def second_order_triples(train: sp.csr_matrix, xv: Tensor, xt: Tensor, knn_a: in
     return cu_a[keep], ci_a[keep], cv_a[keep].astype(np.float32)
 
 
-def interest_pairs(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
-                   block_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
-    """(h, j) item pairs of the interest graphs: every history item h of u with every j in I^a(u)."""
-    users, items, n_u = _train_arrays(train)
+def interest_sets(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
+                  block_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """I^a(u) for every user: (candidates [U, 2k_i], valid [U, 2k_i]); a text pick already among the
+    image picks is marked invalid (the union counts it once). s_m = (R X̄_m) X̄_m^T in user blocks."""
     n_users, n_items = train.shape
     r = sp.csr_matrix(train, dtype=np.float32)
     tops = []
@@ -86,16 +86,20 @@ def interest_pairs(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
         xn = l2_normalise(feats[m].float())
         rx = torch.from_numpy(np.asarray(r @ xn.numpy(), dtype=np.float32))  # R X̄: U x d
         block = max(1, block_cells // n_items)
-        t = []
-        for s in range(0, n_users, block):
-            t.append(torch.topk(rx[s:s + block] @ xn.T, min(knn_i, n_items), dim=-1).indices)
+        t = [torch.topk(rx[s:s + block] @ xn.T, min(knn_i, n_items), dim=-1).indices
+             for s in range(0, n_users, block)]
         tops.append(torch.cat(t).numpy())
     tv, tt = tops
     dup = (tt[:, :, None] == tv[:, None, :]).any(-1)
-    cand = np.concatenate([tv, tt], axis=1)  # U x 2k_i
-    valid = np.concatenate([np.ones_like(tv, dtype=bool), ~dup], axis=1)
-    width = cand.shape[1]
-    h = np.repeat(items, width)
+    return np.concatenate([tv, tt], axis=1), np.concatenate([np.ones_like(tv, dtype=bool), ~dup], axis=1)
+
+
+def interest_pairs(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
+                   block_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """(h, j) item pairs of the interest graphs: every history item h of u with every j in I^a(u)."""
+    users, items, _ = _train_arrays(train)
+    cand, valid = interest_sets(train, feats, knn_i, block_cells)
+    h = np.repeat(items, cand.shape[1])
     j = cand[users].reshape(-1)
     ok = valid[users].reshape(-1)
     return h[ok], j[ok]
