@@ -1,0 +1,134 @@
+"""Reading trained runs for evaluation, comparison and recommendation, without any model code.
+
+A run folder (written by the trainer) holds ``config.json`` and ``embeddings.npz`` (best-validation user and
+item embeddings); that is all ``mrdib eval|compare|recommend`` need. The dataset is located from the config
+and its content digest is checked: evaluating embeddings against interactions that changed since training
+would produce numbers that mean nothing, so it is refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.errors import DataError, MissingInputError, UsageError
+from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split
+from mrdib_cli.workspace import Workspace, read_json
+
+
+def result_tag(split: str, mask: str = "train", index: str = "flat") -> str:
+    """File tag of saved results: the bare split for the default protocol (what the trainer writes)."""
+    tag = split
+    if mask != "train":
+        tag += f".mask-{mask}"
+    if index != "flat":
+        tag += f".index-{index}"
+    return tag
+
+
+@dataclass
+class Run:
+    """A trained run folder: its config, dataset and embeddings (loaded lazily)."""
+
+    name: str
+    dir: Path
+    config: dict[str, Any]
+    workspace: Workspace
+
+    @classmethod
+    def open(cls, ws: Workspace, name: str | None = None, dataset: str | None = None) -> Run:
+        """The named run, or the latest run of the (active) dataset; one-line errors otherwise."""
+        name = ws.resolve_run(name, dataset)
+        d = ws.run_dir(name)
+        try:
+            cfg = read_json(d / "config.json")
+        except (OSError, json.JSONDecodeError) as e:
+            raise DataError(f"run '{name}': cannot read config.json ({type(e).__name__})") from None
+        return cls(name=name, dir=d, config=cfg, workspace=ws)
+
+    @cached_property
+    def handle(self) -> DatasetHandle:
+        """The run's dataset, refused if its interactions changed since training."""
+        cands = []
+        if self.config.get("dataset_dir"):
+            cands.append(Path(self.config["dataset_dir"]))
+        if self.config.get("dataset"):
+            cands.append(self.workspace.dataset_dir(self.config["dataset"]))
+        for c in cands:
+            if (c / "dataset.json").exists():
+                h = DatasetHandle(c)
+                break
+        else:
+            raise MissingInputError(f"run '{self.name}': its dataset '{self.config.get('dataset')}' is not in "
+                                    f"{self.workspace.datasets_dir}; prepare or import it again")
+        want = self.config.get("dataset_digest")
+        if want and h.digest != want:
+            raise DataError(f"run '{self.name}': dataset '{h.name}' changed since training (interactions "
+                            "digest differs); retrain the run or restore the dataset it was trained on")
+        return h
+
+    @cached_property
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(user [n_users, d], item [n_items, d]) float32 from ``embeddings.npz`` (no pickle)."""
+        p = self.dir / "embeddings.npz"
+        if not p.exists():
+            raise MissingInputError(f"run '{self.name}' has no embeddings.npz (training did not finish an "
+                                    "epoch); train it first or pick another --run")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "user" not in z or "item" not in z:
+                    raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
+                return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{p}: unreadable ({type(e).__name__}); retrain the run") from None
+
+    @property
+    def seed(self) -> Any:
+        return (self.config.get("train") or {}).get("seed")
+
+    def config_key(self) -> str:
+        """Identity of the configuration *apart from the seed* (runs sharing it are seeds of one setting)."""
+        from mrdib_cli.workspace import digest_obj
+
+        cfg = {k: v for k, v in self.config.items()
+               if k not in ("run_name", "created", "version", "dataset_dir")}
+        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
+                        if k not in ("seed", "device", "num_workers")}
+        return digest_obj(cfg)
+
+    def label(self) -> str:
+        plug = self.config.get("plugin")
+        name = self.config.get("backbone", "?")
+        if isinstance(plug, dict) and plug.get("name"):
+            name += f"+{plug['name']}"
+        return name
+
+    def saved_result(self, tag: str) -> dict[str, Any] | None:
+        p = self.dir / f"eval-{tag}.json"
+        if not p.exists() or not (self.dir / f"per_user-{tag}.parquet").exists():
+            return None
+        try:
+            return read_json(p)
+        except (OSError, json.JSONDecodeError):
+            return None
+
+
+def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
+                 batch_users: int = 4096, index: str = "flat", index_params: dict[str, Any] | None = None,
+                 verify_exact: float = 0.0, seed: int = 0, save: bool = True,
+                 on_batch: Callable[[int], None] | None = None) -> tuple[EvalResult, dict[str, Path]]:
+    """Evaluate a run's saved embeddings; save per-user metrics and top-K lists in the run folder."""
+    if mask not in MASKS:
+        raise UsageError(f"unknown mask '{mask}' (choose from {', '.join(MASKS)})")
+    user, item = run.embeddings
+    res = evaluate_split(run.handle, user, item, split=split, mask=mask, ks=ks, batch_users=batch_users,
+                         index=index, index_params=index_params, verify_exact=verify_exact, seed=seed,
+                         on_batch=on_batch)
+    paths = res.save(run.dir, result_tag(split, mask, index)) if save else {}
+    return res, paths

@@ -1,0 +1,140 @@
+"""``mrdib eval|compare|recommend`` end to end on run folders written with the run-folder contract."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mrdib_cli.data.handle import DatasetHandle
+
+from .helpers import write_dataset, write_run
+
+
+def _oracle(handle: DatasetHandle, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings that rank each user's test items first (one-hot items, users point at their tests)."""
+    rng = np.random.default_rng(seed)
+    item = np.eye(handle.n_items, dtype=np.float32)
+    user = rng.normal(0, 0.01, (handle.n_users, handle.n_items)).astype(np.float32)
+    user += 10 * handle.csr("test").toarray()
+    return user, item
+
+
+@pytest.fixture
+def runs(workdir):
+    d = write_dataset(workdir, n_users=40, n_items=30)
+    h = DatasetHandle(d)
+    rng = np.random.default_rng(5)
+    for s in (1, 2, 3):  # one configuration, three seeds
+        write_run(workdir, f"rand-s{s}", "tiny", rng.standard_normal((40, 30)), rng.standard_normal((30, 30)),
+                  seed=s, backbone="lightgcn")
+    write_run(workdir, "oracle", "tiny", *_oracle(h), seed=1, backbone="oracle")
+    return workdir
+
+
+def test_eval_latest_run_table_json_and_saved_files(cli, runs) -> None:
+    rc, out, err = cli("eval", "--k", "5", "10", "--json", str(runs / "m.json"))
+    assert rc == 0, err
+    assert "Protocol:" in out and "mask=train" in out and "split=test" in out and "oracle" in out
+    assert "recall" in out and "@10" in out
+    payload = json.loads((runs / "m.json").read_text())
+    assert set(payload) >= {"protocol", "split", "n_users", "metrics"}
+    assert payload["split"] == "test" and payload["n_users"] == 40
+    assert payload["metrics"]["recall@10"] == pytest.approx(1.0)  # the oracle ranks all test items first
+    assert payload["protocol"]["mask"] == "train" and payload["protocol"]["index"] == "flat"
+    pu = pl.read_parquet(runs / "runs" / "oracle" / "per_user-test.parquet")
+    assert pu.height == 40 and pu["ndcg@5"].min() == pytest.approx(1.0)
+    tk = pl.read_parquet(runs / "runs" / "oracle" / "topk-test.parquet")
+    assert tk.height == 40 and tk["items"].dtype.size == 10
+
+
+def test_eval_options_and_errors(cli, runs) -> None:
+    rc, out, _ = cli("eval", "--run", "rand-s1", "--split", "valid", "--k", "3,6", "--json", "-")
+    assert rc == 0
+    payload = json.loads(out)
+    assert payload["split"] == "valid" and "map@6" in payload["metrics"]
+    rc, out, _ = cli("eval", "--run", "rand-s1", "--mask", "train+valid", "--json", "-")
+    assert rc == 0 and json.loads(out)["protocol"]["mask"] == "train+valid"
+    assert (runs / "runs" / "rand-s1" / "eval-test.mask-train+valid.json").exists()
+    for args, code, msg in [(("--run", "nope"), 3, "not found"),
+                            (("--k", "31"), 2, "larger than the catalogue"),
+                            (("--split", "valid", "--mask", "train+valid"), 2, "would hide"),
+                            (("--mask", "everything"), 2, "unknown mask"),
+                            (("--verify-exact", "0.5"), 2, "approximate index")]:
+        rc, out, err = cli("eval", *args)
+        assert rc == code, (args, err)
+        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_refuses_changed_dataset(cli, runs) -> None:
+    inter = runs / "datasets" / "tiny" / "interactions.parquet"
+    df = pl.read_parquet(inter)
+    df.with_columns(pl.when(pl.arange(0, df.height) == 0).then(pl.lit("test")).otherwise(pl.col("split"))
+                    .alias("split")).write_parquet(inter)
+    rc, _, err = cli("eval", "--run", "oracle")
+    assert rc == 1 and "changed since training" in err
+
+
+def test_eval_ann_with_verification(cli, runs) -> None:
+    rc, out, err = cli("eval", "--run", "rand-s2", "--index", "hnsw", "--verify-exact", "0.5", "--k", "5",
+                       "--json", str(runs / "a.json"))
+    assert rc == 0, err
+    assert "vs exact search" in out and "drift" in out
+    chk = json.loads((runs / "a.json").read_text())["ann_check"]
+    assert chk["n_users"] == 20 and 0 <= chk["ann_recall"]["recall@5"] <= 1
+
+
+def test_compare_seeds_and_significance(cli, runs) -> None:
+    rc, out, err = cli("compare", "rand-s1", "rand-s2", "rand-s3", "oracle", "--json", str(runs / "c.json"))
+    assert rc == 0, err
+    c = json.loads((runs / "c.json").read_text())
+    g0, g1 = c["groups"]
+    assert g0["runs"] == ["rand-s1", "rand-s2", "rand-s3"] and g1["runs"] == ["oracle"]
+    singles = []
+    for r in ("rand-s1", "rand-s2", "rand-s3"):
+        singles.append(json.loads((runs / "runs" / r / "eval-test.json").read_text())["metrics"]["recall@20"])
+    assert g0["metrics"]["recall@20"]["mean"] == pytest.approx(np.mean(singles))
+    assert g0["metrics"]["recall@20"]["std"] == pytest.approx(np.std(singles, ddof=1))
+    assert g1["metrics"]["recall@10"]["mean"] == pytest.approx(1.0)
+    assert g1["metrics"]["recall@10"]["rel_change"] > 0
+    tests = {t["metric"]: t for t in c["tests"]}
+    assert tests["recall@10"]["p_ttest"] < 1e-6 and tests["recall@10"]["p_wilcoxon"] < 1e-6
+    assert tests["recall@10"]["n_users"] == 40
+    assert "±" in out and "Wilcoxon" in out
+
+
+def test_compare_refuses_protocol_mismatch_unless_forced(cli, runs) -> None:
+    assert cli("eval", "--run", "oracle", "--mask", "train+valid")[0] == 0
+    assert cli("eval", "--run", "rand-s1")[0] == 0
+    # a second dataset: same shapes, different interactions
+    write_dataset(runs, name="other", n_users=40, n_items=30, seed=9, activate=False)
+    u, i = np.random.default_rng(0).standard_normal((40, 4)), np.random.default_rng(1).standard_normal((30, 4))
+    write_run(runs, "elsewhere", "other", u, i, latest=False)
+    rc, _, err = cli("compare", "rand-s1", "elsewhere")
+    assert rc == 4 and "different protocols" in err and "dataset_digest" in err
+    assert "--force" in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
+    assert "Traceback" not in err
+    rc, out, err = cli("compare", "rand-s1", "elsewhere", "--force")
+    assert rc == 0 and "compared anyway" in err
+
+
+def test_recommend(cli, runs) -> None:
+    rc, out, err = cli("recommend", "--run", "oracle", "--user", "A0003X", "7", "--k", "2")
+    assert rc == 0, err
+    assert "user 3 (A0003X)" in out and "user 7 (A0007X)" in out and "Item number" in out
+    h = DatasetHandle(runs / "datasets" / "tiny")
+    test3 = set(h.csr("test")[3].indices.tolist())
+    rc, _, err = cli("recommend", "--run", "oracle", "--out", str(runs / "all.parquet"), "--k", "2")
+    assert rc == 0, err
+    df = pl.read_parquet(runs / "all.parquet")
+    assert df.height == 80 and df["held_out"].all()  # the oracle recommends exactly the test items
+    assert set(df.filter(pl.col("user_idx") == 3)["item_idx"].to_list()) == test3
+    assert df.columns[:5] == ["user_idx", "reviewer_id", "rank", "item_idx", "asin"]
+    rc, _, err = cli("recommend", "--run", "oracle", "--user", "ghost")
+    assert rc == 2 and "unknown user 'ghost'" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli("recommend", "--run", "oracle", "--user", "3", "--k", "100")
+    assert rc == 2 and "larger than the catalogue" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli("recommend", "--run", "oracle")
+    assert rc == 2 and "--user" in err
