@@ -45,26 +45,41 @@ def _train_arrays(train: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndar
     return users.astype(np.int64), train.indices.astype(np.int64), np.diff(train.indptr).astype(np.int64)
 
 
+def _item_blocks(n_items: int, width: int, block_cells: int) -> range:
+    return range(0, n_items, max(1, block_cells // max(width, 1)))
+
+
 def second_order_triples(train: sp.csr_matrix, xv: Tensor, xt: Tensor, knn_a: int,
                          block_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(users, items, weights) of the attractiveness picks, before duplicate summing."""
+    """(users, items, weights) of the attractiveness picks, before duplicate summing.
+
+    P[h, :] = S_v[h, :] ⊙ S_t[h, :] depends only on the history item h, so it is computed once per item
+    (item row blocks, never I x I at once), its top-K_h kept with K_h the largest (k_a + n_u) over the
+    users holding h, and each interaction (u, h) reads its first (k_a + n_u) entries.
+    """
     users, items, n_u = _train_arrays(train)
     n_items = xv.shape[0]
     xv, xt = l2_normalise(xv.float()), l2_normalise(xt.float())
     kk_row = np.minimum(n_u[users] + knn_a, n_items)  # per interaction row: top-(k_a + n_u)
-    order = np.argsort(kk_row, kind="stable")
-    block = max(1, block_cells // n_items)
+    k_item = np.zeros(n_items, dtype=np.int64)
+    np.maximum.at(k_item, items, kk_row)
+    by_item = np.argsort(items, kind="stable")
+    starts = np.searchsorted(items[by_item], np.arange(n_items + 1))
     cu, ci, cv = [], [], []
-    for s in range(0, len(order), block):
-        rows = order[s:s + block]
-        h = torch.from_numpy(items[rows])
-        p = (xv[h] @ xv.T) * (xt[h] @ xt.T)
-        kk = int(kk_row[rows].max())
+    for a in _item_blocks(n_items, n_items, block_cells):
+        b = min(a + max(1, block_cells // n_items), n_items)
+        kk = int(k_item[a:b].max())
+        if kk == 0:
+            continue
+        p = (xv[a:b] @ xv.T) * (xt[a:b] @ xt.T)
         val, idx = torch.topk(p, kk, dim=-1)
+        val, idx = val.numpy(), idx.numpy()
+        rows = by_item[starts[a]:starts[b]]  # interactions whose history item is in [a, b)
+        loc = items[rows] - a
         keep = np.arange(kk)[None, :] < kk_row[rows][:, None]
         cu.append(np.broadcast_to(users[rows][:, None], (len(rows), kk))[keep])
-        ci.append(idx.numpy()[keep])
-        cv.append(val.numpy()[keep])
+        ci.append(idx[loc][keep])
+        cv.append(val[loc][keep])
     cu_a, ci_a, cv_a = np.concatenate(cu), np.concatenate(ci), np.concatenate(cv)
     # global top-(k_a + n_u) per user among its candidates
     srt = np.lexsort((-cv_a, cu_a))
@@ -78,17 +93,30 @@ def second_order_triples(train: sp.csr_matrix, xv: Tensor, xt: Tensor, knn_a: in
 def interest_sets(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
                   block_cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
     """I^a(u) for every user: (candidates [U, 2k_i], valid [U, 2k_i]); a text pick already among the
-    image picks is marked invalid (the union counts it once). s_m = (R X̄_m) X̄_m^T in user blocks."""
+    image picks is marked invalid (the union counts it once).
+
+    s_m(u) = (R S_m)[u] is computed over item column blocks, s_m[:, a:b] = R @ S_m[a:b, :]^T (S is
+    symmetric), keeping a running top-k_i per user, so neither I x I nor U x I is ever materialised.
+    """
     n_users, n_items = train.shape
+    k = min(knn_i, n_items)
     r = sp.csr_matrix(train, dtype=np.float32)
+    width = max(n_items, n_users)
     tops = []
     for m in ("image", "text"):
         xn = l2_normalise(feats[m].float())
-        rx = torch.from_numpy(np.asarray(r @ xn.numpy(), dtype=np.float32))  # R X̄: U x d
-        block = max(1, block_cells // n_items)
-        t = [torch.topk(rx[s:s + block] @ xn.T, min(knn_i, n_items), dim=-1).indices
-             for s in range(0, n_users, block)]
-        tops.append(torch.cat(t).numpy())
+        best_v = torch.full((n_users, 0), -np.inf)
+        best_i = torch.zeros((n_users, 0), dtype=torch.long)
+        for a in _item_blocks(n_items, width, block_cells):
+            b = min(a + max(1, block_cells // width), n_items)
+            s_blk = (xn[a:b] @ xn.T).numpy()  # S[a:b, :]
+            su = torch.from_numpy(np.asarray(r @ s_blk.T, dtype=np.float32))  # [U, b - a]
+            cat_v = torch.cat([best_v, su], dim=1)
+            cat_i = torch.cat([best_i, torch.arange(a, b).expand(n_users, b - a)], dim=1)
+            kk = min(k, cat_v.shape[1])
+            best_v, pos = torch.topk(cat_v, kk, dim=1)
+            best_i = cat_i.gather(1, pos)
+        tops.append(best_i.numpy())
     tv, tt = tops
     dup = (tt[:, :, None] == tv[:, None, :]).any(-1)
     return np.concatenate([tv, tt], axis=1), np.concatenate([np.ones_like(tv, dtype=bool), ~dup], axis=1)
