@@ -18,16 +18,19 @@ from mrdib_cli.errors import MissingInputError
 
 
 def load_features(data: Any, modalities: tuple[str, ...], required: tuple[str, ...],
-                  backbone: str) -> dict[str, Tensor]:
+                  backbone: str, tables: dict[str, str | None] | None = None) -> dict[str, Tensor]:
     """Feature matrices [n_items, d_m] (float32 CPU tensors) of the modalities the dataset has.
 
     A missing required modality is a one-line error naming the command that creates it; an optional
     one is simply absent from the result (the backbone then runs on the others, as MMRec does).
+    ``tables`` picks a named feature table per modality (default: the newest).
     """
+    tables = tables or {}
     out: dict[str, Tensor] = {}
     for m in modalities:
-        if data.has_features(m):
-            out[m] = torch.from_numpy(np.array(data.features(m).vectors, dtype=np.float32, copy=True))
+        if data.feature_path(m, tables.get(m)) is not None:
+            vec = data.features(m, tables.get(m)).vectors
+            out[m] = torch.from_numpy(np.array(vec, dtype=np.float32, copy=True))
         elif m in required:
             raise MissingInputError(f"backbone '{backbone}' needs {m} features but dataset '{data.name}' has "
                                     f"none; run 'mrdib extract-features --modality {m}'")

@@ -48,12 +48,13 @@ class BM3(Backbone):
         "cl_weight": 2.0,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "bm3")
+        feats = load_features(data, self.modalities, self.required_modalities, "bm3", features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.predictor = nn.Linear(d, d)

@@ -82,12 +82,13 @@ class DualGNN(Backbone):
         "reg_weight": 1e-4,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, "dualgnn")
+        feats = load_features(data, MODS, MODS, "dualgnn", features)
         for m in MODS:
             self.register_buffer(f"{m}_feat", feats[m], persistent=False)
         self.gcn = nn.ModuleDict({m: DualGCN(self.n_users, feats[m].shape[1], d) for m in MODS})

@@ -57,13 +57,14 @@ class FREEDOM(Backbone):
         "reg_weight": 1e-3,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         hp = {**self.defaults, **hparams}
         self.hp = hp
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "freedom")
+        feats = load_features(data, self.modalities, self.required_modalities, "freedom", features)
         train = data.csr("train")
 
         self.user_embedding = xavier_embedding(self.n_users, d)

@@ -54,7 +54,8 @@ class LATTICE(Backbone):
         "max_dense_gib": 8.0,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         if hp["item_graph"] not in ("dense", "sparse"):
@@ -64,7 +65,7 @@ class LATTICE(Backbone):
         if self.dense:
             check_dense_budget(self.n_items, hp["max_dense_gib"])
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "lattice")
+        feats = load_features(data, self.modalities, self.required_modalities, "lattice", features)
         self.mods = tuple(feats)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)

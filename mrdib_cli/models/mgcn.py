@@ -71,12 +71,13 @@ class MGCN(Backbone):
         "cl_loss": 0.01,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, self.name or "mgcn")
+        feats = load_features(data, MODS, MODS, self.name or "mgcn", features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(feats[m].clone()) for m in MODS})

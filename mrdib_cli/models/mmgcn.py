@@ -77,12 +77,13 @@ class MMGCN(Backbone):
         "train_id_embeddings": False,
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "mmgcn")
+        feats = load_features(data, self.modalities, self.required_modalities, "mmgcn", features)
         self.mods = tuple(feats)
         for m, x in feats.items():
             self.register_buffer(f"{m}_feat", x, persistent=False)

@@ -63,12 +63,13 @@ class SOIL(Backbone):
         "clothing": {"knn_i": 5, "knn_a": 3, "cl_loss": 0.01, "cl_loss2": 0.001},
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any]) -> None:
+    def __init__(self, data: Any, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
         super().__init__()
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, "soil")
+        feats = load_features(data, MODS, MODS, "soil", features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         for m in MODS:
