@@ -133,18 +133,19 @@ def interest_pairs(train: sp.csr_matrix, feats: dict[str, Tensor], knn_i: int,
     return h[ok], j[ok]
 
 
-def interest_graph(h: np.ndarray, j: np.ndarray, x: Tensor, chunk: int = 1 << 18) -> Tensor:
-    """Ŝ_m = sym(nonzeros of W_m), W_m[h, j] = Σ over linking users of S_m[h, j]."""
+def interest_graph(h: np.ndarray, j: np.ndarray, x: Tensor, block_cells: int = 1 << 22) -> Tensor:
+    """Ŝ_m = sym(nonzeros of W_m), W_m[h, j] = Σ over linking users of S_m[h, j] = count(h, j) S_m[h, j]."""
     n = x.shape[0]
     xn = l2_normalise(x.float())
-    ht, jt = torch.from_numpy(h), torch.from_numpy(j)
-    vals = torch.cat([(xn[ht[s:s + chunk]] * xn[jt[s:s + chunk]]).sum(-1) for s in range(0, len(h), chunk)]) \
-        if len(h) else torch.zeros(0)
-    w = to_sparse(ht, jt, vals, (n, n))  # coalesce: sums the per-user contributions
-    idx, v = w.indices(), w.values()
-    nz = v != 0
-    rows, cols, v = idx[0, nz], idx[1, nz], v[nz]
-    return to_sparse(rows, cols, edge_laplacian(rows, cols, v.double(), n, clamp=CLAMP).float(), (n, n))
+    key, count = np.unique(h.astype(np.int64) * n + j, return_counts=True)
+    ht, jt = torch.from_numpy(key // n), torch.from_numpy(key % n)
+    chunk = max(1, block_cells // xn.shape[1])  # gathered rows per step: O(block_cells) memory
+    sims = [(xn[ht[s:s + chunk]] * xn[jt[s:s + chunk]]).sum(-1) for s in range(0, len(key), chunk)]
+    vals = (torch.cat(sims).double() if sims else torch.zeros(0, dtype=torch.float64)) \
+        * torch.from_numpy(count).double()
+    nz = vals != 0
+    rows, cols, v = ht[nz], jt[nz], vals[nz]
+    return to_sparse(rows, cols, edge_laplacian(rows, cols, v, n, clamp=CLAMP).float(), (n, n))
 
 
 def ui_second_order(users: np.ndarray, items: np.ndarray, w: np.ndarray, n_users: int, n_items: int,
