@@ -1,0 +1,58 @@
+"""``mrdib diagnose RUN``: redundancy (MINE) and per-modality ranking quality of a run vs. its baseline."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, ws
+
+METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def diagnose_cmd(
+    run: Optional[str] = typer.Argument(None, help="Run to diagnose (default: the latest run)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", "-B", rich_help_panel=PANEL_EVAL,
+                                           help="The same backbone trained without MRdIB, for comparison."),
+    mi_steps: int = typer.Option(2000, "--mi-steps", min=50, rich_help_panel=PANEL_EVAL,
+                                 help="Training steps of the fresh MINE critic."),
+    seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME, help="Seed of the critic and item split."),
+    device: str = typer.Option("cpu", "--device", rich_help_panel=PANEL_RUNTIME,
+                               help="Device to rebuild the model on (cpu|cuda)."),
+) -> None:
+    """Check MRdIB's claims on a trained run: I(Z_v;Z_t) on held-out items (fresh critic) and ranking with
+    z_v alone, z_t alone and fused, for the run and its --baseline. Writes diagnose.json and diagnose.png
+    into the run folder."""
+    from mrdib_cli.mrdib.diagnostics import diagnose
+
+    with status("diagnosing (rebuilding the model, fitting a fresh MINE critic)..."):
+        report, jpath, ppath = diagnose(ws(), run, baseline, mi_steps=mi_steps, seed=seed, device=device)
+    runs = [r for r in (report["run"], report["baseline"]) if r]
+    t = Table(title="I(Z_v; Z_t) estimate (MINE, held-out items)")
+    for col in ("run", "plugin", "representation", "MI [nats]", "MI train"):
+        t.add_column(col, justify="right" if col.startswith("MI") else "left")
+    for r in runs:
+        mi = r["mi"]
+        t.add_row(r["run"], r["plugin"] or "-", r["representation"],
+                  "n/a" if mi.get("mi") is None else f"{mi['mi']:.4f}",
+                  "n/a" if mi.get("mi_train") is None else f"{mi['mi_train']:.4f}")
+    out.print(t)
+    t2 = Table(title=f"Test ranking by representation (mask: {report['run']['mask']})")
+    t2.add_column("run")
+    t2.add_column("scored with")
+    for m in METRICS:
+        t2.add_column(m, justify="right")
+    for r in runs:
+        for g, vals in r["ranking"].items():
+            if "skipped" in vals:
+                t2.add_row(r["run"], g, *(["-"] * len(METRICS)))
+            else:
+                t2.add_row(r["run"], g if g == "fused" else f"{g} alone", *(f"{vals[m]:.4f}" for m in METRICS))
+    out.print(t2)
+    out.print(f"wrote {jpath}\nwrote {ppath}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("diagnose", rich_help_panel="Results")(diagnose_cmd)

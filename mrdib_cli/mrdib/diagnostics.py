@@ -1,0 +1,225 @@
+"""``mrdib diagnose``: check the disentanglement claims of a trained run instead of believing them.
+
+For a run (and optionally its baseline run, the same backbone trained without MRdIB):
+
+1. **Redundancy**: a MINE estimate of I(Z_v; Z_t) between the two modality representations at the hook
+   points (z = mu for an MRdIB run, the raw h_m for a baseline), with a *fresh* critic fitted on 80% of the
+   items and the bound evaluated on the held-out 20% (features standardised, so runs are comparable).
+2. **Per-modality ranking quality**: scoring with z_v alone, z_t alone (score_m(u, i) = <p_m(u), A_m z_m(i)>,
+   as in the unique term; for a baseline A_m is the identity when the dims agree) and with the fused
+   embeddings the run was evaluated with, under the run's own test protocol.
+
+The model is rebuilt from the run folder (config.json + checkpoints/best.pt): no pickle, weights_only loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
+from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
+from mrdib_cli.mrdib.mine import estimate_mi
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json
+
+KS = (10, 20)
+
+
+@dataclass
+class LoadedRun:
+    name: str
+    dir: Path
+    conf: dict[str, Any]
+    handle: DatasetHandle
+    backbone: Backbone
+    plugin: Any  # Plugin | None
+
+
+def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
+    """Rebuild a run's backbone (+ plug-in) from its folder and its best-validation checkpoint."""
+    from mrdib_cli.training.plugin import create_plugin
+
+    name = ws.resolve_run(run)
+    rdir = ws.run_dir(name)
+    cfg_path, best = rdir / "config.json", rdir / "checkpoints" / "best.pt"
+    for p in (cfg_path, best):
+        if not p.exists():
+            raise MissingInputError(f"run '{name}' has no {p.relative_to(rdir)} (was it trained to at least one "
+                                    f"validated epoch?)")
+    conf = json.loads(cfg_path.read_text())
+    handle = DatasetHandle.open(ws, conf["dataset"])
+    if conf.get("dataset_digest") and handle.digest != conf["dataset_digest"]:
+        raise ProtocolMismatchError(f"dataset '{handle.name}' changed since run '{name}' was trained "
+                                    f"(digest differs); retrain the run")
+    cls = get_backbone(conf["backbone"])
+    torch.manual_seed(int(conf.get("train", {}).get("seed", 0)))
+    backbone = cls(handle, dict(conf["hparams"]), conf.get("features") or None)
+    plugin = None
+    if conf.get("plugin"):
+        opts = {k: v for k, v in conf["plugin"].items() if k != "name"}
+        plugin = create_plugin(conf["plugin"]["name"], _plugin_options(opts))
+        plugin.attach(backbone)
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    backbone.load_state_dict(state["model"])
+    if plugin is not None and state.get("plugin") is not None:
+        plugin.load_state_dict(state["plugin"])
+    backbone.to(device).eval()
+    if plugin is not None:
+        plugin.to(device).eval()
+    return LoadedRun(name, rdir, conf, handle, backbone, plugin)
+
+
+def _plugin_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Options as stored in config.json may include derived keys (hooks, dims...): keep the constructor's."""
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
+
+    keep = set(MRdIBConfig.__dataclass_fields__)
+    return {k: v for k, v in opts.items() if k in keep}
+
+
+@torch.no_grad()
+def modality_views(lr: LoadedRun) -> tuple[dict[str, Tensor], dict[str, Tensor], Embeddings]:
+    """One deterministic forward; returns (z_m for MI, A_m z_m item-side scores, embeddings)."""
+    bb, plugin = lr.backbone, lr.plugin
+    raw: dict[str, Tensor] = {}
+    if plugin is None:
+        def record(name: str, h: Tensor) -> Tensor:
+            raw[name] = h.detach()
+            return h
+
+        for m in bb.get_hook_points():
+            bb.install_hook(m, record)
+    try:
+        emb = bb.propagate()
+    finally:
+        if plugin is None:
+            bb._hooks.clear()
+    if plugin is not None:
+        z = {m: plugin.latest(m).mu.detach() for m in plugin.hooks}
+        items = {m: plugin.item_view(m, z[m]) for m in z}
+    else:
+        z = raw
+        items = dict(raw)
+    return z, items, emb
+
+
+def _rank(handle: DatasetHandle, user: Tensor | np.ndarray, item: Tensor | np.ndarray, mask: str) -> dict[str, float]:
+    from mrdib_cli.evaluation.engine import evaluate_split
+
+    def arr(x: Tensor | np.ndarray) -> np.ndarray:
+        return (x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)).astype(np.float32)
+
+    res = evaluate_split(handle, arr(user), arr(item), split="test", mask=mask, ks=KS)
+    return {k: float(v) for k, v in res.metrics.items()}
+
+
+def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """MI between the modality representations and the per-modality / fused ranking quality of one run."""
+    z, items, emb = modality_views(lr)
+    mask = _test_mask(lr)
+    out: dict[str, Any] = {"run": lr.name, "backbone": lr.conf["backbone"],
+                           "plugin": (lr.conf.get("plugin") or {}).get("name"), "mask": mask,
+                           "representation": "mu (bottleneck)" if lr.plugin is not None else "h (hook input)"}
+    mods = list(z)
+    if len(mods) >= 2:
+        a, b = mods[0], mods[1]
+        out["mi"] = {"pair": [a, b], **estimate_mi(z[a], z[b], steps=mi_steps, seed=seed)}
+    else:
+        out["mi"] = {"pair": mods, "mi": None, "reason": "fewer than two modalities"}
+    ranking: dict[str, Any] = {}
+    for m in mods:
+        user = emb.views.get(f"user_{m}", emb.user)
+        if user.shape[-1] != items[m].shape[-1]:
+            ranking[m] = {"skipped": f"user dim {user.shape[-1]} != item dim {items[m].shape[-1]} and the run "
+                                     f"has no trained alignment map"}
+            continue
+        ranking[m] = _rank(lr.handle, user, items[m], mask)
+    emb_path = lr.dir / "embeddings.npz"
+    if not emb_path.exists():
+        raise MissingInputError(f"run '{lr.name}' has no embeddings.npz")
+    with np.load(emb_path, allow_pickle=False) as f:
+        ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
+    out["ranking"] = ranking
+    return out
+
+
+def _test_mask(lr: LoadedRun) -> str:
+    res = lr.dir / "results.json"
+    if res.exists():
+        proto = json.loads(res.read_text()).get("protocol") or {}
+        mask = proto.get("mask") or (proto.get("test") or {}).get("mask") if isinstance(proto, dict) else None
+        if isinstance(mask, str):
+            return mask
+    return str(lr.conf.get("train", {}).get("test_mask") or "train")
+
+
+def diagnose(ws: Workspace, run: str | None, baseline: str | None = None, *, mi_steps: int = 2000,
+             seed: int = 0, device: str = "cpu") -> tuple[dict[str, Any], Path, Path]:
+    """Diagnose ``run`` (and ``baseline``); write diagnose.json and diagnose.png into the run folder."""
+    main = load_run(ws, run, device)
+    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed), "baseline": None,
+                              "mi_steps": mi_steps, "seed": seed,
+                              "method": "MINE/DV bound with a fresh critic: fit on 80% of the items, "
+                                        "evaluated on the held-out 20%; ranking on the test split"}
+    if baseline:
+        base = load_run(ws, baseline, device)
+        if base.handle.digest != main.handle.digest:
+            raise ProtocolMismatchError(f"baseline '{base.name}' was trained on another dataset "
+                                        f"('{base.handle.name}') than '{main.name}' ('{main.handle.name}')")
+        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed)
+    check_finite(report)
+    jpath, ppath = main.dir / "diagnose.json", main.dir / "diagnose.png"
+    atomic_write_json(jpath, report)
+    plot(report, ppath)
+    return report, jpath, ppath
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """Two panels: I(Z_v;Z_t) per run; Recall@20 with z_v alone, z_t alone and fused, per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in (report["run"], report.get("baseline")) if r]
+    labels = [f"{r['run']}\n({'+' + r['plugin'] if r['plugin'] else 'baseline'})" for r in runs]
+    colors = ["#d62728", "#7f7f7f"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
+    mis = [r["mi"].get("mi") or 0.0 for r in runs]
+    ax1.bar(range(len(runs)), mis, color=colors[:len(runs)])
+    ax1.set_xticks(range(len(runs)), labels, fontsize=8)
+    pair = " ; ".join(runs[0]["mi"].get("pair", []))
+    ax1.set_ylabel(f"I({pair}) estimate [nats]")
+    ax1.set_title("Redundancy (MINE, held-out items)")
+    for i, v in enumerate(mis):
+        ax1.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=9)
+    groups = [g for g in runs[0]["ranking"]]
+    width = 0.8 / len(runs)
+    for k, r in enumerate(runs):
+        vals = [(r["ranking"].get(g) or {}).get("recall@20", 0.0) for g in groups]
+        xs = np.arange(len(groups)) + (k - (len(runs) - 1) / 2) * width
+        ax2.bar(xs, vals, width, color=colors[k], label=labels[k].replace("\n", " "))
+        for x, v in zip(xs, vals):
+            ax2.text(x, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
+    ax2.set_xticks(range(len(groups)), [f"{g} alone" if g != "fused" else "fused" for g in groups])
+    ax2.set_ylabel("test Recall@20")
+    ax2.set_title("Ranking quality per representation")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def check_finite(report: dict[str, Any]) -> None:
+    """Guard against a diverged run silently producing a plot of NaNs."""
+    for r in (report["run"], report.get("baseline")):
+        if r and r["mi"].get("mi") is not None and not np.isfinite(r["mi"]["mi"]):
+            raise DataError(f"MINE estimate for run '{r['run']}' is not finite")

@@ -1,0 +1,287 @@
+"""The MRdIB plug-in: bottleneck + unique + redundancy (+ optional explicit synergy) objectives.
+
+Total loss (paper form, mrdib-method.md §2):
+
+    L = L_backbone + alpha_kl * sum_m KL_m + alpha_red * L_R + alpha_uni * L_U  [+ alpha_syn * L_S_head]
+
+- **Bottleneck**: a :class:`GaussianBottleneck` per hook point; the backbone continues with z_m (a sample
+  in training, mu at evaluation). KL_m is averaged over the batch's items (positives and negatives).
+- **Synergy**: the backbone's own fused BPR, which already scores the z-based representation. With
+  ``synergy_head="mlp"`` an explicit fusion head f([z_v, z_t]) is also trained with its own BPR.
+- **Unique**: per-modality BPR with score_m(u, i) = <p_m(u), A_m z_m(i)>, p_m the backbone's
+  ``views["user_<m>"]`` if it has one, else the user embedding; A_m is a linear map only when the dims differ.
+- **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's unique positive items; the encoders minimise
+  it (critic frozen in that term), the critic maximises it with its own optimiser in :meth:`after_step`.
+
+Nothing here knows any backbone: it only uses the hook points, ``Embeddings.user`` and ``views``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mrdib_cli.errors import UsageError
+from mrdib_cli.models.base import Backbone, Batch, Embeddings
+from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl
+from mrdib_cli.mrdib.mine import CriticTrainer, MineCritic, dv_bound
+from mrdib_cli.training.plugin import Plugin
+
+
+@dataclass
+class MRdIBConfig:
+    """Hyper-parameters of the plug-in (names as in the paper where it has them)."""
+
+    alpha_kl: float = 0.005  # alpha1: weight of sum_m KL_m
+    alpha_red: float = 0.05  # alpha2: weight of the MINE redundancy term
+    alpha_uni: float = 0.005  # alpha3: weight of the per-modality (unique) BPR terms
+    alpha_syn: float = 0.005  # weight of the optional explicit synergy head's BPR
+    bottleneck_dim: int | None = None  # None: the hook dimension (the backbone needs no decoder)
+    synergy_head: str = "none"  # "none" (the backbone's fused BPR is the synergy term) or "mlp"
+    no_kl: bool = False
+    no_redundancy: bool = False
+    no_unique: bool = False
+    mib_only: bool = False  # bottleneck (+KL) only: no redundancy, no unique, no synergy head
+    critic_hidden: int = 128
+    critic_lr: float = 1e-3
+    critic_steps: int = 1
+    init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
+
+    def validate(self) -> None:
+        for k in ("alpha_kl", "alpha_red", "alpha_uni", "alpha_syn", "critic_lr", "init_noise"):
+            if getattr(self, k) < 0:
+                raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
+        if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
+            raise UsageError(f"--bottleneck-dim must be a positive integer, got {self.bottleneck_dim}")
+        if self.synergy_head not in ("none", "mlp"):
+            raise UsageError(f"--synergy-head must be 'none' or 'mlp', got '{self.synergy_head}'")
+        if self.critic_steps < 1:
+            raise UsageError(f"critic_steps must be >= 1, got {self.critic_steps}")
+
+    @property
+    def use_kl(self) -> bool:
+        return not self.no_kl and self.alpha_kl > 0
+
+    @property
+    def use_red(self) -> bool:
+        return not (self.no_redundancy or self.mib_only) and self.alpha_red > 0
+
+    @property
+    def use_uni(self) -> bool:
+        return not (self.no_unique or self.mib_only) and self.alpha_uni > 0
+
+    @property
+    def use_syn_head(self) -> bool:
+        return self.synergy_head == "mlp" and not self.mib_only and self.alpha_syn > 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MRdIBConfig:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"unknown MRdIB option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
+        return cls(**d)
+
+
+def bpr(pos: Tensor, neg: Tensor) -> Tensor:
+    """BPR(s) = -mean log sigmoid(s+ - s-), in the numerically stable softplus form."""
+    return F.softplus(neg - pos).mean()
+
+
+@dataclass
+class _HookState:
+    """What the last forward pass through one hook produced (full item set)."""
+
+    z: Tensor  # [n_items, d_z] (sample in training, mu at eval), bottleneck space
+    mu: Tensor
+    logvar: Tensor
+
+
+class MRdIB(Plugin):
+    """The MRdIB plug-in objective (see the module docstring)."""
+
+    name = "mrdib"
+
+    def __init__(self, config: MRdIBConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        cfg = config or MRdIBConfig()
+        if overrides:
+            cfg = MRdIBConfig.from_dict({**asdict(cfg), **overrides})
+        cfg.validate()
+        self.cfg = cfg
+        self.bottlenecks = nn.ModuleDict()
+        self.unique_maps = nn.ModuleDict()  # item-side alignment A_m (only where dims differ)
+        self.critics = nn.ModuleDict()  # one per modality pair, key "a__b"
+        self.synergy = None  # optional explicit fusion head
+        self.hooks: tuple[str, ...] = ()
+        self.pairs: tuple[tuple[str, str], ...] = ()
+        self._critic_trainers: dict[str, CriticTrainer] = {}
+        self._state: dict[str, _HookState] = {}
+        self._last_items: Tensor | None = None
+        self._backbone: list[Backbone] = []  # a list, so the backbone is not registered as a submodule
+
+    # ---------------------------------------------------------------------------------- attaching
+    def attach(self, backbone: Backbone) -> None:
+        """Probe the backbone's hook dimensions (one deterministic forward), build heads, install hooks."""
+        points = backbone.get_hook_points()
+        if not points:
+            raise UsageError(f"backbone '{backbone.name}' has no modality hook points: --mrdib needs a multimodal "
+                             f"backbone (e.g. vbpr, lgmrec)")
+        dims, emb = self._probe(backbone, points)
+        if not dims:
+            raise UsageError(f"backbone '{backbone.name}' formed no modality representation (no image/text "
+                             f"features loaded?): --mrdib needs at least one modality")
+        device = next(iter(dims.values()))[2]
+        self.hooks = tuple(m for m in points if m in dims)
+        for m in self.hooks:
+            d_in, h_var, _ = dims[m]
+            self.bottlenecks[m] = GaussianBottleneck(d_in, self.cfg.bottleneck_dim, self.cfg.init_noise, h_var)
+            z_dim = self.bottlenecks[m].z_dim
+            d_user = emb.views.get(f"user_{m}", emb.user).shape[-1]
+            if d_user != z_dim:
+                lin = nn.Linear(z_dim, d_user, bias=False)
+                nn.init.xavier_uniform_(lin.weight)
+                self.unique_maps[m] = lin
+        self.pairs = tuple(itertools.combinations(self.hooks, 2))
+        for a, b in self.pairs:
+            self.critics[f"{a}__{b}"] = MineCritic(self.bottlenecks[a].z_dim, self.bottlenecks[b].z_dim,
+                                                   self.cfg.critic_hidden)
+        if self.cfg.synergy_head == "mlp":
+            d_cat = sum(self.bottlenecks[m].z_dim for m in self.hooks)
+            d_user = emb.user.shape[-1]
+            self.synergy = nn.Sequential(nn.Linear(d_cat, d_user), nn.Tanh(), nn.Linear(d_user, d_user))
+            for mod in self.synergy:
+                if isinstance(mod, nn.Linear):
+                    nn.init.xavier_uniform_(mod.weight)
+                    nn.init.zeros_(mod.bias)
+        self.to(device)
+        self._critic_trainers = {k: CriticTrainer(c, lr=self.cfg.critic_lr, steps=self.cfg.critic_steps)
+                                 for k, c in self.critics.items()}
+        self._backbone = [backbone]
+        for m in self.hooks:
+            backbone.install_hook(m, self._hook)
+
+    @staticmethod
+    def _probe(backbone: Backbone, points: tuple[str, ...]) -> tuple[dict[str, tuple[int, float, Any]], Embeddings]:
+        """One eval-mode forward with recording hooks; the RNG state is restored so seeding is unaffected."""
+        seen: dict[str, tuple[int, float, Any]] = {}
+
+        def record(name: str, h: Tensor) -> Tensor:
+            seen[name] = (int(h.shape[-1]), float(h.detach().float().var(dim=0).mean()), h.device)
+            return h
+
+        saved = dict(backbone._hooks)
+        for m in points:
+            backbone._hooks[m] = record
+        was = backbone.training
+        devices = [d for d in {p.device for p in backbone.parameters()} if d.type == "cuda"]
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                backbone.eval()
+                emb = backbone.propagate()
+        finally:
+            backbone.train(was)
+            backbone._hooks.clear()
+            backbone._hooks.update(saved)
+        return seen, emb
+
+    # ---------------------------------------------------------------------------------- the hook
+    def _sampling(self) -> bool:
+        """Sample z only when both the plug-in and the backbone train (eval embeddings always use mu)."""
+        return self.training and bool(self._backbone) and self._backbone[0].training
+
+    def _hook(self, name: str, h: Tensor) -> Tensor:
+        out, z, mu, logvar = self.bottlenecks[name](h, sample=self._sampling())
+        self._state[name] = _HookState(z=z, mu=mu, logvar=logvar)
+        return out
+
+    def latest(self, name: str) -> _HookState:
+        """The bottleneck outputs of the last forward pass for hook ``name`` (for diagnostics)."""
+        if name not in self._state:
+            raise RuntimeError(f"hook '{name}' was not called by the backbone's last forward pass")
+        return self._state[name]
+
+    # ---------------------------------------------------------------------------------- objectives
+    def item_view(self, name: str, z: Tensor) -> Tensor:
+        """The item side of modality ``name``'s own score: A_m z_m (A_m = identity when dims agree)."""
+        return self.unique_maps[name](z) if name in self.unique_maps else z
+
+    def user_view(self, name: str, emb: Embeddings) -> Tensor:
+        """p_m: the backbone's modality-specific user representation if it has one, else the user embedding."""
+        return emb.views.get(f"user_{name}", emb.user)
+
+    def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        cfg = self.cfg
+        missing = [m for m in self.hooks if m not in self._state]
+        if missing:
+            raise RuntimeError(f"MRdIB: hook(s) {missing} were not called during propagate()")
+        logs: dict[str, float] = {}
+        terms: dict[str, Tensor] = {}
+        items = batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg])
+        items = torch.unique(items)
+
+        kl_sum = None
+        for m in self.hooks:
+            st = self._state[m]
+            kl_m = gaussian_kl(st.mu[items], st.logvar[items]).mean()
+            logs[f"kl_{m}"] = float(kl_m.detach())
+            kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
+        if cfg.use_kl and kl_sum is not None:
+            terms["kl"] = cfg.alpha_kl * kl_sum
+
+        if cfg.use_uni and batch.neg is not None:
+            uni = None
+            for m in self.hooks:
+                z = self._state[m].z
+                p = self.user_view(m, emb)[batch.users]
+                l_m = bpr((p * self.item_view(m, z[batch.pos])).sum(-1), (p * self.item_view(m, z[batch.neg])).sum(-1))
+                logs[f"uni_{m}"] = float(l_m.detach())
+                uni = l_m if uni is None else uni + l_m
+            if uni is not None:
+                terms["uni"] = cfg.alpha_uni * uni
+
+        if cfg.use_syn_head and self.synergy is not None and batch.neg is not None:
+            fused = self.synergy(torch.cat([self._state[m].z for m in self.hooks], dim=-1))
+            u = emb.user[batch.users]
+            l_s = bpr((u * fused[batch.pos]).sum(-1), (u * fused[batch.neg]).sum(-1))
+            logs["syn"] = float(l_s.detach())
+            terms["syn"] = cfg.alpha_syn * l_s
+
+        if cfg.use_red and self.pairs:
+            red_items = torch.unique(batch.pos)
+            red = None
+            for a, b in self.pairs:
+                mi = dv_bound(self.critics[f"{a}__{b}"], self._state[a].z[red_items], self._state[b].z[red_items],
+                              detach_critic=True)
+                red = mi if red is None else red + mi
+            assert red is not None
+            logs["mine"] = float(red.detach())
+            terms["red"] = cfg.alpha_red * red
+            self._last_items = red_items
+        self.logs = logs
+        return terms
+
+    def after_step(self, batch: Batch, emb: Embeddings) -> None:
+        """The critic's ascent step on the (detached) z of the last batch: the max side of the min-max."""
+        if not (self.cfg.use_red and self.pairs) or self._last_items is None:
+            return
+        items = self._last_items
+        crit = 0.0
+        for a, b in self.pairs:
+            crit += self._critic_trainers[f"{a}__{b}"].step(self._state[a].z[items], self._state[b].z[items])
+        self.logs["mine_critic"] = crit
+        self._last_items = None
+        # free the graph-holding tensors of this step early (they are rebuilt by the next propagate())
+        self._state = {k: _HookState(v.z.detach(), v.mu.detach(), v.logvar.detach()) for k, v in self._state.items()}
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self.cfg), "hooks": list(self.hooks),
+                "bottleneck_dims": {m: self.bottlenecks[m].z_dim for m in self.hooks},
+                "unique_maps": sorted(self.unique_maps.keys()),
+                "active_terms": [t for t, on in (("kl", self.cfg.use_kl), ("red", self.cfg.use_red and bool(self.pairs)),
+                                                 ("uni", self.cfg.use_uni), ("syn", self.cfg.use_syn_head)) if on]}
