@@ -8,8 +8,8 @@ formula it computes, so that a backbone states *which* variant it uses instead o
                       optional clamp: w' <= 1e-7 -> 1e-7 (SOIL's variant)
     rw  (edge list)   w'_rc = w_rc / deg[r]
 
-Everything returns coalesced ``torch.sparse_coo_tensor`` on the CPU; callers register them as
-non-persistent buffers so ``.to(device)`` moves them with the module (no hard-coded ``.cuda()``).
+The standard graphs (Â, item kNN, user co-occurrence) come from ``graphs/{bipartite,knn,cooccurrence}``
+(cached by ``graphs/store``); this module only adds what those do not have.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import Tensor
+
+from mrdib_cli.graphs.bipartite import bipartite_adjacency
 
 
 def to_sparse(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) -> Tensor:
@@ -38,35 +40,15 @@ def bipartite_edges(train: sp.csr_matrix) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))
 
 
-def bipartite_adjacency(train: sp.csr_matrix, *, norm: str = "sym", eps: float = 1e-7,
-                        self_loops: bool = False) -> Tensor:
-    """Normalised (U+I)x(U+I) user-item adjacency A = [[0, R], [R^T, 0]] from the train matrix.
-
-    norm="sym": D^-1/2 A D^-1/2 with deg = row count + eps (LightGCN/FREEDOM/BM3 use eps=1e-7, MGCN/SOIL
-    eps=0 with inf -> 0; identical on every node that has an edge). norm="rw" with self_loops=True is
-    LATTICE's D~^-1 (A + I).
-    """
-    n_users, n_items = train.shape
-    u, i = bipartite_edges(train)
-    rows = torch.cat([u, i + n_users])
-    cols = torch.cat([i + n_users, u])
-    n = n_users + n_items
-    if self_loops:
-        ar = torch.arange(n)
-        rows, cols = torch.cat([rows, ar]), torch.cat([cols, ar])
-    w = torch.ones(rows.numel(), dtype=torch.float64)
-    deg = torch.zeros(n, dtype=torch.float64).index_add_(0, rows, w) + eps
-    if norm == "sym":
-        dinv = deg.pow(-0.5)
-        dinv[torch.isinf(dinv)] = 0.0
-        vals = dinv[rows] * dinv[cols]
-    elif norm == "rw":
-        dinv = deg.pow(-1.0)
-        dinv[torch.isinf(dinv)] = 0.0
-        vals = dinv[rows]
-    else:
-        raise ValueError(f"unknown norm {norm!r}")
-    return to_sparse(rows, cols, vals.float(), (n, n))
+def mean_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
+    """D^-1 A of the bipartite graph, no self loops: mean aggregation over neighbours (MMGCN's PyG
+    ``aggr='mean'`` on the doubled U-I edge list; isolated nodes get 0)."""
+    a = bipartite_adjacency(train)
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / deg
+    inv[~np.isfinite(inv)] = 0.0
+    return sp.csr_matrix(sp.diags(inv) @ a, dtype=np.float32)
 
 
 def edge_laplacian(rows: Tensor, cols: Tensor, w: Tensor, n_rows: int, *, norm: str = "sym",
@@ -116,48 +98,3 @@ def cosine_topk(x: Tensor | np.ndarray, k: int, *, block: int = 2048) -> tuple[T
         vals.append(v)
         idx.append(i)
     return torch.cat(vals), torch.cat(idx)
-
-
-def knn_graph(x: Tensor | np.ndarray, k: int, *, weighted: bool, clamp: float | None = None) -> Tensor:
-    """Item-item kNN graph from raw features, not symmetrised, self included.
-
-    weighted=False: FREEDOM/DRAGON's binary graph, entries 1/sqrt(r_a r_b) with r = row count + 1e-7
-    (= 1/k everywhere: a mean over the k neighbours). weighted=True: MGCN/SOIL/LATTICE's top-k cosine
-    values, sym-normalised with row degrees (``edge_laplacian``; ``clamp`` for SOIL).
-    """
-    vals, idx = cosine_topk(x, k)
-    n, kk = idx.shape
-    rows = torch.arange(n).repeat_interleave(kk)
-    cols = idx.reshape(-1)
-    if weighted:
-        w = edge_laplacian(rows, cols, vals.reshape(-1), n, clamp=clamp)
-    else:
-        deg = torch.zeros(n).index_add_(0, rows, torch.ones(rows.numel())) + 1e-7
-        dinv = deg.pow(-0.5)
-        w = dinv[rows] * dinv[cols]
-    return to_sparse(rows, cols, w, (n, n))
-
-
-def cooccurrence_topk(train: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-k co-occurrence neighbours of every user: (nbr [U, k] int64, count [U, k] float32, n [U]).
-
-    C = R R^T without the diagonal (number of shared train items); per user the k largest counts in
-    decreasing order (MMRec's ``user_graph_dict`` keeps 200 and DualGNN reads the first 40). Rows with
-    fewer than k neighbours are padded with index 0 / count 0 and ``n`` says how many are real.
-    """
-    r = sp.csr_matrix(train, dtype=np.float32)
-    c = (r @ r.T).tocoo()
-    off = c.row != c.col
-    rows, cols, vals = c.row[off], c.col[off], c.data[off]
-    srt = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[srt], cols[srt], vals[srt]
-    first = np.searchsorted(rows, rows, side="left")
-    rank = np.arange(len(rows)) - first
-    keep = rank < k
-    n_users = r.shape[0]
-    nbr = np.zeros((n_users, k), dtype=np.int64)
-    cnt = np.zeros((n_users, k), dtype=np.float32)
-    nbr[rows[keep], rank[keep]] = cols[keep]
-    cnt[rows[keep], rank[keep]] = vals[keep]
-    n = np.bincount(rows[keep], minlength=n_users).astype(np.int64)
-    return nbr, cnt, n

@@ -171,6 +171,13 @@ def ui_second_order(users: np.ndarray, items: np.ndarray, w: np.ndarray, n_users
     return a2n, to_sparse(ri[0], ri[1], r2v.float(), (n_users, n_items))
 
 
+def to_scipy(t: Tensor) -> sp.csr_matrix:
+    """A coalesced torch COO tensor as scipy CSR (float32)."""
+    t = t.coalesce()
+    idx = t.indices().numpy()
+    return sp.csr_matrix((t.values().numpy().astype(np.float32), (idx[0], idx[1])), shape=tuple(t.shape))
+
+
 def tensor_digest(*arrays: np.ndarray | Tensor) -> str:
     h = hashlib.sha256()
     for a in arrays:

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.errors import MissingInputError
+from mrdib_cli.graphs.bipartite import to_torch_sparse
+from mrdib_cli.models._common import spmm
 
 
 def load_features(data: Any, modalities: tuple[str, ...], required: tuple[str, ...],
@@ -64,3 +66,37 @@ def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
     v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
     logits = v1 @ v2.T / temperature
     return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def torch_csr(m: Any) -> Tensor:
+    """A scipy matrix or torch sparse tensor as a torch CSR tensor (the fastest CPU spmm layout)."""
+    if isinstance(m, Tensor):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return m.coalesce().to_sparse_csr() if m.layout == torch.sparse_coo else m
+    return to_torch_sparse(m, "csr")
+
+
+def add_graph(module: nn.Module, name: str, m: Any, symmetric: bool = False) -> None:
+    """Register a constant sparse graph (and, unless symmetric, its transpose for the backward pass) as
+    non-persistent buffers: they follow ``.to(device)`` but stay out of checkpoints."""
+    module.register_buffer(name, torch_csr(m), persistent=False)
+    if not symmetric:
+        mt = m.t() if isinstance(m, Tensor) else m.T
+        module.register_buffer(f"{name}_t", torch_csr(mt), persistent=False)
+
+
+def prop(module: nn.Module, name: str, x: Tensor) -> Tensor:
+    """G x for a graph registered with :func:`add_graph` (precomputed-transpose backward)."""
+    return spmm(getattr(module, name), x, getattr(module, f"{name}_t", None))
+
+
+def lightgcn_mean(module: nn.Module, name: str, ego: Tensor, n_layers: int) -> Tensor:
+    """mean_{l=0..L} Â^l E (LightGCN readout, layer 0 included) over the registered graph ``name``."""
+    out = [ego]
+    for _ in range(n_layers):
+        ego = prop(module, name, ego)
+        out.append(ego)
+    return torch.stack(out, dim=1).mean(dim=1)

@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency
-from mrdib_cli.models._mm import load_features, xavier_embedding
+from mrdib_cli.graphs.store import ensure_norm_adj
+from mrdib_cli.models._mm import add_graph, lightgcn_mean, load_features, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-from mrdib_cli.models.freedom import lightgcn_mean
 
 
 def neg_cos(a: Tensor, b: Tensor) -> Tensor:
@@ -63,11 +62,11 @@ class BM3(Backbone):
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], hp["feat_embed_dim"]) for m, x in feats.items()})
         for lin in self.trs.values():
             nn.init.xavier_normal_(lin.weight)
-        self.register_buffer("norm_adj", bipartite_adjacency(data.csr("train")), persistent=False)
+        add_graph(self, "norm_adj", ensure_norm_adj(data, "sym")[0], symmetric=True)
 
     def _online(self) -> tuple[Tensor, Tensor]:
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = lightgcn_mean(self.norm_adj, ego, self.hp["n_layers"])
+        out = lightgcn_mean(self, "norm_adj", ego, self.hp["n_layers"])
         u, i = torch.split(out, [self.n_users, self.n_items])
         return u, i + self.item_id_embedding.weight
 

@@ -14,8 +14,8 @@ User co-occurrence graph (resampled every epoch):
     their own neighbours at random (padded copies keep their count), users with none get zero weights.
 Loss: -mean log2 σ(s⁺ - s⁻) + reg_weight (mean(P_v[u]²) + mean(P_t[u]²) + mean(w_u²) + mean(w_i²))
 
-The user-user graph is computed from the train split in memory (sparse R R^T, top-40 per row), never read
-from a pickled ``user_graph_dict.npy``. Evaluation recomputes the forward instead of reusing the last
+The user-user graph comes from ``graphs/cooccurrence.py`` (sparse R R^T on the train split, top-200 per
+user, cached as plain arrays by ``build-graph``/``train``), never from a pickled ``user_graph_dict.npy``. Evaluation recomputes the forward instead of reusing the last
 training batch's cached result (same values: the forward is deterministic within an epoch).
 """
 
@@ -25,12 +25,14 @@ from typing import Any
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency, cooccurrence_topk
-from mrdib_cli.models._mm import load_features
+from mrdib_cli.graphs.store import ensure_cooccurrence, ensure_norm_adj
+from mrdib_cli.models._common import spmm
+from mrdib_cli.models._mm import add_graph, load_features
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 MODS = ("image", "text")
@@ -67,9 +69,10 @@ class DualGCN(nn.Module):
         return self.mlp_1(F.leaky_relu(self.mlp(feat)))
 
     def forward(self, item_repr: Tensor, adj: Tensor) -> Tensor:
+        """x + Âx + Â²x with Â symmetric (its own transpose in the backward pass)."""
         x = F.normalize(torch.cat([self.preference, item_repr], dim=0))
-        h = torch.sparse.mm(adj, x)
-        return h + x + torch.sparse.mm(adj, h)
+        h = spmm(adj, x)
+        return h + x + spmm(adj, h)
 
 
 @register("dualgnn")
@@ -94,12 +97,13 @@ class DualGNN(Backbone):
         self.gcn = nn.ModuleDict({m: DualGCN(self.n_users, feats[m].shape[1], d) for m in MODS})
         self.weight_u = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.randn(self.n_users, 2, 1)), dim=1))
         self.weight_i = nn.Parameter(torch.softmax(nn.init.xavier_normal_(torch.randn(self.n_items, 2, 1)), dim=1))
-        train = data.csr("train")
-        self.register_buffer("adj", bipartite_adjacency(train, eps=0.0), persistent=False)
-        nbr, cnt, n = cooccurrence_topk(train, hp["k"])
-        self.register_buffer("nbr", torch.from_numpy(nbr), persistent=False)
-        self.register_buffer("nbr_count", torch.from_numpy(cnt), persistent=False)
-        self.register_buffer("n_nbr", torch.from_numpy(n), persistent=False)
+        add_graph(self, "adj", ensure_norm_adj(data, "sym")[0], symmetric=True)
+        # top-200 co-occurrence neighbours (as MMRec's user_graph_dict), the first k = 40 are used
+        (nb, ct), _ = ensure_cooccurrence(data, max(200, hp["k"]))
+        nb, ct = nb[:, : hp["k"]], ct[:, : hp["k"]]
+        self.register_buffer("nbr", torch.from_numpy(np.where(nb >= 0, nb, 0)), persistent=False)
+        self.register_buffer("nbr_count", torch.from_numpy(np.ascontiguousarray(ct)), persistent=False)
+        self.register_buffer("n_nbr", torch.from_numpy((nb >= 0).sum(1).astype(np.int64)), persistent=False)
         self._graph: Tensor | None = None
 
     def pre_epoch(self, epoch: int, generator: torch.Generator) -> None:

@@ -27,19 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency, bipartite_edges, knn_graph
+from mrdib_cli.graphs.ops import bipartite_edges
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
-from mrdib_cli.models._mm import bpr, load_features, xavier_embedding
+from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
+from mrdib_cli.models._common import spmm
+from mrdib_cli.models._mm import add_graph, bpr, lightgcn_mean, load_features, prop, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-
-
-def lightgcn_mean(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
-    """mean_{l=0..L} Â^l E  (LightGCN readout, layer 0 included)."""
-    out = [ego]
-    for _ in range(n_layers):
-        ego = torch.sparse.mm(adj, ego)
-        out.append(ego)
-    return torch.stack(out, dim=1).mean(dim=1)
 
 
 @register("freedom")
@@ -72,15 +65,16 @@ class FREEDOM(Backbone):
         self.feat = nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in feats.items()})
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], hp["feat_embed_dim"]) for m, x in feats.items()})
 
-        # frozen item-item graph from the raw features
-        graphs = {m: knn_graph(x, hp["knn_k"], weighted=False) for m, x in feats.items()}
+        # frozen item-item graph from the raw features (cached under <dataset>/graphs/)
+        tables = features or {}
+        graphs = {m: ensure_knn(data, m, hp["knn_k"], "sym_binary", tables.get(m))[0] for m in feats}
         if len(graphs) == 2:
             w = hp["mm_image_weight"]
-            mm_adj = (w * graphs["image"] + (1.0 - w) * graphs["text"]).coalesce()
+            mm_adj = w * graphs["image"] + (1.0 - w) * graphs["text"]
         else:
             mm_adj = next(iter(graphs.values()))
-        self.register_buffer("mm_adj", mm_adj, persistent=False)
-        self.register_buffer("norm_adj", bipartite_adjacency(train), persistent=False)
+        add_graph(self, "mm_adj", mm_adj)
+        add_graph(self, "norm_adj", ensure_norm_adj(data, "sym")[0], symmetric=True)
 
         users, items = bipartite_edges(train)
         self.register_buffer("edge_users", users, persistent=False)
@@ -100,9 +94,13 @@ class FREEDOM(Backbone):
     def _forward(self, adj: Tensor) -> tuple[Tensor, Tensor]:
         h = self.item_id_embedding.weight
         for _ in range(self.hp["n_mm_layers"]):
-            h = torch.sparse.mm(self.mm_adj, h)
+            h = prop(self, "mm_adj", h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = lightgcn_mean(adj, ego, self.hp["n_ui_layers"])
+        out = ego
+        for _ in range(self.hp["n_ui_layers"]):  # LightGCN layer mean over this epoch's graph
+            ego = spmm(adj, ego)  # symmetric: its own transpose
+            out = out + ego
+        out = out / (self.hp["n_ui_layers"] + 1)
         u, i = torch.split(out, [self.n_users, self.n_items])
         return u, i + h
 

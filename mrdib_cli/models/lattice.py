@@ -31,10 +31,9 @@ from torch import Tensor, nn
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.graphs.latent import EdgeGraph, check_dense_budget, dense_knn, dense_laplacian, sparse_knn
-from mrdib_cli.graphs.ops import bipartite_adjacency
-from mrdib_cli.models._mm import bpr, half_sq_reg, load_features, xavier_embedding
+from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
+from mrdib_cli.models._mm import add_graph, bpr, half_sq_reg, lightgcn_mean, load_features, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-from mrdib_cli.models.freedom import lightgcn_mean
 
 
 @register("lattice")
@@ -72,13 +71,18 @@ class LATTICE(Backbone):
         self.feat = nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in feats.items()})
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], hp["feat_embed_dim"]) for m, x in feats.items()})
         self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5])[: len(feats)])
-        self.register_buffer("norm_adj", bipartite_adjacency(data.csr("train"), norm="rw", eps=0.0,
-                                                             self_loops=True), persistent=False)
-        with torch.no_grad():
-            self._original = {m: self._knn(x, normalise=True) for m, x in feats.items()}
-        if self.dense:
-            for m in self.mods:
-                self.register_buffer(f"{m}_original_adj", self._original[m], persistent=False)
+        add_graph(self, "norm_adj", ensure_norm_adj(data, "rw")[0])  # D~^-1 (A + I), not symmetric
+        # original graphs: weighted kNN of the raw features, sym-normalised (cached under <dataset>/graphs/)
+        tables = features or {}
+        self._original: dict[str, Any] = {}
+        for m in self.mods:
+            g = ensure_knn(data, m, hp["knn_k"], "sym", tables.get(m))[0].tocoo()
+            if self.dense:
+                self.register_buffer(f"{m}_original_adj", torch.from_numpy(g.toarray()), persistent=False)
+            else:
+                self._original[m] = EdgeGraph(torch.from_numpy(g.row.astype("int64")),
+                                              torch.from_numpy(g.col.astype("int64")),
+                                              torch.from_numpy(g.data), g.shape[0])
         self._item_adj: Any = None
         self._build = True
 
@@ -130,7 +134,7 @@ class LATTICE(Backbone):
         for _ in range(self.hp["n_layers"]):
             h = item_adj @ h if self.dense else item_adj.apply(h)
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        out = lightgcn_mean(self.norm_adj, ego, self.hp["n_ui_layers"])
+        out = lightgcn_mean(self, "norm_adj", ego, self.hp["n_ui_layers"])
         u, i = torch.split(out, [self.n_users, self.n_items])
         views = {f"item_{m}": f for m, f in feats.items()}
         return Embeddings(u, i + F.normalize(h, p=2, dim=1), views)

@@ -28,20 +28,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency, knn_graph
-from mrdib_cli.models._mm import bpr, half_sq_reg, info_nce, load_features, xavier_embedding
+from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
+from mrdib_cli.models._mm import (add_graph, bpr, half_sq_reg, info_nce, lightgcn_mean, load_features, prop,
+                                  xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-from mrdib_cli.models.freedom import lightgcn_mean
 
 MODS = ("image", "text")
 
 
-def user_item_block(adj: Tensor, n_users: int, n_items: int) -> Tensor:
-    """The U x I block R̂ of a (U+I)^2 normalised bipartite adjacency."""
-    idx, val = adj.indices(), adj.values()
-    keep = (idx[0] < n_users) & (idx[1] >= n_users)
-    return torch.sparse_coo_tensor(torch.stack([idx[0, keep], idx[1, keep] - n_users]), val[keep],
-                                   (n_users, n_items), check_invariants=False).coalesce()
+def user_item_block(adj: Any, n_users: int) -> Any:
+    """The U x I block R̂ of a (U+I)^2 normalised bipartite adjacency (scipy)."""
+    return adj.tocsr()[:n_users, n_users:]
 
 
 class AttentionFuser(nn.Module):
@@ -86,23 +83,24 @@ class MGCN(Backbone):
         self.gate_prefer = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in MODS})
         self.fuser = AttentionFuser(d)
 
-        norm_adj = bipartite_adjacency(data.csr("train"), eps=0.0)
-        self.register_buffer("norm_adj", norm_adj, persistent=False)
-        self.register_buffer("R", user_item_block(norm_adj, self.n_users, self.n_items), persistent=False)
+        norm_adj = ensure_norm_adj(data, "sym")[0]  # MGCN uses no degree epsilon: same on every edge
+        add_graph(self, "norm_adj", norm_adj, symmetric=True)
+        add_graph(self, "R", user_item_block(norm_adj, self.n_users))
+        tables = features or {}
         for m in MODS:
-            self.register_buffer(f"{m}_adj", knn_graph(feats[m], hp["knn_k"], weighted=True), persistent=False)
+            add_graph(self, f"{m}_adj", ensure_knn(data, m, hp["knn_k"], "sym", tables.get(m))[0])
 
     def propagate(self) -> Embeddings:
         hp = self.hp
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        content = lightgcn_mean(self.norm_adj, ego, hp["n_ui_layers"])
+        content = lightgcn_mean(self, "norm_adj", ego, hp["n_ui_layers"])
         mm: dict[str, Tensor] = {}
         for m in MODS:
             h = self.item_id_embedding.weight * self.gate[m](self.trs[m](self.feat[m]))
             h = self.modality_hook(m, h)
             for _ in range(hp["n_layers"]):
-                h = torch.sparse.mm(getattr(self, f"{m}_adj"), h)
-            mm[m] = torch.cat([torch.sparse.mm(self.R, h), h], dim=0)
+                h = prop(self, f"{m}_adj", h)
+            mm[m] = torch.cat([prop(self, "R", h), h], dim=0)
         _, common = self.fuser(mm["image"], mm["text"])
         sep = {m: (mm[m] - common) * self.gate_prefer[m](content) for m in MODS}
         side = (sep["image"] + sep["text"] + common) / 3

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency
-from mrdib_cli.models._mm import load_features
+from mrdib_cli.graphs.ops import mean_adjacency
+from mrdib_cli.models._mm import add_graph, load_features, prop
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -57,10 +57,11 @@ class ModalGCN(nn.Module):
     def project(self, feat: Tensor) -> Tensor:
         return self.mlp(feat) if self.mlp is not None else feat
 
-    def forward(self, item_repr: Tensor, id_embedding: Tensor, mean_adj: Tensor) -> Tensor:
+    def forward(self, item_repr: Tensor, id_embedding: Tensor, mean_adj: Any) -> Tensor:
+        """``mean_adj``: x -> D^-1 A x (a callable, so the graph's precomputed transpose is used)."""
         x = F.normalize(torch.cat([self.preference, item_repr], dim=0))
         for w, lin, g in zip(self.conv, self.linear, self.g):
-            h = F.leaky_relu(torch.sparse.mm(mean_adj, x @ w))
+            h = F.leaky_relu(mean_adj(x @ w))
             x_hat = F.leaky_relu(lin(x)) + id_embedding
             x = F.leaky_relu(g(torch.cat([h, x_hat], dim=1)))
         return x
@@ -96,14 +97,13 @@ class MMGCN(Backbone):
             self.id_embedding = nn.Parameter(id_emb)
         else:
             self.register_buffer("id_embedding", id_emb)
-        self.register_buffer("mean_adj", bipartite_adjacency(data.csr("train"), norm="rw", eps=0.0),
-                             persistent=False)
+        add_graph(self, "mean_adj", mean_adjacency(data.csr("train")))
 
     def propagate(self) -> Embeddings:
         reps = {}
         for m in self.mods:
             item_repr = self.modality_hook(m, self.gcn[m].project(getattr(self, f"{m}_feat")))
-            reps[m] = self.gcn[m](item_repr, self.id_embedding, self.mean_adj)
+            reps[m] = self.gcn[m](item_repr, self.id_embedding, lambda x: prop(self, "mean_adj", x))
         rep = sum(reps.values()) / len(reps)
         u, i = torch.split(rep, [self.n_users, self.n_items])
         return Embeddings(u, i, {f"user_{m}": r[: self.n_users] for m, r in reps.items()})

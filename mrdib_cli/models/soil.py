@@ -31,11 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mrdib_cli.graphs.ops import bipartite_adjacency, knn_graph
-from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs
-from mrdib_cli.models._mm import bpr, info_nce, load_features, xavier_embedding
+from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs, to_scipy
+from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
+from mrdib_cli.models._mm import add_graph, bpr, info_nce, lightgcn_mean, load_features, prop, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-from mrdib_cli.models.freedom import lightgcn_mean
 from mrdib_cli.models.mgcn import AttentionFuser, user_item_block
 
 MODS = ("image", "text")
@@ -80,26 +79,28 @@ class SOIL(Backbone):
 
         train = data.csr("train")
         cache = Path(data.dir) / "graphs" if getattr(data, "dir", None) is not None else None
-        g = cached_soil_graphs(cache, train, feats, hp["knn_i"], hp["knn_a"], hp["r2_norm"])
-        a1 = bipartite_adjacency(train, eps=0.0)
-        self.register_buffer("ui_adj", (a1 + 0.5 * g["a2"]).coalesce(), persistent=False)
-        r = user_item_block(a1, self.n_users, self.n_items)
-        self.register_buffer("R", (r + 0.5 * g["r2"]).coalesce(), persistent=False)
+        g = {k: to_scipy(v) for k, v in
+             cached_soil_graphs(cache, train, feats, hp["knn_i"], hp["knn_a"], hp["r2_norm"]).items()}
+        a1 = ensure_norm_adj(data, "sym")[0]  # Â1 (the reference uses no degree epsilon: same on every edge)
+        add_graph(self, "ui_adj", a1 + 0.5 * g["a2"], symmetric=True)  # L' = Â1 + ½ Ã2
+        add_graph(self, "R", user_item_block(a1, self.n_users) + 0.5 * g["r2"])  # R' = R̂ + ½ R̃2
+        tables = features or {}
         for m in MODS:
-            sim = knn_graph(feats[m], hp["knn_k"], weighted=True, clamp=CLAMP)
-            self.register_buffer(f"{m}_adj", (g[f"interest_{m}"] + sim).coalesce(), persistent=False)
+            sim = ensure_knn(data, m, hp["knn_k"], "sym", tables.get(m))[0].copy()
+            sim.data[sim.data <= CLAMP] = CLAMP  # SOIL's normaliser clamps tiny weights up to 1e-7
+            add_graph(self, f"{m}_adj", g[f"interest_{m}"] + sim)  # G_m = Ŝ_m + S̃_m
 
     def propagate(self) -> Embeddings:
         hp = self.hp
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        content = lightgcn_mean(self.ui_adj, ego, hp["n_ui_layers"])
+        content = lightgcn_mean(self, "ui_adj", ego, hp["n_ui_layers"])
         mm: dict[str, Tensor] = {}
         for m in MODS:
             f = self.trs[m](getattr(self, f"{m}_feat"))
             h = self.modality_hook(m, self.item_id_embedding.weight * self.gate[m](f))
             for _ in range(hp["n_layers"]):
-                h = torch.sparse.mm(getattr(self, f"{m}_adj"), h)
-            mm[m] = torch.cat([torch.sparse.mm(self.R, h), h], dim=0)
+                h = prop(self, f"{m}_adj", h)
+            mm[m] = torch.cat([prop(self, "R", h), h], dim=0)
         _, common = self.fuser(mm["image"], mm["text"])
         side = (mm["image"] + mm["text"] - common) / 3
         u, i = torch.split(content + side, [self.n_users, self.n_items])

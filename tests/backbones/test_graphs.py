@@ -9,7 +9,9 @@ import torch
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.graphs.latent import EdgeGraph, check_dense_budget, dense_knn, dense_laplacian, sparse_knn
-from mrdib_cli.graphs.ops import cooccurrence_topk, edge_laplacian, knn_graph
+from mrdib_cli.graphs.cooccurrence import user_cooccurrence
+from mrdib_cli.graphs.knn import knn_graph
+from mrdib_cli.graphs.ops import edge_laplacian, mean_adjacency
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.soil import (cached_soil_graphs, interest_graph, interest_pairs, interest_sets,
                                    second_order_triples, ui_second_order)
@@ -20,13 +22,13 @@ X4 = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
 
 
 def test_freedom_binary_knn_is_a_mean_over_k_neighbours_self_included():
-    g = knn_graph(X4, 2, weighted=False).to_dense()
+    g = torch.from_numpy(knn_graph(X4.numpy(), 2, "sym_binary").toarray())
     expect = torch.tensor([[.5, .5, 0, 0], [.5, .5, 0, 0], [0, 0, .5, .5], [0, 0, .5, .5]])
     assert torch.allclose(g, expect, atol=1e-6)
 
 
 def test_weighted_knn_sym_normalisation_by_hand():
-    g = knn_graph(X4, 2, weighted=True).to_dense()
+    g = torch.from_numpy(knn_graph(X4.numpy(), 2, "sym").toarray())
     c = float(torch.nn.functional.cosine_similarity(X4[0:1], X4[1:2]))
     deg = 1.0 + c  # every row keeps itself (1) and its partner (c)
     assert g[0, 0] == pytest.approx(1.0 / deg, rel=1e-5)
@@ -244,11 +246,20 @@ def test_soil_cache_is_keyed_on_features(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- DualGNN
-def test_cooccurrence_topk_by_hand():
+def test_mmgcn_mean_adjacency_by_hand():
+    r = sp.csr_matrix(np.array([[1, 1, 0], [0, 1, 0]], dtype=np.float32))
+    a = mean_adjacency(r).toarray()
+    # user 0 averages items 0 and 1; item 1 averages users 0 and 1; item 2 has no neighbour
+    assert a[0, 2:].tolist() == [0.5, 0.5, 0.0]
+    assert a[3, :2].tolist() == [0.5, 0.5]
+    assert a[4].sum() == 0.0
+
+
+def test_dualgnn_cooccurrence_input_by_hand(tmp_path):
     # users 0,1 share 2 items; 0,2 share 1; 3 shares nothing
     r = sp.csr_matrix(np.array([[1, 1, 1, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32))
-    nbr, cnt, n = cooccurrence_topk(r, 3)
-    assert n.tolist() == [2, 1, 1, 0]
+    nbr, cnt = user_cooccurrence(r, 3)
+    assert (nbr >= 0).sum(1).tolist() == [2, 1, 1, 0]
     assert nbr[0, :2].tolist() == [1, 2] and cnt[0, :2].tolist() == [2.0, 1.0]
     assert nbr[2, 0] == 0 and cnt[2, 0] == 1.0
 
