@@ -152,3 +152,20 @@ def test_lr_schedules_declared():
     assert get_backbone("mgcn").lr_schedule == (0.96, 50)
     assert get_backbone("lattice").lr_schedule == (0.96, 50)
     assert get_backbone("soil").lr_schedule == (0.96, 50)
+
+
+def test_trainer_applies_the_backbone_lr_schedule():
+    from types import SimpleNamespace
+
+    from mrdib_cli.training.trainer import Trainer
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    ns = SimpleNamespace(backbone=SimpleNamespace(lr_schedule=(0.96, 50)), optimizer=opt,
+                         cfg=SimpleNamespace(train=SimpleNamespace(lr=1e-3)), epoch=100)
+    Trainer._apply_lr_schedule(ns)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.96 ** 2)
+    ns.backbone = SimpleNamespace()  # no schedule: lr untouched
+    opt.param_groups[0]["lr"] = 5e-4
+    Trainer._apply_lr_schedule(ns)
+    assert opt.param_groups[0]["lr"] == 5e-4
