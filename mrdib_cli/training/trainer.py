@@ -271,11 +271,20 @@ class Trainer:
                                               "plugin": self.plugin.state_dict() if self.plugin else None})
 
     # ------------------------------------------------------------------------------ loop
+    def _apply_lr_schedule(self) -> None:
+        """A backbone's ``lr_schedule = (factor, step)`` (MGCN, LATTICE, SOIL): lr * factor^(epoch/step),
+        MMRec's per-epoch LambdaLR. Stateless (derived from the epoch), so resuming needs nothing extra."""
+        sched = getattr(self.backbone, "lr_schedule", None)
+        if sched:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.cfg.train.lr * sched[0] ** (self.epoch / sched[1])
+
     def _train_epoch(self) -> dict[str, float]:
         self.backbone.train()
         if self.plugin:
             self.plugin.train()
         gen = torch.Generator().manual_seed(int(self.sampler.rng.integers(2**62)))
+        self._apply_lr_schedule()
         self.backbone.pre_epoch(self.epoch, gen)
         sums: dict[str, float] = {}
         n = 0
