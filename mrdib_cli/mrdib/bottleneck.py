@@ -29,7 +29,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): differentiable in mu and logvar."""
     eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return torch.addcmul(mu, torch.exp(0.5 * logvar), eps)
 
 
 class GaussianBottleneck(nn.Module):

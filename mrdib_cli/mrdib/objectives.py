@@ -50,6 +50,7 @@ class MRdIBConfig:
     mib_only: bool = False  # bottleneck (+KL) only: no redundancy, no unique, no synergy head
     critic: str = "separable"  # MINE critic: "separable" g(x)^T h(y) (all pairs) or "concat" MLP([x, y])
     critic_hidden: int = 128
+    mine_items: int = 512  # at most this many distinct positive items of the batch per MINE estimate (0: all)
     minmax: str = "reverse"  # "reverse" (gradient reversal, one pass) or "step" (critic's own optimiser step)
     critic_lr: float = 1e-3  # only for minmax="step" (with "reverse" the trainer's optimiser moves the critic)
     critic_steps: int = 1  # only for minmax="step"
@@ -67,6 +68,8 @@ class MRdIBConfig:
             raise UsageError(f"critic must be 'separable' or 'concat', got '{self.critic}'")
         if self.minmax not in ("reverse", "step"):
             raise UsageError(f"minmax must be 'reverse' or 'step', got '{self.minmax}'")
+        if self.mine_items < 0 or self.mine_items == 1:
+            raise UsageError(f"mine_items must be 0 (all) or >= 2, got {self.mine_items}")
         if self.critic_steps < 1:
             raise UsageError(f"critic_steps must be >= 1, got {self.critic_steps}")
 
@@ -226,8 +229,8 @@ class MRdIB(Plugin):
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         """The weighted MRdIB terms for this batch (the bottleneck outputs come from this propagate()).
 
-        Every per-item quantity is gathered once per modality ([z | mu | logvar] at pos ++ neg), because on
-        CPU the backward of an index op (a scatter-add) costs more than the small heads themselves.
+        z is gathered once per modality (at pos ++ neg): on CPU the backward of an index op (a scatter-add)
+        costs more than the small heads themselves.
         """
         cfg = self.cfg
         missing = [m for m in self.hooks if m not in self._state]
@@ -240,12 +243,14 @@ class MRdIB(Plugin):
         n_pos = batch.pos.shape[0]
         z_b: dict[str, Tensor] = {}
         kl_sum = None
+        need_z = (cfg.use_uni or cfg.use_syn_head) and has_neg
         for m in self.hooks:
             st = self._state[m]
-            d = st.z.shape[-1]
-            z_i, mu_i, lv_i = torch.cat([st.z, st.mu, st.logvar], dim=1)[idx].split(d, dim=1)
-            z_b[m] = z_i
-            kl_m = gaussian_kl(mu_i, lv_i).mean()  # over the batch's items (positives and negatives)
+            if need_z:
+                z_b[m] = st.z[idx]
+            # KL per item over the item set (elementwise), then averaged over the batch's items: the same
+            # value as KL of the gathered rows, but only a vector is gathered/scattered in backward
+            kl_m = gaussian_kl(st.mu, st.logvar)[idx].mean()
             logs[f"kl_{m}"] = float(kl_m.detach())
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
@@ -276,6 +281,10 @@ class MRdIB(Plugin):
         if cfg.use_red and self.pairs:
             # distinct positive items: "joint" must really be one item's two modalities
             red_items = torch.unique(batch.pos)
+            if cfg.mine_items and red_items.numel() > cfg.mine_items:
+                # a random subset keeps the all-pairs critic's cost fixed (mine_items^2 pairs)
+                keep = torch.randperm(red_items.numel(), device=red_items.device)[:cfg.mine_items]
+                red_items = red_items[keep]
             zr = {m: self._state[m].z[red_items] for m in self.hooks}
             grad = "reverse" if cfg.minmax == "reverse" else "detach"
             red = None
