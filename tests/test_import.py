@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.data.importers import import_dataset, read_lattice, read_mmrec
 from mrdib_cli.errors import DataError
@@ -142,3 +142,28 @@ def test_recbole_synthetic_truncated_history(tmp_path: Path) -> None:
     (d / "X.valid.inter").write_text(hdr + "0\t0 1\t1\n1\t2\t3\n")
     with pytest.raises(DataError, match="second-to-last"):
         read_recbole(d)
+
+
+def test_recbole_cli_feature_options(tmp_path: Path, workdir: Path, cli) -> None:
+    d = tmp_path / "rb"
+    d.mkdir()
+    hdr = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    (d / "X.test.inter").write_text(hdr + "ua\tia ib ic\tid\nub\tic id\tia\n")
+    (d / "X.item2index").write_text("ia\t0\nib\t1\nic\t2\nid\t3\n")
+    (d / "X.user2index").write_text("ua\t0\nub\t1\n")
+    (d / "X.text").write_text("item_id:token\ttext:token_seq\nia\tred cotton\nic\tblue steel\n")
+    feats = np.arange(16, dtype=np.float32).reshape(4, 4)
+    feats.tofile(d / "my.bin")
+    rc, out, err = cli("import", "recbole", str(d), "--name", "rb", "--feature", "image=my.bin",
+                       "--feature-dim", "4", check=True)
+    h = DatasetHandle.open(Workspace(workdir))
+    np.testing.assert_array_equal(h.features("image").vectors, feats)
+    assert not h.has_features("text")
+    assert h.items["title"].to_list() == ["red cotton", None, "blue steel", None]
+    assert h.users["reviewer_id"].to_list() == ["ua", "ub"]
+    assert h.interactions.filter(pl.col("split") == "test")["item_idx"].to_list() == [3, 0]
+    rc, out, err = cli("import", "recbole", str(d), "--name", "rb", "--feature", "image=my.bin",
+                       "--feature-dim", "3")
+    assert rc == 1 and "not a whole number of 3-d float32 rows" in err
+    rc, out, err = cli("import", "recbole", str(d), "--name", "rb", "--feature", "image")
+    assert rc == 2 and "MODALITY=FILE" in err

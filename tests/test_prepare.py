@@ -159,3 +159,16 @@ def test_demo(cli, workdir: Path) -> None:
         assert im.size == (64, 64) and im.format == "PNG"
     assert h.items["title"].null_count() == 0 and h.items["description"].null_count() == 0
     assert h.card["source"]["kind"] == "synthetic demo"
+
+
+def test_prepare_refuses_download_with_wrong_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrdib_cli.data import sources
+
+    files = make_raw(tmp_path / "raw")
+    monkeypatch.setitem(sources.KNOWN_DIGESTS, "reviews_Baby_5.json.gz", "sha256:" + "ab" * 32)
+    ws = Workspace(tmp_path / "w")
+    with FileServer({p.name: p.read_bytes() for p in files.values()}) as srv:
+        with pytest.raises(DataError, match="does not match the expected"):
+            prepare(ws, "baby", PrepareOptions(), url=srv.url)
+    assert not (ws.raw_dir / "amazon2014" / "reviews_Baby_5.json.gz").exists()
+    assert not ws.dataset_dir("baby").exists()

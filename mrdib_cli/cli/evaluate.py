@@ -18,7 +18,7 @@ from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
 RunOption = typer.Option(None, "--run", "-r", rich_help_panel=PANEL_EVAL,
-                         help="Run name [default: the latest run of the active dataset].")
+                         help="Run name \\[default: the latest run of the active dataset].")
 SplitOption = typer.Option("test", "--split", rich_help_panel=PANEL_EVAL, help="test|valid.")
 MaskOption = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                           help="Items removed from the ranking: 'train' (MMRec's protocol, the published "
@@ -79,7 +79,7 @@ def eval_cmd(
     run: Optional[str] = RunOption,
     split: str = SplitOption,
     k: List[str] = typer.Option([], "--k", rich_help_panel=PANEL_EVAL,
-                                help="Cut-offs, e.g. --k 10 20 [default: 10 20]."),
+                                help="Cut-offs, e.g. --k 10 20 \\[default: 10 20]."),
     mask: str = MaskOption,
     batch_users: int = BatchOption,
     json_path: Optional[str] = typer.Option(None, "--json", rich_help_panel=PANEL_EVAL,
@@ -93,9 +93,11 @@ def eval_cmd(
                                             "ANN's recall@K vs exact search and the metric drift."),
     seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME,
                              help="Seed of the --verify-exact user sample and of IVF training."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
+                                          help="FAISS threads \\[default: all cores]; 1 can be faster on a busy machine."),
     no_save: bool = typer.Option(False, "--no-save", rich_help_panel=PANEL_RUNTIME,
                                  help="Do not write per-user metrics and top-K lists into the run folder."),
-    extra: Optional[List[str]] = typer.Argument(None, hidden=True),
+    extra: Optional[List[str]] = typer.Argument(None, hidden=True, metavar="K"),
 ) -> None:
     """Full-ranking evaluation of a trained run (exact FAISS search over all items, MMRec's metrics)."""
     from mrdib_cli.evaluation.runs import Run, evaluate_run
@@ -112,7 +114,8 @@ def eval_cmd(
         task = prog.add_task(f"evaluating {r.name} on {split}", total=n_eval)
         res, paths = evaluate_run(r, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index,
                                   index_params=_index_params(index_param), verify_exact=verify_exact, seed=seed,
-                                  save=not no_save, on_batch=lambda n: prog.advance(task, n))
+                                  save=not no_save, threads=threads,
+                                  on_batch=lambda n: prog.advance(task, n))
     payload = {"run": r.name, **res.to_dict()}
     console: Console = err if json_path == "-" else out
     console.print(f"[bold]Protocol:[/bold] {escape(res.protocol.describe())}", highlight=False)
@@ -154,7 +157,7 @@ def compare_cmd(
     mask: str = MaskOption,
     index: str = IndexOption,
     metric: List[str] = typer.Option([], "--metric", "-m", rich_help_panel=PANEL_EVAL,
-                                     help="Metrics to show and test [default: recall and ndcg at every K]."),
+                                     help="Metrics to show and test \\[default: recall and ndcg at every K]."),
     force: bool = typer.Option(False, "--force", rich_help_panel=PANEL_EVAL,
                                help="Compare even when the runs' protocol fingerprints differ."),
     json_path: Optional[str] = typer.Option(None, "--json", rich_help_panel=PANEL_EVAL,
@@ -222,7 +225,7 @@ def recommend_cmd(
                                             help="Write the lists of ALL users (or of --user) to a .parquet "
                                                  "or .csv file."),
     batch_users: int = BatchOption,
-    extra: Optional[List[str]] = typer.Argument(None, hidden=True),
+    extra: Optional[List[str]] = typer.Argument(None, hidden=True, metavar="USER"),
 ) -> None:
     """Top-K items for given users (reviewer ids or indices) with titles, from a trained run."""
     from mrdib_cli.evaluation.recommend import recommend, resolve_users, write_table

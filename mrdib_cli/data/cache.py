@@ -143,6 +143,7 @@ def find_garbage(ws: Workspace, *, min_age: float = 600.0, keep_partial: bool = 
                     out.append((m, "manifest whose outputs are gone"))
         out += [(lk, "unused lock file") for lk in (ds / "manifests").glob(".*.lock") if _unheld_lock(lk)]
     demo = ws.raw_dir / "demo"
+    out += [(lk, "unused lock file") for lk in demo.glob(".*.lock") if _unheld_lock(lk)] if demo.exists() else []
     for g in demo.glob("*") if demo.exists() else []:
         if g.is_dir() and not g.name.startswith(TMP_PREFIX) and g.resolve() not in referenced and old(g):
             out.append((g, "generated demo files no dataset uses"))

@@ -29,7 +29,7 @@ import numpy as np
 
 from mrdib_cli.data.rawfmt import write_meta, write_reviews
 from mrdib_cli.errors import UsageError
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj, file_lock
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (240, 210, 30),
            "purple": (140, 50, 190), "orange": (245, 140, 20)}
@@ -82,7 +82,7 @@ class DemoConfig:
         return asdict(self)
 
     def slug(self) -> str:
-        return digest_obj({"v": 1, **self.to_dict()}).split(":")[1][:12]
+        return digest_obj({"v": 2, **self.to_dict()}).split(":")[1][:12]
 
 
 # ------------------------------------------------------------------------------------------- catalogue
@@ -135,18 +135,21 @@ def _typo(word: str, rng: np.random.Generator) -> str:
 
 
 def item_text(a: dict[str, np.ndarray], i: int, rng: np.random.Generator) -> dict[str, Any]:
-    """Title/brand/categories/description of item ``i``: colour, material and size in words, plus noise."""
+    """Title/brand/categories/description of item ``i``: colour, material and size in words, plus noise.
+
+    The planted words lead the title and the description so that a sentence encoder's embedding is
+    dominated by them; brand, product noun and one filler sentence are the noise.
+    """
     colour = list(COLOURS)[a["colour"][i]]
     noun = NOUNS[a["noun"][i]]
     size = SIZES[a["size"][i]]
-    title = f"{BRANDS[a['brand'][i]]} {colour} {noun}, {size}"
-    sentences = [MATERIAL_TEXT[MATERIALS[a["material"][i]]], SIZE_TEXT[size],
-                 *rng.choice(FILLERS, size=2, replace=False).tolist()]
-    order = rng.permutation(len(sentences))
-    desc = " ".join(sentences[k] for k in order)
-    if rng.random() < 0.05:  # noisy text: a typo in a filler word
+    material = MATERIALS[a["material"][i]]
+    title = f"{colour.capitalize()} {material} {noun}, {size}"
+    sentences = [MATERIAL_TEXT[material], SIZE_TEXT[size], str(rng.choice(FILLERS))]
+    desc = " ".join(sentences[k] for k in (*rng.permutation(2), 2))
+    if rng.random() < 0.05:  # noisy text: a typo in the filler sentence
         words = desc.split()
-        k = int(rng.integers(0, len(words)))
+        k = int(rng.integers(len(words) - 3, len(words)))
         words[k] = _typo(words[k], rng)
         desc = " ".join(words)
     rec: dict[str, Any] = {"title": title, "categories": [["Demo", "Nursery", noun.capitalize()]],
@@ -225,10 +228,15 @@ def generate_raw(cfg: DemoConfig, out_dir: Path, log: Callable[[str], None] = la
     """
     cfg.validate()
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(out_dir.parent / f".{out_dir.name}.lock", what=f"demo files {out_dir}"):
+        return _generate_locked(cfg, out_dir, log)
+
+
+def _generate_locked(cfg: DemoConfig, out_dir: Path, log: Callable[[str], None]) -> Path:
     marker = out_dir / "generator.json"
     if marker.exists() and json.loads(marker.read_text()) == cfg.to_dict():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + out_dir.name + ".", dir=out_dir.parent))
     try:
         rng = np.random.default_rng(cfg.seed)

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import polars as pl
 
 from mrdib_cli.data import amazon
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
 from mrdib_cli.data.kcore import dedup_mask, factorize, kcore
-from mrdib_cli.data.sources import DEMO, AmazonCategory, base_url, download, lookup
-from mrdib_cli.data.split import LABELS, SCHEMES, assign_split
+from mrdib_cli.data.sources import DEMO, KNOWN_DIGESTS, AmazonCategory, base_url, download, lookup
+from mrdib_cli.data.split import LABELS, assign_split
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
 
@@ -68,8 +67,8 @@ def fetch_raw(ws: Workspace, cat: AmazonCategory, url: str | None = None,
         if not dest.is_file():
             hint = (f"the server is unreachable; download {cat.reviews_file} and {cat.meta_file} elsewhere and "
                     f"run 'mrdib prepare {cat.name} --raw-dir DIR', or set --base-url to a mirror")
-            download(f"{base}/{fname}", dest, on_progress=on_file(fname) if on_file else None,
-                     raw_dir_hint=hint)
+            download(f"{base}/{fname}", dest, expected_sha256=KNOWN_DIGESTS.get(fname),
+                     on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint)
         paths[key] = dest
     return paths
 

@@ -8,11 +8,8 @@ train split and are rebuilt on demand.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-import polars as pl
 
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, make_card,
                                        publish_dataset)

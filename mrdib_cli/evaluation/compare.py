@@ -94,7 +94,11 @@ def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str =
         except Exception as e:  # polars raises several error types for corrupt files
             raise DataError(f"run '{name}': per_user-{tag}.parquet unreadable ({type(e).__name__}); "
                             f"re-run 'mrdib eval --run {name}'") from None
-        evals.append(RunEval(run, Protocol.from_dict(saved["protocol"]), dict(saved["metrics"]), per_user))
+        proto = Protocol.from_dict(saved["protocol"])
+        if (proto.split, proto.mask, proto.index) != (split, mask, index):
+            raise DataError(f"run '{name}': eval-{tag}.json holds a {proto.split}/{proto.mask}/{proto.index} "
+                            f"evaluation; re-run 'mrdib eval --run {name}' to rewrite it")
+        evals.append(RunEval(run, proto, dict(saved["metrics"]), per_user))
     return evals
 
 

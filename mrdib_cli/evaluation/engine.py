@@ -32,6 +32,20 @@ MASKS: dict[str, tuple[str, ...]] = {"train": ("train",), "train+valid": ("train
 SPLITS = ("valid", "test")
 
 
+def result_tag(split: str, mask: str = "train", index: str = "flat") -> str:
+    """File tag of saved results: the bare split for the default protocol, else e.g. ``test.mask-train+valid``.
+
+    Results of non-default protocols thus never overwrite the default ones (which the trainer writes and
+    ``compare`` reads by default).
+    """
+    tag = split
+    if mask != "train":
+        tag += f".mask-{mask}"
+    if index != "flat":
+        tag += f".index-{index}"
+    return tag
+
+
 # --------------------------------------------------------------------------------------------- protocol
 @dataclass
 class Protocol:
@@ -127,12 +141,13 @@ class EvalResult:
         return d
 
     def save(self, run_dir: str | Path, split: str | None = None) -> dict[str, Path]:
-        """Write ``eval-<split>.json``, ``per_user-<split>.parquet`` and ``topk-<split>.parquet`` atomically.
+        """Write ``eval-<tag>.json``, ``per_user-<tag>.parquet`` and ``topk-<tag>.parquet`` atomically.
 
-        ``split`` is the file tag (default: the protocol's split); ``mrdib eval`` uses e.g.
-        ``test.mask-train+valid`` for non-default protocols so the trainer's files are not overwritten.
+        ``tag`` is :func:`result_tag` of ``split`` (default: the protocol's) and the protocol's mask and
+        index: just ``test`` under the default protocol (mask train, exact search), e.g.
+        ``test.mask-train+valid`` otherwise, so one protocol's files never overwrite another's.
         """
-        tag = split or self.protocol.split or "eval"
+        tag = result_tag(split or self.protocol.split or "eval", self.protocol.mask, self.protocol.index)
         run_dir = Path(run_dir)
         paths = {"json": run_dir / f"eval-{tag}.json", "per_user": run_dir / f"per_user-{tag}.parquet",
                  "topk": run_dir / f"topk-{tag}.parquet"}
@@ -210,20 +225,42 @@ def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask
              ks: tuple[int, ...] | list[int] = (10, 20), batch_users: int = 4096, index: str = "flat", *,
              protocol: Protocol | None = None, index_params: dict[str, Any] | None = None,
              verify_exact: float = 0.0, seed: int = 0, overfetch_cap: int = 1024,
-             metrics: tuple[str, ...] = METRICS, on_batch: Callable[[int], None] | None = None) -> EvalResult:
+             metrics: tuple[str, ...] = METRICS, on_batch: Callable[[int], None] | None = None,
+             threads: int | None = None) -> EvalResult:
     """Full-ranking evaluation of inner-product scores ``user_emb @ item_emb.T``.
 
     Users with >= 1 item in ``truth`` are evaluated; items in ``mask`` are never returned. ``truth`` may be
     a :class:`Prepared` (reused across epochs, then ``mask`` is ignored). ``protocol`` carries split/mask/
     dataset names for the record; ks/index are filled in here. ``verify_exact`` (0..1] measures, on that
     fraction of users, an approximate index's recall@K against exact search and the metric drift.
+    ``threads`` sets FAISS's OpenMP threads for this call (default: FAISS's own, all cores).
     """
+    if threads is None:
+        return _evaluate(user_emb, item_emb, truth, mask, ks, batch_users, index, protocol, index_params,
+                         verify_exact, seed, overfetch_cap, metrics, on_batch)
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(max(1, int(threads)))
+    try:
+        return _evaluate(user_emb, item_emb, truth, mask, ks, batch_users, index, protocol, index_params,
+                         verify_exact, seed, overfetch_cap, metrics, on_batch)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def _evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask: sp.csr_matrix | None,
+              ks: Any, batch_users: int, index: str, protocol: Protocol | None,
+              index_params: dict[str, Any] | None, verify_exact: float, seed: int, overfetch_cap: int,
+              metrics: tuple[str, ...], on_batch: Callable[[int], None] | None) -> EvalResult:
     t0 = time.perf_counter()
     ks = parse_ks(ks)
     if index not in INDEX_KINDS:
         raise UsageError(f"unknown index '{index}' (choose from {', '.join(INDEX_KINDS)})")
     if not 0.0 <= verify_exact <= 1.0:
         raise UsageError(f"--verify-exact must be a fraction in [0, 1], got {verify_exact}")
+    if isinstance(truth, Prepared) and mask is not None:
+        raise ValueError("pass the mask to Prepared.build, not together with a Prepared truth")
     prep = truth if isinstance(truth, Prepared) else Prepared.build(truth, mask)
     u = as_float32(user_emb, "user embeddings")
     it = as_float32(item_emb, "item embeddings")
@@ -250,7 +287,9 @@ def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask
     n_truth = prep.truth.counts[inv]
     cols = {name: v[inv] for name, v in per_user_sorted.items()}
     per_user = pl.DataFrame({"user_idx": prep.users, "n_truth": n_truth, **cols})
-    proto = Protocol(**{**asdict(protocol or Protocol()), "ks": ks, "metrics": tuple(metrics),
+    if protocol is None:  # a bare call: say that the mask is the caller's, not a named rule
+        protocol = Protocol(mask="none" if mask is None else "custom")
+    proto = Protocol(**{**asdict(protocol), "ks": ks, "metrics": tuple(metrics),
                         "index": index, "index_params": idx.params})
     res = EvalResult(metrics=average(cols), per_user=per_user, topk=top.items[inv], scores=top.scores[inv],
                      users=prep.users, protocol=proto, n_fallback=top.n_fallback, n_short=top.n_short)

@@ -18,18 +18,8 @@ import numpy as np
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
-from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split
+from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
 from mrdib_cli.workspace import Workspace, read_json
-
-
-def result_tag(split: str, mask: str = "train", index: str = "flat") -> str:
-    """File tag of saved results: the bare split for the default protocol (what the trainer writes)."""
-    tag = split
-    if mask != "train":
-        tag += f".mask-{mask}"
-    if index != "flat":
-        tag += f".index-{index}"
-    return tag
 
 
 @dataclass
@@ -99,7 +89,7 @@ class Run:
         cfg = {k: v for k, v in self.config.items()
                if k not in ("run_name", "created", "version", "dataset_dir")}
         cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
-                        if k not in ("seed", "device", "num_workers")}
+                        if k not in ("seed", "device", "threads", "num_workers", "eval_batch_users")}
         return digest_obj(cfg)
 
     def label(self) -> str:
@@ -121,7 +111,7 @@ class Run:
 
 def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
                  batch_users: int = 4096, index: str = "flat", index_params: dict[str, Any] | None = None,
-                 verify_exact: float = 0.0, seed: int = 0, save: bool = True,
+                 verify_exact: float = 0.0, seed: int = 0, save: bool = True, threads: int | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Evaluate a run's saved embeddings; save per-user metrics and top-K lists in the run folder."""
     if mask not in MASKS:
@@ -129,6 +119,6 @@ def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[i
     user, item = run.embeddings
     res = evaluate_split(run.handle, user, item, split=split, mask=mask, ks=ks, batch_users=batch_users,
                          index=index, index_params=index_params, verify_exact=verify_exact, seed=seed,
-                         on_batch=on_batch)
-    paths = res.save(run.dir, result_tag(split, mask, index)) if save else {}
+                         on_batch=on_batch, threads=threads)
+    paths = res.save(run.dir, split) if save else {}
     return res, paths

@@ -44,7 +44,7 @@ class RowKeys:
             self.indptr = np.zeros(n + 1, dtype=np.int64)
             self.cols = np.zeros(0, dtype=np.int64)
         else:
-            sub = sp.csr_matrix(csr[rows], copy=True)
+            sub = sp.csr_matrix(csr[rows])  # fancy row indexing returns a new matrix
             sub.eliminate_zeros()
             sub.sum_duplicates()  # also sorts indices within rows
             self.indptr = sub.indptr.astype(np.int64)
