@@ -30,11 +30,11 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 
-def _mlp(sizes: list[int]) -> nn.Sequential:
+def _mlp(sizes: list[int], last_gain: float = 1.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = nn.Linear(a, b)
-        nn.init.xavier_uniform_(lin.weight)
+        nn.init.xavier_uniform_(lin.weight, gain=last_gain if i == len(sizes) - 2 else 1.0)
         nn.init.zeros_(lin.bias)
         layers.append(lin)
         if i < len(sizes) - 2:
@@ -49,7 +49,7 @@ class MineCritic(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 128) -> None:
         super().__init__()
-        self.net = _mlp([x_dim + y_dim, hidden, hidden, 1])
+        self.net = _mlp([x_dim + y_dim, hidden, hidden, 1], last_gain=0.1)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
@@ -62,8 +62,9 @@ class SeparableCritic(nn.Module):
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 128, out: int = 32) -> None:
         super().__init__()
-        self.g = _mlp([x_dim, hidden, out])
-        self.h = _mlp([y_dim, hidden, out])
+        # small output layers: T ~ 0 at the start, so the bound starts near 0 instead of at -Var(T)/2
+        self.g = _mlp([x_dim, hidden, out], last_gain=0.3)
+        self.h = _mlp([y_dim, hidden, out], last_gain=0.3)
 
     def forward(self, x: Tensor, y: Tensor, all_pairs: bool = False) -> Tensor:
         """T(x_i, y_i) per row, or with ``all_pairs`` the [n, n] matrix of T(x_i, y_j)."""
@@ -90,6 +91,48 @@ class _ReverseGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return -ctx.scale * grad, None
+
+
+class _GradGate(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``holder["gate"]``, which may be set after the
+    forward pass (so a gradient can be switched off depending on a value computed from this input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, holder: dict[str, float]) -> Tensor:  # type: ignore[override]
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.holder["gate"], None
+
+
+def standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-dimension standardisation over the rows, differentiable through the statistics.
+
+    MI is invariant to per-dimension affine maps, so this changes nothing the critic should measure, but it
+    removes the cheapest way for the encoders to fool a lagging critic: blowing up or shrinking the scale.
+    """
+    return (z - z.mean(0, keepdim=True)) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
+
+
+def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minmax: str = "reverse") -> Tensor:
+    """The MRdIB redundancy estimate for the min-max, on standardised inputs (a scalar, unweighted).
+
+    - the encoders (x, y) receive the gradient of the bound only while the estimate is positive: MI >= 0,
+      so a negative DV value is pure critic error, and descending it would only chase a lagging critic
+      (in practice the encoders then drive the bound to -inf and the representation diverges);
+    - the critic ascends the bound: through gradient reversal (``minmax="reverse"``, scale 1/weight so the
+      critic sees the bound's own gradient whatever ``weight`` the caller multiplies the term by), or not at
+      all here (``"step"``: the critic is a constant and takes its own optimiser step elsewhere).
+    """
+    holder = {"gate": 1.0}
+    xs = standardise(_GradGate.apply(x, holder))
+    ys = standardise(_GradGate.apply(y, holder))
+    grad = "reverse" if minmax == "reverse" else "detach"
+    dv = dv_bound(critic, xs, ys, critic_grad=grad, reverse_scale=1.0 / weight if weight > 0 else 1.0)
+    holder["gate"] = 1.0 if float(dv.detach()) > 0 else 0.0
+    return dv
 
 
 def shuffle_perm(n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -150,9 +193,12 @@ class CriticTrainer:
         self.steps = steps
         self.opt = torch.optim.Adam(critic.parameters(), lr=lr)
 
-    def step(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> float:
+    def step(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+             standardised: bool = False) -> float:
         """``steps`` ascent steps; returns the last DV estimate (before its update)."""
         x, y = x.detach(), y.detach()
+        if standardised:
+            x, y = standardise(x), standardise(y)
         value = 0.0
         for _ in range(self.steps):
             self.opt.zero_grad(set_to_none=True)

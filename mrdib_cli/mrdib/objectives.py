@@ -10,9 +10,10 @@ Total loss (paper form, mrdib-method.md §2):
   ``synergy_head="mlp"`` an explicit fusion head f([z_v, z_t]) is also trained with its own BPR.
 - **Unique**: per-modality BPR with score_m(u, i) = <p_m(u), A_m z_m(i)>, p_m the backbone's
   ``views["user_<m>"]`` if it has one, else the user embedding; A_m is a linear map only when the dims differ.
-- **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's distinct positive items; the encoders
-  minimise it and the critic maximises it, through a gradient-reversal layer on the critic's parameters
-  (default) or with the critic's own optimiser step in :meth:`after_step` (``minmax="step"``).
+- **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's distinct positive items (standardised per
+  dimension); the encoders minimise it while it is positive and the critic maximises it, through a
+  gradient-reversal layer on the critic's parameters (default) or with the critic's own optimiser step in
+  :meth:`after_step` (``minmax="step"``). See :func:`mrdib_cli.mrdib.mine.redundancy_term`.
 
 Nothing here knows any backbone: it only uses the hook points, ``Embeddings.user`` and ``views``.
 """
@@ -30,7 +31,7 @@ from torch import Tensor, nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Backbone, Batch, Embeddings
 from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl
-from mrdib_cli.mrdib.mine import CriticTrainer, dv_bound, make_critic
+from mrdib_cli.mrdib.mine import CriticTrainer, make_critic, redundancy_term
 from mrdib_cli.training.plugin import Plugin
 
 
@@ -286,11 +287,9 @@ class MRdIB(Plugin):
                 keep = torch.randperm(red_items.numel(), device=red_items.device)[:cfg.mine_items]
                 red_items = red_items[keep]
             zr = {m: self._state[m].z[red_items] for m in self.hooks}
-            grad = "reverse" if cfg.minmax == "reverse" else "detach"
             red = None
             for a, b in self.pairs:
-                mi = dv_bound(self.critics[f"{a}__{b}"], zr[a], zr[b], critic_grad=grad,
-                              reverse_scale=1.0 / cfg.alpha_red)
+                mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
                 red = mi if red is None else red + mi
             assert red is not None
             logs["mine"] = float(red.detach())
@@ -309,7 +308,7 @@ class MRdIB(Plugin):
             return
         crit = 0.0
         for a, b in self.pairs:
-            crit += self._critic_trainers[f"{a}__{b}"].step(last[a], last[b])
+            crit += self._critic_trainers[f"{a}__{b}"].step(last[a], last[b], standardised=True)
         self.logs["mine_critic"] = crit
 
     def config(self) -> dict[str, Any]:

@@ -118,3 +118,40 @@ def test_min_max_moves_the_bound_both_ways() -> None:
         (w * dv_bound(critic, x, y0, critic_grad="reverse", reverse_scale=1 / w)).backward()
         opt_x.step()
     assert float(dv_bound(critic, x, y0).detach()) < trained - 0.5
+
+
+def test_redundancy_term_gates_the_encoders_at_a_negative_estimate() -> None:
+    """MI >= 0: the encoders follow the bound only while it is positive; the critic always ascends."""
+    from mrdib_cli.mrdib.mine import redundancy_term, standardise
+
+    torch.manual_seed(0)
+    x, y = _correlated(128, 2, 0.9, seed=5)
+    critic = SeparableCritic(2, 2, hidden=16)
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-2)
+    for _ in range(100):  # a decent critic: positive estimate
+        opt.zero_grad()
+        (-dv_bound(critic, standardise(x), standardise(y))).backward()
+        opt.step()
+    for flip, positive in ((False, True), (True, False)):
+        if flip:  # negating T makes joint pairs score low: a negative estimate
+            with torch.no_grad():
+                critic.h[-1].weight.neg_()
+                critic.h[-1].bias.neg_()
+        xg = x.clone().requires_grad_(True)
+        critic.zero_grad()
+        dv = redundancy_term(critic, xg, y, weight=0.05)
+        (0.05 * dv).backward()
+        enc = float(xg.grad.abs().sum())
+        assert (float(dv.detach()) > 0) == positive and (enc > 0) == positive, (flip, float(dv.detach()), enc)
+        assert all(float(p.grad.abs().sum()) > 0 for p in critic.parameters())
+
+
+def test_redundancy_term_is_scale_invariant() -> None:
+    critic = SeparableCritic(2, 2, hidden=16)
+    x, y = _correlated(128, 2, 0.9, seed=6)
+    from mrdib_cli.mrdib.mine import redundancy_term
+
+    with torch.no_grad():
+        a = redundancy_term(critic, x, y, 0.05)
+        b = redundancy_term(critic, 1000 * x + 3, 0.1 * y, 0.05)
+    assert float(a) == pytest.approx(float(b), abs=1e-4)
