@@ -312,8 +312,10 @@ class MRdIB(Plugin):
         self.logs["mine_critic"] = crit
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self.cfg), "hooks": list(self.hooks),
-                "bottleneck_dims": {m: self.bottlenecks[m].z_dim for m in self.hooks},
-                "unique_maps": sorted(self.unique_maps.keys()),
-                "active_terms": [t for t, on in (("kl", self.cfg.use_kl), ("red", self.cfg.use_red and bool(self.pairs)),
-                                                 ("uni", self.cfg.use_uni), ("syn", self.cfg.use_syn_head)) if on]}
+        """Every option (defaults included) plus, under ``resolved``, what attach() derived from the backbone."""
+        active = [t for t, on in (("kl", self.cfg.use_kl), ("red", self.cfg.use_red and bool(self.pairs)),
+                                  ("uni", self.cfg.use_uni), ("syn", self.cfg.use_syn_head)) if on]
+        return {"name": self.name, **asdict(self.cfg),
+                "resolved": {"hooks": list(self.hooks),
+                             "bottleneck_dims": {m: self.bottlenecks[m].z_dim for m in self.hooks},
+                             "unique_maps": sorted(self.unique_maps.keys()), "active_terms": active}}

@@ -104,7 +104,7 @@ def test_redundancy_term_alone_reaches_the_encoders(toy: ToyMM, batch) -> None:
 def test_ablations(toy: ToyMM, batch, flags: dict, expected: set) -> None:
     plugin = _attached(toy, **flags)
     assert set(plugin.loss(batch, toy.propagate())) == expected
-    assert set(plugin.config()["active_terms"]) == expected
+    assert set(plugin.config()["resolved"]["active_terms"]) == expected
 
 
 def test_weights_scale_terms(batch) -> None:
