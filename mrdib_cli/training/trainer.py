@@ -131,7 +131,6 @@ class Trainer:
         self.device = resolve_device(tc.device)
         if self.device.type == "cpu":
             torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))
-        self._prepare_run_dir(resume, overwrite)
 
         # seed everything before building the model, as MMRec's init_seed does
         torch.manual_seed(tc.seed)
@@ -146,6 +145,8 @@ class Trainer:
             self.plugin = create_plugin(cfg.plugin["name"], opts)
             self.plugin.attach(self.backbone)
             self.plugin.to(self.device)
+        # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
+        self._prepare_run_dir(resume, overwrite)
         params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
         self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=tc.lr,
                                           weight_decay=tc.weight_decay)
@@ -181,9 +182,12 @@ class Trainer:
         return get_backbone(self.cfg.backbone).modalities
 
     def plugin_config(self) -> dict[str, Any] | None:
+        """The plug-in's resolved configuration (its defaults included), overridden by the given options."""
         if not self.cfg.plugin:
             return None
-        return {"name": self.cfg.plugin["name"], **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
+        resolved = self.plugin.config() if self.plugin is not None else {}
+        return {**resolved, "name": self.cfg.plugin["name"],
+                **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
 
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption."""
