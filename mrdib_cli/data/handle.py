@@ -26,6 +26,8 @@ INTERACTIONS = "interactions.parquet"
 ITEMS = "items.parquet"
 USERS = "users.parquet"
 CARD = "dataset.json"
+# present while prepare swaps the core files one by one; a dataset that has it is a mix of two builds
+PUBLISHING = ".publishing"
 
 
 class DatasetHandle:
@@ -35,6 +37,9 @@ class DatasetHandle:
         self.dir = Path(directory)
         if not (self.dir / CARD).exists():
             raise MissingInputError(f"no prepared dataset in {self.dir} (dataset.json missing)")
+        if (self.dir / PUBLISHING).exists():
+            raise DataError(f"dataset in {self.dir} was interrupted while being written; re-run the prepare "
+                            "command that built it")
         self.card: dict[str, Any] = read_json(self.dir / CARD)
         self.name: str = self.card.get("name", self.dir.name)
         self.n_users: int = int(self.card["n_users"])
