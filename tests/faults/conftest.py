@@ -1,0 +1,43 @@
+"""Fault-injection suite: every test in this folder is one fault scenario (marked ``fault``).
+
+The terminal summary prints ``N faults injected, N survived, K artefacts corrupted``, where *corrupted*
+counts the intactness checks (:func:`tests.faults.helpers.assert_intact`) that found a previous good
+artefact changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.faults.helpers import DEMO_ARGS, STATS, mrdib, ok
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if Path(str(item.fspath)).resolve().parent == here:
+            item.add_marker(pytest.mark.fault)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "fault: a fault-injection scenario (tests/faults)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    passed = [r for r in terminalreporter.stats.get("passed", []) if "fault" in r.keywords]
+    failed = [r for r in terminalreporter.stats.get("failed", []) if "fault" in r.keywords]
+    if passed or failed:
+        n = len(passed) + len(failed)
+        terminalreporter.write_line(
+            f"fault suite: {n} faults injected, {len(passed)} survived, {STATS['corrupted']} artefacts "
+            f"corrupted ({STATS['intact_checks']} intactness checks)")
+
+
+@pytest.fixture(scope="session")
+def reference_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An uninterrupted tiny demo prepare: (workdir, dataset dir)."""
+    wd = tmp_path_factory.mktemp("ref") / "wd"
+    ok(mrdib(wd, *DEMO_ARGS))
+    return wd, wd / "datasets" / "demo"
