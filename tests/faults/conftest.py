@@ -7,11 +7,12 @@ artefact changed.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import DEMO_ARGS, STATS, mrdib, ok
+from tests.faults.helpers import DEMO_ARGS, IMAGE_ARGS, IMAGE_TABLE, STATS, mrdib, ok
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -40,4 +41,28 @@ def reference_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path
     """An uninterrupted tiny demo prepare: (workdir, dataset dir)."""
     wd = tmp_path_factory.mktemp("ref") / "wd"
     ok(mrdib(wd, *DEMO_ARGS))
+    return wd, wd / "datasets" / "demo"
+
+
+@pytest.fixture
+def demo_wd(workdir: Path, reference_demo) -> Path:
+    """A fresh workdir holding a copy of the reference demo dataset (its images stay in the reference)."""
+    shutil.copytree(reference_demo[0], workdir)
+    return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_image_table(tmp_path_factory: pytest.TempPathFactory, reference_demo) -> bytes:
+    """Bytes of the image feature table an uninterrupted extraction writes for the demo copy."""
+    wd = tmp_path_factory.mktemp("ref-img") / "wd"
+    shutil.copytree(reference_demo[0], wd)
+    ok(mrdib(wd, *IMAGE_ARGS))
+    return (wd / IMAGE_TABLE).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def reference_seed7(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An uninterrupted tiny demo prepare with split seed 7: (workdir, dataset dir)."""
+    wd = tmp_path_factory.mktemp("ref7") / "wd"
+    ok(mrdib(wd, *DEMO_ARGS, "--seed", "7"))
     return wd, wd / "datasets" / "demo"

@@ -15,6 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 INJECT = Path(__file__).resolve().parent / "inject.py"
 # a tiny demo: 60 users, 40 items, 16 px images (about 2 s per prepare on a loaded machine)
 DEMO_ARGS = ["prepare", "demo", "--users", "60", "--items", "40", "--interactions", "400", "--image-size", "16"]
+TINY_CONFIG = ROOT / "tests" / "features" / "tiny-vit-test.json"
+# image features from a tiny random-weight ViT, 4 shards of 10 items: seconds, no download
+IMAGE_ARGS = ["extract-features", "-m", "image", "--image-model-config", str(TINY_CONFIG), "--image-model",
+              "tiny-vit-test", "--image-pretrained", "none", "--allow-random-weights", "--shard-size", "10",
+              "--workers", "0"]
+IMAGE_TABLE = "datasets/demo/features/image-tiny-vit-test-random.parquet"
 CORE = ("interactions.parquet", "items.parquet", "users.parquet", "dataset.json")
 STATS = {"corrupted": 0, "intact_checks": 0}
 
@@ -132,21 +138,47 @@ def _warm_imports() -> None:
     import torch  # noqa: F401
 
 
-def mrdib_forked(workdir: Path, *args: str, fault: dict | list | None = None, timeout: float = 300) -> Forked:
-    """Run ``mrdib ARGS`` in a forked child of the test process (imports already paid), with ``fault``.
+class Child:
+    """A forked CLI run in progress (see :func:`start_forked`)."""
+
+    def __init__(self, pid: int, out_f: Any, err_f: Any, args: tuple[str, ...]) -> None:
+        self.pid, self.out_f, self.err_f, self.args = pid, out_f, err_f, args
+
+    def wait(self, timeout: float = 300) -> Forked:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                raise TimeoutError(f"mrdib {' '.join(self.args)} ran over {timeout}s")
+            time.sleep(0.05)
+        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        self.out_f.seek(0)
+        self.err_f.seek(0)
+        return Forked(rc, self.out_f.read().decode(errors="replace"), self.err_f.read().decode(errors="replace"))
+
+
+def start_forked(workdir: Path, *args: str, fault: dict | list | None = None, **extra_env: str) -> Child:
+    """Start ``mrdib ARGS`` in a forked child of the test process (imports already paid), with ``fault``.
 
     Heavy imports (torch, open_clip, sentence-transformers) cost 10-20 s per fresh interpreter on a loaded
     machine; a fork reuses the parent's. The child installs the fault, runs the CLI entry point and exits
     with its code (or dies by SIGKILL); the parent never runs the CLI itself, so no state leaks back.
     """
     import tempfile
-    import time
 
     from tests.faults import inject
 
     _warm_imports()
     out_f = tempfile.TemporaryFile()
     err_f = tempfile.TemporaryFile()
+    sys.stdout.flush()
+    sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # child
         code = 1
@@ -156,7 +188,8 @@ def mrdib_forked(workdir: Path, *args: str, fault: dict | list | None = None, ti
             # pytest replaced sys.stdout/err with capture objects: write to the real (redirected) fds
             sys.stdout = open(1, "w", closefd=False, buffering=1)
             sys.stderr = open(2, "w", closefd=False, buffering=1)
-            os.environ.update(env_for(workdir, fault))
+            os.environ.clear()
+            os.environ.update(env_for(workdir, fault, **extra_env))
             if fault is not None:
                 for spec in fault if isinstance(fault, list) else [fault]:
                     inject.install(spec)
@@ -175,20 +208,13 @@ def mrdib_forked(workdir: Path, *args: str, fault: dict | list | None = None, ti
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise TimeoutError(f"mrdib {' '.join(args)} ran over {timeout}s")
-        time.sleep(0.05)
-    rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    out_f.seek(0)
-    err_f.seek(0)
-    return Forked(rc, out_f.read().decode(errors="replace"), err_f.read().decode(errors="replace"))
+    return Child(pid, out_f, err_f, args)
+
+
+def mrdib_forked(workdir: Path, *args: str, fault: dict | list | None = None, timeout: float = 300,
+                 **extra_env: str) -> Forked:
+    """Run ``mrdib ARGS`` in a forked child and wait for it."""
+    return start_forked(workdir, *args, fault=fault, **extra_env).wait(timeout)
 
 
 mrdib = mrdib_forked  # the default: a forked child with one fault installed

@@ -41,13 +41,6 @@ REPLACE_POINTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def reference_seed7(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    wd = tmp_path_factory.mktemp("ref7") / "wd"
-    ok(mrdib(wd, *DEMO_ARGS, "--seed", "7"))
-    return wd, wd / "datasets" / "demo"
-
-
 @pytest.mark.parametrize("point", list(REPLACE_POINTS))
 def test_reprepare_killed_keeps_previous_dataset_or_refuses_it(workdir: Path, reference_demo, reference_seed7,
                                                                  point: str) -> None:
