@@ -126,89 +126,50 @@ class Forked:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
-def _warm_imports() -> None:
-    """Import the CLI and the heavy libraries once in the parent, so every forked child starts warm."""
-    import mrdib_cli.cli.app  # noqa: F401
-    import mrdib_cli.data.prepare  # noqa: F401
-    import mrdib_cli.evaluation.engine  # noqa: F401
-    import mrdib_cli.features.extract  # noqa: F401
-    import mrdib_cli.features.image  # noqa: F401
-    import mrdib_cli.features.text  # noqa: F401
-    import open_clip  # noqa: F401
-    import torch  # noqa: F401
+class _Zygote:
+    """The fork server (``zygote.py``), started once per test session on first use."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def ask(cls, req: dict) -> dict:
+        if cls.proc is None or cls.proc.poll() is not None:
+            cls.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("zygote.py"))],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(ROOT),
+                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert json.loads(cls.proc.stdout.readline()).get("ready"), "fault-suite fork server did not start"
+        cls.proc.stdin.write(json.dumps(req) + "\n")
+        cls.proc.stdin.flush()
+        return json.loads(cls.proc.stdout.readline())
 
 
 class Child:
     """A forked CLI run in progress (see :func:`start_forked`)."""
 
-    def __init__(self, pid: int, out_f: Any, err_f: Any, args: tuple[str, ...]) -> None:
-        self.pid, self.out_f, self.err_f, self.args = pid, out_f, err_f, args
+    def __init__(self, pid: int, out: Path, err: Path, args: tuple[str, ...]) -> None:
+        self.pid, self.out, self.err, self.args = pid, out, err, args
 
     def wait(self, timeout: float = 300) -> Forked:
-        import time
-
-        deadline = time.monotonic() + timeout
-        while True:
-            done, status = os.waitpid(self.pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(self.pid, signal.SIGKILL)
-                os.waitpid(self.pid, 0)
-                raise TimeoutError(f"mrdib {' '.join(self.args)} ran over {timeout}s")
-            time.sleep(0.05)
-        rc = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        self.out_f.seek(0)
-        self.err_f.seek(0)
-        return Forked(rc, self.out_f.read().decode(errors="replace"), self.err_f.read().decode(errors="replace"))
+        rc = _Zygote.ask({"op": "wait", "pid": self.pid, "timeout": timeout})["rc"]
+        if rc == -9999:
+            raise TimeoutError(f"mrdib {' '.join(self.args)} ran over {timeout}s")
+        res = Forked(rc, self.out.read_text(errors="replace"), self.err.read_text(errors="replace"))
+        self.out.unlink(missing_ok=True)
+        self.err.unlink(missing_ok=True)
+        return res
 
 
 def start_forked(workdir: Path, *args: str, fault: dict | list | None = None, **extra_env: str) -> Child:
-    """Start ``mrdib ARGS`` in a forked child of the test process (imports already paid), with ``fault``.
-
-    Heavy imports (torch, open_clip, sentence-transformers) cost 10-20 s per fresh interpreter on a loaded
-    machine; a fork reuses the parent's. The child installs the fault, runs the CLI entry point and exits
-    with its code (or dies by SIGKILL); the parent never runs the CLI itself, so no state leaks back.
-    """
+    """Start ``mrdib ARGS`` as a fork of the pre-warmed fork server, with ``fault`` installed in the child."""
     import tempfile
 
-    from tests.faults import inject
-
-    _warm_imports()
-    out_f = tempfile.TemporaryFile()
-    err_f = tempfile.TemporaryFile()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 1
-        try:
-            os.dup2(out_f.fileno(), 1)
-            os.dup2(err_f.fileno(), 2)
-            # pytest replaced sys.stdout/err with capture objects: write to the real (redirected) fds
-            sys.stdout = open(1, "w", closefd=False, buffering=1)
-            sys.stderr = open(2, "w", closefd=False, buffering=1)
-            os.environ.clear()
-            os.environ.update(env_for(workdir, fault, **extra_env))
-            if fault is not None:
-                for spec in fault if isinstance(fault, list) else [fault]:
-                    inject.install(spec)
-            from mrdib_cli.cli.app import main
-
-            try:
-                main(list(args))
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:  # noqa: BLE001
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return Child(pid, out_f, err_f, args)
+    fd, out = tempfile.mkstemp(prefix="mrdib-fault-out-")
+    os.close(fd)
+    fd, err = tempfile.mkstemp(prefix="mrdib-fault-err-")
+    os.close(fd)
+    env = env_for(workdir, fault, **extra_env)
+    pid = _Zygote.ask({"op": "start", "args": list(args), "env": env, "fault": fault, "out": out, "err": err})["pid"]
+    return Child(pid, Path(out), Path(err), args)
 
 
 def mrdib_forked(workdir: Path, *args: str, fault: dict | list | None = None, timeout: float = 300,
