@@ -24,11 +24,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "fault: a fault-injection scenario (tests/faults)")
+    config.addinivalue_line("markers", "static_check: a source scan in tests/faults (not counted as a fault)")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
-    passed = [r for r in terminalreporter.stats.get("passed", []) if "fault" in r.keywords]
-    failed = [r for r in terminalreporter.stats.get("failed", []) if "fault" in r.keywords]
+    def faults(outcome: str) -> list:
+        return [r for r in terminalreporter.stats.get(outcome, [])
+                if "fault" in r.keywords and "static_check" not in r.keywords]
+
+    passed, failed = faults("passed"), faults("failed")
     if passed or failed:
         n = len(passed) + len(failed)
         terminalreporter.write_line(
