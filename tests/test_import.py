@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import shared_data
+from tests.conftest import shared_data
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.data.importers import import_dataset, read_lattice, read_mmrec
 from mrdib_cli.errors import DataError

@@ -10,7 +10,7 @@ by its own optimiser step in :meth:`Plugin.after_step`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -41,3 +41,46 @@ class Plugin(nn.Module):
     def config(self) -> dict[str, Any]:
         """Resolved configuration, stored with the run."""
         return {}
+
+
+# --------------------------------------------------------------------------------------------- registry
+#: name -> factory(options: dict) -> Plugin
+PluginFactory = Callable[[dict[str, Any]], Plugin]
+_PLUGINS: dict[str, PluginFactory] = {}
+#: modules imported on first lookup so that their ``register_plugin`` calls run
+PLUGIN_MODULES = ("mrdib_cli.mrdib",)
+
+
+def register_plugin(name: str, factory: PluginFactory) -> None:
+    """Make a plug-in available to ``mrdib train --plugin NAME`` (and the ``plugin:`` config section).
+
+    ``factory(options)`` gets the plug-in options (the config's ``plugin`` mapping without ``name``) and
+    returns a :class:`Plugin`; it raises ``UsageError`` for unknown or invalid options.
+    """
+    if name in _PLUGINS and _PLUGINS[name] is not factory:
+        raise ValueError(f"plug-in '{name}' registered twice")
+    _PLUGINS[name] = factory
+
+
+def available_plugins() -> list[str]:
+    import importlib
+
+    for mod in PLUGIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ImportError:  # a plug-in package that is not there yet simply offers nothing
+            pass
+    return sorted(_PLUGINS)
+
+
+def create_plugin(name: str, options: dict[str, Any] | None = None) -> Plugin:
+    """Construct the plug-in ``name`` from its options (one-line error for an unknown name)."""
+    from mrdib_cli.errors import UsageError
+
+    names = available_plugins()
+    if name not in _PLUGINS:
+        raise UsageError(f"unknown plug-in '{name}' (available: {', '.join(names) or 'none'})")
+    plugin = _PLUGINS[name](dict(options or {}))
+    if not plugin.name:
+        plugin.name = name
+    return plugin

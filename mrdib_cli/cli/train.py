@@ -1,0 +1,228 @@
+"""``mrdib train`` and ``mrdib runs``: thin wrappers around :mod:`mrdib_cli.training.trainer`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, err,
+                                  info, make_progress, out, ws)
+from mrdib_cli.errors import UsageError
+from mrdib_cli.workspace import read_json
+
+SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+
+
+def _extra_hparams(args: list[str]) -> dict[str, object]:
+    """Backbone hyper-parameters given as ``--n-layers 2`` / ``--reg-weight=1e-4`` (checked later)."""
+    from mrdib_cli.training.config import parse_value
+
+    out_: dict[str, object] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--"):
+            raise UsageError(f"unexpected argument {a!r}")
+        key, eq, val = a[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise UsageError(f"option --{key} needs a value (backbone hyper-parameter options take one)")
+            val = args[i + 1]
+            i += 1
+        out_[key.replace("-", "_")] = parse_value(val)
+        i += 1
+    return out_
+
+
+def _fmt_losses(loss: dict[str, float]) -> str:
+    return "  ".join(f"{k} {v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{k} {v:.2e}"
+                     for k, v in loss.items() if k != "total")
+
+
+def train_cmd(
+    ctx: typer.Context,
+    backbone: Optional[str] = typer.Option(None, "--backbone", "-b", rich_help_panel=PANEL_MODEL,
+                                           help="Backbone: lightgcn, vbpr, lgmrec, ... Any backbone "
+                                                "hyper-parameter is also an option, e.g. --n-layers 2."),
+    dataset: Optional[str] = DatasetOption,
+    run_name: Optional[str] = typer.Option(None, "--run-name", "-n", rich_help_panel=PANEL_RUNTIME,
+                                           help="Run folder name [default: <backbone>-<dataset>-<time>]."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", rich_help_panel=PANEL_RUNTIME,
+                                          help="YAML/TOML run configuration (sections: train, hparams, "
+                                               "plugin, features)."),
+    sets: List[str] = typer.Option([], "--set", rich_help_panel=PANEL_RUNTIME,
+                                   help="Override any key: train.lr=5e-4, n_layers=2, plugin.x=1. "
+                                        "Repeatable."),
+    print_config: bool = typer.Option(False, "--print-config", rich_help_panel=PANEL_RUNTIME,
+                                      help="Print the resolved configuration and exit."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, rich_help_panel=PANEL_MODEL,
+                                         help="Maximum epochs [default: 1000]."),
+    patience: Optional[int] = typer.Option(None, "--patience", min=0, rich_help_panel=PANEL_MODEL,
+                                           help="Early-stopping patience on valid Recall@20 [default: 20]."),
+    lr: Optional[float] = typer.Option(None, "--lr", rich_help_panel=PANEL_MODEL, help="Adam lr [1e-3]."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, rich_help_panel=PANEL_MODEL,
+                                             help="Training batch size [2048]."),
+    seed: Optional[int] = typer.Option(None, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
+                                       help="Random seed [999]."),
+    device: Optional[str] = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
+                                         help="auto|cpu|cuda[:N] [auto]."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
+                                          help="CPU threads for torch [all cores]."),
+    eval_gumbel: bool = typer.Option(False, "--eval-gumbel", rich_help_panel=PANEL_EVAL,
+                                     help="LGMRec: sample Gumbel noise at evaluation as the reference does "
+                                          "(stochastic); default is deterministic."),
+    test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
+                                            help="Items masked at test time: train (MMRec) or train+valid."),
+    plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
+                                         help="Plug-in objective to add (e.g. mrdib)."),
+    plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
+                                         help="Plug-in option key=value. Repeatable."),
+    image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,
+                                                 help="Image feature table to use [newest]."),
+    text_features: Optional[str] = typer.Option(None, "--text-features", rich_help_panel=PANEL_DATA,
+                                                help="Text feature table to use [newest]."),
+    resume: bool = typer.Option(False, "--resume", rich_help_panel=PANEL_RUNTIME,
+                                help="Continue the run --run-name (or the latest run) from its checkpoint."),
+    force: bool = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
+                               help="Overwrite an existing run folder of the same name."),
+) -> None:
+    """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
+    on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
+    from mrdib_cli.models.base import get_backbone, resolve_hparams
+    from mrdib_cli.training.config import RunConfig, apply_sets, load_config_file, merge, parse_value
+    from mrdib_cli.training.trainer import EpochRecord, Trainer
+
+    w = ws()
+    cfg = RunConfig()
+    if resume:
+        name = w.resolve_run(run_name)
+        old = read_json(w.run_dir(name) / "config.json")
+        merge(cfg, {k: old[k] for k in ("backbone", "dataset", "train", "hparams", "plugin", "features")
+                    if old.get(k) is not None}, "stored config.json")
+        cfg.run_name = name
+    if config:
+        merge(cfg, load_config_file(config), str(config))
+    for attr, val in (("backbone", backbone), ("dataset", dataset), ("run_name", run_name)):
+        if val is not None:
+            setattr(cfg, attr, val)
+    for attr, val in (("epochs", epochs), ("patience", patience), ("lr", lr), ("batch_size", batch_size),
+                      ("seed", seed), ("device", device), ("threads", threads), ("test_mask", test_mask)):
+        if val is not None:
+            setattr(cfg.train, attr, val)
+    if not cfg.backbone:
+        raise UsageError("no backbone given: use --backbone NAME (or 'backbone:' in --config)")
+    cls = get_backbone(cfg.backbone)
+    cfg.hparams.update(_extra_hparams(list(ctx.args)))
+    if eval_gumbel:
+        cfg.hparams["eval_gumbel"] = True
+    if plugin:
+        cfg.plugin = {**(cfg.plugin or {}), "name": plugin}
+    for item in plugin_opt:
+        k, eq, v = item.partition("=")
+        if not eq or cfg.plugin is None:
+            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
+        cfg.plugin[k.strip()] = parse_value(v)
+    if image_features:
+        cfg.features["image"] = image_features
+    if text_features:
+        cfg.features["text"] = text_features
+    apply_sets(cfg, list(sets), set(cls.defaults))
+    cfg.train.validate()
+
+    if print_config:
+        ds = w.resolve_dataset(cfg.dataset)
+        resolved = cfg.to_dict()
+        resolved["dataset"] = ds
+        resolved["hparams"] = resolve_hparams(cls, ds, cfg.hparams)
+        out.print_json(json.dumps(resolved))
+        return
+
+    def on_epoch(rec: EpochRecord) -> None:
+        mark = " [green]*best*[/green]" if rec.best else ""
+        val = "  ".join(f"{k} {rec.valid[k]:.4f}" for k in SHOWN if k in rec.valid)
+        err.print(f"epoch {rec.epoch:>4}  {_fmt_losses(rec.loss)}  | valid {val}  | "
+                  f"{rec.time['train_s']:.1f}s + {rec.time['valid_s']:.1f}s{mark}", highlight=False)
+
+    progress = make_progress(transient=True)
+    with progress:
+        task = progress.add_task("training", total=None, visible=False)
+
+        def batches(total: int):
+            # one bar, reset at every epoch
+            progress.reset(task, total=total, visible=True)
+            return lambda: progress.advance(task)
+
+        trainer = Trainer(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
+                          progress=batches if progress_enabled_() else None)
+        info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
+             f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
+             f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters")
+        result = trainer.fit()
+
+    t = Table(title=f"{result.run_name}: best epoch {result.best_epoch} of {result.epochs_run} ({result.status})")
+    t.add_column("split")
+    keys = [k for k in SHOWN if k in result.valid or k in result.test]
+    for k in keys:
+        t.add_column(k, justify="right")
+    for split, m in (("valid", result.valid), ("test", result.test)):
+        t.add_row(split, *(f"{m[k]:.4f}" if k in m else "-" for k in keys))
+    out.print(t)
+    info(result.message)
+    info(f"run folder: {result.run_dir}")
+    if result.status == "failed":
+        raise UsageError(result.message, exit_code=1)
+    if result.status == "stopped":
+        raise typer.Exit(130)
+
+
+def progress_enabled_() -> bool:
+    from mrdib_cli.cli.common import progress_enabled
+
+    return progress_enabled()
+
+
+def runs_cmd(
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Only runs of this dataset."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List training runs with their dataset, backbone, status and best metrics."""
+    w = ws()
+    rows = []
+    for name in w.runs():
+        d = w.run_dir(name)
+        conf = read_json(d / "config.json")
+        res = read_json(d / "results.json") if (d / "results.json").exists() else {}
+        if dataset and conf.get("dataset") != dataset:
+            continue
+        status = res.get("status") or ("running/interrupted" if (d / "checkpoints" / "last.pt").exists()
+                                       else "created")
+        rows.append({"run": name, "dataset": conf.get("dataset"), "backbone": conf.get("backbone"),
+                     "plugin": (conf.get("plugin") or {}).get("name"), "status": status,
+                     "best_epoch": res.get("best_epoch"), "valid": res.get("valid", {}),
+                     "test": res.get("test", {}), "created": conf.get("created")})
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        info("no runs yet; train one with 'mrdib train --backbone NAME'")
+        return
+    t = Table(title=f"runs in {w.runs_dir}")
+    numeric = ("best ep", "valid R@20", "test R@20", "test N@20")
+    for col in ("run", "dataset", "model", "status", *numeric):
+        t.add_column(col, justify="right" if col in numeric else "left", overflow="fold")
+    for r in rows:
+        f = lambda m, k: f"{m[k]:.4f}" if k in m else "-"  # noqa: E731
+        model = r["backbone"] + (f"+{r['plugin']}" if r["plugin"] else "")
+        t.add_row(r["run"], r["dataset"] or "", model, r["status"], str(r["best_epoch"] or "-"),
+                  f(r["valid"], "recall@20"), f(r["test"], "recall@20"), f(r["test"], "ndcg@20"))
+    out.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", rich_help_panel="Pipeline",
+                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cmd)
+    app.command("runs", rich_help_panel="Results")(runs_cmd)

@@ -1,0 +1,84 @@
+"""Item-item kNN modality graphs (reference notes §4.2).
+
+Every variant starts from the row-L2-normalised features X̄ and the cosine similarity Sim = X̄ X̄^T, taking
+the top-k per row **including the item itself** (its own similarity of 1 is maximal) and **without
+symmetrising**. Sim is never materialised: rows are processed in blocks, so memory is
+O(block x items + items x k), never items x items.
+
+Normalisations (``norm``):
+
+* ``"sym_binary"`` (FREEDOM, DRAGON, §4.2(a)): keep the indices with value 1 and normalise by
+  1/sqrt(r_a r_b) with r the *row* counts (= k), i.e. every entry is 1/k: a mean over the k neighbours.
+* ``"sym"`` (LATTICE §4.2(b), MGCN §4.2(c)): keep the top-k similarity values; L = D^-1/2 W D^-1/2 with
+  D = row sums of W (MGCN's "scatter-sum over rows" is the same degree; inf -> 0).
+* ``"rw"``: D^-1 W, row-stochastic over the kept similarity values.
+* ``"none"``: the raw top-k similarity values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from mrdib_cli.errors import UsageError
+
+NORMS = ("sym_binary", "sym", "rw", "none")
+
+
+def topk_cosine(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(indices [n, k] int64, cosine values [n, k] float32) of each row's k most similar rows.
+
+    Rows are L2-normalised (zero rows stay zero). Within a row, neighbours are ordered by decreasing
+    similarity, ties by increasing index, so the graph is deterministic. numpy only (no torch import), so
+    ``build-graph`` starts fast.
+    """
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise UsageError(f"knn_k must be between 1 and the number of items ({n}), got {k}")
+    xn = np.array(x, dtype=np.float32)
+    norms = np.linalg.norm(xn, axis=1, keepdims=True)
+    xn = np.divide(xn, norms, out=np.zeros_like(xn), where=norms > 0)
+    idx = np.empty((n, k), dtype=np.int64)
+    val = np.empty((n, k), dtype=np.float32)
+    for start in range(0, n, block):
+        sim = xn[start:start + block] @ xn.T  # [b, n]: the only block-sized buffer
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sim), 1))
+        pv = np.take_along_axis(sim, part, 1)
+        order = np.lexsort((part, -pv), axis=1)  # by similarity desc, then index asc
+        idx[start:start + block] = np.take_along_axis(part, order, 1)
+        val[start:start + block] = np.take_along_axis(pv, order, 1)
+    return idx, val
+
+
+def knn_graph(x: np.ndarray, k: int = 10, norm: str = "sym_binary", block: int = 2048) -> sp.csr_matrix:
+    """The normalised item-item kNN graph of a feature matrix, as scipy CSR [n_items, n_items]."""
+    if norm not in NORMS:
+        raise UsageError(f"unknown kNN normalisation '{norm}' (choose from {', '.join(NORMS)})")
+    n = x.shape[0]
+    idx, val = topk_cosine(x, k, block)
+    rows = np.repeat(np.arange(n, dtype=np.int64), k)
+    cols = idx.ravel()
+    if norm == "sym_binary":
+        w = np.ones(n * k, dtype=np.float64)
+    else:
+        w = val.ravel().astype(np.float64)
+    w_mat = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    if norm == "none":
+        out = w_mat
+    else:
+        if norm == "sym_binary":
+            deg = np.asarray((w_mat != 0).sum(axis=1)).ravel().astype(np.float64)
+        else:
+            deg = np.asarray(w_mat.sum(axis=1)).ravel()
+        with np.errstate(divide="ignore"):
+            d_half = np.power(deg, -0.5)
+            d_one = 1.0 / deg
+        d_half[~np.isfinite(d_half)] = 0.0
+        d_one[~np.isfinite(d_one)] = 0.0
+        if norm == "rw":
+            out = sp.diags(d_one) @ w_mat
+        else:
+            out = sp.diags(d_half) @ w_mat @ sp.diags(d_half)
+    out = sp.csr_matrix(out, dtype=np.float32)
+    out.sort_indices()
+    return out

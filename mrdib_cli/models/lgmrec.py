@@ -1,0 +1,183 @@
+"""LGMRec (Guo et al., AAAI'24): local and global graph learning (reference notes §2).
+
+Notation: R ∈ {0,1}^{U×I} train interactions, Â = D^-1/2 A D^-1/2 (D = deg + 1e-7), X_m frozen features,
+τ = 0.2, norm(·) row-wise L2 normalisation, d = embedding_size.
+
+Forward (recomputed for every training batch, as in the reference)::
+
+    C    = mean_{l=0..L_ui} Â^l [E_u^0; E_i^0]                         collaborative graph embedding (CGE)
+    F_i^m = X_m W_m                          (hook point "image"/"text": the plug-in may replace it by z_m)
+    F_u^m = diag(1/(deg_u + 1e-7)) R F_i^m                             users = mean of their train items
+    M^m  = Â^{L_mm} [F_u^m; F_i^m]                                     modality graph embedding (last layer)
+    L    = C + norm(M^v) + norm(M^t)                                   local embedding
+    Z_i^m = X_m H_m,  Z_u^m = R Z_i^m                                  hyperedge logits (I×H, U×H)
+    H_·^m = GumbelSoftmax(Z_·^m, τ), dropout(1 - keep_rate) in training
+    repeat n_hyper_layer times:  Λ = H_i^mᵀ E_I ;  E_I ← H_i^m Λ ;  G_u^m = H_u^m Λ    (E_I starts at C_items)
+    Γ    = [G_u^v; G_i^v] + [G_u^t; G_i^t]                             global embedding (GHE)
+    Z    = L + α · norm(Γ)                                             ŷ_ui = z_u · z_i
+
+Loss::
+
+    L_bpr = -mean logsigmoid(ŷ_ui - ŷ_uj)
+    L_hcl = Σ_b -log softmax_{u'}(cos(G_u^v[u_b], G_u^t[u'])/τ)[u_b] + same for items (pos) over all items
+            (computed exactly through the rank-H factors G^t = H^t Λ^t, see info_nce_sum_lowrank)
+    L_reg = (‖Z_u[batch]‖_F + ‖Z_i[pos]‖_F + ‖Z_i[neg]‖_F) / B
+    L     = L_bpr + cl_weight · L_hcl + reg_weight · L_reg
+
+Evaluation: the reference samples Gumbel noise at evaluation time too (predictions are stochastic). By
+default we evaluate deterministically with the noise-free soft assignment softmax(Z/τ); ``eval_gumbel=True``
+samples the noise once per evaluation pass (the reference resamples per 4096-user evaluation batch).
+Missing modalities are refused: the reference's fallback (Z = C) cannot train because its loss needs both
+hypergraph outputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
+from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, load_modalities, spmm, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models.lightgcn import light_propagate
+
+TAU = 0.2
+
+
+def info_nce_sum(anchor: Tensor, positive: Tensor, all_candidates: Tensor, tau: float = TAU) -> Tensor:
+    """Σ_b -log( exp(cos(a_b, p_b)/τ) / Σ_c exp(cos(a_b, c)/τ) ), candidates = a whole table.
+
+    The plain form (a B x N similarity matrix); :func:`info_nce_sum_lowrank` computes the same value faster.
+    """
+    a, p, c = F.normalize(anchor, dim=1), F.normalize(positive, dim=1), F.normalize(all_candidates, dim=1)
+    pos = (a * p).sum(-1) / tau
+    return (torch.logsumexp(a @ c.T / tau, dim=1) - pos).sum()
+
+
+def info_nce_sum_lowrank(ids: Tensor, anchor_all: Tensor, pos_all: Tensor, assign: Tensor, lam: Tensor,
+                         tau: float = TAU) -> Tensor:
+    """The same sum as :func:`info_nce_sum` for anchors ``anchor_all[ids]``, positives ``pos_all[ids]`` and
+    candidates ``pos_all = assign @ lam`` (a hypergraph output: rank <= H, the number of hyperedges).
+
+    Two exact rewrites make it cheap:
+    * cos(a, c_n) = (a Λᵀ) · (assign_n / ‖c_n‖): the B x N similarity costs B·N·H instead of B·N·d flops
+      (H = 4 against d = 64 on Baby);
+    * every term depends only on the anchor's id, so repeated ids (popular items in a batch) are computed
+      once and weighted by their count.
+    """
+    uniq, counts = torch.unique(ids, return_counts=True)
+    a = F.normalize(anchor_all[uniq], dim=1)  # [b, d]
+    c_norm = torch.linalg.vector_norm(pos_all, dim=1).clamp_min(1e-12)  # as F.normalize's eps
+    pos = (a * pos_all[uniq]).sum(-1) / c_norm[uniq] / tau
+    logits = (a @ lam.T) @ (assign / c_norm[:, None]).T / tau  # [b, N]
+    return ((torch.logsumexp(logits, dim=1) - pos) * counts).sum()
+
+
+@register("lgmrec")
+class LGMRec(Backbone):
+    modalities = ("image", "text")
+    required_modalities = ("image", "text")
+    defaults: dict[str, Any] = {
+        "embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
+        "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4, "reg_weight": 1e-6, "eval_gumbel": False,
+    }
+    dataset_defaults = {
+        # the official Sports log (the only source tied to reported numbers; reference notes §2.4)
+        "sports": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 4, "hyper_num": 4,
+                   "keep_rate": 0.4, "alpha": 0.6},
+        "clothing": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
+                     "keep_rate": 0.2, "alpha": 0.2},
+    }
+
+    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = data.n_users, data.n_items
+        h = hparams
+        self.n_ui_layers, self.n_mm_layers = int(h["n_ui_layers"]), int(h["n_mm_layers"])
+        self.n_hyper_layer, self.hyper_num = int(h["n_hyper_layer"]), int(h["hyper_num"])
+        self.keep_rate, self.alpha = float(h["keep_rate"]), float(h["alpha"])
+        self.cl_weight, self.reg_weight = float(h["cl_weight"]), float(h["reg_weight"])
+        self.eval_gumbel = bool(h["eval_gumbel"])
+        d = int(h["embedding_size"])
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lgmrec")
+
+        adj, _ = ensure_norm_adj(data, "sym")
+        r = data.csr("train")
+        inv_deg = 1.0 / (np.asarray(r.sum(axis=1)).ravel() + 1e-7)
+        self.register_buffer("norm_adj", to_torch_sparse(adj), persistent=False)
+        self.register_buffer("r", to_torch_sparse(r), persistent=False)  # U x I binary
+        self.register_buffer("r_t", to_torch_sparse(r.T.tocsr()), persistent=False)
+        self.register_buffer("inv_deg_u", torch.from_numpy(inv_deg.astype(np.float32))[:, None],
+                             persistent=False)
+        self.user_embedding = xavier_uniform(self.n_users, d)
+        self.item_id_embedding = xavier_uniform(self.n_items, d)
+        self.trs = nn.ParameterDict()   # W_m: d_m x d, no bias
+        self.hyper = nn.ParameterDict()  # V_h / T_h: d_m x H
+        for m, x in feats.items():
+            self.register_buffer(f"feat_{m}", x, persistent=False)
+            self.trs[m] = xavier_uniform(x.shape[1], d)
+            self.hyper[m] = xavier_uniform(x.shape[1], self.hyper_num)
+        self.drop = nn.Dropout(p=1.0 - self.keep_rate)
+
+    # ------------------------------------------------------------------------------ parts
+    def _mge(self, m: str) -> tuple[Tensor, Tensor]:
+        """Modality graph embedding M^m (last layer) and the user mean F_u^m."""
+        f_i = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.trs[m])  # [I, d]
+        f_u = spmm(self.r, f_i, self.r_t) * self.inv_deg_u  # [U, d]
+        h = torch.cat([f_u, f_i], dim=0)
+        for _ in range(self.n_mm_layers):
+            h = spmm(self.norm_adj, h)
+        return h, f_u
+
+    def _assign(self, logits: Tensor) -> Tensor:
+        if self.training or self.eval_gumbel:
+            return F.gumbel_softmax(logits, tau=TAU, hard=False, dim=1)
+        return torch.softmax(logits / TAU, dim=1)  # the noise-free soft assignment
+
+    def _ghe(self, m: str, c_items: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Global hypergraph embedding (G_u^m, G_i^m) and its factors (H_u^m, H_i^m, last Λ^m)."""
+        z_i = getattr(self, f"feat_{m}") @ self.hyper[m]  # [I, H]
+        z_u = spmm(self.r, z_i, self.r_t)  # [U, H] sum over the user's items
+        h_i, h_u = self._assign(z_i), self._assign(z_u)
+        h_i, h_u = self.drop(h_i), self.drop(h_u)  # identity in eval mode
+        e_i = c_items
+        for _ in range(self.n_hyper_layer):
+            lam = h_i.T @ e_i  # [H, d]
+            e_i = h_i @ lam
+        g_u = h_u @ lam
+        return g_u, e_i, h_u, h_i, lam
+
+    # ------------------------------------------------------------------------------ interface
+    def propagate(self) -> Embeddings:
+        ego = torch.cat([self.user_embedding, self.item_id_embedding], dim=0)
+        c = light_propagate(self.norm_adj, ego, self.n_ui_layers)
+        local, ghe, views = c, 0.0, {}
+        for m in self.modalities:
+            mm, f_u = self._mge(m)
+            local = local + F.normalize(mm, dim=1)
+            g_u, g_i, h_u, h_i, lam = self._ghe(m, c[self.n_users:])
+            views[f"user_{m}"] = f_u
+            views[f"ghe_user_{m}"], views[f"ghe_item_{m}"] = g_u, g_i
+            views[f"hyper_user_{m}"], views[f"hyper_item_{m}"], views[f"hyper_lambda_{m}"] = h_u, h_i, lam
+            ghe = ghe + torch.cat([g_u, g_i], dim=0)
+        z = local + self.alpha * F.normalize(ghe, dim=1)
+        user, item = torch.split(z, [self.n_users, self.n_items])
+        return Embeddings(user, item, views)
+
+    def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        bpr = bpr_logsigmoid((u * i).sum(-1), (u * j).sum(-1))
+        v = emb.views
+        # = info_nce_sum(G_u^v[u], G_u^t[u], G_u^t) + info_nce_sum(G_i^v[i], G_i^t[i], G_i^t), computed
+        # through the rank-H factors G^t = H^t Λ^t (same value, ~H/d of the flops)
+        hcl = (info_nce_sum_lowrank(batch.users, v["ghe_user_image"], v["ghe_user_text"],
+                                    v["hyper_user_text"], v["hyper_lambda_text"])
+               + info_nce_sum_lowrank(batch.pos, v["ghe_item_image"], v["ghe_item_text"],
+                                      v["hyper_item_text"], v["hyper_lambda_text"]))
+        return {"bpr": bpr, "hcl": self.cl_weight * hcl, "reg": self.reg_weight * emb_norm_loss(u, i, j)}

@@ -1,0 +1,65 @@
+"""LightGCN (He et al., SIGIR'20), ID only, as in MMRec (reference notes §3.7).
+
+    E^0 = [E_u^0; E_i^0]                       (U+I) x d, xavier-uniform
+    E^{l+1} = Â E^l,  l = 0..L-1               Â = D^-1/2 A D^-1/2 of the train graph (+1e-7 on degrees)
+    E = mean_{l=0..L} E^l                      split into users and items
+    ŷ_ui = e_u · e_i
+    L = -mean log(1e-10 + σ(ŷ_ui - ŷ_uj)) + reg_weight · (‖e_u^0‖_F + ‖e_i^0‖_F + ‖e_j^0‖_F) / B
+
+The regulariser acts on the **ego** (layer-0) embeddings of the batch, with non-squared Frobenius norms,
+as MMRec's ``EmbLoss``. MMRec recomputes the full propagation for every batch; so do we (one CSR sparse
+matmul per layer, cheap on CPU). Defaults are the first point of MMRec's grid (n_layers 1, reg 1e-2).
+No modality, so no hook points: the MRdIB plug-in refuses LightGCN.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
+from mrdib_cli.models._common import bpr_loss, emb_norm_loss, spmm, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+
+
+def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
+    """mean_{l=0..L} Â^l E^0: LightGCN's layer-mean readout (Â symmetric)."""
+    acc, h = ego, ego
+    for _ in range(n_layers):
+        h = spmm(adj, h)
+        acc = acc + h
+    return acc / (n_layers + 1)
+
+
+@register("lightgcn")
+class LightGCN(Backbone):
+    modalities = ()
+    defaults: dict[str, Any] = {"embedding_size": 64, "n_layers": 1, "reg_weight": 1e-2}
+
+    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = data.n_users, data.n_items
+        self.n_layers = int(hparams["n_layers"])
+        self.reg_weight = float(hparams["reg_weight"])
+        d = int(hparams["embedding_size"])
+        adj, _ = ensure_norm_adj(data, "sym")
+        self.register_buffer("norm_adj", to_torch_sparse(adj), persistent=False)
+        self.user_embedding = xavier_uniform(self.n_users, d)
+        self.item_embedding = xavier_uniform(self.n_items, d)
+
+    def propagate(self) -> Embeddings:
+        ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
+        out = light_propagate(self.norm_adj, ego, self.n_layers)
+        user, item = torch.split(out, [self.n_users, self.n_items])
+        return Embeddings(user, item)
+
+    def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        pos, neg = (u * i).sum(-1), (u * j).sum(-1)
+        reg = emb_norm_loss(self.user_embedding[batch.users], self.item_embedding[batch.pos],
+                            self.item_embedding[batch.neg])
+        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}

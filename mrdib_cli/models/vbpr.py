@@ -1,0 +1,68 @@
+"""VBPR (He & McAuley, AAAI'16) as in MMRec (reference notes §3.6), with per-modality projections.
+
+    θ_u ∈ R^{2d}                               user embedding (xavier-uniform), d = embedding_size
+    γ_i ∈ R^d                                  item ID embedding (xavier-uniform)
+    h_i^m = x_i^m W_m                          per-modality projection (hook point "image" / "text")
+    f_i = Σ_m h_i^m + b                        = Linear([x_t ; x_v]) of MMRec, exactly
+    e_i = [γ_i ; f_i],  ŷ_ui = θ_u · e_i
+    L = -mean log(1e-10 + σ(ŷ_ui - ŷ_uj)) + reg_weight · (‖θ_u‖_F + ‖e_i‖_F + ‖e_j‖_F) / B
+
+MMRec applies *one* linear layer to the concatenated features. A linear map of a concatenation is the sum
+of per-block linear maps, so projecting each modality separately and summing is the same model (same
+function class, same xavier-normal initial distribution with fan-in = Σ d_m, zero bias); it gives the MRdIB
+plug-in a per-modality item representation h^m to attach to. The modality-specific user representation
+(the visual/text preference part of θ_u) is exposed as ``views["user_<m>"]``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.models._common import bpr_loss, emb_norm_loss, load_modalities, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+
+
+@register("vbpr")
+class VBPR(Backbone):
+    modalities = ("image", "text")
+    defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 2.0}  # first point of MMRec's grid
+
+    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
+                 features: dict[str, str | None] | None = None) -> None:
+        super().__init__()
+        self.n_users, self.n_items = data.n_users, data.n_items
+        self.reg_weight = float(hparams["reg_weight"])
+        d = self.d = int(hparams["embedding_size"])
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "vbpr")
+        self.present = tuple(feats)
+        self.u_embedding = xavier_uniform(self.n_users, 2 * d)
+        self.i_embedding = xavier_uniform(self.n_items, d)
+        fan_in = sum(x.shape[1] for x in feats.values())
+        std = math.sqrt(2.0 / (fan_in + d))  # xavier-normal of MMRec's single Linear(fan_in -> d)
+        self.proj = nn.ParameterDict()
+        for m, x in feats.items():
+            self.register_buffer(f"feat_{m}", x, persistent=False)  # frozen: not in checkpoints
+            self.proj[m] = nn.Parameter(torch.randn(x.shape[1], d) * std)
+        self.bias = nn.Parameter(torch.zeros(d))
+
+    def propagate(self) -> Embeddings:
+        views: dict[str, Tensor] = {}
+        f = self.bias
+        theta = self.u_embedding[:, self.d:]  # the user's content-preference part
+        for m in self.present:
+            h = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.proj[m])  # [I, d]
+            views[f"item_{m}"] = h
+            views[f"user_{m}"] = theta
+            f = f + h
+        item = torch.cat([self.i_embedding, f.expand(self.n_items, -1) if f.dim() == 1 else f], dim=1)
+        return Embeddings(self.u_embedding, item, views)
+
+    def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        pos, neg = (u * i).sum(-1), (u * j).sum(-1)
+        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * emb_norm_loss(u, i, j)}

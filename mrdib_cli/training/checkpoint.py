@@ -1,0 +1,62 @@
+"""Checkpoints: everything needed to continue a run exactly where it stopped.
+
+``last.pt`` (written atomically after every epoch) holds the model, optimiser and plug-in states, the
+torch / CUDA / numpy / Python RNG states, the sampler's generator state, the epoch, the best score and the
+patience counter. ``best.pt`` holds the model (and plug-in) state of the best-validation epoch. Only plain
+tensors, numbers and strings are stored, so both load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrdib_cli.errors import DataError
+from mrdib_cli.workspace import atomic_path
+
+FORMAT = 1
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG states as plain types (tensors, JSON strings)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": json.dumps(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached"]))
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def save(path: Path, obj: dict[str, Any]) -> None:
+    """torch.save to a temp file, then rename: a crash never leaves a truncated checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **obj}, tmp)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise DataError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]})") \
+            from None
+    if obj.get("format") != FORMAT:
+        raise DataError(f"checkpoint {path} has format {obj.get('format')}, expected {FORMAT}")
+    return obj

@@ -1,0 +1,379 @@
+"""The training engine: BPR epochs, validation every epoch, early stopping, checkpoints, resume.
+
+One epoch (MMRec's loop, reference notes §1.6, minus its test-set peeking)::
+
+    backbone.pre_epoch(epoch, generator)
+    for batch in sampler.epoch():            # reshuffled interactions, vectorised negatives
+        emb   = backbone.propagate()         # full-graph forward, as the reference does per batch
+        terms = backbone.loss(batch, emb) (+ plugin.loss(batch, emb))
+        Adam step on sum(terms); plugin.after_step(batch, emb)
+    valid = evaluate_split(handle, *backbone.embeddings_for_eval(), "valid")
+    early stopping on round(valid[valid_metric], 4), strictly greater, patience 20
+    checkpoint (atomic): last.pt every epoch, best.pt + embeddings.npz when the best improves
+
+Test is evaluated **once**, on the best-validation embeddings, after training ends (finished, early-stopped
+or interrupted with Ctrl-C). A non-finite loss stops the run with a clear message; the last good checkpoint
+stays. ``resume=True`` restores every RNG and the sampler state from ``last.pt``, so a resumed run ends with
+exactly the metrics of an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mrdib_cli import __version__
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
+from mrdib_cli.training import checkpoint as ckpt
+from mrdib_cli.training.config import RunConfig
+from mrdib_cli.training.plugin import Plugin, create_plugin
+from mrdib_cli.training.sampler import BPRSampler
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, check_name, digest_obj, read_json
+
+
+class TrainingDiverged(MrdibError):
+    """The loss became NaN/inf: the run stops and keeps its last good checkpoint."""
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: dict[str, float]
+    valid: dict[str, float]
+    time: dict[str, float]
+    best: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "loss": self.loss, "valid": self.valid, "time": self.time,
+                "best": self.best}
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_dir: Path
+    status: str
+    best_epoch: int
+    epochs_run: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    message: str = ""
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available (use --device cpu or auto)")
+    return torch.device(spec)
+
+
+def default_run_name(backbone: str, dataset: str) -> str:
+    return f"{backbone}-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class EarlyStopping:
+    """MMRec's rule: the score is rounded to 4 decimals, only a strictly greater score improves, and
+    training stops once ``patience`` has been *exceeded* (21 consecutive bad epochs for patience 20)."""
+
+    patience: int = 20
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        score = round(float(value), 4)
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_epochs > self.patience
+
+
+class Trainer:
+    """Owns one run: its folder, backbone, optimiser, sampler and early-stopping state."""
+
+    def __init__(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+                 on_epoch: Callable[[EpochRecord], None] | None = None,
+                 on_info: Callable[[str], None] | None = None,
+                 progress: Callable[[int], Any] | None = None) -> None:
+        self.ws, self.cfg = ws, cfg
+        self.on_epoch = on_epoch or (lambda r: None)
+        self.on_info = on_info or (lambda s: None)
+        self.progress = progress
+        tc = cfg.train
+        tc.validate()
+        cls = get_backbone(cfg.backbone)
+        cfg.backbone = cls.name
+        self.handle = DatasetHandle.open(ws, cfg.dataset)
+        cfg.dataset = self.handle.name
+        self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
+        cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
+        self.run_dir = ws.run_dir(cfg.run_name)
+        self.device = resolve_device(tc.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))
+        self._prepare_run_dir(resume, overwrite)
+
+        # seed everything before building the model, as MMRec's init_seed does
+        torch.manual_seed(tc.seed)
+        np.random.seed(tc.seed % 2**32)
+        import random
+
+        random.seed(tc.seed)
+        self.backbone: Backbone = cls(self.handle, self.hparams, cfg.features or None).to(self.device)
+        self.plugin: Plugin | None = None
+        if cfg.plugin:
+            opts = {k: v for k, v in cfg.plugin.items() if k != "name"}
+            self.plugin = create_plugin(cfg.plugin["name"], opts)
+            self.plugin.attach(self.backbone)
+            self.plugin.to(self.device)
+        params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
+        self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=tc.lr,
+                                          weight_decay=tc.weight_decay)
+        users, items = self.handle.pairs("train")
+        self.sampler = BPRSampler(users, items, self.handle.n_items, tc.batch_size, tc.seed,
+                                  with_negatives=cls.training_mode == "bpr")
+        self.epoch = 0
+        self.stopper = EarlyStopping(tc.patience)
+        self.best_valid: dict[str, float] = {}
+        self.best_emb: tuple[np.ndarray, np.ndarray] | None = None
+        self.history: list[EpochRecord] = []
+        if resume:
+            self._restore()
+        self._write_config()
+
+    # ------------------------------------------------------------------------------ run folder
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _config_dict(self) -> dict[str, Any]:
+        cfg = self.cfg.to_dict()
+        features = {m: p.name for m in self.backbone_cls_modalities()
+                    if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
+        return {
+            "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
+            "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
+            "train": cfg["train"], "plugin": self.plugin_config(), "features": features,
+            "version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def backbone_cls_modalities(self) -> tuple[str, ...]:
+        return get_backbone(self.cfg.backbone).modalities
+
+    def plugin_config(self) -> dict[str, Any] | None:
+        if not self.cfg.plugin:
+            return None
+        return {"name": self.cfg.plugin["name"], **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
+
+    def _identity(self, conf: dict[str, Any]) -> str:
+        """What must not change between an interrupted run and its resumption."""
+        keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
+        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")}
+        return digest_obj(keep)
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+        exists = (self.run_dir / "config.json").exists()
+        if resume and not (self.ckpt_dir / "last.pt").exists():
+            raise UsageError(f"cannot resume run '{self.cfg.run_name}': no checkpoint in {self.ckpt_dir}")
+        if exists and not resume:
+            if not overwrite:
+                raise UsageError(f"run '{self.cfg.run_name}' already exists; use --resume to continue it, "
+                                 "--force to overwrite it, or choose another --run-name")
+            import shutil
+
+            shutil.rmtree(self.run_dir)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def _write_config(self) -> None:
+        conf = self._config_dict()
+        path = self.run_dir / "config.json"
+        if path.exists():
+            old = read_json(path)
+            if self._identity(old) != self._identity(conf):
+                raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration or "
+                                 "dataset; resume it with the same options, or start a new --run-name")
+            conf["created"] = old.get("created", conf["created"])
+        atomic_write_json(path, conf)
+        self.ws.set_latest_run(self.handle.name, self.cfg.run_name)
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch, "model": self.backbone.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "plugin": self.plugin.state_dict() if self.plugin else None,
+            "rng": ckpt.rng_state(), "sampler": self.sampler.state(),
+            "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
+            "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
+        }
+
+    def _restore(self) -> None:
+        st = ckpt.load(self.ckpt_dir / "last.pt", self.device)
+        self.backbone.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        if self.plugin is not None and st.get("plugin") is not None:
+            self.plugin.load_state_dict(st["plugin"])
+        ckpt.set_rng_state(st["rng"])
+        self.sampler.set_state(st["sampler"])
+        self.epoch = int(st["epoch"])
+        self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
+        self.stopper.bad_epochs = int(st["bad_epochs"])
+        self.best_valid = dict(st["best_valid"])
+        emb_path = self.run_dir / "embeddings.npz"
+        if self.stopper.best_epoch and emb_path.exists():
+            with np.load(emb_path, allow_pickle=False) as z:
+                self.best_emb = (z["user"], z["item"])
+        # keep the metrics of the epochs the checkpoint covers; later lines are recomputed
+        mpath = self.run_dir / "metrics.jsonl"
+        if mpath.exists():
+            lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= self.epoch]
+            self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
+                                           if k in EpochRecord.__dataclass_fields__}) for ln in kept]
+            self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
+        self.on_info(f"resumed run '{self.cfg.run_name}' after epoch {self.epoch} "
+                     f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
+
+    @staticmethod
+    def _atomic_text(path: Path, text: str) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+
+    def _append_metrics(self, rec: EpochRecord) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
+
+    def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
+        with atomic_path(self.run_dir / "embeddings.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, user=user, item=item)
+        ckpt.save(self.ckpt_dir / "best.pt", {"epoch": self.epoch, "model": self.backbone.state_dict(),
+                                              "plugin": self.plugin.state_dict() if self.plugin else None})
+
+    # ------------------------------------------------------------------------------ loop
+    def _train_epoch(self) -> dict[str, float]:
+        self.backbone.train()
+        if self.plugin:
+            self.plugin.train()
+        gen = torch.Generator().manual_seed(int(self.sampler.rng.integers(2**62)))
+        self.backbone.pre_epoch(self.epoch, gen)
+        sums: dict[str, float] = {}
+        n = 0
+        task = self.progress(len(self.sampler)) if self.progress else None
+        for batch in self.sampler.epoch():
+            batch = batch.to(self.device)
+            emb = self.backbone.propagate()
+            terms = self.backbone.loss(batch, emb)
+            if self.plugin:
+                terms.update(self.plugin.loss(batch, emb))
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+                raise TrainingDiverged(f"loss became non-finite in epoch {self.epoch + 1} ({bad}); stopped, "
+                                       f"the last good checkpoint (epoch {self.epoch}) is kept; "
+                                       "try a lower --lr or smaller weights")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.plugin:
+                self.plugin.after_step(batch, emb)
+                for k, v in self.plugin.logs.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+            n += 1
+            if task:
+                task()
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        self.backbone.eval()
+        if self.plugin:
+            self.plugin.eval()
+        with torch.no_grad():
+            u, i = self.backbone.embeddings_for_eval()
+        return (u.detach().float().cpu().numpy().astype(np.float32, copy=False),
+                i.detach().float().cpu().numpy().astype(np.float32, copy=False))
+
+    def _evaluate(self, u: np.ndarray, i: np.ndarray, split: str):
+        from mrdib_cli.evaluation.engine import evaluate_split
+
+        tc = self.cfg.train
+        mask = "train" if split == "valid" else tc.test_mask
+        return evaluate_split(self.handle, u, i, split, mask=mask, ks=tuple(tc.ks),
+                              batch_users=tc.eval_batch_users)
+
+    def fit(self) -> TrainResult:
+        tc = self.cfg.train
+        status, message = "finished", ""
+        try:
+            while self.epoch < tc.epochs and not self.stopper.should_stop:
+                t0 = time.perf_counter()
+                losses = self._train_epoch()
+                t1 = time.perf_counter()
+                u, i = self._eval_embeddings()
+                valid = self._evaluate(u, i, "valid").metrics
+                t2 = time.perf_counter()
+                self.epoch += 1
+                improved = self.stopper.update(self.epoch, valid[tc.valid_metric])
+                if improved:
+                    self.best_valid, self.best_emb = dict(valid), (u, i)
+                    self._save_best(u, i)
+                rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
+                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved)
+                self.history.append(rec)
+                self._append_metrics(rec)
+                ckpt.save(self.ckpt_dir / "last.pt", self._state())
+                self.on_epoch(rec)
+            if self.stopper.should_stop:
+                message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
+                           f"for {self.stopper.bad_epochs} epochs")
+            else:
+                message = f"reached the epoch limit ({tc.epochs})"
+        except KeyboardInterrupt:
+            status = "stopped"
+            message = (f"interrupted after epoch {self.epoch}; the checkpoint is saved, continue with "
+                       f"'mrdib train --resume --run-name {self.cfg.run_name}'")
+        except TrainingDiverged as e:
+            status, message = "failed", str(e)
+        return self._finish(status, message)
+
+    def _finish(self, status: str, message: str) -> TrainResult:
+        test: dict[str, float] = {}
+        protocol: dict[str, Any] = {}
+        if self.best_emb is not None:
+            res = self._evaluate(*self.best_emb, "test")
+            res.save(self.run_dir, "test")
+            test, protocol = dict(res.metrics), res.protocol.to_dict()
+        results = {"status": status, "message": message, "best_epoch": self.stopper.best_epoch,
+                   "epochs_run": self.epoch, "valid": self.best_valid, "test": test, "protocol": protocol,
+                   "valid_metric": self.cfg.train.valid_metric}
+        atomic_write_json(self.run_dir / "results.json", results)
+        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+                           self.best_valid, test, message, self.history)
+
+
+def train(ws: Workspace, cfg: RunConfig, **kwargs: Any) -> TrainResult:
+    """Build a :class:`Trainer` and run it to the end (library entry point of ``mrdib train``)."""
+    return Trainer(ws, cfg, **kwargs).fit()

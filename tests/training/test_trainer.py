@@ -1,0 +1,152 @@
+"""The training engine: run folder contract, bit-reproducibility, resume, Ctrl-C, NaN, plug-ins."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mrdib_cli.errors import UsageError
+from mrdib_cli.training import checkpoint as ckpt
+from mrdib_cli.training.config import RunConfig, TrainConfig
+from mrdib_cli.training.plugin import Plugin, create_plugin, register_plugin
+from mrdib_cli.training.trainer import Trainer, train
+from mrdib_cli.workspace import Workspace
+from tests.synth_data import make_dataset
+
+
+@pytest.fixture
+def ws(tmp_path):
+    make_dataset(tmp_path, n_users=60, n_items=40)
+    return Workspace(tmp_path)
+
+
+def _cfg(name, backbone="lightgcn", epochs=6, patience=20, **hp):
+    return RunConfig(backbone=backbone, run_name=name, hparams=hp,
+                     train=TrainConfig(epochs=epochs, patience=patience, batch_size=64, threads=1))
+
+
+def _emb(ws, name):
+    with np.load(ws.run_dir(name) / "embeddings.npz", allow_pickle=False) as z:
+        return z["user"], z["item"]
+
+
+def _metrics(ws, name):
+    return [json.loads(ln) for ln in (ws.run_dir(name) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_folder_contract(ws):
+    res = train(ws, _cfg("a", epochs=4))
+    d = ws.run_dir("a")
+    conf = json.loads((d / "config.json").read_text())
+    for key in ("run_name", "dataset", "dataset_dir", "dataset_digest", "backbone", "hparams", "train",
+                "plugin", "features", "version", "created"):
+        assert key in conf
+    assert conf["hparams"] == {"embedding_size": 64, "n_layers": 1, "reg_weight": 1e-2}
+    u, i = _emb(ws, "a")
+    assert u.shape == (60, 64) and i.shape == (40, 64) and u.dtype == np.float32
+    lines = _metrics(ws, "a")
+    assert [ln["epoch"] for ln in lines] == [1, 2, 3, 4]
+    assert set(lines[0]["loss"]) >= {"bpr", "reg"} and "recall@20" in lines[0]["valid"]
+    results = json.loads((d / "results.json").read_text())
+    assert results["status"] == "finished" and results["best_epoch"] == res.best_epoch
+    assert results["valid"] == lines[res.best_epoch - 1]["valid"]
+    # test is reported for the best-validation embeddings, and computed from them
+    from mrdib_cli.evaluation.engine import evaluate_split
+    from mrdib_cli.data.handle import DatasetHandle
+
+    again = evaluate_split(DatasetHandle(conf["dataset_dir"]), u, i, "test", mask="train", ks=(10, 20))
+    assert again.metrics["recall@20"] == pytest.approx(results["test"]["recall@20"])
+    last = ckpt.load(d / "checkpoints" / "last.pt")  # weights_only=True inside
+    assert last["epoch"] == 4 and "optimizer" in last and "sampler" in last
+    assert ckpt.load(d / "checkpoints" / "best.pt")["epoch"] == res.best_epoch
+    assert "feat_image" not in last["model"]  # frozen features are not duplicated in checkpoints
+
+
+@pytest.mark.parametrize("backbone", ["lightgcn", "lgmrec"])
+def test_same_seed_is_bit_identical(ws, backbone):
+    train(ws, _cfg("s1", backbone, epochs=2))
+    train(ws, _cfg("s2", backbone, epochs=2))
+    for a, b in zip(_emb(ws, "s1"), _emb(ws, "s2")):
+        assert np.array_equal(a, b)
+    assert [m["loss"] for m in _metrics(ws, "s1")] == [m["loss"] for m in _metrics(ws, "s2")]
+    cfg = _cfg("s3", backbone, epochs=2)
+    cfg.train.seed = 1
+    train(ws, cfg)
+    assert not np.array_equal(_emb(ws, "s1")[0], _emb(ws, "s3")[0])
+
+
+def test_interrupt_then_resume_equals_uninterrupted(ws):
+    full = train(ws, _cfg("full", "lgmrec", epochs=7))
+
+    def boom(rec):
+        if rec.epoch == 3:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 3's checkpoint
+
+    stopped = Trainer(ws, _cfg("part", "lgmrec", epochs=7), on_epoch=boom).fit()
+    assert stopped.status == "stopped" and stopped.epochs_run == 3
+    assert json.loads((ws.run_dir("part") / "results.json").read_text())["status"] == "stopped"
+    resumed = Trainer(ws, _cfg("part", "lgmrec", epochs=7), resume=True).fit()
+    assert resumed.status == "finished" and resumed.epochs_run == 7
+    assert resumed.valid == full.valid and resumed.test == full.test and resumed.best_epoch == full.best_epoch
+    for a, b in zip(_emb(ws, "full"), _emb(ws, "part")):
+        assert np.array_equal(a, b)
+    assert [m["loss"] for m in _metrics(ws, "full")] == [m["loss"] for m in _metrics(ws, "part")]
+
+
+def test_resume_refuses_changed_config_and_existing_runs_need_force(ws):
+    train(ws, _cfg("r", epochs=1))
+    with pytest.raises(UsageError, match="already exists"):
+        Trainer(ws, _cfg("r", epochs=1))
+    with pytest.raises(UsageError, match="different configuration"):
+        Trainer(ws, _cfg("r", epochs=2, n_layers=2), resume=True)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        Trainer(ws, _cfg("never", epochs=1), resume=True)
+    assert Trainer(ws, _cfg("r", epochs=1), overwrite=True).fit().status == "finished"
+
+
+class _Poison(Plugin):
+    """A test plug-in: adds a learnable term, and returns NaN from its ``nan_at``-th call on."""
+
+    def __init__(self, opts):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(0.5))
+        self.nan_at, self.calls = int(opts.get("nan_at", 10**9)), 0
+
+    def attach(self, backbone):
+        self.backbone = [backbone]
+
+    def loss(self, batch, emb):
+        self.calls += 1
+        self.logs = {"w": float(self.w.detach())}
+        v = (self.w ** 2) * emb.user[batch.users].pow(2).mean()
+        return {"poison": v * (float("nan") if self.calls >= self.nan_at else 1.0)}
+
+
+register_plugin("poison-test", _Poison)
+
+
+def test_plugin_terms_are_trained_logged_and_checkpointed(ws):
+    cfg = _cfg("p", epochs=2)
+    cfg.plugin = {"name": "poison-test"}
+    train(ws, cfg)
+    m = _metrics(ws, "p")
+    assert "poison" in m[0]["loss"] and "w" in m[0]["loss"]
+    state = ckpt.load(ws.run_dir("p") / "checkpoints" / "last.pt")["plugin"]
+    assert float(state["w"]) < 0.5  # the plug-in parameter was in the optimiser
+    assert json.loads((ws.run_dir("p") / "config.json").read_text())["plugin"] == {"name": "poison-test"}
+    with pytest.raises(UsageError, match="unknown plug-in"):
+        create_plugin("nope")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
+    cfg = _cfg("nan", epochs=5)
+    cfg.plugin = {"name": "poison-test", "nan_at": 10}  # 6 batches per epoch: NaN in epoch 2
+    res = train(ws, cfg)
+    assert res.status == "failed" and "non-finite" in res.message
+    d = ws.run_dir("nan")
+    last = ckpt.load(d / "checkpoints" / "last.pt")
+    assert last["epoch"] == res.epochs_run >= 1
+    assert json.loads((d / "results.json").read_text())["status"] == "failed"
