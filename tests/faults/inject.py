@@ -6,7 +6,8 @@
      "nth": 2,                # act on the n-th matching call (1-based)
      "match": "items.parquet",  # only calls whose repr(args) contains this text count (optional)
      "when": "before",        # act before or after the real call
-     "action": "kill"}        # kill (SIGKILL itself), enospc, eacces, sleep:<s>, oom, raise:<Module.Exc>
+     "action": "kill"}        # kill (SIGKILL itself), enospc, eacces, sleep:<s>, oom, raise:<Module.Exc>,
+                              # nan (multiply the returned dict of loss tensors by NaN)
 
 The wrapper replaces the attribute on its module, so it catches every call that looks the name up through
 that module (``os.replace`` everywhere; module-level helpers called from their own module). Nothing in
@@ -82,9 +83,11 @@ def install(spec: dict) -> None:
         if match is None or match in repr(args) + repr(kwargs):
             seen["n"] += 1
             hit = seen["n"] == nth
-        if hit and when == "before":
+        if hit and when == "before" and action != "nan":
             _act(action, args)
         result = real(*args, **kwargs)
+        if hit and action == "nan":  # poison a returned dict of loss tensors
+            return {k: v * float("nan") for k, v in result.items()}
         if hit and when == "after":
             _act(action, args)
         return result
