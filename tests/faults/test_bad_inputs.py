@@ -130,3 +130,13 @@ def test_recommend_k_larger_than_catalogue(run_wd: Path) -> None:
 def test_unknown_run_and_traversing_run_name(run_wd: Path) -> None:
     one_line_error(mrdib(run_wd, "eval", "--run", "nope"), "nope")
     one_line_error(mrdib(run_wd, "eval", "--run", "../../etc"), "invalid")
+
+
+@pytest.mark.parametrize("case", ["nan", "too-few-rows"])
+def test_train_refuses_bad_feature_table(run_wd: Path, case: str) -> None:
+    vec_fn, _, needle = BAD_TABLES[case]
+    _raw_table(run_wd / "datasets/tiny/features/image-x.parquet",
+               vec_fn(np.random.default_rng(1).normal(size=(N_ITEMS, 4)).astype(np.float32)))
+    p = mrdib(run_wd, "train", "-b", "vbpr", "--epochs", "1", "--run-name", "bad", "-d", "tiny")
+    one_line_error(p, needle)
+    assert not (run_wd / "runs" / "bad" / "checkpoints" / "last.pt").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import shutil
 import socket
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mrdib_cli.errors import DataError, MissingInputError
+from mrdib_cli.errors import MissingInputError
 from tests.faults.helpers import DEMO_ARGS, IMAGE_ARGS, leftovers, mrdib, ok, one_line_error
 
 

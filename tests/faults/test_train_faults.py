@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.faults.helpers import (DEMO_ARGS, assert_intact, killed, leftovers, mrdib, ok, one_line_error,
+from tests.faults.helpers import (assert_intact, killed, leftovers, mrdib, ok, one_line_error,
                                   snapshot)
 
 EPOCHS = 4
