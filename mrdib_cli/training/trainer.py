@@ -19,6 +19,7 @@ exactly the metrics of an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,7 +41,8 @@ from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.config import RunConfig
 from mrdib_cli.training.plugin import Plugin, create_plugin
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, check_name, digest_obj, read_json
+from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
+                                 read_json)
 
 
 class TrainingDiverged(MrdibError):
@@ -111,10 +113,20 @@ class EarlyStopping:
 class Trainer:
     """Owns one run: its folder, backbone, optimiser, sampler and early-stopping state."""
 
-    def __init__(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                 on_epoch: Callable[[EpochRecord], None] | None = None,
-                 on_info: Callable[[str], None] | None = None,
-                 progress: Callable[[int], Any] | None = None) -> None:
+    def __init__(self, ws: Workspace, cfg: RunConfig, **kwargs: Any) -> None:
+        """Set up the run (see :meth:`_setup`) holding the run's lock until :meth:`fit` ends, so that two
+        processes never write one run folder; the lock is released when setting up fails."""
+        self._lock = contextlib.ExitStack()
+        try:
+            self._setup(ws, cfg, **kwargs)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+               on_epoch: Callable[[EpochRecord], None] | None = None,
+               on_info: Callable[[str], None] | None = None,
+               progress: Callable[[int], Any] | None = None) -> None:
         self.ws, self.cfg = ws, cfg
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_info = on_info or (lambda s: None)
@@ -128,6 +140,8 @@ class Trainer:
         self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
         cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
         self.run_dir = ws.run_dir(cfg.run_name)
+        self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
+                                           what=f"run '{cfg.run_name}'"))
         self.device = resolve_device(tc.device)
         if self.device.type == "cpu":
             torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))
@@ -349,6 +363,12 @@ class Trainer:
                               batch_users=tc.eval_batch_users)
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self._lock.close()
+
+    def _fit(self) -> TrainResult:
         tc = self.cfg.train
         status, message = "finished", ""
         try:
