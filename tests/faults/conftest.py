@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.helpers import DEMO_ARGS, IMAGE_ARGS, IMAGE_TABLE, STATS, mrdib, ok
+from tests.faults.helpers import DEMO_ARGS, IMAGE_ARGS, IMAGE_TABLE, STATS, TRAIN, mrdib, ok, outcome
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,3 +70,12 @@ def reference_seed7(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     wd = tmp_path_factory.mktemp("ref7") / "wd"
     ok(mrdib(wd, *DEMO_ARGS, "--seed", "7"))
     return wd, wd / "datasets" / "demo"
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory: pytest.TempPathFactory, reference_demo) -> dict:
+    """The outcome of an uninterrupted 4-epoch LightGCN run on the demo copy."""
+    wd = tmp_path_factory.mktemp("ref-train") / "wd"
+    shutil.copytree(reference_demo[0], wd)
+    ok(mrdib(wd, *TRAIN))
+    return outcome(wd / "runs" / "r")

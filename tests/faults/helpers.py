@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[2]
 INJECT = Path(__file__).resolve().parent / "inject.py"
 # a tiny demo: 60 users, 40 items, 16 px images (about 2 s per prepare on a loaded machine)
@@ -21,6 +23,8 @@ IMAGE_ARGS = ["extract-features", "-m", "image", "--image-model-config", str(TIN
               "tiny-vit-test", "--image-pretrained", "none", "--allow-random-weights", "--shard-size", "10",
               "--workers", "0"]
 IMAGE_TABLE = "datasets/demo/features/image-tiny-vit-test-random.parquet"
+EPOCHS = 4
+TRAIN = ["train", "-b", "lightgcn", "--epochs", str(EPOCHS), "--threads", "1", "--run-name", "r"]
 CORE = ("interactions.parquet", "items.parquet", "users.parquet", "dataset.json")
 STATS = {"corrupted": 0, "intact_checks": 0}
 
@@ -73,6 +77,16 @@ def one_line_error(p: subprocess.CompletedProcess, *needles: str, code: int | No
 
 
 # ------------------------------------------------------------------------------------------- artefacts
+def outcome(run: Path) -> dict:
+    """What must not depend on interruptions: per-epoch losses and metrics, best epoch, valid/test, embeddings."""
+    res = json.loads((run / "results.json").read_text())
+    hist = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    with np.load(run / "embeddings.npz", allow_pickle=False) as z:
+        emb = {k: z[k].tolist() for k in ("user", "item")}
+    return {"status": res["status"], "best_epoch": res["best_epoch"], "valid": res["valid"], "test": res["test"],
+            "epochs": [(h["epoch"], h["loss"], h["valid"], h["best"]) for h in hist], "emb": emb}
+
+
 def snapshot(d: Path) -> dict[str, str]:
     """sha256 of every file under ``d`` (relative path -> digest), lock files excluded."""
     out = {}

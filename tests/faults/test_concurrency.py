@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.faults.helpers import (DEMO_ARGS, IMAGE_ARGS, IMAGE_TABLE, assert_same_dataset, leftovers, ok,
-                                  start_forked)
+from tests.faults.helpers import (DEMO_ARGS, IMAGE_ARGS, IMAGE_TABLE, TRAIN, assert_same_dataset, leftovers, ok,
+                                  one_line_error, outcome, start_forked)
 
 
 def _wait_for(path: Path, timeout: float = 120) -> None:
@@ -56,3 +56,15 @@ def test_two_identical_extractions(demo_wd: Path, tmp_path: Path, reference_imag
     assert (demo_wd / IMAGE_TABLE).read_bytes() == reference_image_table
     assert "cached" in rb.stderr.lower() or "up to date" in rb.stderr.lower(), (ra.stderr, rb.stderr)
     assert leftovers(demo_wd) == []
+
+
+def test_two_trainings_of_one_run(demo_wd: Path, tmp_path: Path, reference_run: dict) -> None:
+    """A second 'train --resume' of a run that is training now fails at once; the first is unaffected."""
+    marker = tmp_path / "a-inside"
+    a = start_forked(demo_wd, *TRAIN, fault={"target": "mrdib_cli.training.sampler.BPRSampler.epoch", "nth": 2,
+                                             "action": "sleep:3"}, MRDIB_TEST_FAULT_MARKER=str(marker))
+    _wait_for(marker)
+    for extra in (["--resume"], ["--force"]):
+        one_line_error(start_forked(demo_wd, *TRAIN, *extra).wait(), "being written", code=1)
+    ok(a.wait())
+    assert outcome(demo_wd / "runs" / "r") == reference_run

@@ -6,33 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from tests.faults.helpers import (assert_intact, killed, leftovers, mrdib, ok, one_line_error,
+from tests.faults.helpers import (TRAIN, assert_intact, killed, leftovers, mrdib, ok, one_line_error, outcome,
                                   snapshot)
-
-EPOCHS = 4
-TRAIN = ["train", "-b", "lightgcn", "--epochs", str(EPOCHS), "--threads", "1", "--run-name", "r"]
-
-
-def _outcome(run: Path) -> dict:
-    """What must not depend on interruptions: per-epoch losses and metrics, best epoch, valid/test, embeddings."""
-    res = json.loads((run / "results.json").read_text())
-    hist = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-    with np.load(run / "embeddings.npz", allow_pickle=False) as z:
-        emb = {k: z[k].tolist() for k in ("user", "item")}
-    return {"status": res["status"], "best_epoch": res["best_epoch"], "valid": res["valid"], "test": res["test"],
-            "epochs": [(h["epoch"], h["loss"], h["valid"], h["best"]) for h in hist], "emb": emb}
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory: pytest.TempPathFactory, reference_demo) -> dict:
-    wd = tmp_path_factory.mktemp("ref-train") / "wd"
-    shutil.copytree(reference_demo[0], wd)
-    ok(mrdib(wd, *TRAIN))
-    return _outcome(wd / "runs" / "r")
-
 
 KILL_POINTS = {
     # after the first best.pt/embeddings, before the first last.pt: nothing to resume from yet
@@ -50,7 +27,7 @@ KILL_POINTS = {
 def test_killed_then_resume_equals_uninterrupted(demo_wd: Path, reference_run: dict, point: str) -> None:
     killed(mrdib(demo_wd, *TRAIN, fault=KILL_POINTS[point]))
     ok(mrdib(demo_wd, *TRAIN, "--resume"))
-    assert _outcome(demo_wd / "runs" / "r") == reference_run
+    assert outcome(demo_wd / "runs" / "r") == reference_run
     ok(mrdib(demo_wd, "cache", "gc", "--min-age", "0"))
     assert leftovers(demo_wd) == []
 
@@ -61,7 +38,7 @@ def test_torn_metrics_line_is_recomputed(demo_wd: Path, reference_run: dict) -> 
     m = demo_wd / "runs" / "r" / "metrics.jsonl"
     m.write_text(m.read_text() + '{"epoch": 3, "loss": {"bpr": 0.6')
     ok(mrdib(demo_wd, *TRAIN, "--resume"))
-    assert _outcome(demo_wd / "runs" / "r") == reference_run
+    assert outcome(demo_wd / "runs" / "r") == reference_run
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_wd: Path, reference_run: dict) -> None:
@@ -75,7 +52,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_wd: Path, reference_
     assert st["epoch"] == 2
     assert json.loads((demo_wd / "runs/r/results.json").read_text())["status"] == "failed"
     ok(mrdib(demo_wd, *TRAIN, "--resume"))
-    assert _outcome(demo_wd / "runs" / "r") == reference_run
+    assert outcome(demo_wd / "runs" / "r") == reference_run
 
 
 def test_gpu_oom_gives_advice_and_keeps_checkpoint(demo_wd: Path, reference_run: dict) -> None:
@@ -85,7 +62,7 @@ def test_gpu_oom_gives_advice_and_keeps_checkpoint(demo_wd: Path, reference_run:
     before = snapshot(demo_wd / "runs" / "r" / "checkpoints")
     assert before, "the epoch-1 checkpoint is kept"
     ok(mrdib(demo_wd, *TRAIN, "--resume"))
-    assert _outcome(demo_wd / "runs" / "r") == reference_run
+    assert outcome(demo_wd / "runs" / "r") == reference_run
 
 
 def test_truncated_checkpoint(demo_wd: Path) -> None:
