@@ -81,7 +81,7 @@ def _model_label(meta: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     features_app = typer.Typer(help="Inspect feature tables.", no_args_is_help=True)
-    app.add_typer(features_app, name="features")
+    app.add_typer(features_app, name="features", rich_help_panel="Data")
 
     @app.command("extract-features", rich_help_panel="Pipeline")
     def extract_features(
