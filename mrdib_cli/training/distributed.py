@@ -173,7 +173,8 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
 
     argv = strip_option(list(sys.argv[1:] if argv is None else argv), "--nproc")
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(nproc)}",
-                                         "--module", "mrdib_cli", *argv])
+                                         "--module", "mrdib_cli"])
+    args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
     env_threads = os.environ.get("OMP_NUM_THREADS")
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
