@@ -175,6 +175,10 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(nproc)}",
                                          "--module", "mrdib_cli"])
     args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
+    import logging
+
+    # the workers print their own one-line errors; the agent's warnings/tracebacks would only repeat them
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     env_threads = os.environ.get("OMP_NUM_THREADS")
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
