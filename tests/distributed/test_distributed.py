@@ -24,12 +24,14 @@ if not torch_dist.is_available() or not torch_dist.is_gloo_available():
     pytest.skip("torch.distributed with gloo is not available in this build", allow_module_level=True)
 
 
-def _cli(workdir: Path, *args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+def _cli(workdir: Path, *args: str, threads: int | None = None,
+         python_module: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200"}
     env.pop("OMP_NUM_THREADS", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    p = subprocess.run([sys.executable, "-m", "mrdib_cli", *args], capture_output=True, text=True, env=env,
+    cmd = [sys.executable, *args] if python_module else [sys.executable, "-m", "mrdib_cli", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env,
                        cwd=str(ROOT), timeout=300)
     assert p.returncode == 0, f"mrdib {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return p
@@ -52,7 +54,9 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
                         train=TrainConfig(epochs=4, batch_size=128, threads=1, seed=7)))
     _cli(ws.root, "train", "-b", "lightgcn", "-n", "ddp", "--epochs", "2", "--batch-size", "128", "--seed", "7",
          "--reg-weight", "1e-4", "--device", "cpu", "--nproc", "2")
-    p = _cli(ws.root, "train", "--resume", "-n", "ddp", "--epochs", "4", "--nproc", "2")
+    # resume through plain torchrun (the documented multi-node entry point), not --nproc
+    p = _cli(ws.root, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mrdib_cli",
+             "train", "--resume", "-n", "ddp", "--epochs", "4", python_module=True)
     assert p.stdout.count("ddp: best epoch") == 1  # rank 0 reports; rank 1 stays quiet
     single, ddp = ws.run_dir("single"), ws.run_dir("ddp")
     m1 = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
@@ -113,7 +117,20 @@ def test_sharded_feature_extraction_equals_single_process(tmp_path):
     args = ("extract-features", "-m", "text", "--device", "cpu", "--shard-size", "5", "--batch-size", "4")
     # one CPU thread per process in both runs: CPU kernels may sum in another order with another thread
     # count (differences ~1e-7), which is not what this test is about
-    _cli(tmp_path / "one", *args, threads=1)
+    import torch
+
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.features.extract import RunOptions, TextOptions, extract_text
+    from mrdib_cli.workspace import Workspace
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        w1 = Workspace(tmp_path / "one")
+        extract_text(w1, DatasetHandle.open(w1, "toy"), TextOptions(),
+                     RunOptions(device="cpu", shard_size=5, batch_size=4))
+    finally:
+        torch.set_num_threads(before)
     _cli(tmp_path / "two", *args, "--nproc", "2")
     f1 = sorted((tmp_path / "one/datasets/toy/features").glob("text-*.parquet"))
     f2 = sorted((tmp_path / "two/datasets/toy/features").glob("text-*.parquet"))
