@@ -35,6 +35,9 @@ app = typer.Typer(
 )
 
 _NOT_COMMANDS = {"app", "common"}
+# Help lists commands (and their panels) in pipeline order; modules not named here follow alphabetically.
+_ORDER = ["quickstart", "run", "prepare", "importers", "features", "graph", "train", "evaluate", "diagnose",
+          "sweep", "report", "doctor", "backbones", "cache"]
 
 
 def _version(value: bool) -> None:
@@ -60,7 +63,9 @@ def _load_commands() -> None:
     """Import every ``mrdib_cli.cli.<module>`` that defines ``register(app)``."""
     import mrdib_cli.cli as pkg
 
-    for mod in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+    rank = {name: i for i, name in enumerate(_ORDER)}
+    mods = sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: (rank.get(m.name, len(rank)), m.name))
+    for mod in mods:
         if mod.name in _NOT_COMMANDS or mod.name.startswith("_"):
             continue
         module = importlib.import_module(f"mrdib_cli.cli.{mod.name}")
