@@ -6,6 +6,7 @@ Each configuration runs the real CLI (``mrdib train``, and ``--nproc N`` for N >
 warm-up). On CPU the processes share the cores, so expect little or no gain (docs/scaling.md).
 
     python benchmarks/bench_distributed.py                         # 1 vs 2 processes, CPU
+    python benchmarks/bench_distributed.py --threads 1             # same, one thread per process
     python benchmarks/bench_distributed.py --device cuda --nproc 1 2 4 --dataset baby --workdir ~/mrdib
 """
 
@@ -32,6 +33,8 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
            "--force", "--seed", "999"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1"}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=str(ROOT), capture_output=True)
@@ -55,6 +58,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=4000)
     ap.add_argument("--items", type=int, default=1500)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads per process [trainer default: all cores for 1 process, "
+                         "cores / N for N processes]")
     args = ap.parse_args()
     tmp = None
     if args.dataset is None:
