@@ -92,6 +92,9 @@ def train_cmd(
                                 help="Continue the run --run-name (or the latest run) from its checkpoint."),
     force: bool = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
                                help="Overwrite an existing run folder of the same name."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
+                                        help="Train with N processes on this machine (torch.distributed DDP, "
+                                             "one GPU each, else CPU/gloo); see docs/scaling.md."),
 ) -> None:
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
@@ -149,6 +152,13 @@ def train_cmd(
         out.print_json(json.dumps(resolved))
         return
 
+    from mrdib_cli.training import distributed
+
+    if nproc and nproc > 1 and not distributed.launched():
+        raise typer.Exit(distributed.launch(nproc))
+    trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
+    main = distributed.is_main()
+
     def on_epoch(rec: EpochRecord) -> None:
         mark = " [green]*best*[/green]" if rec.best else ""
         val = "  ".join(f"{k} {rec.valid[k]:.4f}" for k in SHOWN if k in rec.valid)
@@ -164,12 +174,21 @@ def train_cmd(
             progress.reset(task, total=total, visible=True)
             return lambda: progress.advance(task)
 
-        trainer = Trainer(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
-                          progress=batches if progress_enabled_() else None)
-        info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
-             f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
-             f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters")
-        result = trainer.fit()
+        trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
+                              progress=batches if progress_enabled_() else None)
+        if main:
+            info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
+                 f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
+                 f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
+                 + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
+        try:
+            result = trainer.fit()
+        finally:
+            distributed.shutdown()
+    if not main:
+        if result.status == "failed":
+            raise UsageError(result.message, exit_code=1)
+        return
 
     t = Table(title=f"{result.run_name}: best epoch {result.best_epoch} of {result.epochs_run} ({result.status})")
     t.add_column("split")

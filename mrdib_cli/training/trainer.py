@@ -312,6 +312,9 @@ class Trainer:
         ckpt.save(self.ckpt_dir / "best.pt", {"epoch": self.epoch, "model": self.backbone.state_dict(),
                                               "plugin": self.plugin.state_dict() if self.plugin else None})
 
+    def _save_last(self) -> None:
+        ckpt.save(self.ckpt_dir / "last.pt", self._state())
+
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:
         """A backbone's ``lr_schedule = (factor, step)`` (MGCN, LATTICE, SOIL): lr * factor^(epoch/step),
@@ -401,7 +404,7 @@ class Trainer:
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved)
                 self.history.append(rec)
                 self._append_metrics(rec)
-                ckpt.save(self.ckpt_dir / "last.pt", self._state())
+                self._save_last()
                 self.on_epoch(rec)
             if self.stopper.should_stop:
                 message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
