@@ -87,3 +87,35 @@ def test_interrupted_run_is_resumed_not_restarted(tiny_ws, tmp_path):
     assert any("resumed run" in m for m in logs), logs
     after = json.loads(res_path.read_text())
     assert after["status"] == "finished" and after["test"] == before["test"]
+
+
+def test_mrdib_on_off_runs_and_report(tiny_ws, tmp_path):
+    """mrdib: [false, true] trains each backbone without and with the plug-in; the report plots its terms."""
+    import shutil
+
+    import numpy as np
+    import pytest
+
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.workspace import Workspace
+
+    ws0, _, _ = tiny_ws
+    ws = Workspace(tmp_path / "copy")
+    shutil.copytree(ws0.root / "datasets", ws.root / "datasets")
+    rng = np.random.default_rng(0)
+    d = ws.dataset_dir("tiny")
+    for m in ("image", "text"):  # stand-ins for extracted features (the encoders are tested elsewhere)
+        write_feature_table(table_path(d, m, "rand"), rng.normal(size=(60, 8)).astype(np.float32),
+                            np.array(["ok"] * 60), {"modality": m, "model": "rand"})
+    conf = copy.deepcopy(TINY)
+    conf.update(backbones=["vbpr"], seeds=[1], mrdib=[False, True], mrdib_options={"alpha_kl": 0.01})
+    conf["train"]["epochs"] = 1
+    with pytest.raises(UsageError, match="mrdib_options"):
+        run_pipeline(ws, parse_study({**conf, "mrdib_options": {"alpha_kll": 1}}, where="t.yaml"))
+    res = run_pipeline(ws, parse_study(conf, where="t.yaml"))
+    assert res.runs == ["t-tiny-vbpr-s1", "t-tiny-vbpr-mrdib-s1"]
+    plugins = [json.loads((ws.run_dir(r) / "config.json").read_text())["plugin"] for r in res.runs]
+    assert plugins[0] is None and plugins[1]["name"] == "mrdib" and plugins[1]["alpha_kl"] == 0.01
+    assert (res.report / "mrdib-terms-tiny.png").stat().st_size > 5000
+    assert "vbpr+mrdib" in (res.report / "report.md").read_text()
