@@ -21,6 +21,7 @@ def diagnose_cmd(
     seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME, help="Seed of the critic and item split."),
     device: str = typer.Option("cpu", "--device", rich_help_panel=PANEL_RUNTIME,
                                help="Device to rebuild the model on (cpu|cuda)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the diagnostics as JSON on stdout."),
 ) -> None:
     """Check MRdIB's claims on a trained run: I(Z_v;Z_t) on held-out items (fresh critic) and ranking with
     z_v alone, z_t alone and fused, for the run and its --baseline. Writes diagnose.json and diagnose.png
@@ -29,6 +30,11 @@ def diagnose_cmd(
 
     with status("diagnosing (rebuilding the model, fitting a fresh MINE critic)..."):
         report, jpath, ppath = diagnose(ws(), run, baseline, mi_steps=mi_steps, seed=seed, device=device)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps({**report, "json": str(jpath), "png": str(ppath)}))
+        return
     runs = [r for r in (report["run"], report["baseline"]) if r]
     t = Table(title="I(Z_v; Z_t) estimate (MINE, held-out items)")
     for col in ("run", "plugin", "representation", "MI [nats]", "MI train"):

@@ -25,6 +25,7 @@ def build_graph(
                                      help="Also build the user-user co-occurrence graph with this many "
                                           "neighbours per user (DualGNN/DRAGON use 200); 0 = skip."),
     force: bool = ForceOption,
+    as_json: bool = typer.Option(False, "--json", help="Print the graphs as JSON on stdout."),
 ) -> None:
     """Build the user-item adjacency (train interactions only), item-item kNN graphs per feature table
     and optionally the user-user co-occurrence graph. Cached by input digests: reruns are instant."""
@@ -42,6 +43,12 @@ def build_graph(
     with status(f"building graphs of {handle.name}"):
         infos = build_graphs(handle, knn_k=knn_k, knn_norms=tuple(knn_norm), adj_variants=tuple(adj),
                              cooccurrence=cooccurrence or None, force=force)
+    if as_json:
+        import json
+
+        out.print_json(json.dumps([{"graph": g.name, "shape": list(g.shape), "nnz": g.nnz, "cached": g.cached,
+                                    "seconds": round(g.seconds, 3), "path": str(g.path)} for g in infos]))
+        return
     t = Table(title=f"graphs of {handle.name}")
     for col in ("graph", "shape", "nnz", "state", "seconds", "file"):
         t.add_column(col, justify="right" if col in ("nnz", "seconds") else "left")
