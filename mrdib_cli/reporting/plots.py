@@ -77,8 +77,11 @@ def training_curves(run: str, history: list[dict[str, Any]], path: Path,
         positive &= all(y > 0 for y in ys if not math.isnan(y))
         ax1.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, ms=3, lw=2.5 if t == "total" else 1.2,
                  color="black" if t == "total" else colors[i], ls="-" if i < 10 else "--", label=t)
+    mags = [abs(v) for r in history for v in r.get("loss", {}).values() if v and math.isfinite(v)]
     if positive and terms:
         ax1.set_yscale("log")
+    elif mags and max(mags) / min(mags) > 100:  # e.g. unweighted KL logs next to weighted terms, MINE < 0
+        ax1.set_yscale("symlog", linthresh=max(min(mags), 1e-4))
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("mean loss per batch")
     ax1.set_title("loss terms")
