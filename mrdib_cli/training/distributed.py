@@ -248,9 +248,11 @@ class DistributedTrainer(Trainer):
                 find_unused_parameters=self.plugin is not None)
 
     # ------------------------------------------------------------------ run folder: rank 0 writes
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
         rank0_first(lambda: super(DistributedTrainer, self)._prepare_run_dir(resume, overwrite))
         barrier()
+        # rank 0 may have turned a resume without checkpoint into a fresh start: every rank sees the same folder
+        return bool(resume) and (self.ckpt_dir / "last.pt").exists()
 
     def _write_config(self) -> None:
         rank0_first(lambda: super(DistributedTrainer, self)._write_config())
