@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
