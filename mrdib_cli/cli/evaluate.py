@@ -271,7 +271,8 @@ def recommend_cmd(
         rid = sub["reviewer_id"][0] if "reviewer_id" in sub.columns else None
         t = Table(title=f"user {u}" + (f" ({rid})" if rid else "") + f" · run {r.name} · mask {mask}",
                   title_justify="left")
-        cols = [c for c in ("rank", "item_idx", "asin", "title", "score", "held_out") if c in sub.columns]
+        cols = [c for c in ("rank", "item_idx", "asin", "title", "score", "held_out")
+                if c in sub.columns and not (c == "title" and sub[c].null_count() == sub.height)]
         for c in cols:
             t.add_column("held out" if c == "held_out" else c,
                          justify="right" if c in ("rank", "item_idx", "score") else "left",

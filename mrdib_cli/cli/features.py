@@ -81,7 +81,7 @@ def _model_label(meta: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     features_app = typer.Typer(help="Inspect feature tables.", no_args_is_help=True)
-    app.add_typer(features_app, name="features")
+    app.add_typer(features_app, name="features", rich_help_panel="Data")
 
     @app.command("extract-features", rich_help_panel="Pipeline")
     def extract_features(
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
                                      help="image, text or all."),
         image_dir: Optional[Path] = typer.Option(None, "--image-dir", rich_help_panel=PANEL_DATA,
                                                  help="Folder of <asin>.<ext> or <item_idx>.<ext> images "
-                                                      "[default: the card's image_dir, else image_url downloads]."),
+                                                      "(default: the card's image_dir, else image_url downloads)."),
         image_model: str = typer.Option("ViT-B-32", "--image-model", rich_help_panel=PANEL_IMAGE,
                                         help="open_clip architecture name."),
         image_pretrained: str = typer.Option("laion2b_s34b_b79k", "--image-pretrained", rich_help_panel=PANEL_IMAGE,

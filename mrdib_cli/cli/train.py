@@ -78,7 +78,10 @@ def train_cmd(
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
-                                         help="Plug-in objective to add (e.g. mrdib)."),
+                                         help="Plug-in objective to add (e.g. mrdib). Plug-ins also have their own flags: "
+                                              "--mrdib [--alpha-kl F --alpha-red F --alpha-uni F "
+                                              "--bottleneck-dim N --synergy-head none|mlp --no-kl "
+                                              "--no-redundancy --no-unique --mib-only] (docs/mrdib.md)."),
     plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
                                          help="Plug-in option key=value. Repeatable."),
     image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,
@@ -119,7 +122,12 @@ def train_cmd(
     if not cfg.backbone:
         raise UsageError("no backbone given: use --backbone NAME (or 'backbone:' in --config)")
     cls = get_backbone(cfg.backbone)
-    cfg.hparams.update(_extra_hparams(list(ctx.args)))
+    from mrdib_cli.training.plugin import claim_plugin_args
+
+    claimed, extra = claim_plugin_args(list(ctx.args), plugin or (cfg.plugin or {}).get("name"))
+    if claimed:
+        cfg.plugin = {**(cfg.plugin or {}), **claimed}
+    cfg.hparams.update(_extra_hparams(extra))
     if eval_gumbel:
         cfg.hparams["eval_gumbel"] = True
     if plugin:

@@ -20,6 +20,7 @@ identical files.
 from __future__ import annotations
 
 import contextlib
+import resource
 import shutil
 import time
 from collections import Counter
@@ -108,6 +109,22 @@ class Reporter:
     def advance(self, key: str, n: int = 1) -> None: ...
 
     def stop(self, key: str) -> None: ...
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (the DataLoader workers).
+
+    Reported beside wall time because on a shared machine wall time mostly measures the neighbours.
+    """
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def _forward_share(stats: dict[str, float], encode_s: float) -> dict[str, float]:
+    """Time in the model forward vs. the whole shard loop (decode, tokenise, batching, shard writes)."""
+    fwd = stats.get("forward_s", 0.0)
+    return {"forward_s": round(fwd, 3),
+            "outside_forward_pct": round(100 * (1 - fwd / encode_s), 1) if encode_s > 0 else 0.0}
 
 
 def package_versions() -> dict[str, str]:
@@ -290,7 +307,8 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
     inputs = {"items": _items_digest(handle), "images": source_fp}
     params = {"modality": "image", "model": io.model, "model_config": digest_obj(open_clip.get_model_config(io.model)),
               "weights": weights.kind, "pretrained": weights.pretrained, "weights_digest": weights.digest,
-              "preprocess_overrides": weights.preprocess_overrides, "normalize": ro.normalize,
+              "preprocess_overrides": weights.preprocess_overrides, "quick_gelu": weights.quick_gelu,
+              "normalize": ro.normalize,
               "precision": precision_of(device), "batch_size": ro.batch_size, "shard_size": ro.shard_size,
               "max_pixels": io.max_pixels, "seed": ro.seed if weights.kind == "random" else None,
               "image_source": kind, "fill": FILL}
@@ -313,27 +331,31 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"image-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"image features ({io.model})", len(refs))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_image_shard(enc, refs[lo:hi], ro.batch_size, ro.workers, io.max_pixels,
-                                      on_items=lambda n: reporter.advance("encode", n))
+                                      on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(refs), enc.dim, ro.shard_size, encode,
                                                     reporter, "encode", on_shard, ro)
         reporter.stop("encode")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
         meta = {"modality": "image", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "preprocessing": enc.preprocess,
                 "image_source": {"kind": kind, "image_dir": str(image_dir) if image_dir else None},
                 "normalize": ro.normalize, "fill": FILL, "precision": precision_of(device),
-                "seed": ro.seed, "batch_size": ro.batch_size, "items_digest": inputs["items"],
+                "seed": params["seed"], "batch_size": ro.batch_size, "items_digest": inputs["items"],
                 "packages": package_versions(), "coverage": cov}
         store.write_feature_table(store.table_path(handle.dir, "image", weights.label),
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
         timing = {"fetch_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
-                  "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2), "shards_computed": computed}
+                  "encode_cpu_s": round(c3 - c2, 3),
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2),
+                  "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         examples = [{"item_idx": int(i), "asin": asins[i], "status": str(status[i]), "reason": str(reasons[i])}
                     for i in np.nonzero(status != "ok")[0][:20]]
@@ -380,15 +402,17 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"text-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"text features ({label})", len(texts))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_text_shard(enc, texts[lo:hi], ro.batch_size,
-                                     on_items=lambda n: reporter.advance("encode", n))
+                                     on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(texts), enc.dim, ro.shard_size, encode,
                                                     reporter, "encode", on_shard, ro)
         reporter.stop("encode")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
         meta = {"modality": "text", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "model_path": weights.path if weights.source != "bundled" else
@@ -402,8 +426,9 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         store.write_feature_table(store.table_path(handle.dir, "text", label),
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
-        timing = {"model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
-                  "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2), "shards_computed": computed}
+        timing = {"model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3), "encode_cpu_s": round(c3 - c2, 3),
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2),
+                  "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         return {"coverage": cov, "timing": timing, "device": str(device)}
 
