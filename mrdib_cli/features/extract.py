@@ -58,6 +58,12 @@ class RunOptions:
     normalize: bool = True
     seed: int = 999
     force: bool = False
+    # Sharded extraction (features.sharded): encode only shards k with k % shard_world == shard_rank, write
+    # them and stop (no table, no manifest); a final merge pass then finds every shard done. Not cache params:
+    # shard boundaries do not depend on them, so the merged table is the single-process one.
+    shard_rank: int = 0
+    shard_world: int = 1
+    shards_only: bool = False
 
 
 @dataclass
@@ -176,16 +182,26 @@ def _load_shard(path: Path, n: int, dim: int) -> tuple[np.ndarray, np.ndarray, n
     return v, s, r
 
 
+class ShardsWritten(Exception):
+    """A ``shards_only`` pass finished its share of the shards (nothing else is written)."""
+
+
 def run_shards(shard_dir: Path, n: int, dim: int, shard_size: int,
                encode: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
-               reporter: Reporter, key: str, on_shard: Callable[[int], None] | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Encode ``[0, n)`` in shards, reusing finished ones; returns vectors, status, reasons, #computed."""
+               reporter: Reporter, key: str, on_shard: Callable[[int], None] | None = None,
+               ro: RunOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Encode ``[0, n)`` in shards, reusing finished ones; returns vectors, status, reasons, #computed.
+
+    With ``ro.shards_only`` only this rank's shards (``k % shard_world == shard_rank``) are encoded and
+    written, then :class:`ShardsWritten` is raised.
+    """
     shard_dir.mkdir(parents=True, exist_ok=True)
     parts_v, parts_s, parts_r = [], [], []
     computed = 0
     for k, lo in enumerate(range(0, n, shard_size)):
         hi = min(n, lo + shard_size)
+        if ro is not None and ro.shards_only and k % ro.shard_world != ro.shard_rank:
+            continue
         path = shard_dir / f"shard-{k:05d}.npz"
         got = _load_shard(path, hi - lo, dim)
         if got is None:
@@ -199,6 +215,8 @@ def run_shards(shard_dir: Path, n: int, dim: int, shard_size: int,
         parts_v.append(got[0])
         parts_s.append(got[1])
         parts_r.append(got[2])
+    if ro is not None and ro.shards_only:
+        raise ShardsWritten(computed)
     return np.concatenate(parts_v), np.concatenate(parts_s), np.concatenate(parts_r), computed
 
 
@@ -248,9 +266,21 @@ def _image_source(handle: DatasetHandle, image_dir: Path | None) -> tuple[str, P
 
 
 def _step(handle: DatasetHandle, modality: str, label: str, inputs: dict[str, str], params: dict[str, Any],
-          run: Callable[[], dict[str, Any]], force: bool) -> tuple[Path, Any]:
+          run: Callable[[], dict[str, Any]], force: bool, shards_only: bool = False) -> tuple[Path, Any]:
     path = store.table_path(handle.dir, modality, label)
     rel = str(path.relative_to(handle.dir))
+    if shards_only:  # a shard pass: no step lock (ranks run together), skip when the table is up to date
+        from mrdib_cli.workspace import Manifest, _why_stale, read_json
+
+        mpath = handle.dir / "manifests" / f"features-{path.stem}.json"
+        old = Manifest.from_dict(read_json(mpath)) if mpath.exists() else None
+        if old is not None and not force and _why_stale(old, inputs, params, handle.dir) is None:
+            return path, None
+        try:
+            run()
+        except ShardsWritten:
+            pass
+        return path, None
     res = cached_step(f"features-{path.stem}", handle.dir, inputs, params, run, [rel], force=force)
     return path, res
 
@@ -309,7 +339,7 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
 
         t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(refs), enc.dim, ro.shard_size, encode,
-                                                    reporter, "encode", on_shard)
+                                                    reporter, "encode", on_shard, ro)
         reporter.stop("encode")
         t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
@@ -331,7 +361,9 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
                     for i in np.nonzero(status != "ok")[0][:20]]
         return {"coverage": cov, "timing": timing, "non_ok_examples": examples, "device": str(device)}
 
-    path, res = _step(handle, "image", weights.label, inputs, params, run, ro.force)
+    path, res = _step(handle, "image", weights.label, inputs, params, run, ro.force, ro.shards_only)
+    if res is None:
+        return None  # type: ignore[return-value]  # a shard pass: nothing to report
     return _result("image", path, res, facts, warnings)
 
 
@@ -378,7 +410,7 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
 
         t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(texts), enc.dim, ro.shard_size, encode,
-                                                    reporter, "encode", on_shard)
+                                                    reporter, "encode", on_shard, ro)
         reporter.stop("encode")
         t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
@@ -400,5 +432,7 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         facts.update(meta=meta, coverage=cov, timing=timing)
         return {"coverage": cov, "timing": timing, "device": str(device)}
 
-    path, res = _step(handle, "text", label, inputs, params, run, ro.force)
+    path, res = _step(handle, "text", label, inputs, params, run, ro.force, ro.shards_only)
+    if res is None:
+        return None  # type: ignore[return-value]  # a shard pass: nothing to report
     return _result("text", path, res, facts, [])
