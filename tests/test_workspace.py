@@ -90,3 +90,17 @@ def test_cli_exit_codes(cli) -> None:
     assert rc == 0 and out.startswith("mrdib ")
     rc, out, err = cli("no-such-command")
     assert rc == 2 and err.strip().startswith("error:") and "Traceback" not in err
+
+
+def test_error_text_with_brackets_is_not_markup(monkeypatch, capsys) -> None:
+    """Messages quoting paths like '[/x/pair.cc:561]' (gloo, file names) must print verbatim, not crash."""
+    import mrdib_cli.cli.app as appmod
+
+    def boom(**_: object) -> None:
+        raise UsageError("bad value [/x/pair.cc:561] here")
+
+    monkeypatch.setattr(appmod, "app", boom)
+    with pytest.raises(SystemExit) as ex:
+        appmod.main([])
+    assert ex.value.code == 2
+    assert "bad value [/x/pair.cc:561] here" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 try:  # typer >= 0.20 vendors click as typer._click
     from typer._click import exceptions as cx
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     except MrdibError as e:
         if verbose:
             err.print_exception()
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("[red]error:[/red] interrupted")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     except cx.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # help was already printed
             sys.exit(0)
-        err.print(f"[red]error:[/red] {e.format_message()}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False)
         sys.exit(EXIT_USAGE if isinstance(e, cx.UsageError) else e.exit_code)
     except KeyboardInterrupt:
         err.print("[red]error:[/red] interrupted")
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
             _bug(e, verbose)
         if verbose:
             err.print_exception()
-        where = f"{e.filename}: " if e.filename else ""
+        where = escape(f"{e.filename}: ") if e.filename else ""
         err.print(f"[red]error:[/red] {where}{e.strerror}; {_WRITE_ERRNOS[e.errno]} (finished artefacts are "
                   "untouched; rerun afterwards)", highlight=False)
         sys.exit(EXIT_RUNTIME)
@@ -131,6 +132,6 @@ def _bug(e: Exception, verbose: bool) -> None:
     """An unexpected exception: one line; the traceback only with --verbose."""
     if verbose:
         raise e
-    err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+    err.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))} (rerun with --verbose for the traceback)",
               highlight=False)
     sys.exit(EXIT_RUNTIME)

@@ -26,6 +26,7 @@ NCCL is used when the workers train on CUDA devices (one per local rank), gloo o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -38,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
@@ -118,29 +119,27 @@ def barrier() -> None:
 
 
 def rank0_first(fn: Callable[[], T]) -> T | None:
-    """Run ``fn`` on rank 0 only and make its user error (if any) every rank's error.
+    """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or its error as a UsageError.
 
     Without this a refusal on rank 0 (existing run folder, changed configuration) would leave the other
     ranks waiting at the next collective until the timeout.
     """
     if not dist.is_initialized():
         return fn()
-    result: T | None = None
-    failure: list[Any] = [None]
+    shared: list[Any] = [None, None]  # [failure (message, exit code), result]
     error: BaseException | None = None
     if dist.get_rank() == 0:
         try:
-            result = fn()
+            shared[1] = fn()
         except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
             error = e
-            failure[0] = (str(e).splitlines()[0] if str(e) else type(e).__name__,
-                          int(getattr(e, "exit_code", 1)))
-    dist.broadcast_object_list(failure, src=0)
+            shared[0] = (str(e).splitlines()[0] if str(e) else type(e).__name__, int(getattr(e, "exit_code", 1)))
+    dist.broadcast_object_list(shared, src=0)
     if error is not None:
         raise error
-    if failure[0] is not None:
-        raise UsageError(failure[0][0], exit_code=failure[0][1])
-    return result
+    if shared[0] is not None:
+        raise UsageError(shared[0][0], exit_code=shared[0][1])
+    return shared[1]
 
 
 # --------------------------------------------------------------------------------------------- launcher
@@ -217,6 +216,13 @@ class _Step(nn.Module):
         return terms
 
 
+class _NoLock(contextlib.ExitStack):
+    """The run-lock stack of ranks other than 0: the job's lock is rank 0's, a second one would refuse."""
+
+    def enter_context(self, cm: Any) -> Any:  # type: ignore[override]
+        return None
+
+
 def slice_bounds(n: int, r: int, world: int) -> tuple[int, int]:
     """Rank ``r``'s contiguous share of ``n`` rows (sizes differ by at most one, as np.array_split)."""
     base, extra = divmod(n, world)
@@ -237,6 +243,13 @@ class DistributedTrainer(Trainer):
         if self.rank != 0:  # one voice: progress, epoch lines and notices come from rank 0
             kwargs = {**kwargs, "on_epoch": None, "on_info": None, "progress": None}
         self._collective = True
+        if not cfg.run_name:  # the default name has a timestamp: take rank 0's, not one per rank
+            from mrdib_cli.data.handle import DatasetHandle
+            from mrdib_cli.models.base import get_backbone
+            from mrdib_cli.training.trainer import default_run_name
+
+            cfg.run_name = rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
+                                                                DatasetHandle.open(ws, cfg.dataset).name))
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
@@ -248,9 +261,15 @@ class DistributedTrainer(Trainer):
                 find_unused_parameters=self.plugin is not None)
 
     # ------------------------------------------------------------------ run folder: rank 0 writes
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
-        rank0_first(lambda: super(DistributedTrainer, self)._prepare_run_dir(resume, overwrite))
+    def _setup(self, ws: Any, cfg: Any, **kwargs: Any) -> None:
+        if self.rank != 0:  # rank 0 holds the run's lock for the whole job
+            self._lock = _NoLock()
+        super()._setup(ws, cfg, **kwargs)
+
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> Any:
+        out = rank0_first(lambda: super(DistributedTrainer, self)._prepare_run_dir(resume, overwrite))
         barrier()
+        return out
 
     def _write_config(self) -> None:
         rank0_first(lambda: super(DistributedTrainer, self)._write_config())
@@ -283,6 +302,8 @@ class DistributedTrainer(Trainer):
         if self.plugin:
             self.plugin.train()
         gen = torch.Generator().manual_seed(int(self.sampler.rng.integers(2**62)))
+        if hasattr(self, "_apply_lr_schedule"):
+            self._apply_lr_schedule()
         self.backbone.pre_epoch(self.epoch, gen)
         names: list[str] = []
         sums: dict[str, torch.Tensor] = {}

@@ -140,8 +140,9 @@ class Trainer:
         self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
         cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
         self.run_dir = ws.run_dir(cfg.run_name)
-        self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
-                                           what=f"run '{cfg.run_name}'"))
+        if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
+            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
+                                               what=f"run '{cfg.run_name}'"))
         self.device = resolve_device(tc.device)
         if self.device.type == "cpu":
             torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))

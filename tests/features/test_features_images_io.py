@@ -112,3 +112,19 @@ def test_unreachable_server_fails_after_retries(tmp_path: Path) -> None:
     s.close()  # nothing listens there now
     ref = fetch_image(f"http://127.0.0.1:{port}/x.png", tmp_path, timeout=1, retries=1, backoff=0.01)
     assert ref == ImageRef(None, "failed", ref.reason) and "download failed" in ref.reason
+
+
+@pytest.mark.parametrize("size,img_size", [(224, (500, 375)), (32, (40, 48)), (224, (100, 300))])
+def test_thread_free_preprocess_is_bit_identical_to_open_clip(size: int, img_size: tuple[int, int]) -> None:
+    import torch
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from mrdib_cli.features.image import ThreadFreePreprocess
+
+    ref = image_transform_v2(PreprocessCfg(size=size), is_train=False)
+    fast = ThreadFreePreprocess(ref)
+    assert fast.ok
+    img = good_image(3, img_size)
+    a, b = ref(img), fast(img)
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (3, size, size)
+    assert torch.equal(a, b)
