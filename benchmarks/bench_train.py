@@ -189,7 +189,7 @@ def main() -> None:
         return
     prepare(workdir)
     results = []
-    for bb in args.backbones.split(","):
+    for bb in [b for b in args.backbones.split(",") if b]:
         p = subprocess.run([sys.executable, __file__, "--_one", bb, "--epochs", str(args.epochs), "--device",
                             args.device, "--threads", str(args.threads), "--workdir", str(workdir)],
                            capture_output=True, text=True, cwd=ROOT)

@@ -74,8 +74,32 @@ def info_nce_sum_lowrank(ids: Tensor, anchor_all: Tensor, pos_all: Tensor, assig
     a = F.normalize(anchor_all[uniq], dim=1)  # [b, d]
     c_norm = torch.linalg.vector_norm(pos_all, dim=1).clamp_min(1e-12)  # as F.normalize's eps
     pos = (a * pos_all[uniq]).sum(-1) / c_norm[uniq] / tau
-    logits = (a @ lam.T) @ (assign / c_norm[:, None]).T / tau  # [b, N]
-    return ((torch.logsumexp(logits, dim=1) - pos) * counts).sum()
+    lse = _LowRankLogSumExp.apply((a @ lam.T) / tau, assign / c_norm[:, None])  # 1/τ folded in the factor
+    return ((lse - pos) * counts).sum()
+
+
+class _LowRankLogSumExp(torch.autograd.Function):
+    """logsumexp over rows of left @ rightᵀ ([b, H] x [N, H] -> [b]) with few passes over the b x N matrix.
+
+    The b x N matrix is the only large object; plain autograd walks it ~10 times (scale, max, subtract, exp,
+    sum, and again in the backward). Here: one matmul, one max, one in-place exp, one sum; the backward
+    reuses the stored exponentials in place (softmax = P / S) and does two matmuls.
+    """
+
+    @staticmethod
+    def forward(ctx, left: Tensor, right: Tensor) -> Tensor:  # type: ignore[override]
+        p = left @ right.T  # [b, N]
+        m = p.amax(dim=1, keepdim=True)
+        p.sub_(m).exp_()
+        s = p.sum(dim=1, keepdim=True)
+        ctx.save_for_backward(left, right, p, s)
+        return (m + s.log()).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        left, right, p, s = ctx.saved_tensors
+        g = p.mul_(grad[:, None] / s)  # d lse_b / d logits_bn = softmax_bn; P is not needed afterwards
+        return g @ right, g.T @ left
 
 
 @register("lgmrec")
