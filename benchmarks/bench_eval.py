@@ -143,14 +143,14 @@ def torch_reference(user: np.ndarray, item: np.ndarray, train: sp.csr_matrix, te
 
 
 # --------------------------------------------------------------------------------------------- parts
-def baby(repeats: int, threads: int, synthetic_only: bool = False) -> None:
+def baby(repeats: int, threads: int | None, synthetic_only: bool = False) -> None:
     import faiss
     import torch
 
-    from mrdib_cli.evaluation.engine import Prepared, evaluate
+    from mrdib_cli.evaluation.engine import Prepared, auto_threads, evaluate
 
-    faiss.omp_set_num_threads(threads)
-    torch.set_num_threads(threads)
+    ours_threads = threads or auto_threads(faiss.omp_get_max_threads())
+    torch.set_num_threads(ours_threads)  # same threads on both sides
     n_users, n_items, d = 19_445, 7_050, 64
     t = time.perf_counter()
     data = None if synthetic_only else real_baby(d, seed=0)
@@ -159,17 +159,18 @@ def baby(repeats: int, threads: int, synthetic_only: bool = False) -> None:
     print(f"{what}: {n_users} users x {n_items} items, d={d}; train mask {train.nnz} "
           f"({train.nnz / n_users:.2f}/user, max {np.diff(train.indptr).max()}), test {test.nnz} "
           f"({int((np.diff(test.indptr) > 0).sum())} users evaluated); built in {time.perf_counter() - t:.1f} s; "
-          f"threads={threads}, CPU cores={os.cpu_count()}")
-    evaluate(user, item, test, train, ks=(10, 20))  # warm-up (OpenMP pools, page faults)
+          f"threads: ours {ours_threads}{'' if threads else ' (auto)'}, reference {torch.get_num_threads()}; "
+          f"CPU cores={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}")
+    evaluate(user, item, test, train, ks=(10, 20), threads=threads)  # warm-up (OpenMP pools, page faults)
     ours_cold, ours_warm, refs, cpu = [], [], [], {"cold": [], "warm": [], "ref": []}
     prep = Prepared.build(test, train)
     for _ in range(repeats):  # interleaved so that machine load affects both sides alike
         t, c = time.perf_counter(), time.process_time()
-        res = evaluate(user, item, test, train, ks=(10, 20))
+        res = evaluate(user, item, test, train, ks=(10, 20), threads=threads)
         ours_cold.append(time.perf_counter() - t)
         cpu["cold"].append(time.process_time() - c)
         t, c = time.perf_counter(), time.process_time()
-        evaluate(user, item, prep, ks=(10, 20))
+        evaluate(user, item, prep, ks=(10, 20), threads=threads)
         ours_warm.append(time.perf_counter() - t)
         cpu["warm"].append(time.process_time() - c)
         c = time.process_time()
@@ -192,18 +193,15 @@ def baby(repeats: int, threads: int, synthetic_only: bool = False) -> None:
     print(f"  breakdown of the last cold run: {res.timing}")
 
 
-def large_child(n_users: int, n_items: int, threads: int, batch: int) -> None:
+def large_child(n_users: int, n_items: int, threads: int | None, batch: int) -> None:
     """Runs in a fresh process: generate, evaluate, print one JSON line with time and peak RSS."""
-    import faiss
-
     from mrdib_cli.evaluation.engine import evaluate
 
-    faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
     user, item, train, test = synthetic(n_users, n_items, 64, train_mean=6.0, test_mean=1.3, seed=1)
     gen_s = time.perf_counter() - t
     rss_data = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     done = [0]
     last = [time.perf_counter()]
 
@@ -214,28 +212,28 @@ def large_child(n_users: int, n_items: int, threads: int, batch: int) -> None:
             print(f"    ... {done[0]:,} users evaluated ({time.perf_counter() - t:.0f} s)", file=sys.stderr,
                   flush=True)
 
-    res = evaluate(user, item, test, train, ks=(10, 20), batch_users=batch, on_batch=tick)
+    res = evaluate(user, item, test, train, ks=(10, 20), batch_users=batch, on_batch=tick, threads=threads)
     eval_s = time.perf_counter() - t
+    cpu_s = time.process_time() - c
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps({"n_users": n_users, "n_items": n_items, "evaluated": res.n_users, "train_nnz": int(train.nnz),
-                      "gen_s": gen_s, "eval_s": eval_s, "peak_rss_gib": peak, "rss_after_data_gib": rss_data,
+                      "gen_s": gen_s, "eval_s": eval_s, "cpu_s": cpu_s, "load": os.getloadavg()[0], "peak_rss_gib": peak, "rss_after_data_gib": rss_data,
                       "timing": res.timing, "fallback": res.n_fallback, "recall@20": res.metrics["recall@20"]}))
 
 
-def large(n_users: int, threads: int, batch: int) -> None:
+def large(n_users: int, threads: int | None, batch: int) -> None:
     n_items = 100_000
     note = "" if n_users == 1_000_000 else f"  ** SUBSAMPLE: {n_users:,} of 1,000,000 users **"
     print(f"Synthetic {n_users:,} users x {n_items:,} items (d=64, ~6 train items/user masked), "
-          f"batch {batch} users, threads={threads}{note}")
-    p = subprocess.run([sys.executable, __file__, "--large-child", str(n_users), "--threads", str(threads),
-                        "--batch-users", str(batch)], capture_output=True, text=True)
-    sys.stderr.write(p.stderr)
+          f"batch {batch} users, threads={threads or 'auto'}{note}")
+    p = subprocess.run([sys.executable, __file__, "--large-child", str(n_users), "--batch-users", str(batch)]
+                       + (["--threads", str(threads)] if threads else []), stdout=subprocess.PIPE, text=True)  # progress: stderr
     if p.returncode:
         print(f"  failed (exit {p.returncode})")
         return
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    print(f"  data generation {r['gen_s']:.1f} s; evaluation of {r['evaluated']:,} users: {r['eval_s']:.1f} s "
-          f"({r['timing']})")
+    print(f"  data generation {r['gen_s']:.1f} s; evaluation of {r['evaluated']:,} users: {r['eval_s']:.1f} s wall, "
+          f"{r['cpu_s']:.1f} s CPU (load average {r['load']:.1f} on {os.cpu_count()} cores) ({r['timing']})")
     print(f"  peak RSS {r['peak_rss_gib']:.2f} GiB for the whole process (data alone: "
           f"{r['rss_after_data_gib']:.2f} GiB); fallback rows {r['fallback']}; recall@20={r['recall@20']:.4f}")
 
@@ -243,7 +241,7 @@ def large(n_users: int, threads: int, batch: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--threads", type=int, default=None, help="FAISS threads [auto: free cores]")
     ap.add_argument("--batch-users", type=int, default=4096)
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--skip-baby", action="store_true")

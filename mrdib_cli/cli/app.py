@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input or model/dat
 
 from __future__ import annotations
 
+import errno
 import importlib
 import pkgutil
 import sys
@@ -35,6 +36,15 @@ app = typer.Typer(
 )
 
 _NOT_COMMANDS = {"app", "common"}
+# file-system failures a user can fix, with the fix (disk full, read-only or foreign-owned workdir)
+_WRITE_ERRNOS = {
+    errno.ENOSPC: "free some space or point --workdir/MRDIB_HOME at a larger disk",
+    errno.EDQUOT: "free some space or point --workdir/MRDIB_HOME at a larger disk",
+    errno.EACCES: "make the workdir writable or point --workdir/MRDIB_HOME elsewhere",
+    errno.EPERM: "make the workdir writable or point --workdir/MRDIB_HOME elsewhere",
+    errno.EROFS: "the file system is read-only; point --workdir/MRDIB_HOME at a writable one",
+    errno.ENOTDIR: "a path component is a file; point --workdir/MRDIB_HOME at a directory",
+}
 # Help lists commands (and their panels) in pipeline order; modules not named here follow alphabetically.
 _ORDER = ["quickstart", "run", "prepare", "importers", "features", "graph", "train", "evaluate", "diagnose",
           "sweep", "report", "doctor", "backbones", "cache"]
@@ -104,9 +114,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except SystemExit:
         raise
-    except Exception as e:  # a bug: keep the traceback available
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS:
+            _bug(e, verbose)
         if verbose:
-            raise
-        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
-                  highlight=False)
+            err.print_exception()
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[red]error:[/red] {where}{e.strerror}; {_WRITE_ERRNOS[e.errno]} (finished artefacts are "
+                  "untouched; rerun afterwards)", highlight=False)
         sys.exit(EXIT_RUNTIME)
+    except Exception as e:  # a bug
+        _bug(e, verbose)
+
+
+def _bug(e: Exception, verbose: bool) -> None:
+    """An unexpected exception: one line; the traceback only with --verbose."""
+    if verbose:
+        raise e
+    err.print(f"[red]error:[/red] {type(e).__name__}: {e} (rerun with --verbose for the traceback)",
+              highlight=False)
+    sys.exit(EXIT_RUNTIME)

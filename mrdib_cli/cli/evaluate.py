@@ -97,10 +97,14 @@ def eval_cmd(
                                           help="FAISS threads \\[default: all cores]; 1 can be faster on a busy machine."),
     no_save: bool = typer.Option(False, "--no-save", rich_help_panel=PANEL_RUNTIME,
                                  help="Do not write per-user metrics and top-K lists into the run folder."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
+                                        help="Shard the users over N processes (torch.distributed); exact "
+                                             "search only. See docs/scaling.md."),
     extra: Optional[List[str]] = typer.Argument(None, hidden=True, metavar="K"),
 ) -> None:
     """Full-ranking evaluation of a trained run (exact FAISS search over all items, MMRec's metrics)."""
     from mrdib_cli.evaluation.runs import Run, evaluate_run
+    from mrdib_cli.training import distributed
 
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":
@@ -109,13 +113,31 @@ def eval_cmd(
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
-    n_eval = int((h.csr(split).getnnz(axis=1) > 0).sum()) if split in ("valid", "test") else 0
-    with make_progress() as prog:
-        task = prog.add_task(f"evaluating {r.name} on {split}", total=n_eval)
-        res, paths = evaluate_run(r, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index,
-                                  index_params=_index_params(index_param), verify_exact=verify_exact, seed=seed,
-                                  save=not no_save, threads=threads,
-                                  on_batch=lambda n: prog.advance(task, n))
+    if (nproc and nproc > 1) or distributed.launched():
+        if index != "flat" or verify_exact:
+            raise UsageError("--nproc shards exact search only; drop --index/--verify-exact or --nproc")
+        if not distributed.launched():
+            raise typer.Exit(distributed.launch(nproc or 1))
+        from mrdib_cli.evaluation.sharded import evaluate_run_sharded
+
+        distributed.init("cpu")  # FAISS search runs on CPU: gloo
+        try:
+            res, paths = evaluate_run_sharded(r, split=split, mask=mask, ks=ks, batch_users=batch_users,
+                                              save=not no_save, threads=threads or distributed.default_threads())
+        finally:
+            distributed.shutdown()
+        if res is None:  # not rank 0: rank 0 reports
+            return
+    else:
+        res, paths = None, {}
+    if res is None:
+        n_eval = int((h.csr(split).getnnz(axis=1) > 0).sum()) if split in ("valid", "test") else 0
+        with make_progress() as prog:
+            task = prog.add_task(f"evaluating {r.name} on {split}", total=n_eval)
+            res, paths = evaluate_run(r, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index,
+                                      index_params=_index_params(index_param), verify_exact=verify_exact,
+                                      seed=seed, save=not no_save, threads=threads,
+                                      on_batch=lambda n: prog.advance(task, n))
     payload = {"run": r.name, **res.to_dict()}
     console: Console = err if json_path == "-" else out
     console.print(f"[bold]Protocol:[/bold] {escape(res.protocol.describe())}", highlight=False)
@@ -249,7 +271,8 @@ def recommend_cmd(
         rid = sub["reviewer_id"][0] if "reviewer_id" in sub.columns else None
         t = Table(title=f"user {u}" + (f" ({rid})" if rid else "") + f" · run {r.name} · mask {mask}",
                   title_justify="left")
-        cols = [c for c in ("rank", "item_idx", "asin", "title", "score", "held_out") if c in sub.columns]
+        cols = [c for c in ("rank", "item_idx", "asin", "title", "score", "held_out")
+                if c in sub.columns and not (c == "title" and sub[c].null_count() == sub.height)]
         for c in cols:
             t.add_column("held out" if c == "held_out" else c,
                          justify="right" if c in ("rank", "item_idx", "score") else "left",

@@ -81,7 +81,7 @@ def _model_label(meta: dict) -> str:
 
 def register(app: typer.Typer) -> None:
     features_app = typer.Typer(help="Inspect feature tables.", no_args_is_help=True)
-    app.add_typer(features_app, name="features")
+    app.add_typer(features_app, name="features", rich_help_panel="Data")
 
     @app.command("extract-features", rich_help_panel="Pipeline")
     def extract_features(
@@ -90,7 +90,7 @@ def register(app: typer.Typer) -> None:
                                      help="image, text or all."),
         image_dir: Optional[Path] = typer.Option(None, "--image-dir", rich_help_panel=PANEL_DATA,
                                                  help="Folder of <asin>.<ext> or <item_idx>.<ext> images "
-                                                      "[default: the card's image_dir, else image_url downloads]."),
+                                                      "(default: the card's image_dir, else image_url downloads)."),
         image_model: str = typer.Option("ViT-B-32", "--image-model", rich_help_panel=PANEL_IMAGE,
                                         help="open_clip architecture name."),
         image_pretrained: str = typer.Option("laion2b_s34b_b79k", "--image-pretrained", rich_help_panel=PANEL_IMAGE,
@@ -128,6 +128,9 @@ def register(app: typer.Typer) -> None:
         device: str = DeviceOption,
         seed: int = SeedOption,
         force: bool = ForceOption,
+        nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
+                                            help="Split the item shards over N processes (one GPU each, else "
+                                                 "CPU); see docs/scaling.md."),
     ) -> None:
         """Encode item images (open_clip) and texts (sentence-transformers) into feature tables."""
         from mrdib_cli.data.handle import DatasetHandle
@@ -148,6 +151,29 @@ def register(app: typer.Typer) -> None:
         to = TextOptions(model=text_model, template=text_template)
         # Resolve everything that can fail cheaply (weights, model names, template) before any work.
         _preflight(mods, io, to)
+        from mrdib_cli.training import distributed
+
+        if nproc and nproc > 1 and not distributed.launched():
+            raise typer.Exit(distributed.launch(nproc))
+        if distributed.launched():
+            from mrdib_cli.features.sharded import extract_sharded
+
+            distributed.init(device)
+            try:
+                results = [r for m in mods if (r := extract_sharded(
+                    (lambda o, m=m: extract_image(w, handle, io, o) if m == "image"
+                     else extract_text(w, handle, to, o)), ro)) is not None]
+            finally:
+                distributed.shutdown()
+            if not distributed.is_main():
+                return
+            for r in results:
+                for msg in r.warnings:
+                    warn(msg)
+                info(f"{r.modality}: {'cached (' + r.reason + ')' if r.cached else 'extracted'} -> {r.path} "
+                     f"({distributed.world_size()} processes)")
+            out.print(_coverage_table(results))
+            return
         results = []
         with _progress() as prog:
             rep = RichReporter(prog)

@@ -78,7 +78,10 @@ def train_cmd(
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
-                                         help="Plug-in objective to add (e.g. mrdib)."),
+                                         help="Plug-in objective to add (e.g. mrdib). Plug-ins also have their own flags: "
+                                              "--mrdib [--alpha-kl F --alpha-red F --alpha-uni F "
+                                              "--bottleneck-dim N --synergy-head none|mlp --no-kl "
+                                              "--no-redundancy --no-unique --mib-only] (docs/mrdib.md)."),
     plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
                                          help="Plug-in option key=value. Repeatable."),
     image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,
@@ -89,6 +92,9 @@ def train_cmd(
                                 help="Continue the run --run-name (or the latest run) from its checkpoint."),
     force: bool = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
                                help="Overwrite an existing run folder of the same name."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
+                                        help="Train with N processes on this machine (torch.distributed DDP, "
+                                             "one GPU each, else CPU/gloo); see docs/scaling.md."),
 ) -> None:
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
@@ -116,7 +122,12 @@ def train_cmd(
     if not cfg.backbone:
         raise UsageError("no backbone given: use --backbone NAME (or 'backbone:' in --config)")
     cls = get_backbone(cfg.backbone)
-    cfg.hparams.update(_extra_hparams(list(ctx.args)))
+    from mrdib_cli.training.plugin import claim_plugin_args
+
+    claimed, extra = claim_plugin_args(list(ctx.args), plugin or (cfg.plugin or {}).get("name"))
+    if claimed:
+        cfg.plugin = {**(cfg.plugin or {}), **claimed}
+    cfg.hparams.update(_extra_hparams(extra))
     if eval_gumbel:
         cfg.hparams["eval_gumbel"] = True
     if plugin:
@@ -141,6 +152,13 @@ def train_cmd(
         out.print_json(json.dumps(resolved))
         return
 
+    from mrdib_cli.training import distributed
+
+    if nproc and nproc > 1 and not distributed.launched():
+        raise typer.Exit(distributed.launch(nproc))
+    trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
+    main = distributed.is_main()
+
     def on_epoch(rec: EpochRecord) -> None:
         mark = " [green]*best*[/green]" if rec.best else ""
         val = "  ".join(f"{k} {rec.valid[k]:.4f}" for k in SHOWN if k in rec.valid)
@@ -156,12 +174,21 @@ def train_cmd(
             progress.reset(task, total=total, visible=True)
             return lambda: progress.advance(task)
 
-        trainer = Trainer(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
-                          progress=batches if progress_enabled_() else None)
-        info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
-             f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
-             f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters")
-        result = trainer.fit()
+        trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
+                              progress=batches if progress_enabled_() else None)
+        if main:
+            info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
+                 f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
+                 f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
+                 + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
+        try:
+            result = trainer.fit()
+        finally:
+            distributed.shutdown()
+    if not main:
+        if result.status == "failed":
+            raise UsageError(result.message, exit_code=1)
+        return
 
     t = Table(title=f"{result.run_name}: best epoch {result.best_epoch} of {result.epochs_run} ({result.status})")
     t.add_column("split")

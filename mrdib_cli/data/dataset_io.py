@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 
 from mrdib_cli import __version__
-from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, SPLITS, USERS
+from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, PUBLISHING, SPLITS, USERS
 from mrdib_cli.errors import DataError
 from mrdib_cli.features.store import table_path, write_feature_table
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text
 
 ITEM_TEXT_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
@@ -155,9 +155,12 @@ def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, user
             else:
                 os.replace(stage, ds_dir)
         else:
-            # card last: a reader that sees the new card also sees the new tables
+            # card last: a reader that sees the new card also sees the new tables. The renames are not
+            # one atomic step, so a marker makes readers refuse the folder until they are all done.
+            atomic_write_text(ds_dir / PUBLISHING, f"{card['name']} {card.get('created', '')}\n")
             for name in (INTERACTIONS, ITEMS, USERS, CARD):
                 os.replace(stage / name, ds_dir / name)
+            (ds_dir / PUBLISHING).unlink()
             shutil.rmtree(stage, ignore_errors=True)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)

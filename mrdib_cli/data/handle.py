@@ -26,6 +26,16 @@ INTERACTIONS = "interactions.parquet"
 ITEMS = "items.parquet"
 USERS = "users.parquet"
 CARD = "dataset.json"
+# present while prepare swaps the core files one by one; a dataset that has it is a mix of two builds
+PUBLISHING = ".publishing"
+
+
+def _read_parquet(path: Path) -> pl.DataFrame:
+    """A dataset table, or a one-line DataError when the file is damaged (truncated copy, bit rot)."""
+    try:
+        return pl.read_parquet(path)
+    except Exception as e:  # polars raises several error types for corrupt files
+        raise DataError(f"cannot read {path} ({type(e).__name__}); re-run prepare/import") from None
 
 
 class DatasetHandle:
@@ -35,7 +45,14 @@ class DatasetHandle:
         self.dir = Path(directory)
         if not (self.dir / CARD).exists():
             raise MissingInputError(f"no prepared dataset in {self.dir} (dataset.json missing)")
-        self.card: dict[str, Any] = read_json(self.dir / CARD)
+        if (self.dir / PUBLISHING).exists():
+            raise DataError(f"dataset in {self.dir} was interrupted while being written; re-run the prepare "
+                            "command that built it")
+        try:
+            self.card: dict[str, Any] = read_json(self.dir / CARD)
+            int(self.card["n_users"]), int(self.card["n_items"])
+        except (ValueError, KeyError, TypeError, OSError) as e:  # JSONDecodeError is a ValueError
+            raise DataError(f"cannot read {self.dir / CARD} ({type(e).__name__}); re-run prepare/import") from None
         self.name: str = self.card.get("name", self.dir.name)
         self.n_users: int = int(self.card["n_users"])
         self.n_items: int = int(self.card["n_items"])
@@ -50,10 +67,7 @@ class DatasetHandle:
     @cached_property
     def interactions(self) -> pl.DataFrame:
         path = self.dir / INTERACTIONS
-        try:
-            df = pl.read_parquet(path)
-        except Exception as e:  # polars raises several error types for corrupt files
-            raise DataError(f"cannot read {path} ({type(e).__name__}); re-run prepare/import") from None
+        df = _read_parquet(path)
         if df.height and (df["user_idx"].max() >= self.n_users or df["item_idx"].max() >= self.n_items):
             raise DataError(f"{path}: indices exceed the counts in dataset.json; re-run prepare/import")
         return df
@@ -85,12 +99,12 @@ class DatasetHandle:
     @cached_property
     def items(self) -> pl.DataFrame:
         p = self.dir / ITEMS
-        return pl.read_parquet(p) if p.exists() else pl.DataFrame({"item_idx": np.arange(self.n_items)})
+        return _read_parquet(p) if p.exists() else pl.DataFrame({"item_idx": np.arange(self.n_items)})
 
     @cached_property
     def users(self) -> pl.DataFrame:
         p = self.dir / USERS
-        return pl.read_parquet(p) if p.exists() else pl.DataFrame({"user_idx": np.arange(self.n_users)})
+        return _read_parquet(p) if p.exists() else pl.DataFrame({"user_idx": np.arange(self.n_users)})
 
     # features -------------------------------------------------------------------------------
     def feature_path(self, modality: str, name: str | None = None) -> Path | None:

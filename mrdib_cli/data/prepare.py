@@ -18,6 +18,7 @@ import numpy as np
 from mrdib_cli.data import amazon
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
+from mrdib_cli.data.handle import PUBLISHING
 from mrdib_cli.data.kcore import dedup_mask, factorize, kcore
 from mrdib_cli.data.sources import DEMO, KNOWN_DIGESTS, AmazonCategory, base_url, download, lookup
 from mrdib_cli.data.split import LABELS, assign_split
@@ -162,6 +163,8 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
         card = build_dataset(ds_dir, name, paths["reviews"], paths["meta"], opts, source, log, **extra)
         return {"n_interactions": card["n_interactions"]}
 
+    # a build killed while swapping files in leaves a marker: never trust that folder's manifest
+    force = force or (ds_dir / PUBLISHING).exists()
     with discard_if_unpublished(ds_dir):
         res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
     ws.set_active_dataset(name)

@@ -15,6 +15,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,8 @@ def base_url(override: str | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------- download
 ProgressCb = Callable[[int, int | None], None]  # (bytes so far, total or None)
+MAX_BYTES_ENV = "MRDIB_MAX_DOWNLOAD_BYTES"
+DEFAULT_MAX_BYTES = 64 << 30  # the largest Amazon 2014 file (Books metadata) is far below this
 
 RETRYABLE = (socket.timeout, TimeoutError, ConnectionError, http.client.IncompleteRead,
              http.client.RemoteDisconnected, urllib.error.URLError, OSError)
@@ -121,7 +124,14 @@ def _total_from_headers(resp: http.client.HTTPResponse, start: int) -> int | Non
     return start + int(cl) if cl is not None else None
 
 
-def _fetch_once(url: str, part: Path, timeout: float, on_progress: ProgressCb | None) -> int | None:
+def _too_big(url: str, part: Path, size: int, max_bytes: int) -> DataError:
+    part.unlink(missing_ok=True)
+    return DataError(f"{url}: larger than the download limit ({size} > {max_bytes} bytes); the partial file "
+                     f"was removed; raise {MAX_BYTES_ENV} if the file is really that large")
+
+
+def _fetch_once(url: str, part: Path, timeout: float, on_progress: ProgressCb | None,
+                max_bytes: int = DEFAULT_MAX_BYTES) -> int | None:
     """One request, appending to ``part`` from its current size; returns the expected total size."""
     have = part.stat().st_size if part.exists() else 0
     req = urllib.request.Request(url, headers={"User-Agent": "mrdib", **({"Range": f"bytes={have}-"} if have else {})})
@@ -137,6 +147,8 @@ def _fetch_once(url: str, part: Path, timeout: float, on_progress: ProgressCb | 
         if have and resp.status == 200:  # the server ignored Range: start over
             have = 0
         total = _total_from_headers(resp, have)
+        if total is not None and total > max_bytes:
+            raise _too_big(url, part, total, max_bytes)
         with open(part, "ab" if have else "wb") as fh:
             got = have
             while True:
@@ -145,6 +157,9 @@ def _fetch_once(url: str, part: Path, timeout: float, on_progress: ProgressCb | 
                     break
                 fh.write(block)
                 got += len(block)
+                if got > max_bytes:  # a server that lies about (or omits) the length
+                    fh.close()
+                    raise _too_big(url, part, got, max_bytes)
                 if on_progress:
                     on_progress(got, total)
         if total is not None and got < total:
@@ -160,6 +175,11 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, expected
     The partial file ``<dest>.part`` survives failures, so the next call resumes where this one stopped.
     ``retries``/``backoff`` default to ``MRDIB_DOWNLOAD_RETRIES`` (5) and ``MRDIB_DOWNLOAD_BACKOFF`` (1 s).
     """
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):  # urllib would also read file:, ftp: and data: URLs
+        raise UsageError(f"only http(s) URLs are downloaded, got '{url}'; for files you already have use "
+                         "--raw-dir DIR")
+    max_bytes = int(os.environ.get(MAX_BYTES_ENV, DEFAULT_MAX_BYTES))
     retries = int(os.environ.get("MRDIB_DOWNLOAD_RETRIES", 5)) if retries is None else retries
     backoff = float(os.environ.get("MRDIB_DOWNLOAD_BACKOFF", 1.0)) if backoff is None else backoff
     dest = Path(dest)
@@ -168,7 +188,7 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, expected
     last = ""
     for attempt in range(retries + 1):
         try:
-            total = _fetch_once(url, part, timeout, on_progress)
+            total = _fetch_once(url, part, timeout, on_progress, max_bytes)
             break
         except _Retry as e:
             last = str(e)

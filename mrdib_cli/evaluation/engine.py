@@ -9,6 +9,7 @@ every result, and its fingerprint is what ``mrdib compare`` checks before puttin
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -230,23 +231,37 @@ def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask
     """Full-ranking evaluation of inner-product scores ``user_emb @ item_emb.T``.
 
     Users with >= 1 item in ``truth`` are evaluated; items in ``mask`` are never returned. ``truth`` may be
-    a :class:`Prepared` (reused across epochs, then ``mask`` is ignored). ``protocol`` carries split/mask/
-    dataset names for the record; ks/index are filled in here. ``verify_exact`` (0..1] measures, on that
-    fraction of users, an approximate index's recall@K against exact search and the metric drift.
-    ``threads`` sets FAISS's OpenMP threads for this call (default: FAISS's own, all cores).
+    a :class:`Prepared` (reused across epochs; it already holds the mask, so pass ``mask=None``).
+    ``protocol`` carries split/mask/dataset names for the record; ks/index are filled in here.
+    ``verify_exact`` (0..1] measures, on that fraction of users, an approximate index's recall@K against
+    exact search and the metric drift.
+    ``threads`` sets FAISS's OpenMP threads for this call (default: :func:`auto_threads`).
     """
-    if threads is None:
-        return _evaluate(user_emb, item_emb, truth, mask, ks, batch_users, index, protocol, index_params,
-                         verify_exact, seed, overfetch_cap, metrics, on_batch)
     import faiss
 
     before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(max(1, int(threads)))
+    faiss.omp_set_num_threads(auto_threads(before) if threads is None else max(1, int(threads)))
     try:
         return _evaluate(user_emb, item_emb, truth, mask, ks, batch_users, index, protocol, index_params,
                          verify_exact, seed, overfetch_cap, metrics, on_batch)
     finally:
         faiss.omp_set_num_threads(before)
+
+
+def auto_threads(max_threads: int) -> int:
+    """FAISS threads for this call: the cores not already busy (1-minute load average), at least 1.
+
+    OpenMP teams spin at barriers; on an oversubscribed machine (shared CI runners, several jobs per box)
+    two spinning threads on two busy cores were measured 2x slower *and* 2x more CPU than one thread
+    (Baby-sized evaluation: 2.3 s vs 1.1 s wall at load 15 on 2 cores). On an idle machine this returns
+    all cores. Only speed depends on it: results are identical for any thread count (tested).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return max_threads
+    cores = os.cpu_count() or max_threads
+    return max(1, min(max_threads, int(round(cores - load)) + 1))
 
 
 def _evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask: sp.csr_matrix | None,

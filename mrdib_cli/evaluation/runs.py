@@ -9,6 +9,7 @@ would produce numbers that mean nothing, so it is refused with a one-line error.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -75,7 +76,7 @@ class Run:
                 if "user" not in z or "item" not in z:
                     raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
                 return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: unreadable ({type(e).__name__}); retrain the run") from None
 
     @property

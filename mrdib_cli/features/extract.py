@@ -20,6 +20,7 @@ identical files.
 from __future__ import annotations
 
 import contextlib
+import resource
 import shutil
 import time
 from collections import Counter
@@ -57,6 +58,12 @@ class RunOptions:
     normalize: bool = True
     seed: int = 999
     force: bool = False
+    # Sharded extraction (features.sharded): encode only shards k with k % shard_world == shard_rank, write
+    # them and stop (no table, no manifest); a final merge pass then finds every shard done. Not cache params:
+    # shard boundaries do not depend on them, so the merged table is the single-process one.
+    shard_rank: int = 0
+    shard_world: int = 1
+    shards_only: bool = False
 
 
 @dataclass
@@ -102,6 +109,22 @@ class Reporter:
     def advance(self, key: str, n: int = 1) -> None: ...
 
     def stop(self, key: str) -> None: ...
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (the DataLoader workers).
+
+    Reported beside wall time because on a shared machine wall time mostly measures the neighbours.
+    """
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + ch.ru_utime + ch.ru_stime
+
+
+def _forward_share(stats: dict[str, float], encode_s: float) -> dict[str, float]:
+    """Time in the model forward vs. the whole shard loop (decode, tokenise, batching, shard writes)."""
+    fwd = stats.get("forward_s", 0.0)
+    return {"forward_s": round(fwd, 3),
+            "outside_forward_pct": round(100 * (1 - fwd / encode_s), 1) if encode_s > 0 else 0.0}
 
 
 def package_versions() -> dict[str, str]:
@@ -159,16 +182,26 @@ def _load_shard(path: Path, n: int, dim: int) -> tuple[np.ndarray, np.ndarray, n
     return v, s, r
 
 
+class ShardsWritten(Exception):
+    """A ``shards_only`` pass finished its share of the shards (nothing else is written)."""
+
+
 def run_shards(shard_dir: Path, n: int, dim: int, shard_size: int,
                encode: Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
-               reporter: Reporter, key: str, on_shard: Callable[[int], None] | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Encode ``[0, n)`` in shards, reusing finished ones; returns vectors, status, reasons, #computed."""
+               reporter: Reporter, key: str, on_shard: Callable[[int], None] | None = None,
+               ro: RunOptions | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Encode ``[0, n)`` in shards, reusing finished ones; returns vectors, status, reasons, #computed.
+
+    With ``ro.shards_only`` only this rank's shards (``k % shard_world == shard_rank``) are encoded and
+    written, then :class:`ShardsWritten` is raised.
+    """
     shard_dir.mkdir(parents=True, exist_ok=True)
     parts_v, parts_s, parts_r = [], [], []
     computed = 0
     for k, lo in enumerate(range(0, n, shard_size)):
         hi = min(n, lo + shard_size)
+        if ro is not None and ro.shards_only and k % ro.shard_world != ro.shard_rank:
+            continue
         path = shard_dir / f"shard-{k:05d}.npz"
         got = _load_shard(path, hi - lo, dim)
         if got is None:
@@ -182,6 +215,8 @@ def run_shards(shard_dir: Path, n: int, dim: int, shard_size: int,
         parts_v.append(got[0])
         parts_s.append(got[1])
         parts_r.append(got[2])
+    if ro is not None and ro.shards_only:
+        raise ShardsWritten(computed)
     return np.concatenate(parts_v), np.concatenate(parts_s), np.concatenate(parts_r), computed
 
 
@@ -231,9 +266,21 @@ def _image_source(handle: DatasetHandle, image_dir: Path | None) -> tuple[str, P
 
 
 def _step(handle: DatasetHandle, modality: str, label: str, inputs: dict[str, str], params: dict[str, Any],
-          run: Callable[[], dict[str, Any]], force: bool) -> tuple[Path, Any]:
+          run: Callable[[], dict[str, Any]], force: bool, shards_only: bool = False) -> tuple[Path, Any]:
     path = store.table_path(handle.dir, modality, label)
     rel = str(path.relative_to(handle.dir))
+    if shards_only:  # a shard pass: no step lock (ranks run together), skip when the table is up to date
+        from mrdib_cli.workspace import Manifest, _why_stale, read_json
+
+        mpath = handle.dir / "manifests" / f"features-{path.stem}.json"
+        old = Manifest.from_dict(read_json(mpath)) if mpath.exists() else None
+        if old is not None and not force and _why_stale(old, inputs, params, handle.dir) is None:
+            return path, None
+        try:
+            run()
+        except ShardsWritten:
+            pass
+        return path, None
     res = cached_step(f"features-{path.stem}", handle.dir, inputs, params, run, [rel], force=force)
     return path, res
 
@@ -260,7 +307,8 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
     inputs = {"items": _items_digest(handle), "images": source_fp}
     params = {"modality": "image", "model": io.model, "model_config": digest_obj(open_clip.get_model_config(io.model)),
               "weights": weights.kind, "pretrained": weights.pretrained, "weights_digest": weights.digest,
-              "preprocess_overrides": weights.preprocess_overrides, "normalize": ro.normalize,
+              "preprocess_overrides": weights.preprocess_overrides, "quick_gelu": weights.quick_gelu,
+              "normalize": ro.normalize,
               "precision": precision_of(device), "batch_size": ro.batch_size, "shard_size": ro.shard_size,
               "max_pixels": io.max_pixels, "seed": ro.seed if weights.kind == "random" else None,
               "image_source": kind, "fill": FILL}
@@ -283,33 +331,39 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"image-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"image features ({io.model})", len(refs))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_image_shard(enc, refs[lo:hi], ro.batch_size, ro.workers, io.max_pixels,
-                                      on_items=lambda n: reporter.advance("encode", n))
+                                      on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(refs), enc.dim, ro.shard_size, encode,
-                                                    reporter, "encode", on_shard)
+                                                    reporter, "encode", on_shard, ro)
         reporter.stop("encode")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
         meta = {"modality": "image", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "preprocessing": enc.preprocess,
                 "image_source": {"kind": kind, "image_dir": str(image_dir) if image_dir else None},
                 "normalize": ro.normalize, "fill": FILL, "precision": precision_of(device),
-                "seed": ro.seed, "batch_size": ro.batch_size, "items_digest": inputs["items"],
+                "seed": params["seed"], "batch_size": ro.batch_size, "items_digest": inputs["items"],
                 "packages": package_versions(), "coverage": cov}
         store.write_feature_table(store.table_path(handle.dir, "image", weights.label),
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
         timing = {"fetch_s": round(t1 - t0, 3), "model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
-                  "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2), "shards_computed": computed}
+                  "encode_cpu_s": round(c3 - c2, 3),
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(refs) / max(t3 - t2, 1e-9), 2),
+                  "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         examples = [{"item_idx": int(i), "asin": asins[i], "status": str(status[i]), "reason": str(reasons[i])}
                     for i in np.nonzero(status != "ok")[0][:20]]
         return {"coverage": cov, "timing": timing, "non_ok_examples": examples, "device": str(device)}
 
-    path, res = _step(handle, "image", weights.label, inputs, params, run, ro.force)
+    path, res = _step(handle, "image", weights.label, inputs, params, run, ro.force, ro.shards_only)
+    if res is None:
+        return None  # type: ignore[return-value]  # a shard pass: nothing to report
     return _result("image", path, res, facts, warnings)
 
 
@@ -348,15 +402,17 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"text-{digest_obj([inputs, params])[7:23]}"
         reporter.start("encode", f"text features ({label})", len(texts))
 
+        stats: dict[str, float] = {}
+
         def encode(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             return encode_text_shard(enc, texts[lo:hi], ro.batch_size,
-                                     on_items=lambda n: reporter.advance("encode", n))
+                                     on_items=lambda n: reporter.advance("encode", n), stats=stats)
 
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), cpu_seconds()
         vec, status, reasons, computed = run_shards(shard_dir, len(texts), enc.dim, ro.shard_size, encode,
-                                                    reporter, "encode", on_shard)
+                                                    reporter, "encode", on_shard, ro)
         reporter.stop("encode")
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), cpu_seconds()
         cov = coverage_report(status, reasons)
         meta = {"modality": "text", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "model_path": weights.path if weights.source != "bundled" else
@@ -370,10 +426,13 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
         store.write_feature_table(store.table_path(handle.dir, "text", label),
                                   finalise_vectors(vec, status, ro.normalize), status, meta)
         _drop_shards(shard_dir)
-        timing = {"model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3),
-                  "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2), "shards_computed": computed}
+        timing = {"model_s": round(t2 - t1, 3), "encode_s": round(t3 - t2, 3), "encode_cpu_s": round(c3 - c2, 3),
+                  **_forward_share(stats, t3 - t2), "items_per_s": round(len(texts) / max(t3 - t2, 1e-9), 2),
+                  "shards_computed": computed}
         facts.update(meta=meta, coverage=cov, timing=timing)
         return {"coverage": cov, "timing": timing, "device": str(device)}
 
-    path, res = _step(handle, "text", label, inputs, params, run, ro.force)
+    path, res = _step(handle, "text", label, inputs, params, run, ro.force, ro.shards_only)
+    if res is None:
+        return None  # type: ignore[return-value]  # a shard pass: nothing to report
     return _result("text", path, res, facts, [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class ImageEncoder:
         log.setLevel(logging.ERROR)  # open_clip logs "initialized randomly" as a warning; we warn ourselves
         try:
             model = open_clip.create_model(weights.model, pretrained=None, device="cpu",
+                                           force_quick_gelu=weights.quick_gelu,
                                            force_preprocess_cfg=weights.preprocess_overrides or None)
         except Exception as e:  # noqa: BLE001
             raise UsageError(f"cannot build open_clip model {weights.model}: {_one_line(e)}") from None
@@ -143,29 +145,37 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, str, str]]) -> tuple[li
 
 
 def iter_image_batches(refs: Sequence[ImageRef], transform: Any, batch_size: int, workers: int,
-                       max_pixels: int = DEFAULT_MAX_PIXELS) -> Iterator[tuple[list[int], torch.Tensor | None,
-                                                                                list[str], list[str]]]:
+                       pin_memory: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+                       ) -> Iterator[tuple[list[int], torch.Tensor | None, list[str], list[str]]]:
     """Decoded, preprocessed batches in input order (DataLoader keeps order with workers)."""
     loader = DataLoader(_ImageSet(refs, transform, max_pixels), batch_size=batch_size, shuffle=False,
                         num_workers=max(0, workers), collate_fn=_collate,
-                        persistent_workers=False, pin_memory=False)
+                        persistent_workers=False, pin_memory=pin_memory)
     yield from loader
 
 
 def encode_image_shard(enc: ImageEncoder, refs: Sequence[ImageRef], batch_size: int, workers: int,
-                       max_pixels: int = DEFAULT_MAX_PIXELS, on_items: Any = None
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Encode one shard: (vectors [n, d] with zero rows for non-ok items, status [n], reasons [n])."""
+                       max_pixels: int = DEFAULT_MAX_PIXELS, on_items: Any = None,
+                       stats: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encode one shard: (vectors [n, d] with zero rows for non-ok items, status [n], reasons [n]).
+
+    ``stats["forward_s"]`` accumulates the time inside the model forward (incl. the copy back), so the
+    share of time the pipeline spends elsewhere is measured on the very same batches.
+    """
     n = len(refs)
     vectors = np.zeros((n, enc.dim), dtype=np.float32)
     status = np.empty(n, dtype="<U10")
     reasons = np.empty(n, dtype="<U200")
-    for pos, pixels, st, rs in iter_image_batches(refs, enc.transform, batch_size, workers, max_pixels):
+    for pos, pixels, st, rs in iter_image_batches(refs, enc.transform, batch_size, workers,
+                                                  enc.device.type == "cuda", max_pixels):
         status[pos] = st
         reasons[pos] = rs
         if pixels is not None:
             rows = [p for p, s in zip(pos, st) if s == "ok"]
+            t = time.perf_counter()
             vectors[rows] = enc.forward(pixels).cpu().numpy()
+            if stats is not None:
+                stats["forward_s"] = stats.get("forward_s", 0.0) + time.perf_counter() - t
         if on_items is not None:
             on_items(len(pos))
     return vectors, status, reasons

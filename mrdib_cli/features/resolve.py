@@ -80,6 +80,7 @@ class ImageWeights:
     path: Path | None = None
     digest: str | None = None
     preprocess_overrides: dict[str, Any] = field(default_factory=dict)
+    quick_gelu: bool = False  # OpenAI-trained tags use QuickGELU; building with GELU would silently differ
 
     @property
     def label(self) -> str:
@@ -93,7 +94,7 @@ class ImageWeights:
     def provenance(self) -> dict[str, Any]:
         return {"model": self.model, "weights": self.kind, "pretrained": self.pretrained,
                 "checkpoint": str(self.path) if self.kind == "checkpoint" else None,
-                "weights_digest": self.digest, "random_weights": self.kind == "random"}
+                "weights_digest": self.digest, "random_weights": self.kind == "random", "quick_gelu": self.quick_gelu}
 
 
 def register_model_config(path: Path) -> str:
@@ -111,7 +112,12 @@ def register_model_config(path: Path) -> str:
         raise UsageError(f"{path} is not a JSON open_clip model config ({e})") from None
     if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
         raise UsageError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
-    open_clip.add_model_config(path)
+    from open_clip import factory
+
+    if path.resolve() not in [Path(p).resolve() for p in factory._MODEL_CONFIG_PATHS]:
+        open_clip.add_model_config(path)
+    else:
+        factory._rescan_model_configs()  # the file may have changed since it was registered
     return path.stem
 
 
@@ -184,7 +190,7 @@ def resolve_image_weights(model: str, pretrained: str | None, checkpoint: Path |
             raise MissingInputError(f"open_clip has no download location for {model}/{tag}; "
                                     "pass --image-checkpoint PATH")
     return ImageWeights(model, "pretrained", pretrained=tag, path=Path(local), digest=weights_digest(local),
-                        preprocess_overrides=overrides)
+                        preprocess_overrides=overrides, quick_gelu=bool(cfg.get("quick_gelu", False)))
 
 
 # --------------------------------------------------------------------------------------------- text

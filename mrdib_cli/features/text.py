@@ -13,6 +13,7 @@ import contextlib
 import json
 import re
 import string
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -142,8 +143,8 @@ class TextEncoder:
         return out.float()
 
 
-def encode_text_shard(enc: TextEncoder, texts: Sequence[str], batch_size: int, on_items: Any = None
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_text_shard(enc: TextEncoder, texts: Sequence[str], batch_size: int, on_items: Any = None,
+                      stats: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encode one shard: non-empty texts sorted by length (less padding), results put back in order."""
     n = len(texts)
     vectors = np.zeros((n, enc.dim), dtype=np.float32)
@@ -156,7 +157,11 @@ def encode_text_shard(enc: TextEncoder, texts: Sequence[str], batch_size: int, o
         on_items(skipped)
     for s in range(0, len(order), batch_size):
         rows = order[s:s + batch_size]
-        vectors[rows] = enc.forward(enc.tokenize([texts[i] for i in rows])).cpu().numpy()
+        feats = enc.tokenize([texts[i] for i in rows])
+        t = time.perf_counter()
+        vectors[rows] = enc.forward(feats).cpu().numpy()
+        if stats is not None:
+            stats["forward_s"] = stats.get("forward_s", 0.0) + time.perf_counter() - t
         if on_items is not None:
             on_items(len(rows))
     return vectors, status, reasons

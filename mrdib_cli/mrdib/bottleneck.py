@@ -29,7 +29,7 @@ def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
 def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I): differentiable in mu and logvar."""
     eps = torch.randn(mu.shape, dtype=mu.dtype, device=mu.device, generator=generator)
-    return mu + torch.exp(0.5 * logvar) * eps
+    return torch.addcmul(mu, torch.exp(0.5 * logvar), eps)
 
 
 class GaussianBottleneck(nn.Module):
@@ -47,27 +47,31 @@ class GaussianBottleneck(nn.Module):
         super().__init__()
         self.in_dim = in_dim
         self.z_dim = z_dim or in_dim
-        self.mu = nn.Linear(in_dim, self.z_dim)
-        self.logvar = nn.Linear(in_dim, self.z_dim)
+        # one Linear for both heads ([mu | logvar]): one matmul instead of two on the full item set
+        self.head = nn.Linear(in_dim, 2 * self.z_dim)
         self.decoder: nn.Module = nn.Identity() if self.z_dim == in_dim else nn.Linear(self.z_dim, in_dim)
         self._init(init_noise, h_var)
 
     def _init(self, init_noise: float, h_var: float) -> None:
-        if self.z_dim == self.in_dim:
-            nn.init.eye_(self.mu.weight)
-        else:
-            nn.init.xavier_uniform_(self.mu.weight)
-            nn.init.xavier_uniform_(self.decoder.weight)  # type: ignore[union-attr]
-            nn.init.zeros_(self.decoder.bias)  # type: ignore[union-attr]
-        nn.init.zeros_(self.mu.bias)
-        # small weights: the initial variance is set by the bias, i.e. by the signal's scale
-        nn.init.xavier_uniform_(self.logvar.weight, gain=0.01)
-        noise_var = max(init_noise, 1e-6) ** 2 * max(h_var, 1e-12)
-        nn.init.constant_(self.logvar.bias, math.log(noise_var))
+        k = self.z_dim
+        with torch.no_grad():
+            w_mu, w_lv = self.head.weight[:k], self.head.weight[k:]
+            if k == self.in_dim:
+                nn.init.eye_(w_mu)
+            else:
+                nn.init.xavier_uniform_(w_mu)
+                nn.init.xavier_uniform_(self.decoder.weight)  # type: ignore[union-attr]
+                nn.init.zeros_(self.decoder.bias)  # type: ignore[union-attr]
+            # small weights: the initial variance is set by the bias, i.e. by the signal's scale
+            nn.init.xavier_uniform_(w_lv, gain=0.01)
+            noise_var = max(init_noise, 1e-6) ** 2 * max(h_var, 1e-12)
+            self.head.bias[:k].zero_()
+            self.head.bias[k:].fill_(math.log(noise_var))
 
     def encode(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """mu and (clamped) log sigma^2 of q(z | h)."""
-        return self.mu(h), self.logvar(h).clamp(*self.LOGVAR_RANGE)
+        mu, logvar = self.head(h).split(self.z_dim, dim=-1)
+        return mu, logvar.clamp(*self.LOGVAR_RANGE)
 
     def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         mu, logvar = self.encode(h)

@@ -64,7 +64,7 @@ def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
     plugin = None
     if conf.get("plugin"):
         opts = {k: v for k, v in conf["plugin"].items() if k != "name"}
-        plugin = create_plugin(conf["plugin"]["name"], _plugin_options(opts))
+        plugin = create_plugin(conf["plugin"]["name"], opts)
         plugin.attach(backbone)
     state = torch.load(best, map_location="cpu", weights_only=True)
     backbone.load_state_dict(state["model"])
@@ -74,14 +74,6 @@ def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
     if plugin is not None:
         plugin.to(device).eval()
     return LoadedRun(name, rdir, conf, handle, backbone, plugin)
-
-
-def _plugin_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Options as stored in config.json may include derived keys (hooks, dims...): keep the constructor's."""
-    from mrdib_cli.mrdib.objectives import MRdIBConfig
-
-    keep = set(MRdIBConfig.__dataclass_fields__)
-    return {k: v for k, v in opts.items() if k in keep}
 
 
 @torch.no_grad()

@@ -2,14 +2,21 @@
 
     I(X; Y) >= E_{p(x,y)}[T(x, y)] - log E_{p(x)p(y)}[exp T(x, y)]
 
-Joint pairs are rows (x_i, y_i); marginal pairs are (x_i, y_perm(i)) with y shuffled within the batch. The
-log-mean-exp is computed as ``logsumexp(T) - log n`` so large critic outputs never overflow.
+Joint pairs are rows (x_i, y_i). Marginal pairs pair x_i with another row's y: with a concatenation critic
+one shuffle of y within the batch (a permutation without fixed points); with a *separable* critic
+T(x, y) = g(x)^T h(y) (Poole et al., 2019) all n(n-1) off-diagonal pairs at the cost of one [n, n] matrix
+product, which is both cheaper and lower-variance. The log-mean-exp is ``logsumexp(T) - log(#pairs)``, so
+large critic outputs never overflow.
 
 MRdIB uses it as the redundancy term L_R between the two compressed modalities (mrdib-method.md §2.4): the
-critic *maximises* the bound (so it is a tight estimate), the encoders *minimise* it. The min-max is explicit:
-:class:`MineCritic` has its own optimiser step (:meth:`CriticTrainer.step`, on detached inputs), and the
-encoder-side term is computed with the critic's parameters detached (:func:`dv_bound` with
-``detach_critic=True``), so the main optimiser never moves the critic in the wrong direction.
+critic *maximises* the bound (a tight estimate), the encoders *minimise* it. The min-max is explicit, in one
+of two ways (:func:`dv_bound`'s ``critic_grad``):
+
+- ``"reverse"``: the critic's parameters enter through a gradient-reversal layer, so one backward pass gives
+  the encoders the gradient of +bound and the critic the gradient of -bound (ascent), both applied by the
+  trainer's optimiser;
+- ``"detach"`` + :class:`CriticTrainer`: the encoder term uses the critic as a constant and the critic takes
+  its own optimiser step on detached inputs (twice the critic cost; kept as an option and for tests).
 """
 
 from __future__ import annotations
@@ -23,23 +30,109 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 
+def _mlp(sizes: list[int], last_gain: float = 1.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        lin = nn.Linear(a, b)
+        nn.init.xavier_uniform_(lin.weight, gain=last_gain if i == len(sizes) - 2 else 1.0)
+        nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
 class MineCritic(nn.Module):
-    """T(x, y): a small MLP on the concatenation [x, y] -> scalar."""
+    """T(x, y): a small MLP on the concatenation [x, y] -> scalar (the original MINE critic)."""
+
+    separable = False
 
     def __init__(self, x_dim: int, y_dim: int, hidden: int = 128) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(x_dim + y_dim, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, 1),
-        )
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.net = _mlp([x_dim + y_dim, hidden, hidden, 1], last_gain=0.1)
 
     def forward(self, x: Tensor, y: Tensor) -> Tensor:
         return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
+
+
+class SeparableCritic(nn.Module):
+    """T(x, y) = g(x)^T h(y) with one-hidden-layer MLPs g, h: scores every (x_i, y_j) pair at once."""
+
+    separable = True
+
+    def __init__(self, x_dim: int, y_dim: int, hidden: int = 128, out: int = 32) -> None:
+        super().__init__()
+        # small output layers: T ~ 0 at the start, so the bound starts near 0 instead of at -Var(T)/2
+        self.g = _mlp([x_dim, hidden, out], last_gain=0.3)
+        self.h = _mlp([y_dim, hidden, out], last_gain=0.3)
+
+    def forward(self, x: Tensor, y: Tensor, all_pairs: bool = False) -> Tensor:
+        """T(x_i, y_i) per row, or with ``all_pairs`` the [n, n] matrix of T(x_i, y_j)."""
+        gx, hy = self.g(x), self.h(y)
+        return gx @ hy.T if all_pairs else (gx * hy).sum(-1)
+
+
+def make_critic(kind: str, x_dim: int, y_dim: int, hidden: int) -> nn.Module:
+    if kind == "separable":
+        return SeparableCritic(x_dim, y_dim, hidden)
+    if kind == "concat":
+        return MineCritic(x_dim, y_dim, hidden)
+    raise ValueError(f"unknown critic kind {kind!r} (separable, concat)")
+
+
+class _ReverseGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by -scale (gradient-reversal layer)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:  # type: ignore[override]
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return -ctx.scale * grad, None
+
+
+class _GradGate(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by ``holder["gate"]``, which may be set after the
+    forward pass (so a gradient can be switched off depending on a value computed from this input)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, holder: dict[str, float]) -> Tensor:  # type: ignore[override]
+        ctx.holder = holder
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.holder["gate"], None
+
+
+def standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
+    """Per-dimension standardisation over the rows, differentiable through the statistics.
+
+    MI is invariant to per-dimension affine maps, so this changes nothing the critic should measure, but it
+    removes the cheapest way for the encoders to fool a lagging critic: blowing up or shrinking the scale.
+    """
+    return (z - z.mean(0, keepdim=True)) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
+
+
+def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minmax: str = "reverse") -> Tensor:
+    """The MRdIB redundancy estimate for the min-max, on standardised inputs (a scalar, unweighted).
+
+    - the encoders (x, y) receive the gradient of the bound only while the estimate is positive: MI >= 0,
+      so a negative DV value is pure critic error, and descending it would only chase a lagging critic
+      (in practice the encoders then drive the bound to -inf and the representation diverges);
+    - the critic ascends the bound: through gradient reversal (``minmax="reverse"``, scale 1/weight so the
+      critic sees the bound's own gradient whatever ``weight`` the caller multiplies the term by), or not at
+      all here (``"step"``: the critic is a constant and takes its own optimiser step elsewhere).
+    """
+    holder = {"gate": 1.0}
+    xs = standardise(_GradGate.apply(x, holder))
+    ys = standardise(_GradGate.apply(y, holder))
+    grad = "reverse" if minmax == "reverse" else "detach"
+    dv = dv_bound(critic, xs, ys, critic_grad=grad, reverse_scale=1.0 / weight if weight > 0 else 1.0)
+    holder["gate"] = 1.0 if float(dv.detach()) > 0 else 0.0
+    return dv
 
 
 def shuffle_perm(n: int, device: torch.device, generator: torch.Generator | None = None) -> Tensor:
@@ -53,23 +146,40 @@ def shuffle_perm(n: int, device: torch.device, generator: torch.Generator | None
     return perm.to(device)
 
 
-def dv_bound(critic: MineCritic, x: Tensor, y: Tensor, perm: Tensor | None = None,
-             detach_critic: bool = False, generator: torch.Generator | None = None) -> Tensor:
+def dv_bound(critic: nn.Module, x: Tensor, y: Tensor, perm: Tensor | None = None,
+             critic_grad: str = "normal", reverse_scale: float = 1.0,
+             generator: torch.Generator | None = None) -> Tensor:
     """DV estimate of I(x; y) over the rows (a scalar, differentiable in x and y).
 
-    With ``detach_critic`` the critic's parameters are used as constants, so the gradient flows only into
-    x and y (the encoder side of the min-max).
+    ``critic_grad``: "normal" (the critic gets the gradient of the bound), "detach" (the critic is a
+    constant: only x and y get gradients) or "reverse" (the critic's parameters pass a gradient-reversal
+    layer scaled by ``reverse_scale``: when the caller minimises ``w * bound``, the critic receives
+    ``-reverse_scale * w * d bound/d theta``, so ``reverse_scale = 1/w`` makes it ascend the bound itself).
+    A separable critic uses all off-diagonal pairs as marginals unless ``perm`` is given.
     """
     n = x.shape[0]
     if n < 2:
         return x.new_zeros(())
+    if critic_grad == "normal":
+        params = None
+    elif critic_grad == "detach":
+        params = {k: v.detach() for k, v in critic.named_parameters()}
+    elif critic_grad == "reverse":
+        params = {k: _ReverseGrad.apply(v, reverse_scale) for k, v in critic.named_parameters()}
+    else:
+        raise ValueError(f"critic_grad must be normal, detach or reverse, got {critic_grad!r}")
+
+    def t(a: Tensor, b: Tensor, all_pairs: bool = False) -> Tensor:
+        kw = {"all_pairs": True} if all_pairs else {}
+        return critic(a, b, **kw) if params is None else functional_call(critic, params, (a, b), kw)
+
+    if getattr(critic, "separable", False) and perm is None:
+        s = t(x, y, all_pairs=True)  # [n, n]: T(x_i, y_j)
+        joint = s.diagonal()
+        off = s.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), float("-inf"))
+        return joint.mean() - (torch.logsumexp(off.reshape(-1), dim=0) - math.log(n * (n - 1)))
     if perm is None:
         perm = shuffle_perm(n, x.device, generator)
-    if detach_critic:
-        params = {k: v.detach() for k, v in critic.named_parameters()}
-        t = lambda a, b: functional_call(critic, params, (a, b))  # noqa: E731
-    else:
-        t = critic
     joint = t(x, y)
     marg = t(x, y[perm])
     return joint.mean() - (torch.logsumexp(marg, dim=0) - math.log(n))
@@ -78,14 +188,17 @@ def dv_bound(critic: MineCritic, x: Tensor, y: Tensor, perm: Tensor | None = Non
 class CriticTrainer:
     """The critic's own optimiser: gradient *ascent* on the DV bound, on detached inputs."""
 
-    def __init__(self, critic: MineCritic, lr: float = 1e-3, steps: int = 1) -> None:
+    def __init__(self, critic: nn.Module, lr: float = 1e-3, steps: int = 1) -> None:
         self.critic = critic
         self.steps = steps
         self.opt = torch.optim.Adam(critic.parameters(), lr=lr)
 
-    def step(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> float:
+    def step(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None,
+             standardised: bool = False) -> float:
         """``steps`` ascent steps; returns the last DV estimate (before its update)."""
         x, y = x.detach(), y.detach()
+        if standardised:
+            x, y = standardise(x), standardise(y)
         value = 0.0
         for _ in range(self.steps):
             self.opt.zero_grad(set_to_none=True)
@@ -100,7 +213,8 @@ class CriticTrainer:
 
 
 def estimate_mi(x: Tensor, y: Tensor, *, steps: int = 2000, batch_size: int = 512, lr: float = 1e-3,
-                hidden: int = 64, holdout: float = 0.2, eval_every: int = 25, seed: int = 0) -> dict[str, Any]:
+                hidden: int = 64, holdout: float = 0.2, eval_every: int = 25, critic: str = "concat",
+                seed: int = 0) -> dict[str, Any]:
     """Fit a fresh critic and report the DV bound on rows it never saw.
 
     Rows are split train / validation / held-out (1 - 2*holdout, holdout, holdout). The critic is trained on
@@ -124,7 +238,8 @@ def estimate_mi(x: Tensor, y: Tensor, *, steps: int = 2000, batch_size: int = 51
     my, sy = y[train].mean(0), y[train].std(0).clamp_min(1e-8)
     xs, ys = (x - mx) / sx, (y - my) / sy
     torch.manual_seed(seed)
-    critic = MineCritic(x.shape[1], y.shape[1], hidden=hidden)
+    kind = critic
+    critic = make_critic(kind, x.shape[1], y.shape[1], hidden)
     opt = torch.optim.Adam(critic.parameters(), lr=lr)
     bs = min(batch_size, len(train))
 
@@ -148,4 +263,4 @@ def estimate_mi(x: Tensor, y: Tensor, *, steps: int = 2000, batch_size: int = 51
     tail = train_curve[max(0, best_step - eval_every):best_step] or train_curve[-1:]
     return {"mi": bound(hold, 10), "mi_valid": best_val, "mi_train": sum(tail) / len(tail),
             "best_step": best_step, "steps": steps, "n_train": int(len(train)), "n_valid": int(len(val)),
-            "n_heldout": int(n_hold), "critic_hidden": hidden}
+            "n_heldout": int(n_hold), "critic": kind, "critic_hidden": hidden}

@@ -10,8 +10,10 @@ Total loss (paper form, mrdib-method.md §2):
   ``synergy_head="mlp"`` an explicit fusion head f([z_v, z_t]) is also trained with its own BPR.
 - **Unique**: per-modality BPR with score_m(u, i) = <p_m(u), A_m z_m(i)>, p_m the backbone's
   ``views["user_<m>"]`` if it has one, else the user embedding; A_m is a linear map only when the dims differ.
-- **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's unique positive items; the encoders minimise
-  it (critic frozen in that term), the critic maximises it with its own optimiser in :meth:`after_step`.
+- **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's distinct positive items (standardised per
+  dimension); the encoders minimise it while it is positive and the critic maximises it, through a
+  gradient-reversal layer on the critic's parameters (default) or with the critic's own optimiser step in
+  :meth:`after_step` (``minmax="step"``). See :func:`mrdib_cli.mrdib.mine.redundancy_term`.
 
 Nothing here knows any backbone: it only uses the hook points, ``Embeddings.user`` and ``views``.
 """
@@ -29,7 +31,7 @@ from torch import Tensor, nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Backbone, Batch, Embeddings
 from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl
-from mrdib_cli.mrdib.mine import CriticTrainer, MineCritic, dv_bound
+from mrdib_cli.mrdib.mine import CriticTrainer, make_critic, redundancy_term
 from mrdib_cli.training.plugin import Plugin
 
 
@@ -47,9 +49,12 @@ class MRdIBConfig:
     no_redundancy: bool = False
     no_unique: bool = False
     mib_only: bool = False  # bottleneck (+KL) only: no redundancy, no unique, no synergy head
+    critic: str = "separable"  # MINE critic: "separable" g(x)^T h(y) (all pairs) or "concat" MLP([x, y])
     critic_hidden: int = 128
-    critic_lr: float = 1e-3
-    critic_steps: int = 1
+    mine_items: int = 512  # at most this many distinct positive items of the batch per MINE estimate (0: all)
+    minmax: str = "reverse"  # "reverse" (gradient reversal, one pass) or "step" (critic's own optimiser step)
+    critic_lr: float = 1e-3  # only for minmax="step" (with "reverse" the trainer's optimiser moves the critic)
+    critic_steps: int = 1  # only for minmax="step"
     init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
 
     def validate(self) -> None:
@@ -60,6 +65,12 @@ class MRdIBConfig:
             raise UsageError(f"--bottleneck-dim must be a positive integer, got {self.bottleneck_dim}")
         if self.synergy_head not in ("none", "mlp"):
             raise UsageError(f"--synergy-head must be 'none' or 'mlp', got '{self.synergy_head}'")
+        if self.critic not in ("separable", "concat"):
+            raise UsageError(f"critic must be 'separable' or 'concat', got '{self.critic}'")
+        if self.minmax not in ("reverse", "step"):
+            raise UsageError(f"minmax must be 'reverse' or 'step', got '{self.minmax}'")
+        if self.mine_items < 0 or self.mine_items == 1:
+            raise UsageError(f"mine_items must be 0 (all) or >= 2, got {self.mine_items}")
         if self.critic_steps < 1:
             raise UsageError(f"critic_steps must be >= 1, got {self.critic_steps}")
 
@@ -122,7 +133,7 @@ class MRdIB(Plugin):
         self.pairs: tuple[tuple[str, str], ...] = ()
         self._critic_trainers: dict[str, CriticTrainer] = {}
         self._state: dict[str, _HookState] = {}
-        self._last_items: Tensor | None = None
+        self._last_z: dict[str, Tensor] | None = None
         self._backbone: list[Backbone] = []  # a list, so the backbone is not registered as a submodule
 
     # ---------------------------------------------------------------------------------- attaching
@@ -149,8 +160,8 @@ class MRdIB(Plugin):
                 self.unique_maps[m] = lin
         self.pairs = tuple(itertools.combinations(self.hooks, 2))
         for a, b in self.pairs:
-            self.critics[f"{a}__{b}"] = MineCritic(self.bottlenecks[a].z_dim, self.bottlenecks[b].z_dim,
-                                                   self.cfg.critic_hidden)
+            self.critics[f"{a}__{b}"] = make_critic(self.cfg.critic, self.bottlenecks[a].z_dim,
+                                                    self.bottlenecks[b].z_dim, self.cfg.critic_hidden)
         if self.cfg.synergy_head == "mlp":
             d_cat = sum(self.bottlenecks[m].z_dim for m in self.hooks)
             d_user = emb.user.shape[-1]
@@ -160,8 +171,9 @@ class MRdIB(Plugin):
                     nn.init.xavier_uniform_(mod.weight)
                     nn.init.zeros_(mod.bias)
         self.to(device)
-        self._critic_trainers = {k: CriticTrainer(c, lr=self.cfg.critic_lr, steps=self.cfg.critic_steps)
-                                 for k, c in self.critics.items()}
+        if self.cfg.minmax == "step":
+            self._critic_trainers = {k: CriticTrainer(c, lr=self.cfg.critic_lr, steps=self.cfg.critic_steps)
+                                     for k, c in self.critics.items()}
         self._backbone = [backbone]
         for m in self.hooks:
             backbone.install_hook(m, self._hook)
@@ -216,72 +228,94 @@ class MRdIB(Plugin):
         return emb.views.get(f"user_{name}", emb.user)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
+        """The weighted MRdIB terms for this batch (the bottleneck outputs come from this propagate()).
+
+        z is gathered once per modality (at pos ++ neg): on CPU the backward of an index op (a scatter-add)
+        costs more than the small heads themselves.
+        """
         cfg = self.cfg
         missing = [m for m in self.hooks if m not in self._state]
         if missing:
             raise RuntimeError(f"MRdIB: hook(s) {missing} were not called during propagate()")
         logs: dict[str, float] = {}
         terms: dict[str, Tensor] = {}
-        items = batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg])
-        items = torch.unique(items)
-
+        has_neg = batch.neg is not None
+        idx = torch.cat([batch.pos, batch.neg]) if has_neg else batch.pos
+        n_pos = batch.pos.shape[0]
+        z_b: dict[str, Tensor] = {}
         kl_sum = None
+        need_z = (cfg.use_uni or cfg.use_syn_head) and has_neg
         for m in self.hooks:
             st = self._state[m]
-            kl_m = gaussian_kl(st.mu[items], st.logvar[items]).mean()
+            if need_z:
+                z_b[m] = st.z[idx]
+            # KL per item over the item set (elementwise), then averaged over the batch's items: the same
+            # value as KL of the gathered rows, but only a vector is gathered/scattered in backward
+            kl_m = gaussian_kl(st.mu, st.logvar)[idx].mean()
             logs[f"kl_{m}"] = float(kl_m.detach())
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
             terms["kl"] = cfg.alpha_kl * kl_sum
 
-        if cfg.use_uni and batch.neg is not None:
+        if cfg.use_uni and has_neg:
+            users: dict[int, Tensor] = {}  # gather each distinct user view once (VBPR shares one)
             uni = None
             for m in self.hooks:
-                z = self._state[m].z
-                p = self.user_view(m, emb)[batch.users]
-                l_m = bpr((p * self.item_view(m, z[batch.pos])).sum(-1), (p * self.item_view(m, z[batch.neg])).sum(-1))
+                view = self.user_view(m, emb)
+                if id(view) not in users:
+                    users[id(view)] = view[batch.users]
+                p = users[id(view)]
+                s_i = self.item_view(m, z_b[m])
+                l_m = bpr((p * s_i[:n_pos]).sum(-1), (p * s_i[n_pos:]).sum(-1))
                 logs[f"uni_{m}"] = float(l_m.detach())
                 uni = l_m if uni is None else uni + l_m
             if uni is not None:
                 terms["uni"] = cfg.alpha_uni * uni
 
-        if cfg.use_syn_head and self.synergy is not None and batch.neg is not None:
-            fused = self.synergy(torch.cat([self._state[m].z for m in self.hooks], dim=-1))
+        if cfg.use_syn_head and self.synergy is not None and has_neg:
+            fused = self.synergy(torch.cat([z_b[m] for m in self.hooks], dim=-1))
             u = emb.user[batch.users]
-            l_s = bpr((u * fused[batch.pos]).sum(-1), (u * fused[batch.neg]).sum(-1))
+            l_s = bpr((u * fused[:n_pos]).sum(-1), (u * fused[n_pos:]).sum(-1))
             logs["syn"] = float(l_s.detach())
             terms["syn"] = cfg.alpha_syn * l_s
 
         if cfg.use_red and self.pairs:
+            # distinct positive items: "joint" must really be one item's two modalities
             red_items = torch.unique(batch.pos)
+            if cfg.mine_items and red_items.numel() > cfg.mine_items:
+                # a random subset keeps the all-pairs critic's cost fixed (mine_items^2 pairs)
+                keep = torch.randperm(red_items.numel(), device=red_items.device)[:cfg.mine_items]
+                red_items = red_items[keep]
+            zr = {m: self._state[m].z[red_items] for m in self.hooks}
             red = None
             for a, b in self.pairs:
-                mi = dv_bound(self.critics[f"{a}__{b}"], self._state[a].z[red_items], self._state[b].z[red_items],
-                              detach_critic=True)
+                mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
                 red = mi if red is None else red + mi
             assert red is not None
             logs["mine"] = float(red.detach())
             terms["red"] = cfg.alpha_red * red
-            self._last_items = red_items
+            self._last_z = {m: v.detach() for m, v in zr.items()} if cfg.minmax == "step" else None
         self.logs = logs
         return terms
 
     def after_step(self, batch: Batch, emb: Embeddings) -> None:
-        """The critic's ascent step on the (detached) z of the last batch: the max side of the min-max."""
-        if not (self.cfg.use_red and self.pairs) or self._last_items is None:
+        """With ``minmax="step"``: the critic's ascent step on the batch's detached z (the max side)."""
+        last = self._last_z
+        self._last_z = None
+        # drop the references to this step's graph early (the next propagate() rebuilds them)
+        self._state = {k: _HookState(v.z.detach(), v.mu.detach(), v.logvar.detach()) for k, v in self._state.items()}
+        if last is None or not self._critic_trainers:
             return
-        items = self._last_items
         crit = 0.0
         for a, b in self.pairs:
-            crit += self._critic_trainers[f"{a}__{b}"].step(self._state[a].z[items], self._state[b].z[items])
+            crit += self._critic_trainers[f"{a}__{b}"].step(last[a], last[b], standardised=True)
         self.logs["mine_critic"] = crit
-        self._last_items = None
-        # free the graph-holding tensors of this step early (they are rebuilt by the next propagate())
-        self._state = {k: _HookState(v.z.detach(), v.mu.detach(), v.logvar.detach()) for k, v in self._state.items()}
 
     def config(self) -> dict[str, Any]:
-        return {"name": self.name, **asdict(self.cfg), "hooks": list(self.hooks),
-                "bottleneck_dims": {m: self.bottlenecks[m].z_dim for m in self.hooks},
-                "unique_maps": sorted(self.unique_maps.keys()),
-                "active_terms": [t for t, on in (("kl", self.cfg.use_kl), ("red", self.cfg.use_red and bool(self.pairs)),
-                                                 ("uni", self.cfg.use_uni), ("syn", self.cfg.use_syn_head)) if on]}
+        """Every option (defaults included) plus, under ``resolved``, what attach() derived from the backbone."""
+        active = [t for t, on in (("kl", self.cfg.use_kl), ("red", self.cfg.use_red and bool(self.pairs)),
+                                  ("uni", self.cfg.use_uni), ("syn", self.cfg.use_syn_head)) if on]
+        return {"name": self.name, **asdict(self.cfg),
+                "resolved": {"hooks": list(self.hooks),
+                             "bottleneck_dims": {m: self.bottlenecks[m].z_dim for m in self.hooks},
+                             "unique_maps": sorted(self.unique_maps.keys()), "active_terms": active}}

@@ -51,15 +51,82 @@ _PLUGINS: dict[str, PluginFactory] = {}
 PLUGIN_MODULES = ("mrdib_cli.mrdib",)
 
 
-def register_plugin(name: str, factory: PluginFactory) -> None:
+#: name -> (switch flag, {flag: (option key, type)}): the plug-in's own ``mrdib train`` flags
+_PLUGIN_FLAGS: dict[str, tuple[str, dict[str, tuple[str, type]]]] = {}
+
+
+def register_plugin(name: str, factory: PluginFactory, *, switch: str | None = None,
+                    flags: dict[str, tuple[str, type]] | None = None) -> None:
     """Make a plug-in available to ``mrdib train --plugin NAME`` (and the ``plugin:`` config section).
 
     ``factory(options)`` gets the plug-in options (the config's ``plugin`` mapping without ``name``) and
     returns a :class:`Plugin`; it raises ``UsageError`` for unknown or invalid options.
+    ``switch`` (e.g. ``"--mrdib"``) and ``flags`` (e.g. ``{"--alpha-kl": ("alpha_kl", float),
+    "--no-kl": ("no_kl", bool)}``) give the plug-in its own ``mrdib train`` flags, picked out of the extra
+    command-line arguments by :func:`claim_plugin_args`.
     """
     if name in _PLUGINS and _PLUGINS[name] is not factory:
         raise ValueError(f"plug-in '{name}' registered twice")
     _PLUGINS[name] = factory
+    if switch:
+        _PLUGIN_FLAGS[name] = (switch, dict(flags or {}))
+
+
+def _convert(flag: str, raw: str, typ: type) -> Any:
+    from mrdib_cli.errors import UsageError
+
+    try:
+        return typ(raw)
+    except ValueError:
+        raise UsageError(f"{flag} expects a {typ.__name__}, got {raw!r}") from None
+
+
+def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:
+    """Pick registered plug-in switches and options out of extra CLI arguments.
+
+    Returns ``({"name": plugin, option: value, ...} or None, remaining args)``. A plug-in's option without
+    its switch (or without ``--plugin NAME`` = ``selected``) is an error rather than silently ignored.
+    """
+    from mrdib_cli.errors import UsageError
+
+    available_plugins()
+    owners = {sw: (name, None, None) for name, (sw, _) in _PLUGIN_FLAGS.items()}
+    for name, (_, flags) in _PLUGIN_FLAGS.items():
+        for flag, (key, typ) in flags.items():
+            owners[flag] = (name, key, typ)
+    chosen, opts, seen, rest = selected, {}, {}, []
+    i = 0
+    while i < len(args):
+        flag, eq, val = args[i].partition("=")
+        if flag not in owners:
+            rest.append(args[i])
+            i += 1
+            continue
+        name, key, typ = owners[flag]
+        if key is None or typ is bool:
+            if eq:
+                raise UsageError(f"{flag} is a switch and takes no value")
+            if key is None:
+                if chosen not in (None, name):
+                    raise UsageError(f"{flag} conflicts with plug-in '{chosen}' (one plug-in per run)")
+                chosen = name
+            else:
+                opts[key] = True
+        else:
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise UsageError(f"{flag} needs a value")
+                val = args[i + 1]
+                i += 1
+            opts[key] = _convert(flag, val, typ)
+        seen[key] = (flag, name)
+        i += 1
+    for key, (flag, name) in seen.items():
+        if key is not None and chosen != name:
+            raise UsageError(f"{flag} is an option of the {name} plug-in: add {_PLUGIN_FLAGS[name][0]}")
+    if chosen is None:
+        return None, rest
+    return {"name": chosen, **opts}, rest
 
 
 def available_plugins() -> list[str]:

@@ -19,6 +19,7 @@ exactly the metrics of an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,13 +35,14 @@ import torch
 
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.config import RunConfig
 from mrdib_cli.training.plugin import Plugin, create_plugin
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, check_name, digest_obj, read_json
+from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
+                                 read_json)
 
 
 class TrainingDiverged(MrdibError):
@@ -111,10 +113,20 @@ class EarlyStopping:
 class Trainer:
     """Owns one run: its folder, backbone, optimiser, sampler and early-stopping state."""
 
-    def __init__(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
-                 on_epoch: Callable[[EpochRecord], None] | None = None,
-                 on_info: Callable[[str], None] | None = None,
-                 progress: Callable[[int], Any] | None = None) -> None:
+    def __init__(self, ws: Workspace, cfg: RunConfig, **kwargs: Any) -> None:
+        """Set up the run (see :meth:`_setup`) holding the run's lock until :meth:`fit` ends, so that two
+        processes never write one run folder; the lock is released when setting up fails."""
+        self._lock = contextlib.ExitStack()
+        try:
+            self._setup(ws, cfg, **kwargs)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _setup(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
+               on_epoch: Callable[[EpochRecord], None] | None = None,
+               on_info: Callable[[str], None] | None = None,
+               progress: Callable[[int], Any] | None = None) -> None:
         self.ws, self.cfg = ws, cfg
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_info = on_info or (lambda s: None)
@@ -128,10 +140,12 @@ class Trainer:
         self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
         cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
         self.run_dir = ws.run_dir(cfg.run_name)
+        if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
+            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
+                                               what=f"run '{cfg.run_name}'"))
         self.device = resolve_device(tc.device)
         if self.device.type == "cpu":
             torch.set_num_threads(tc.threads or max(1, os.cpu_count() or 1))
-        self._prepare_run_dir(resume, overwrite)
 
         # seed everything before building the model, as MMRec's init_seed does
         torch.manual_seed(tc.seed)
@@ -146,6 +160,8 @@ class Trainer:
             self.plugin = create_plugin(cfg.plugin["name"], opts)
             self.plugin.attach(self.backbone)
             self.plugin.to(self.device)
+        # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
+        resume = self._prepare_run_dir(resume, overwrite)
         params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
         self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=tc.lr,
                                           weight_decay=tc.weight_decay)
@@ -158,6 +174,7 @@ class Trainer:
         self.best_emb: tuple[np.ndarray, np.ndarray] | None = None
         self.history: list[EpochRecord] = []
         if resume:
+            self._check_identity(self._config_dict())
             self._restore()
         self._write_config()
 
@@ -181,9 +198,12 @@ class Trainer:
         return get_backbone(self.cfg.backbone).modalities
 
     def plugin_config(self) -> dict[str, Any] | None:
+        """The plug-in's resolved configuration (its defaults included), overridden by the given options."""
         if not self.cfg.plugin:
             return None
-        return {"name": self.cfg.plugin["name"], **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
+        resolved = self.plugin.config() if self.plugin is not None else {}
+        return {**resolved, "name": self.cfg.plugin["name"],
+                **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
 
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption."""
@@ -191,10 +211,16 @@ class Trainer:
         keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")}
         return digest_obj(keep)
 
-    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> None:
+    def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
+        """Create or reuse the run folder; returns whether there is a checkpoint to resume from."""
         exists = (self.run_dir / "config.json").exists()
         if resume and not (self.ckpt_dir / "last.pt").exists():
-            raise UsageError(f"cannot resume run '{self.cfg.run_name}': no checkpoint in {self.ckpt_dir}")
+            if not exists:
+                raise UsageError(f"cannot resume run '{self.cfg.run_name}': no checkpoint in {self.ckpt_dir}")
+            # stopped before its first epoch ended: nothing to lose, start it again from epoch 0
+            self.on_info(f"run '{self.cfg.run_name}' has no checkpoint yet; starting it from epoch 0")
+            self._check_identity(self._config_dict())
+            resume, overwrite = False, True
         if exists and not resume:
             if not overwrite:
                 raise UsageError(f"run '{self.cfg.run_name}' already exists; use --resume to continue it, "
@@ -203,15 +229,23 @@ class Trainer:
 
             shutil.rmtree(self.run_dir)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        return resume
+
+    def _check_identity(self, conf: dict[str, Any] | None) -> None:
+        """Refuse to continue a run with other options or data than it was started with."""
+        path = self.run_dir / "config.json"
+        if conf is None or not path.exists():
+            return
+        if self._identity(read_json(path)) != self._identity(conf):
+            raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration or "
+                             "dataset; resume it with the same options, or start a new --run-name")
 
     def _write_config(self) -> None:
         conf = self._config_dict()
         path = self.run_dir / "config.json"
         if path.exists():
             old = read_json(path)
-            if self._identity(old) != self._identity(conf):
-                raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration or "
-                                 "dataset; resume it with the same options, or start a new --run-name")
+            self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
         atomic_write_json(path, conf)
         self.ws.set_latest_run(self.handle.name, self.cfg.run_name)
@@ -225,14 +259,23 @@ class Trainer:
             "rng": ckpt.rng_state(), "sampler": self.sampler.state(),
             "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
             "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
+            "identity": self._identity(self._config_dict()),
         }
 
     def _restore(self) -> None:
-        st = ckpt.load(self.ckpt_dir / "last.pt", self.device)
-        self.backbone.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        if self.plugin is not None and st.get("plugin") is not None:
-            self.plugin.load_state_dict(st["plugin"])
+        path = self.ckpt_dir / "last.pt"
+        st = ckpt.load(path, self.device)
+        foreign = DataError(f"checkpoint {path} belongs to another run (other backbone, options or dataset); "
+                            f"restore this run's own checkpoint or start again with --force")
+        if st.get("identity") not in (None, self._identity(self._config_dict())):
+            raise foreign
+        try:
+            self.backbone.load_state_dict(st["model"])
+            self.optimizer.load_state_dict(st["optimizer"])
+            if self.plugin is not None and st.get("plugin") is not None:
+                self.plugin.load_state_dict(st["plugin"])
+        except (RuntimeError, KeyError, ValueError, TypeError):
+            raise foreign from None
         ckpt.set_rng_state(st["rng"])
         self.sampler.set_state(st["sampler"])
         self.epoch = int(st["epoch"])
@@ -247,7 +290,7 @@ class Trainer:
         mpath = self.run_dir / "metrics.jsonl"
         if mpath.exists():
             lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["epoch"] <= self.epoch]
+            kept = [ln for ln in lines if _epoch_of(ln) <= self.epoch]
             self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
                                            if k in EpochRecord.__dataclass_fields__}) for ln in kept]
             self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
@@ -269,6 +312,9 @@ class Trainer:
                 np.savez(fh, user=user, item=item)
         ckpt.save(self.ckpt_dir / "best.pt", {"epoch": self.epoch, "model": self.backbone.state_dict(),
                                               "plugin": self.plugin.state_dict() if self.plugin else None})
+
+    def _save_last(self) -> None:
+        ckpt.save(self.ckpt_dir / "last.pt", self._state())
 
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:
@@ -334,6 +380,12 @@ class Trainer:
                               batch_users=tc.eval_batch_users)
 
     def fit(self) -> TrainResult:
+        try:
+            return self._fit()
+        finally:
+            self._lock.close()
+
+    def _fit(self) -> TrainResult:
         tc = self.cfg.train
         status, message = "finished", ""
         try:
@@ -353,7 +405,7 @@ class Trainer:
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved)
                 self.history.append(rec)
                 self._append_metrics(rec)
-                ckpt.save(self.ckpt_dir / "last.pt", self._state())
+                self._save_last()
                 self.on_epoch(rec)
             if self.stopper.should_stop:
                 message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
@@ -366,6 +418,14 @@ class Trainer:
                        f"'mrdib train --resume --run-name {self.cfg.run_name}'")
         except TrainingDiverged as e:
             status, message = "failed", str(e)
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            tc = self.cfg.train
+            raise MrdibError(
+                f"out of GPU memory in epoch {self.epoch + 1}; try a smaller --batch-size (now {tc.batch_size}) "
+                f"or --set train.eval_batch_users={max(1, tc.eval_batch_users // 4)}, or --device cpu; the last "
+                f"good checkpoint (epoch {self.epoch}) is kept: add --resume to continue") from None
         return self._finish(status, message)
 
     def _finish(self, status: str, message: str) -> TrainResult:
@@ -381,6 +441,14 @@ class Trainer:
         atomic_write_json(self.run_dir / "results.json", results)
         return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
+
+
+def _epoch_of(line: str) -> float:
+    """Epoch of a metrics.jsonl line; a line cut short by a crash counts as not written (inf)."""
+    try:
+        return int(json.loads(line)["epoch"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return math.inf
 
 
 def train(ws: Workspace, cfg: RunConfig, **kwargs: Any) -> TrainResult:

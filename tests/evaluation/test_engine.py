@@ -207,3 +207,18 @@ def test_real_baby_split_matches_mmrec_style_reference() -> None:
     assert (res.topk == ref_idx).mean() > 0.999
     for name, v in ref_m.items():
         assert res.metrics[name] == pytest.approx(float(v.mean()), abs=1e-4), name
+
+
+def test_prepared_reuse_and_threads_give_identical_results() -> None:
+    from mrdib_cli.evaluation.engine import Prepared
+
+    u, it, truth, mask = _random_problem(11)
+    a = evaluate(u, it, truth, mask, ks=(5, 10))
+    prep = Prepared.build(truth, mask)
+    b = evaluate(u, it, prep, ks=(5, 10), threads=1)
+    c = evaluate(u, it, prep, ks=(5, 10), batch_users=7)
+    for r in (b, c):
+        assert np.array_equal(a.topk, r.topk) and a.metrics == r.metrics
+    assert a.protocol.mask == "custom"
+    with pytest.raises(ValueError):
+        evaluate(u, it, prep, mask)

@@ -6,17 +6,19 @@ from pathlib import Path
 
 import torch
 
+from tests.features.fixtures import awkward_dataset, run_cli  # noqa: F401 - pytest fixtures
 from tests.features.helpers import TINY_ARGS, TINY_CONFIG
 
 
-def test_extract_and_ls(cli, awkward_dataset) -> None:
+def test_extract_and_ls(cli, run_cli, awkward_dataset) -> None:
+    """End to end through the real entry point (one subprocess), then the listing in-process."""
     d, _, _ = awkward_dataset
     rc, out, err = cli("extract-features", "--modality", "image", *TINY_ARGS, "--max-pixels", "100000",
                        "--device", "cpu", "--workers", "0")
     assert rc == 0, err
     assert "RANDOM" in err and "warning" in err  # random weights are announced
     assert "image-tiny-vit-test-random.parquet" in out and "50.0%" in out
-    rc, out, err = cli("features", "ls")
+    rc, out, err = run_cli("features", "ls")
     assert rc == 0, err
     assert "tiny-vit-test" in out and "weights=random" in out and "(6/12)" in out
 
@@ -94,3 +96,29 @@ def test_cuda_request_without_cuda(run_cli, awkward_dataset) -> None:
         return
     rc, _, err = run_cli("extract-features", "--modality", "image", *TINY_ARGS, "--device", "cuda")
     assert rc == 2 and "CUDA is not available" in one_line(err)
+
+
+def test_demo_dataset_pngs_found_without_options(run_cli, workdir: Path) -> None:
+    """The demo's card points at its PNGs: extraction needs no image options and every item is ok."""
+    rc, _, err = run_cli("prepare", "demo", "--users", "30", "--items", "40", "--interactions", "300",
+                         "--image-size", "32")
+    assert rc == 0, err
+    rc, out, err = run_cli("extract-features", "--modality", "image", *TINY_ARGS, "--device", "cpu",
+                           "--workers", "1", "--shard-size", "16")
+    assert rc == 0, err
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.workspace import Workspace
+
+    h = DatasetHandle.open(Workspace(workdir))
+    ft = h.features("image")  # the newest image table, validated against the dataset
+    assert ft.vectors.shape == (h.n_items, 16) and (ft.status == "ok").all()
+    assert ft.meta["image_source"]["kind"] == "dir" and ft.meta["image_source"]["image_dir"] == h.card["image_dir"]
+    assert ft.meta["coverage"]["coverage"] == 1.0
+
+
+def test_text_model_offline_or_missing_is_exit_3(run_cli, awkward_dataset, tmp_path: Path) -> None:
+    rc, _, err = run_cli("extract-features", "--modality", "text", "--text-model", "some-org/not-cached-model")
+    assert rc == 3 and "--text-model PATH" in one_line(err)
+    rc, _, err = run_cli("extract-features", "--modality", "text", "--text-model", str(tmp_path / "nope"))
+    assert rc == 3 and "not found" in one_line(err)
+    assert not (awkward_dataset[0] / "features").exists()

@@ -1,4 +1,5 @@
-"""Fixtures for feature extraction tests."""
+"""Fixtures for feature extraction tests (imported by the test modules: a conftest.py here would shadow
+the top-level ``conftest`` module that other tests import by name)."""
 
 from __future__ import annotations
 

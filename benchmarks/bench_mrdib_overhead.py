@@ -1,0 +1,75 @@
+"""Training-step cost of MRdIB: backbone alone vs backbone + MRdIB, interleaved in one process.
+
+On a shared machine, timings of separate runs drift with the load; alternating the two models batch by
+batch on the same batches and comparing medians gives a fair ratio. Usage:
+
+    MRDIB_HOME=... python benchmarks/bench_mrdib_overhead.py --backbone vbpr --dataset sci [--steps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
+from mrdib_cli.training.plugin import create_plugin
+from mrdib_cli.workspace import Workspace
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--backbone", default="vbpr")
+    ap.add_argument("--dataset", default=None)
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--variants", default="{}", help="JSON list/obj of MRdIB option dicts, e.g. '[{}, {\"mib_only\": true}]'")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    ws = Workspace()
+    h = DatasetHandle.open(ws, a.dataset)
+    cls = get_backbone(a.backbone)
+    variants = json.loads(a.variants)
+    variants = [variants] if isinstance(variants, dict) else variants
+    models = []
+    for opts in [None, *variants]:
+        torch.manual_seed(0)
+        bb = cls(h, resolve_hparams(cls, h.name, {}), None)
+        pl = None if opts is None else create_plugin("mrdib", opts)
+        if pl is not None:
+            pl.attach(bb)
+            pl.train()
+        bb.train()
+        params = list(bb.parameters()) + (list(pl.parameters()) if pl is not None else [])
+        models.append((opts, bb, pl, torch.optim.Adam(params, lr=1e-3)))
+    g = torch.Generator().manual_seed(0)
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(a.steps):
+        b = Batch(*(torch.randint(n, (a.batch_size,), generator=g) for n in (h.n_users, h.n_items, h.n_items)))
+        for k, (_, bb, pl, opt) in enumerate(models):
+            t = time.perf_counter()
+            emb = bb.propagate()
+            terms = bb.loss(b, emb)
+            if pl is not None:
+                terms.update(pl.loss(b, emb))
+            opt.zero_grad(set_to_none=True)
+            sum(terms.values()).backward()
+            opt.step()
+            if pl is not None:
+                pl.after_step(b, emb)
+            times[k].append(time.perf_counter() - t)
+    warm = min(5, a.steps // 4)
+    base = statistics.median(times[0][warm:])
+    for (opts, *_), ts in zip(models, times):
+        m = statistics.median(ts[warm:])
+        label = "backbone alone" if opts is None else f"+MRdIB {json.dumps(opts)}"
+        print(f"{a.backbone:8s} {h.name:10s} {label:40s} {m * 1000:8.1f} ms/step  x{m / base:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Figures of a report: training curves, test-metric bars with error bars over seeds, MRdIB diagnostics.
+
+All figures are drawn with matplotlib's Agg backend (no display needed) and written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrdib_cli.workspace import atomic_path
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    plt = _plt()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Epoch records of ``metrics.jsonl`` (empty when the run logged none)."""
+    p = run_dir / "metrics.jsonl"
+    if not p.exists():
+        return []
+    return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
+def training_curves(run: str, history: list[dict[str, Any]], path: Path,
+                    valid_metrics: tuple[str, ...] = ("recall@20", "ndcg@20")) -> Path | None:
+    """Left: every loss term per epoch (log scale when all positive); right: valid metrics, best marked."""
+    if not history:
+        return None
+    plt = _plt()
+    epochs = [r["epoch"] for r in history]
+    terms = sorted({k for r in history for k in r.get("loss", {})}, key=lambda k: (k != "total", k))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    positive = True
+    for i, t in enumerate(terms):
+        ys = [r.get("loss", {}).get(t, math.nan) for r in history]
+        positive &= all(y > 0 for y in ys if not math.isnan(y))
+        ax1.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, ms=3, lw=2 if t == "total" else 1.2,
+                 color=PALETTE[i % len(PALETTE)], label=t)
+    if positive and terms:
+        ax1.set_yscale("log")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("mean loss per batch")
+    ax1.set_title("loss terms")
+    ax1.legend(fontsize=7, ncol=2)
+    ax1.grid(alpha=0.3)
+    for i, m in enumerate(valid_metrics):
+        ys = [r.get("valid", {}).get(m, math.nan) for r in history]
+        ax2.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, ms=3, color=PALETTE[i], label=f"valid {m}")
+    best = [r["epoch"] for r in history if r.get("best")]
+    if best:
+        ax2.axvline(best[-1], color="grey", ls="--", lw=1, label=f"best epoch {best[-1]}")
+    ax2.set_xlabel("epoch")
+    ax2.set_title("validation")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(run, fontsize=10)
+    return _save(fig, path)
+
+
+def metric_bars(summary: list[dict[str, Any]], metrics: list[str], path: Path, title: str) -> Path:
+    """Grouped bars: one group per metric, one bar per system; error bars = std over seeds (n shown)."""
+    plt = _plt()
+    n_sys = len(summary)
+    width = 0.8 / max(n_sys, 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics) * max(1, n_sys / 2)), 4.2))
+    x = np.arange(len(metrics))
+    top = 0.0
+    for k, row in enumerate(summary):
+        means = np.array([row["metrics"][m]["mean"] for m in metrics])
+        stds = np.array([row["metrics"][m]["std"] for m in metrics])
+        stds = np.where(np.isfinite(stds), stds, 0.0)
+        xs = x + (k - (n_sys - 1) / 2) * width
+        n = row["metrics"][metrics[0]]["n"]
+        ax.bar(xs, means, width, yerr=stds if n > 1 else None, capsize=3, color=PALETTE[k % len(PALETTE)],
+               label=f"{row['system']} (n={n} seed{'s' if n != 1 else ''})")
+        for xx, mval, s in zip(xs, means, stds):
+            ax.text(xx, mval + s, f"{mval:.4f}", ha="center", va="bottom", fontsize=7, rotation=90 if n_sys > 3 else 0)
+        top = max(top, float(np.max(means + stds)))
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, top * 1.25 if top > 0 else 1)
+    ax.set_ylabel("test metric (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def plugin_terms(histories: dict[str, list[dict[str, Any]]], path: Path,
+                 prefixes: tuple[str, ...] = ("kl", "red", "uni", "syn", "mine", "mi")) -> Path | None:
+    """MRdIB's own loss terms / logs (KL, redundancy, unique, MINE estimates) over epochs, one panel each."""
+    plt = _plt()
+    terms = sorted({k for h in histories.values() for r in h for k in r.get("loss", {})
+                    if any(k.lower().startswith(p) or f"_{p}" in k.lower() for p in prefixes)})
+    if not terms:
+        return None
+    cols = min(3, len(terms))
+    rows = math.ceil(len(terms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, t in zip(axes.flat, terms):
+        for i, (run, h) in enumerate(histories.items()):
+            ys = [r.get("loss", {}).get(t, math.nan) for r in h]
+            if all(math.isnan(y) for y in ys):
+                continue
+            ax.plot([r["epoch"] for r in h], ys, color=PALETTE[i % len(PALETTE)], lw=1.2, label=run)
+        ax.set_title(t, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(terms):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.suptitle("MRdIB terms per epoch", fontsize=10)
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Researcher workflow: study configs, cached pipelines, sweeps, the leakage doctor, quickstart."""

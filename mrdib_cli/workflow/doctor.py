@@ -1,0 +1,258 @@
+"""``mrdib doctor [RUN...]``: evaluation-leakage and protocol checks, each finding explained.
+
+Checks (severity in brackets):
+
+- ``test-selection`` [error]: the run won (or was part of) a sweep whose selection used the **test** split
+  (``mrdib sweep --select-on test``, MMRec's practice). Its test numbers are optimistically biased.
+- ``graph-leak`` [error]: the dataset's user-item graph contains valid/test interactions (checked on the
+  stored adjacency itself, vectorised), or a graph manifest says it was built from non-train interactions.
+- ``stale-graph`` [warning]: a graph was built from a different version of the interactions (e.g. before a
+  resplit); some of its edges may be today's valid/test interactions.
+- ``feature-leak`` [error]: a feature table's provenance says it was computed from valid/test interactions.
+- ``valid-unmasked`` [info]: test-time ranking masked only train items, so a user's validation items compete
+  with the test items (MMRec does this; numbers are comparable to MMRec but slightly pessimistic).
+- ``protocol-mismatch`` [warning]: runs of the same dataset were evaluated under different protocols
+  (fingerprints differ); comparing their numbers is comparing different measurements.
+- ``rng-not-restored`` [error/warning]: the run was resumed without its RNG/sampler state (epochs repeat or
+  jump in ``metrics.jsonl``, or the checkpoint has no RNG state to restore from).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrdib_cli.workspace import Workspace, read_json
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str  # error | warning | info
+    run: str | None
+    message: str
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _results(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "results.json"
+    try:
+        return read_json(p) if p.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+# ------------------------------------------------------------------------------------------ per run
+def check_test_selection(ws: Workspace, run: str) -> list[Finding]:
+    out = []
+    sweeps = ws.root / "sweeps"
+    for s in sorted(sweeps.glob("*/summary.json")) if sweeps.is_dir() else []:
+        try:
+            d = read_json(s)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if d.get("selected_on") == "test" and run in (d.get("runs") or []):
+            winner = run in (d.get("winner_runs") or [])
+            out.append(Finding(
+                "test-selection", "error", run,
+                f"{'selected as the winner of' if winner else 'part of'} sweep '{s.parent.name}' whose "
+                "hyper-parameters were chosen on the TEST split",
+                "Choosing hyper-parameters by test metrics (MMRec's practice) makes the reported test numbers an "
+                "optimistic, biased estimate. Re-run the sweep with the default --select-on valid and report the "
+                "winner's test metrics."))
+    return out
+
+
+def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
+    """Graph leakage of a dataset: stored adjacencies vs. its valid/test pairs, and graph manifests."""
+    from mrdib_cli.data.handle import DatasetHandle
+
+    out: list[Finding] = []
+    if not (dataset_dir / "dataset.json").exists():
+        return out
+    handle = DatasetHandle(dataset_dir)
+    gdir = dataset_dir / "graphs"
+    held = None
+    for adj_path in sorted(gdir.glob("adj-*.npz")) if gdir.is_dir() else []:
+        import scipy.sparse as sp
+
+        m = sp.csr_matrix(sp.load_npz(adj_path))
+        nu, ni = handle.n_users, handle.n_items
+        if m.shape != (nu + ni, nu + ni):
+            out.append(Finding("stale-graph", "warning", label, f"{adj_path.name} has shape {m.shape}, the dataset "
+                               f"has {nu} users + {ni} items", "The graph belongs to another version of the "
+                               "dataset; rebuild it with 'mrdib build-graph --force'."))
+            continue
+        if held is None:
+            held = {s: handle.pairs(s) for s in ("valid", "test")}
+        block = m[:nu, nu:]
+        for split, (u, i) in held.items():
+            n_leak = int(np.count_nonzero(np.asarray(block[u, i]).ravel())) if len(u) else 0
+            if n_leak:
+                out.append(Finding(
+                    "graph-leak", "error", label,
+                    f"{adj_path.name} of dataset '{handle.name}' contains {n_leak} of its {len(u)} {split} "
+                    "interactions as edges",
+                    f"Message passing over {split} edges lets the model see the answers it is evaluated on. Build "
+                    "graphs from train interactions only: 'mrdib build-graph --force'."))
+    mdir = dataset_dir / "manifests"
+    for mp in sorted(mdir.glob("graph-*.json")) if mdir.is_dir() else []:
+        try:
+            man = read_json(mp)
+        except (OSError, json.JSONDecodeError):
+            continue
+        splits = (man.get("params") or {}).get("splits") or []
+        if any(s in ("valid", "test") for s in splits):
+            out.append(Finding("graph-leak", "error", label, f"graph step '{man.get('step')}' was built from "
+                               f"splits {splits}", "Graphs must use train interactions only."))
+        ti = (man.get("inputs") or {}).get("train_interactions")
+        if ti and ti != handle.digest:
+            out.append(Finding(
+                "stale-graph", "warning", label,
+                f"graph step '{man.get('step')}' was built from different interactions than the dataset now holds",
+                "If the dataset was resplit after the graph was built, some graph edges may be current valid/test "
+                "interactions. Rebuild with 'mrdib build-graph --force' (training rebuilds stale graphs itself)."))
+    return out
+
+
+def check_features(dataset_dir: Path, label: str) -> list[Finding]:
+    from mrdib_cli.features.store import list_tables, read_meta
+
+    out = []
+    if not (dataset_dir / "features").is_dir():
+        return out
+    for p in list_tables(dataset_dir):
+        try:
+            meta = read_meta(p)
+        except Exception:  # noqa: BLE001 - an unreadable table is the data checks' business
+            continue
+        used = meta.get("interactions_used") or meta.get("splits") or []
+        if isinstance(used, str):
+            used = [used]
+        bad = [s for s in used if s in ("valid", "test", "all")]
+        if bad:
+            out.append(Finding(
+                "feature-leak", "error", label,
+                f"feature table {p.name} was computed from {'/'.join(bad)} interactions",
+                "Collaborative features fitted on held-out interactions leak the evaluation targets into the "
+                "model's inputs. Recompute them from train interactions only."))
+    return out
+
+
+def check_mask(run: str, results: dict[str, Any]) -> list[Finding]:
+    proto = results.get("protocol") or {}
+    if proto.get("mask") == "train":
+        return [Finding(
+            "valid-unmasked", "info", run, "test ranking masked train items only; validation items stay rankable",
+            "MMRec does the same, so the numbers are comparable to MMRec papers; they are slightly pessimistic "
+            "because a user's validation items compete with the test items. Use --test-mask train+valid "
+            "(or 'mrdib eval --mask train+valid') for the stricter protocol.")]
+    return []
+
+
+def check_resume(run: str, run_dir: Path) -> list[Finding]:
+    out = []
+    mpath = run_dir / "metrics.jsonl"
+    if mpath.exists():
+        epochs = []
+        for ln in mpath.read_text(encoding="utf-8").splitlines():
+            if ln.strip():
+                try:
+                    epochs.append(int(json.loads(ln)["epoch"]))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        if epochs and epochs != list(range(1, len(epochs) + 1)):
+            out.append(Finding(
+                "rng-not-restored", "error", run,
+                f"metrics.jsonl epochs are not 1..{len(epochs)} in order (repeated or skipped epochs)",
+                "The run was restarted or resumed without restoring its state: repeated epochs mean training "
+                "began again from a different random state. Its curve and results are not those of one "
+                "reproducible run; retrain it, or resume with 'mrdib train --resume' which restores RNG and "
+                "sampler state."))
+    for rec in (_results(run_dir).get("resumes") or []):
+        if isinstance(rec, dict) and rec.get("rng_restored") is False:
+            out.append(Finding("rng-not-restored", "error", run,
+                               f"resumed after epoch {rec.get('epoch')} without restoring the RNG state",
+                               "A resumed run must continue the same random streams (negative sampling, "
+                               "dropout) to reproduce an uninterrupted run."))
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists() and (run_dir / "results.json").exists() is False:
+        try:
+            import torch
+
+            st = torch.load(last, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable checkpoint: the trainer reports it on resume
+            st = None
+        if isinstance(st, dict) and ("rng" not in st or "sampler" not in st):
+            out.append(Finding("rng-not-restored", "warning", run,
+                               "checkpoints/last.pt holds no RNG/sampler state",
+                               "Resuming from it would continue with fresh random streams, so the resumed run "
+                               "would not match an uninterrupted one."))
+    return out
+
+
+def check_protocols(runs: list[tuple[str, str, dict[str, Any]]]) -> list[Finding]:
+    """Runs of the same dataset with different protocol fingerprints."""
+    from mrdib_cli.evaluation.engine import Protocol
+
+    by_ds: dict[str, list[tuple[str, Protocol]]] = {}
+    for name, ds, results in runs:
+        if results.get("protocol"):
+            by_ds.setdefault(ds, []).append((name, Protocol.from_dict(results["protocol"])))
+    out = []
+    for ds, items in by_ds.items():
+        base_name, base = items[0]
+        for name, p in items[1:]:
+            diff = base.differences(p)
+            if diff:
+                out.append(Finding(
+                    "protocol-mismatch", "warning", name,
+                    f"evaluated under a different protocol than '{base_name}' ({', '.join(diff)} differ)",
+                    "Metrics from different protocols (split, masking, dataset version, metric definitions, "
+                    "index) are different measurements; 'mrdib compare' refuses to put them side by side. "
+                    "Re-evaluate both with the same options ('mrdib eval --run NAME --mask ...')."))
+    return out
+
+
+def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
+    """All checks on ``runs`` (and their datasets); findings sorted by severity."""
+    findings: list[Finding] = []
+    seen_ds: set[str] = set()
+    proto_rows = []
+    for name in runs:
+        rdir = ws.run_dir(name)
+        conf = read_json(rdir / "config.json") if (rdir / "config.json").exists() else {}
+        results = _results(rdir)
+        ds = str(conf.get("dataset"))
+        findings += check_test_selection(ws, name)
+        findings += check_mask(name, results)
+        findings += check_resume(name, rdir)
+        proto_rows.append((name, ds, results))
+        ds_dir = Path(conf["dataset_dir"]) if conf.get("dataset_dir") else ws.dataset_dir(ds)
+        if str(ds_dir) not in seen_ds:
+            seen_ds.add(str(ds_dir))
+            findings += check_graphs(ws, ds_dir, f"dataset {ds}")
+            findings += check_features(ds_dir, f"dataset {ds}")
+    findings += check_protocols(proto_rows)
+    return sorted(_merge_info(findings), key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
+
+
+def _merge_info(findings: list[Finding]) -> list[Finding]:
+    """One line for the same informational note on many runs (the explanation is identical)."""
+    notes = [f for f in findings if f.code == "valid-unmasked"]
+    if len(notes) <= 1:
+        return findings
+    rest = [f for f in findings if f.code != "valid-unmasked"]
+    runs = [f.run or "" for f in notes]
+    shown = ", ".join(runs[:4]) + (f" (+{len(runs) - 4} more)" if len(runs) > 4 else "")
+    return rest + [Finding("valid-unmasked", "info", shown, f"{len(runs)} runs: {notes[0].message}",
+                           notes[0].explanation)]

@@ -1,0 +1,151 @@
+"""``mrdib sweep CONFIG``: a grid over hyper-parameters x seeds, selected on the **validation** split.
+
+Every grid point x seed is one cached training run (the same step as ``mrdib run``). A point's score is its
+validation metric (the trainer's best-validation value) averaged over seeds; the winner is the point with
+the highest score and only then are its test metrics read. ``select_on="test"`` exists for parity checks
+with MMRec, which picks hyper-parameters on test; the outputs then say so loudly (``selected_on: test`` in
+the summary, a warning line, and ``mrdib doctor`` flags the runs).
+
+Outputs in ``<workdir>/sweeps/<name>/``: ``results.parquet`` and ``results.csv`` (one row per run) and
+``summary.json`` (grid, selection rule, per-point means, winner and its test metrics).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import polars as pl
+
+from mrdib_cli.errors import UsageError
+from mrdib_cli.workflow.config import Study
+from mrdib_cli.workflow.pipeline import RunSpec, StepRecord, run_name, run_pipeline
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, digest_obj, read_json
+
+PARITY_LABEL = "SELECTED ON TEST (MMRec parity only; test metrics are optimistically biased)"
+
+
+@dataclass
+class SweepResult:
+    name: str
+    dir: Path
+    table: pl.DataFrame
+    summary: dict[str, Any]
+    steps: list[StepRecord]
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_id(point: dict[str, Any]) -> str:
+    return digest_obj(point)[len("sha256:"):][:8]
+
+
+def sweep_specs(study: Study) -> list[RunSpec]:
+    if study.sweep is None:
+        raise UsageError(f"{study.path.name if study.path else 'config'}: no 'sweep' section (sweep: {{grid: "
+                         "{n_layers: [1, 2], train.lr: [0.001, 0.0001]}}})")
+    specs = []
+    for d in study.datasets:
+        for b in study.backbones:
+            for m in study.mrdib:
+                for point in grid_points(study.sweep["grid"]):
+                    for s in study.seeds:
+                        name = run_name(f"{study.name}-sweep", d.name, b.name, m, s, point_id(point))
+                        specs.append(RunSpec(d.name, b, s, m, name, dict(point)))
+    return specs
+
+
+def collect(ws: Workspace, specs: list[RunSpec]) -> pl.DataFrame:
+    """One row per run: the grid point's values, seed, and every valid_/test_ metric from results.json."""
+    rows = []
+    for rs in specs:
+        res = read_json(ws.run_dir(rs.run_name) / "results.json")
+        row: dict[str, Any] = {"run": rs.run_name, "dataset": rs.dataset, "backbone": rs.backbone.name,
+                               "mrdib": rs.mrdib, "point": point_id(rs.overrides), "seed": rs.seed,
+                               "status": res.get("status"), "best_epoch": res.get("best_epoch")}
+        row.update({f"param:{k}": str(v) for k, v in rs.overrides.items()})
+        row.update({f"valid_{k}": float(v) for k, v in (res.get("valid") or {}).items()})
+        row.update({f"test_{k}": float(v) for k, v in (res.get("test") or {}).items()})
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def select(table: pl.DataFrame, metric: str, on: str = "valid") -> dict[str, Any]:
+    """Pick the best configuration by ``on``'s ``metric`` (mean over seeds), per dataset/backbone/mrdib.
+
+    Ties are broken by the order of the grid (first point wins), so the choice is deterministic.
+    """
+    if on not in ("valid", "test"):
+        raise UsageError(f"--select-on must be 'valid' or 'test', got '{on}'")
+    col = f"{on}_{metric}"
+    if col not in table.columns:
+        raise UsageError(f"metric '{metric}' is not in the runs' results (have: "
+                         f"{', '.join(c[6:] for c in table.columns if c.startswith('valid_'))})")
+    metric_cols = [c for c in table.columns if c.startswith(("valid_", "test_"))]
+    param_cols = [c for c in table.columns if c.startswith("param:")]
+    order = table.with_row_index("_order")
+    means = (order.group_by(["dataset", "backbone", "mrdib", "point"], maintain_order=True)
+             .agg([pl.col("_order").min(), pl.col("run"), pl.col("seed"), *[pl.col(c).first() for c in param_cols],
+                   *[pl.col(c).mean() for c in metric_cols], *[pl.col(c).std().alias(c + "_std") for c in metric_cols]])
+             .sort("_order"))
+    winners = []
+    for _, g in means.group_by(["dataset", "backbone", "mrdib"], maintain_order=True):
+        scores = g[col].to_numpy()
+        best = int(np.argmax(np.where(np.isfinite(scores), scores, -np.inf)))  # first maximum = grid order
+        w = g.row(best, named=True)
+        winners.append({
+            "dataset": w["dataset"], "backbone": w["backbone"], "mrdib": w["mrdib"], "point": w["point"],
+            "params": {c[6:]: w[c] for c in param_cols}, "runs": list(w["run"]), "seeds": list(w["seed"]),
+            "selected_on": on, "selection_metric": metric, "selection_score": float(w[col]),
+            "valid": {c[6:]: float(w[c]) for c in metric_cols if c.startswith("valid_")},
+            "test": {c[5:]: float(w[c]) for c in metric_cols if c.startswith("test_")},
+            "test_std": {c[5:]: (None if w[c + "_std"] is None else float(w[c + "_std"]))
+                         for c in metric_cols if c.startswith("test_")},
+        })
+    return {"selected_on": on, "metric": metric, "label": PARITY_LABEL if on == "test" else
+            "selected on VALIDATION; test metrics read once for the winner",
+            "points": means.drop("_order").with_columns(pl.col("run").list.join(","),
+                                                          pl.col("seed").cast(pl.List(pl.Utf8)).list.join(","))
+            .to_dicts(), "winners": winners}
+
+
+def write_outputs(out_dir: Path, table: pl.DataFrame, summary: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tagged = table.with_columns(pl.lit(summary["selected_on"]).alias("selected_on"))
+    with atomic_path(out_dir / "results.parquet") as tmp:
+        tagged.write_parquet(tmp)
+    with atomic_path(out_dir / "results.csv") as tmp:
+        tagged.write_csv(tmp)
+    atomic_write_json(out_dir / "summary.json", summary)
+
+
+def run_sweep(ws: Workspace, study: Study, *, select_on: str = "valid", metric: str | None = None,
+              dry_run: bool = False, log: Callable[[str], None] = lambda s: None,
+              on_step: Callable[[StepRecord], None] | None = None,
+              on_epoch: Callable[[Any], None] | None = None) -> SweepResult | list[StepRecord]:
+    """Train every grid point x seed (cached), select on ``select_on`` and write the results."""
+    if select_on not in ("valid", "test"):
+        raise UsageError(f"--select-on must be 'valid' or 'test', got '{select_on}'")
+    specs = sweep_specs(study)
+    metric = metric or study.sweep["metric"]
+    if metric.partition("@")[2] and int(metric.partition("@")[2]) not in study.train.ks:
+        raise UsageError(f"sweep metric '{metric}': K must be one of train.ks {study.train.ks}")
+    res = run_pipeline(ws, study, dry_run=dry_run, log=log, on_step=on_step, on_epoch=on_epoch, specs=specs,
+                       report=False)
+    if dry_run:
+        return res.steps
+    table = collect(ws, specs)
+    summary = select(table, metric, select_on)
+    name = f"{study.name}-sweep"
+    summary.update({"name": name, "grid": study.sweep["grid"], "seeds": study.seeds,
+                    "runs": [s.run_name for s in specs],
+                    "winner_runs": [r for w in summary["winners"] for r in w["runs"]]})
+    out_dir = ws.root / "sweeps" / name
+    write_outputs(out_dir, table, summary)
+    return SweepResult(name, out_dir, table, summary, res.steps)

@@ -1,0 +1,134 @@
+"""``mrdib doctor`` on constructed leaky runs: each trap is found, a clean run is not flagged."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import scipy.sparse as sp
+
+from mrdib_cli.workflow.doctor import check_runs
+from mrdib_cli.workspace import Workspace
+from tests.evaluation.helpers import write_dataset, write_run
+
+
+def _setup(workdir, runs=("r1",), ds="tiny"):
+    write_dataset(workdir, ds)
+    rng = np.random.default_rng(0)
+    for r in runs:
+        write_run(workdir, r, ds, rng.normal(size=(40, 4)), rng.normal(size=(30, 4)))
+    return Workspace(workdir)
+
+
+def _results(ws, run, mask="train", **extra):
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.evaluation.engine import Protocol
+
+    h = DatasetHandle(ws.dataset_dir("tiny"))
+    proto = Protocol(split="test", mask=mask, dataset="tiny", dataset_digest=h.digest).to_dict()
+    (ws.run_dir(run) / "results.json").write_text(json.dumps({"status": "finished", "protocol": proto, **extra}))
+
+
+def _adj(ws, splits):
+    """A stored sym-normalised adjacency built from the given splits (train only = the correct one)."""
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.graphs.bipartite import norm_adj_symmetric
+
+    h = DatasetHandle(ws.dataset_dir("tiny"))
+    m = norm_adj_symmetric(h.csr(list(splits)))
+    (h.dir / "graphs").mkdir(exist_ok=True)
+    sp.save_npz(h.dir / "graphs" / "adj-sym.npz", sp.csr_matrix(m))
+
+
+def codes(findings, severity=None):
+    return {f.code for f in findings if severity is None or f.severity == severity}
+
+
+def test_clean_run_has_only_the_informational_mask_note(workdir):
+    ws = _setup(workdir)
+    _results(ws, "r1", mask="train+valid")
+    _adj(ws, ["train"])
+    (ws.run_dir("r1") / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3)))
+    assert check_runs(ws, ["r1"]) == []
+    _results(ws, "r1", mask="train")
+    f = check_runs(ws, ["r1"])
+    assert codes(f) == {"valid-unmasked"} and f[0].severity == "info" and "MMRec" in f[0].explanation
+
+
+def test_graph_built_with_test_edges_is_an_error(workdir):
+    ws = _setup(workdir)
+    _results(ws, "r1", mask="train+valid")
+    _adj(ws, ["train", "test"])
+    f = [x for x in check_runs(ws, ["r1"]) if x.code == "graph-leak"]
+    assert len(f) == 1 and f[0].severity == "error"
+    assert "80 of its 80 test interactions" in f[0].message  # write_dataset: two test items per user
+
+
+def test_stale_graph_manifest_is_flagged(workdir):
+    ws = _setup(workdir)
+    _adj(ws, ["train"])
+    mdir = ws.dataset_dir("tiny") / "manifests"
+    mdir.mkdir(exist_ok=True)
+    (mdir / "graph-adj-sym.json").write_text(json.dumps({"step": "graph-adj-sym", "inputs": {
+        "train_interactions": "sha256:old"}, "params": {}}))
+    assert "stale-graph" in codes(check_runs(ws, ["r1"]), "warning")
+
+
+def test_features_from_held_out_interactions_are_flagged(workdir):
+    from mrdib_cli.features.store import table_path, write_feature_table
+
+    ws = _setup(workdir)
+    d = ws.dataset_dir("tiny")
+    write_feature_table(table_path(d, "text", "cf-svd"), np.ones((30, 4), np.float32), np.array(["ok"] * 30),
+                        {"modality": "text", "model": "cf-svd", "interactions_used": ["train", "valid", "test"]})
+    f = [x for x in check_runs(ws, ["r1"]) if x.code == "feature-leak"]
+    assert len(f) == 1 and "valid/test" in f[0].message
+
+
+def test_sweep_selected_on_test_is_an_error(workdir):
+    ws = _setup(workdir, runs=("a", "b"))
+    sdir = ws.root / "sweeps" / "s"
+    sdir.mkdir(parents=True)
+    (sdir / "summary.json").write_text(json.dumps({"selected_on": "test", "runs": ["a", "b"], "winner_runs": ["b"]}))
+    f = [x for x in check_runs(ws, ["a", "b"]) if x.code == "test-selection"]
+    assert {x.run for x in f} == {"a", "b"} and all(x.severity == "error" for x in f)
+    assert "winner" in next(x for x in f if x.run == "b").message
+    (sdir / "summary.json").write_text(json.dumps({"selected_on": "valid", "runs": ["a", "b"], "winner_runs": ["b"]}))
+    assert "test-selection" not in codes(check_runs(ws, ["a", "b"]))
+
+
+def test_runs_under_different_protocols(workdir):
+    ws = _setup(workdir, runs=("a", "b"))
+    _results(ws, "a", mask="train")
+    _results(ws, "b", mask="train+valid")
+    f = [x for x in check_runs(ws, ["a", "b"]) if x.code == "protocol-mismatch"]
+    assert len(f) == 1 and f[0].run == "b" and "mask" in f[0].message
+
+
+def test_resumed_run_without_restored_rng(workdir):
+    import torch
+
+    ws = _setup(workdir)
+    rd = ws.run_dir("r1")
+    # a restart that began again from epoch 2 with a fresh random state
+    (rd / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3, 2, 3)))
+    f = [x for x in check_runs(ws, ["r1"]) if x.code == "rng-not-restored"]
+    assert len(f) == 1 and f[0].severity == "error"
+    # an interrupted run whose checkpoint cannot restore the RNG
+    (rd / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
+    (rd / "checkpoints").mkdir(exist_ok=True)
+    torch.save({"epoch": 2, "model": {}}, rd / "checkpoints" / "last.pt")
+    f = [x for x in check_runs(ws, ["r1"]) if x.code == "rng-not-restored"]
+    assert len(f) == 1 and f[0].severity == "warning"
+    torch.save({"epoch": 2, "model": {}, "rng": {}, "sampler": {}}, rd / "checkpoints" / "last.pt")
+    assert "rng-not-restored" not in codes(check_runs(ws, ["r1"]))
+
+
+def test_cli_doctor_exit_code_and_json(cli, workdir):
+    ws = _setup(workdir)
+    _results(ws, "r1")
+    _adj(ws, ["train", "valid"])
+    rc, out, err = cli("doctor", "r1", "--json")
+    assert rc == 1
+    d = json.loads(out)
+    assert {f["code"] for f in d["findings"]} == {"graph-leak", "valid-unmasked"}

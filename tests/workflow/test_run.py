@@ -1,0 +1,67 @@
+"""``mrdib run``: the whole tiny study runs, a second run does no work, dry runs say what is cached."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+from mrdib_cli.workflow.config import parse_study
+from mrdib_cli.workflow.pipeline import run_pipeline
+from tests.workflow.conftest import TINY
+
+
+def test_first_run_does_every_step(tiny_ws):
+    ws, study, first = tiny_ws
+    kinds = [s.kind for s in first.steps]
+    assert kinds == ["prepare", "graph", "train", "train", "report"]
+    assert all(s.state == "ran" for s in first.steps)
+    for r in first.runs:
+        res = json.loads((ws.run_dir(r) / "results.json").read_text())
+        assert res["status"] == "finished" and res["test"]["recall@20"] > 0
+    assert {json.loads((ws.run_dir(r) / "config.json").read_text())["train"]["seed"] for r in first.runs} == {1, 2}
+
+
+def test_second_run_does_no_work(tiny_ws):
+    ws, study, first = tiny_ws
+    mtimes = {r: (ws.run_dir(r) / "results.json").stat().st_mtime_ns for r in first.runs}
+    report_mtime = (first.report / "report.md").stat().st_mtime_ns
+    again = run_pipeline(ws, study)
+    assert [s.state for s in again.steps] == ["cached"] * len(again.steps), again.steps
+    assert again.n_ran == 0
+    assert mtimes == {r: (ws.run_dir(r) / "results.json").stat().st_mtime_ns for r in first.runs}
+    assert (first.report / "report.md").stat().st_mtime_ns == report_mtime
+
+
+def test_dry_run_lists_cached_and_changed_steps(tiny_ws):
+    ws, study, first = tiny_ws
+    dry = run_pipeline(ws, study, dry_run=True)
+    assert all(s.state == "cached" for s in dry.steps), dry.steps
+    changed = copy.deepcopy(TINY)
+    changed["train"]["lr"] = 0.01
+    dry2 = run_pipeline(ws, parse_study(changed, where="t.yaml"), dry_run=True)
+    states = {s.kind: s.state for s in dry2.steps}
+    assert states["prepare"] == "cached" and states["graph"] == "cached"
+    assert [s.state for s in dry2.steps if s.kind == "train"] == ["will run", "will run"]
+    assert "parameter 'train' changed" in next(s for s in dry2.steps if s.kind == "train").reason
+    # nothing was trained by the dry run
+    assert run_pipeline(ws, study, dry_run=True).steps == dry.steps
+
+
+def test_dry_run_on_empty_workdir_marks_dependent_steps_pending(tmp_path):
+    from mrdib_cli.workspace import Workspace
+
+    res = run_pipeline(Workspace(tmp_path / "empty"), parse_study(copy.deepcopy(TINY), where="t.yaml"), dry_run=True)
+    assert [s.state for s in res.steps] == ["will run", "pending", "pending", "pending", "will run"]
+    assert not (tmp_path / "empty" / "datasets").exists()
+
+
+def test_cli_dry_run_json(cli, tmp_path):
+    import yaml
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    rc, out, err = cli("run", str(p), "--dry-run", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["dry_run"] is True and [s["kind"] for s in d["steps"]][0] == "prepare"
+    assert len(d["runs"]) == 2
