@@ -30,7 +30,9 @@ def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tupl
                     tables: dict[str, str | None] | None, backbone: str) -> dict[str, Tensor]:
     """Feature matrices (float32 tensors) of the wanted modalities that the dataset has.
 
-    A required modality that is missing is a one-line MissingInputError naming the fix.
+    A required modality that is missing is a one-line MissingInputError naming the fix; an optional one is
+    simply absent from the result (the backbone then runs on the others, as MMRec does). ``tables`` picks
+    a named feature table per modality (default: the newest).
     """
     tables = tables or {}
     out: dict[str, Tensor] = {}
@@ -38,7 +40,7 @@ def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tupl
         if data.feature_path(m, tables.get(m)) is None:
             if m in required:
                 raise MissingInputError(f"{backbone} needs {m} features but dataset '{data.name}' has none; "
-                                        "run 'mrdib extract-features' first")
+                                        f"run 'mrdib extract-features --modality {m}' first")
             continue
         out[m] = torch.from_numpy(np.array(data.features(m, tables.get(m)).vectors, dtype=np.float32))
     if not out:

@@ -9,37 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mrdib_cli.errors import MissingInputError
 from mrdib_cli.graphs.bipartite import to_torch_sparse
 from mrdib_cli.models._common import spmm
-
-
-def load_features(data: Any, modalities: tuple[str, ...], required: tuple[str, ...],
-                  backbone: str, tables: dict[str, str | None] | None = None) -> dict[str, Tensor]:
-    """Feature matrices [n_items, d_m] (float32 CPU tensors) of the modalities the dataset has.
-
-    A missing required modality is a one-line error naming the command that creates it; an optional
-    one is simply absent from the result (the backbone then runs on the others, as MMRec does).
-    ``tables`` picks a named feature table per modality (default: the newest).
-    """
-    tables = tables or {}
-    out: dict[str, Tensor] = {}
-    for m in modalities:
-        if data.feature_path(m, tables.get(m)) is not None:
-            vec = data.features(m, tables.get(m)).vectors
-            out[m] = torch.from_numpy(np.array(vec, dtype=np.float32, copy=True))
-        elif m in required:
-            raise MissingInputError(f"backbone '{backbone}' needs {m} features but dataset '{data.name}' has "
-                                    f"none; run 'mrdib extract-features --modality {m}'")
-    if not out:
-        raise MissingInputError(f"backbone '{backbone}' needs image and/or text features but dataset "
-                                f"'{data.name}' has none; run 'mrdib extract-features'")
-    return out
 
 
 def xavier_embedding(n: int, d: int) -> nn.Embedding:

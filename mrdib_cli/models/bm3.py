@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_norm_adj
-from mrdib_cli.models._mm import add_graph, lightgcn_mean, load_features, xavier_embedding
+from mrdib_cli.models._common import load_modalities
+from mrdib_cli.models._mm import add_graph, lightgcn_mean, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -53,7 +54,7 @@ class BM3(Backbone):
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "bm3", features)
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "bm3")
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.predictor = nn.Linear(d, d)

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_cooccurrence, ensure_norm_adj
-from mrdib_cli.models._common import spmm
-from mrdib_cli.models._mm import add_graph, load_features
+from mrdib_cli.models._common import load_modalities, spmm
+from mrdib_cli.models._mm import add_graph
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 MODS = ("image", "text")
@@ -91,7 +91,7 @@ class DualGNN(Backbone):
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, "dualgnn", features)
+        feats = load_modalities(data, MODS, MODS, features, "dualgnn")
         for m in MODS:
             self.register_buffer(f"{m}_feat", feats[m], persistent=False)
         self.gcn = nn.ModuleDict({m: DualGCN(self.n_users, feats[m].shape[1], d) for m in MODS})

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from mrdib_cli.graphs.ops import bipartite_edges
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import spmm
-from mrdib_cli.models._mm import add_graph, bpr, lightgcn_mean, load_features, prop, xavier_embedding
+from mrdib_cli.models._common import load_modalities, spmm
+from mrdib_cli.models._mm import add_graph, bpr, prop, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -57,7 +57,7 @@ class FREEDOM(Backbone):
         self.hp = hp
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "freedom", features)
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "freedom")
         train = data.csr("train")
 
         self.user_embedding = xavier_embedding(self.n_users, d)

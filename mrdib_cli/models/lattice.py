@@ -32,7 +32,8 @@ from torch import Tensor, nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.graphs.latent import EdgeGraph, check_dense_budget, dense_knn, dense_laplacian, sparse_knn
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._mm import add_graph, bpr, half_sq_reg, lightgcn_mean, load_features, xavier_embedding
+from mrdib_cli.models._common import load_modalities
+from mrdib_cli.models._mm import add_graph, bpr, half_sq_reg, lightgcn_mean, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -64,7 +65,7 @@ class LATTICE(Backbone):
         if self.dense:
             check_dense_budget(self.n_items, hp["max_dense_gib"])
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "lattice", features)
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lattice")
         self.mods = tuple(feats)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)

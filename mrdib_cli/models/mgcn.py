@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._mm import (add_graph, bpr, half_sq_reg, info_nce, lightgcn_mean, load_features, prop,
+from mrdib_cli.models._common import load_modalities
+from mrdib_cli.models._mm import (add_graph, bpr, half_sq_reg, info_nce, lightgcn_mean, prop,
                                   xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -74,7 +75,7 @@ class MGCN(Backbone):
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, self.name or "mgcn", features)
+        feats = load_modalities(data, MODS, MODS, features, self.name or "mgcn")
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(feats[m].clone()) for m in MODS})

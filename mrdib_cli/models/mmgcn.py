@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.ops import mean_adjacency
-from mrdib_cli.models._mm import add_graph, load_features, prop
+from mrdib_cli.models._common import load_modalities
+from mrdib_cli.models._mm import add_graph, prop
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -84,7 +85,7 @@ class MMGCN(Backbone):
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, self.modalities, self.required_modalities, "mmgcn", features)
+        feats = load_modalities(data, self.modalities, self.required_modalities, features, "mmgcn")
         self.mods = tuple(feats)
         for m, x in feats.items():
             self.register_buffer(f"{m}_feat", x, persistent=False)

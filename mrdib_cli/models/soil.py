@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs, to_scipy
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._mm import add_graph, bpr, info_nce, lightgcn_mean, load_features, prop, xavier_embedding
+from mrdib_cli.models._common import load_modalities
+from mrdib_cli.models._mm import add_graph, bpr, info_nce, lightgcn_mean, prop, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 from mrdib_cli.models.mgcn import AttentionFuser, user_item_block
 
@@ -68,7 +69,7 @@ class SOIL(Backbone):
         self.hp = hp = {**self.defaults, **hparams}
         self.n_users, self.n_items = data.n_users, data.n_items
         d = hp["embedding_size"]
-        feats = load_features(data, MODS, MODS, "soil", features)
+        feats = load_modalities(data, MODS, MODS, features, "soil")
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         for m in MODS:

@@ -66,7 +66,7 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
     out_dir.mkdir(parents=True, exist_ok=True)
     opened = [Run.open(ws, r) for r in runs]
     res = ReportResult(markdown=out_dir / "report.md")
-    md: list[str] = [f"# mrdib report\n", f"{len(opened)} run(s): " + ", ".join(f"`{r.name}`" for r in opened),
+    md: list[str] = ["# mrdib report\n", f"{len(opened)} run(s): " + ", ".join(f"`{r.name}`" for r in opened),
                      ""]
     histories: dict[str, list[dict[str, Any]]] = {}
     status_rows = []
