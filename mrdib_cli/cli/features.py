@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 from typing import Optional
@@ -79,6 +81,16 @@ def _model_label(meta: dict) -> str:
     return f"{model} ({w})" if w else model
 
 
+def _render(results: list, as_json: bool) -> None:
+    """The extraction summary on stdout: a coverage table, or JSON for scripts."""
+    if not as_json:
+        out.print(_coverage_table(results))
+        return
+    out.print_json(json.dumps([{"modality": r.modality, "path": str(r.path), "cached": r.cached,
+                                "reason": r.reason, "coverage": r.coverage, "meta": r.meta}
+                               for r in results], default=str))
+
+
 def register(app: typer.Typer) -> None:
     features_app = typer.Typer(help="Inspect feature tables.", no_args_is_help=True)
     app.add_typer(features_app, name="features", rich_help_panel="Data")
@@ -131,6 +143,8 @@ def register(app: typer.Typer) -> None:
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
                                             help="Split the item shards over N processes (one GPU each, else "
                                                  "CPU); see docs/scaling.md."),
+        as_json: bool = typer.Option(False, "--json", help="Print paths, coverage and provenance as JSON "
+                                     "instead of a table."),
     ) -> None:
         """Encode item images (open_clip) and texts (sentence-transformers) into feature tables."""
         from mrdib_cli.data.handle import DatasetHandle
@@ -172,7 +186,7 @@ def register(app: typer.Typer) -> None:
                     warn(msg)
                 info(f"{r.modality}: {'cached (' + r.reason + ')' if r.cached else 'extracted'} -> {r.path} "
                      f"({distributed.world_size()} processes)")
-            out.print(_coverage_table(results))
+            _render(results, as_json)
             return
         results = []
         with _progress() as prog:
@@ -183,7 +197,7 @@ def register(app: typer.Typer) -> None:
                     warn(msg)
                 info(f"{m}: {'cached (' + r.reason + ')' if r.cached else 'extracted'} -> {r.path}")
                 results.append(r)
-        out.print(_coverage_table(results))
+        _render(results, as_json)
 
     @features_app.command("ls")
     def features_ls(dataset: Optional[str] = DatasetOption) -> None:

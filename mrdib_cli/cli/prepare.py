@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -55,6 +56,7 @@ def register(app: typer.Typer) -> None:
         image_size: int = typer.Option(64, "--image-size", help="demo only: PNG side in pixels.",
                                        rich_help_panel="Demo"),
         force: bool = ForceOption,
+        as_json: bool = typer.Option(False, "--json", help="Print the dataset card as JSON instead of a table."),
     ) -> None:
         """Download (or read) raw reviews, dedup, k-core, split per user, write Parquet + a dataset card."""
         from mrdib_cli.data.prepare import PrepareOptions, prepare
@@ -83,5 +85,9 @@ def register(app: typer.Typer) -> None:
                                 demo=demo if dataset.strip().lower() == "demo" else None, log=info,
                                 on_file=on_file)
         report_step(res, f"dataset '{card['name']}'")
-        print_dataset(card)
+        if as_json:
+            out.print_json(json.dumps({"cached": res.cached, "reason": res.reason,
+                                       "dir": str(ws().dataset_dir(card["name"])), "card": card}, default=str))
+        else:
+            print_dataset(card)
         info(f"active dataset: {card['name']}  ({ws().dataset_dir(card['name'])})")
