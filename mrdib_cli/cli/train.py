@@ -181,10 +181,13 @@ def train_cmd(
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
+        finished = False
         try:
             result = trainer.fit()
+            finished = True
         finally:
-            distributed.shutdown()
+            del trainer  # drops DDP's reducer and its pending gloo/NCCL work before the group goes away
+            distributed.shutdown(sync=finished)
     if not main:
         if result.status == "failed":
             raise UsageError(result.message, exit_code=1)

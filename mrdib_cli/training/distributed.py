@@ -103,9 +103,17 @@ def init(device: str = "auto") -> bool:
     return True
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = False) -> None:
+    """Leave the process group. With ``sync`` (the normal end of a job) all ranks first meet at a barrier,
+    so no rank tears gloo's connections down while another still has work in flight on them: that race
+    aborts the late rank at exit ("terminate called without an active exception"). After a failure the
+    barrier is skipped (a dead peer would make it wait until the timeout)."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if sync:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def default_threads() -> int:
