@@ -62,7 +62,8 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, rich_help_panel=PANEL_MODEL,
                                          help="Maximum epochs [default: 1000]."),
     patience: Optional[int] = typer.Option(None, "--patience", min=0, rich_help_panel=PANEL_MODEL,
-                                           help="Early-stopping patience on valid Recall@20 [default: 20]."),
+                                           help="Early-stopping patience on valid Recall@20 "
+                                                "[default: the backbone's default_patience, else 20]."),
     lr: Optional[float] = typer.Option(None, "--lr", rich_help_panel=PANEL_MODEL, help="Adam lr [1e-3]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, rich_help_panel=PANEL_MODEL,
                                              help="Training batch size [2048]."),
@@ -99,11 +100,13 @@ def train_cmd(
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
     from mrdib_cli.models.base import get_backbone, resolve_hparams
-    from mrdib_cli.training.config import RunConfig, apply_sets, load_config_file, merge, parse_value
+    from mrdib_cli.training.config import (PATIENCE_UNSET, RunConfig, apply_sets, load_config_file, merge,
+                                           parse_value, resolve_patience)
     from mrdib_cli.training.trainer import EpochRecord, Trainer
 
     w = ws()
     cfg = RunConfig()
+    cfg.train.patience = PATIENCE_UNSET  # resolved against the backbone below unless given
     if resume:
         name = w.resolve_run(run_name)
         old = read_json(w.run_dir(name) / "config.json")
@@ -142,6 +145,7 @@ def train_cmd(
     if text_features:
         cfg.features["text"] = text_features
     apply_sets(cfg, list(sets), set(cls.defaults))
+    resolve_patience(cfg.train, cls)
     cfg.train.validate()
 
     if print_config:

@@ -51,6 +51,16 @@ class TrainConfig:
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
 
+PATIENCE_UNSET = -1  # placeholder while options are merged: "the user gave no patience"
+
+
+def resolve_patience(train: TrainConfig, backbone_cls: type) -> None:
+    """Fill an unset patience with the backbone's ``default_patience`` (e.g. SOIL's released code stops
+    after 10 bad epochs), else MMRec's 20. A patience from --patience, a config file, --set or a resumed
+    run's config.json is never overridden."""
+    if train.patience == PATIENCE_UNSET:
+        train.patience = int(getattr(backbone_cls, "default_patience", None) or TrainConfig.patience)
+
 
 @dataclass
 class RunConfig:

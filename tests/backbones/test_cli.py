@@ -34,3 +34,21 @@ def test_backbones_lists_needs_and_defaults(capsys, workdir):
 def test_unknown_backbone_is_a_one_line_error(capsys, workdir):
     rc, _, err = run(capsys, "backbones", "nope")
     assert rc == 2 and "unknown backbone" in err and "Traceback" not in err
+
+
+def test_patience_defaults_to_the_backbones_unless_given(cli, workdir):
+    """SOIL's released code stops after 10 bad epochs: an unset patience follows the backbone; any
+    explicit value (option or --set) wins; backbones without default_patience keep MMRec's 20."""
+    from tests.synth_data import make_dataset
+
+    make_dataset(workdir, n_users=40, n_items=30)
+
+    def patience(*args: str) -> int:
+        rc, out, err = cli("train", *args, "--print-config")
+        assert rc == 0, err
+        return json.loads(out)["train"]["patience"]
+
+    assert patience("-b", "soil") == 10
+    assert patience("-b", "soil", "--patience", "20") == 20
+    assert patience("-b", "soil", "--set", "train.patience=3") == 3
+    assert patience("-b", "lightgcn") == 20
