@@ -108,7 +108,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() == ".toml":
-            import tomllib
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
 
             data = tomllib.loads(text)
         elif p.suffix.lower() in (".yaml", ".yml", ".json"):
