@@ -74,6 +74,15 @@ def _contiguous_count(ids: np.ndarray, what: str, where: str, fix: str) -> int:
     return n
 
 
+
+def _entity_count(ids: np.ndarray, id_map: dict | None, what: str, where: str, fix: str) -> int:
+    """How many users/items: the id map's size when one is given (ids must fall inside it), else the ids
+    must be contiguous 0..max themselves."""
+    if id_map is None:
+        return _contiguous_count(ids, what, where, fix)
+    _check_contiguous(ids, len(id_map), what, where, fix)
+    return len(id_map)
+
 def _id_map(path: Path, what: str) -> dict[str, int]:
     """A raw-id -> index map whose values must be exactly 0..n-1."""
     if path.suffix == ".json":
@@ -168,16 +177,8 @@ def read_mmrec(d: Path) -> ImportData:
     imap = _id_map(d / "i_id_mapping.csv", "item") if (d / "i_id_mapping.csv").exists() else None
     umap = _id_map(d / "u_id_mapping.csv", "user") if (d / "u_id_mapping.csv").exists() else None
     fix = "re-index to 0..n-1 or add the id mapping file"
-    if imap is not None:
-        n_items = len(imap)
-        _check_contiguous(items, n_items, "item", str(path), fix)
-    else:
-        n_items = _contiguous_count(items, "item", str(path), fix)
-    if umap is not None:
-        n_users = len(umap)
-        _check_contiguous(users, n_users, "user", str(path), fix)
-    else:
-        n_users = _contiguous_count(users, "user", str(path), fix)
+    n_items = _entity_count(items, imap, "item", str(path), fix)
+    n_users = _entity_count(users, umap, "user", str(path), fix)
     split = np.array(["train", "valid", "test"])[label]
     inter = interactions_frame(users, items, split, rating, ts)
     features = []
@@ -216,16 +217,8 @@ def read_lattice(d: Path) -> ImportData:
     imap = _id_map(d / "item2id.json", "item") if (d / "item2id.json").exists() else None
     umap = _id_map(d / "user2id.json", "user") if (d / "user2id.json").exists() else None
     fix = "re-index to 0..n-1 or add item2id.json/user2id.json"
-    if imap is not None:
-        n_items = len(imap)
-        _check_contiguous(items, n_items, "item", str(d), fix)
-    else:
-        n_items = _contiguous_count(items, "item", str(d), fix)
-    if umap is not None:
-        n_users = len(umap)
-        _check_contiguous(users, n_users, "user", str(d), fix)
-    else:
-        n_users = _contiguous_count(users, "user", str(d), fix)
+    n_items = _entity_count(items, imap, "item", str(d), fix)
+    n_users = _entity_count(users, umap, "user", str(d), fix)
     return ImportData(
         inter=interactions_frame(users, items, split.tolist()), n_users=n_users, n_items=n_items,
         items=items_frame(n_items, asin=_invert(imap, n_items) if imap else None),
