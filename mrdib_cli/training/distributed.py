@@ -330,10 +330,7 @@ class DistributedTrainer(Trainer):
             check = loss.detach().clone()
             dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
             if not torch.isfinite(check):
-                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                raise TrainingDiverged(f"loss became non-finite in epoch {self.epoch + 1} (rank {self.rank}: "
-                                       f"{bad}); stopped, the last good checkpoint (epoch {self.epoch}) is "
-                                       "kept; try a lower --lr or smaller weights")
+                raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -48,6 +48,13 @@ from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, chec
 class TrainingDiverged(MrdibError):
     """The loss became NaN/inf: the run stops and keeps its last good checkpoint."""
 
+    @classmethod
+    def at(cls, epoch: int, terms: dict[str, torch.Tensor], where: str = "") -> TrainingDiverged:
+        """The one-line message naming each loss term's value (``epoch`` = the last completed one)."""
+        bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        return cls(f"loss became non-finite in epoch {epoch + 1} ({where}{bad}); stopped, the last good "
+                   f"checkpoint (epoch {epoch}) is kept; try a lower --lr or smaller weights")
+
 
 @dataclass
 class EpochRecord:
@@ -343,10 +350,7 @@ class Trainer:
                 terms.update(self.plugin.loss(batch, emb))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                raise TrainingDiverged(f"loss became non-finite in epoch {self.epoch + 1} ({bad}); stopped, "
-                                       f"the last good checkpoint (epoch {self.epoch}) is kept; "
-                                       "try a lower --lr or smaller weights")
+                raise TrainingDiverged.at(self.epoch, terms)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
