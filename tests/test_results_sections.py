@@ -1,0 +1,164 @@
+"""The quality_baby and quality_demo report sections: render() shows the numbers of its result dict, and a
+section whose shared data is missing is skipped (never faked). No training, no network, no GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from benchmarks.sections import quality_baby, quality_demo
+from benchmarks.sections._common import METRICS, Context, SkipSection, paired
+
+
+def _ctx(tmp_path: Path, shared: Path | None, seeds: list[int] | None = None, mode: str = "quick") -> Context:
+    return Context(mode=mode, device="cpu", jobs=1, threads=1, seeds=seeds or [1], workdir=tmp_path / "work",
+                   out_dir=tmp_path / "out", shared=shared, log=lambda s: None)
+
+
+def _metrics(base: float) -> dict[str, float]:
+    return {"recall@10": base, "recall@20": base * 1.5, "ndcg@10": base / 2, "ndcg@20": base * 0.6}
+
+
+# ------------------------------------------------------------------------------------------- quality_baby
+def _baby_result(cap: int | None) -> dict:
+    runs = [{"run": f"r{s}", "seed": s, "best_epoch": 20 + s, "epochs_run": 41 + s, "test": _metrics(v),
+             "valid": _metrics(v), "wall_s": 100.0 * s, "train_s_per_epoch": 2.5, "valid_s_per_pass": 0.5}
+            for s, v in ((1, 0.0471), (2, 0.0483), (3, 0.0490))]
+    return {"dataset": {"name": "baby", "source": quality_baby.SUBDIR, "n_users": 19445, "n_items": 7050,
+                        "split_counts": {"train": 119674, "valid": 20559, "test": 20559}},
+            "backbone": "lightgcn", "hparams": {"n_layers": 1, "reg_weight": 0.01, "embedding_size": 64},
+            "train": {"epochs": 1000, "patience": 20, "lr": 0.001, "batch_size": 2048,
+                      "valid_metric": "recall@20", "test_mask": "train"},
+            "epoch_cap": cap, "runs": runs, "reference": quality_baby.REFERENCE}
+
+
+def _row(md: str, start: str) -> list[str]:
+    """Cells of the first markdown table row whose first cell starts with ``start``."""
+    for line in md.splitlines():
+        if line.startswith("| ") and line[2:].startswith(start):
+            return [c.strip() for c in line.strip().strip("|").split("|")]
+    raise AssertionError(f"no table row starting with {start!r} in:\n{md}")
+
+
+def test_baby_render_shows_mean_std_reference_and_difference() -> None:
+    res = _baby_result(cap=None)
+    md = quality_baby.render(res)
+    ours = _row(md, "mrdib LightGCN")
+    r10 = np.array([0.0471, 0.0483, 0.0490])
+    assert ours[1] == f"{r10.mean():.4f} ± {r10.std(ddof=1):.4f}"
+    assert ours[2] == f"{(r10 * 1.5).mean():.4f} ± {(r10 * 1.5).std(ddof=1):.4f}"
+    assert ours[-1] == "21 / 42, 22 / 43, 23 / 44"
+    pub = _row(md, "published")
+    assert pub[1:5] == ["0.0479", "0.0754", "0.0257", "0.0328"]
+    assert "MMRec" in pub[0]
+    diff = _row(md, "ours - published")
+    assert diff[2] == f"{(r10 * 1.5).mean() - 0.0754:+.4f}"
+    assert "trained to early stopping (patience 20" in md and "119,674 / 20,559 / 20,559" in md
+    assert "quick mode" not in md
+
+
+def test_baby_render_says_when_epochs_were_capped() -> None:
+    md = quality_baby.render(_baby_result(cap=30))
+    assert "quick mode: training capped at 30 epochs" in md
+
+
+@pytest.mark.parametrize("make", [lambda tmp: None, lambda tmp: tmp / "no-such-dir",
+                                  lambda tmp: tmp / "empty"])
+def test_baby_skips_when_shared_data_is_missing(tmp_path: Path, make) -> None:
+    (tmp_path / "empty" / quality_baby.SUBDIR).mkdir(parents=True)
+    (tmp_path / "empty" / quality_baby.SUBDIR / "train.json").write_text("{}")  # val/test missing
+    with pytest.raises(SkipSection):
+        quality_baby.run(_ctx(tmp_path, make(tmp_path)))
+    assert not (tmp_path / "work").exists()  # nothing was imported or trained
+
+
+def test_baby_specs_cap_epochs_only_in_quick_mode(tmp_path: Path) -> None:
+    quick = quality_baby.specs(_ctx(tmp_path, None, [1], "quick"))
+    full = quality_baby.specs(_ctx(tmp_path, None, [1, 2, 3], "full"))
+    assert [s.args for s in quick] == [["--epochs", str(quality_baby.QUICK_EPOCHS)]]
+    assert [s.seed for s in full] == [1, 2, 3] and all(s.args == [] and s.mrdib is None for s in full)
+    assert len({s.name for s in quick + full}) == 4  # quick and full runs never overwrite each other
+
+
+# ------------------------------------------------------------------------------------------- quality_demo
+def _per_user(path: Path, users: np.ndarray, rng: np.random.Generator, shift: float) -> str:
+    cols = {m: np.clip(rng.random(users.size) * 0.3 + shift, 0, 1) for m in METRICS}
+    pl.DataFrame({"user_idx": users, **cols}).write_parquet(path)
+    return str(path)
+
+
+def _demo_result(tmp_path: Path) -> dict:
+    rng = np.random.default_rng(0)
+    users = np.arange(50)
+    runs, tests = [], {}
+    for bb in quality_demo.BACKBONES:
+        pair = {}
+        for m in (False, True):
+            rows = []
+            for s in (1, 2):
+                per = _per_user(tmp_path / f"{bb}{m}{s}.parquet", users, rng, 0.05 if m else 0.0)
+                base = 0.10 + 0.01 * s + (0.02 if m else 0.0) + (0.005 if bb == "vbpr" else 0.0)
+                rows.append({"run": quality_demo.run_name(bb, m, s), "backbone": bb, "mrdib": m, "seed": s,
+                             "best_epoch": 30 + s, "epochs_run": 51 + s, "test": _metrics(base),
+                             "valid": _metrics(base), "wall_s": 30.0, "train_s_per_epoch": 0.3, "per_user": per})
+            pair[m] = rows
+            runs += rows
+        tests[bb] = paired(pair[False], pair[True])
+
+    def part(run: str, rep: str, mi: float, img: float) -> dict:
+        return {"run": run, "representation": rep, "mi_pair": ["image", "text"], "mi": mi, "mi_train": mi + 0.1,
+                "ranking": {"image": _metrics(img), "text": _metrics(img + 0.01), "fused": _metrics(img + 0.05)}}
+
+    diag = {bb: {"seed": 1, "mi_steps": 2000, "critic_seed": 0, "method": "MINE", "figure": f"d-{bb}.png",
+                 "plain": part("p", "h (hook input)", 0.812, 0.031),
+                 "mrdib": part("m", "mu (bottleneck)", 0.204, 0.047)} for bb in quality_demo.BACKBONES}
+    for r in runs:
+        del r["per_user"]
+    return {"dataset": {"name": "demo", "n_users": 2000, "n_items": 999, "n_interactions": 20227,
+                        "features": {"image": "vit (random)", "text": "minilm"}},
+            "backbones": list(quality_demo.BACKBONES), "seeds": [1, 2],
+            "mrdib_options": {"alpha_kl": 0.005, "alpha_red": 0.05, "alpha_uni": 0.005},
+            "train": {"epochs": 1000, "patience": 20, "lr": 0.001, "batch_size": 2048,
+                      "valid_metric": "recall@20", "test_mask": "train"},
+            "runs": runs, "paired": tests, "diagnose": diag, "figures": [d["figure"] for d in diag.values()]}
+
+
+def test_demo_render_shows_metrics_paired_tests_and_diagnostics(tmp_path: Path) -> None:
+    res = _demo_result(tmp_path)
+    md = quality_demo.render(res)
+    # metrics table: LGMRec + MRdIB over seeds 1, 2 -> R@10 0.13 and 0.14
+    row = _row(md, "LGMRec | + MRdIB")
+    vals = np.array([0.13, 0.14])
+    assert row[2] == f"{vals.mean():.4f} ± {vals.std(ddof=1):.4f}"
+    assert row[6] == "31, 32"
+    # paired table: the numbers of res["paired"], pooled over 2 seeds x 50 users
+    t = res["paired"]["vbpr"]["recall@20"]
+    prow = _row(md, "VBPR | R@20")
+    assert prow[2:5] == [f"{t['base']:.4f}", f"{t['new']:.4f}", f"{t['diff']:+.4f} ({100 * t['rel']:+.1f}%)"]
+    assert prow[-1] == "100" and t["n_pairs"] == 100
+    # diagnostics: MI and per-modality Recall@20
+    drow = _row(md, "LGMRec | + MRdIB | mu")
+    assert drow[3:] == ["0.204", f"{0.047 * 1.5:.4f}", f"{0.057 * 1.5:.4f}", f"{0.097 * 1.5:.4f}"]
+    assert _row(md, "VBPR | plain | h")[3] == "0.812"
+    assert "from 0.812 to 0.204 nats" in md and "lowers" in md
+    assert "](results/d-lgmrec.png)" in md and "](results/d-vbpr.png)" in md
+
+
+def test_demo_render_marks_skipped_modality_rankings(tmp_path: Path) -> None:
+    res = _demo_result(tmp_path)
+    res["diagnose"]["vbpr"]["plain"]["ranking"]["image"] = {"skipped": "user dim 64 != item dim 128"}
+    res["diagnose"]["vbpr"]["plain"]["mi"] = None
+    row = _row(quality_demo.render(res), "VBPR | plain | h")
+    assert row[3] == "n/a" and row[4] == "skipped"
+
+
+def test_demo_specs_pair_every_plain_run_with_an_mrdib_run(tmp_path: Path) -> None:
+    specs = quality_demo.specs(_ctx(tmp_path, None, [1, 2, 3], "full"))
+    assert len(specs) == 2 * 2 * 3 and len({s.name for s in specs}) == len(specs)
+    for bb in quality_demo.BACKBONES:
+        plain = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib is None)
+        mr = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib == {})
+        assert plain == mr == [1, 2, 3]
