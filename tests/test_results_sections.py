@@ -120,6 +120,7 @@ def _demo_result(tmp_path: Path) -> dict:
     return {"dataset": {"name": "demo", "n_users": 2000, "n_items": 999, "n_interactions": 20227,
                         "features": {"image": "vit (random)", "text": "minilm"}},
             "backbones": list(quality_demo.BACKBONES), "seeds": [1, 2],
+            "hparams": {"lgmrec": {"n_ui_layers": 2, "reg_weight": 1e-06}, "vbpr": {"reg_weight": 2.0}},
             "mrdib_options": {"alpha_kl": 0.005, "alpha_red": 0.05, "alpha_uni": 0.005},
             "train": {"epochs": 1000, "patience": 20, "lr": 0.001, "batch_size": 2048,
                       "valid_metric": "recall@20", "test_mask": "train"},
@@ -144,6 +145,8 @@ def test_demo_render_shows_metrics_paired_tests_and_diagnostics(tmp_path: Path) 
     assert drow[3:] == ["0.204", f"{0.047 * 1.5:.4f}", f"{0.057 * 1.5:.4f}", f"{0.097 * 1.5:.4f}"]
     assert _row(md, "VBPR | plain | h")[3] == "0.812"
     assert "from 0.812 to 0.204 nats" in md and "lowers" in md
+    assert "LGMRec: n_ui_layers 2, reg_weight 1e-06; VBPR: reg_weight 2.0." in md
+    assert "alpha_kl 0.005, alpha_red 0.05, alpha_uni 0.005" in md
     assert "](results/d-lgmrec.png)" in md and "](results/d-vbpr.png)" in md
 
 

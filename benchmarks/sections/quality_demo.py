@@ -96,10 +96,13 @@ def run(ctx: Context) -> dict[str, Any]:
     diag = {bb: diagnose_pair(ctx, bb, ctx.seeds[0]) for bb in BACKBONES}
     conf = json.loads((ctx.ws / "runs" / run_name(BACKBONES[0], True, ctx.seeds[0]) / "config.json").read_text())
     plugin = conf.get("plugin") or {}
+    hparams = {bb: json.loads((ctx.ws / "runs" / run_name(bb, False, ctx.seeds[0]) / "config.json").read_text())
+               ["hparams"] for bb in BACKBONES}
     return {
         "dataset": ds,
         "backbones": list(BACKBONES),
         "seeds": list(ctx.seeds),
+        "hparams": hparams,
         "mrdib_options": {k: plugin.get(k) for k in ("alpha_kl", "alpha_red", "alpha_uni")},
         "train": {k: conf["train"].get(k) for k in ("epochs", "patience", "lr", "batch_size", "valid_metric",
                                                     "test_mask")},
@@ -182,6 +185,13 @@ def _diag_sentences(res: dict[str, Any]) -> list[str]:
     return out
 
 
+def _hparams_line(res: dict[str, Any]) -> str:
+    hp = res.get("hparams") or {}
+    per = [f"{NAMES.get(bb, bb)}: " + ", ".join(f"{k} {v}" for k, v in sorted(hp[bb].items()))
+           for bb in res["backbones"] if bb in hp]
+    return "Hyper-parameters (each backbone's defaults): " + "; ".join(per) + "." if per else ""
+
+
 def render(res: dict[str, Any]) -> str:
     ds, tr, mo = res["dataset"], res["train"], res["mrdib_options"]
     seeds = res["seeds"]
@@ -199,6 +209,8 @@ def render(res: dict[str, Any]) -> str:
         f"{tr['valid_metric']} (patience {tr['patience']}, at most {tr['epochs']} epochs), test at the "
         f"best-validation epoch with `{tr['test_mask']}` masking. Seeds {', '.join(map(str, seeds))}; "
         f"mean ± sample std over seeds.",
+        "",
+        _hparams_line(res),
         "",
         "**Test metrics**",
         "",
