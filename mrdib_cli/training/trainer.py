@@ -372,8 +372,11 @@ class Trainer:
             self.plugin.eval()
         with torch.no_grad():
             u, i = self.backbone.embeddings_for_eval()
-        return (u.detach().float().cpu().numpy().astype(np.float32, copy=False),
-                i.detach().float().cpu().numpy().astype(np.float32, copy=False))
+        # copy=True: on CPU .numpy() shares memory with the tensor, and a backbone may return a parameter itself
+        # (VBPR's user table); kept as best_emb, that view would follow later optimiser steps, and the test
+        # split would then be scored with the last epoch's user vectors instead of the best epoch's
+        return (u.detach().float().cpu().numpy().astype(np.float32, copy=True),
+                i.detach().float().cpu().numpy().astype(np.float32, copy=True))
 
     def _evaluate(self, u: np.ndarray, i: np.ndarray, split: str):
         from mrdib_cli.evaluation.engine import evaluate_split

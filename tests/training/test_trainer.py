@@ -150,3 +150,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
     last = ckpt.load(d / "checkpoints" / "last.pt")
     assert last["epoch"] == res.epochs_run >= 1
     assert json.loads((d / "results.json").read_text())["status"] == "failed"
+
+
+def test_test_metrics_use_the_best_epoch_even_when_a_backbone_returns_its_parameters(ws):
+    """VBPR's user embeddings are its parameter table itself: the kept best-epoch arrays must be copies, or the
+    test split is scored with the last epoch's user vectors (found through the results report, issue #9)."""
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.evaluation.engine import evaluate_split
+
+    cfg = _cfg("v", "vbpr", epochs=15, reg_weight=1e-4)
+    cfg.train.lr = 0.05  # overfits fast: the best validation epoch comes well before the last one
+    res = train(ws, cfg)
+    results = json.loads((ws.run_dir("v") / "results.json").read_text())
+    assert res.best_epoch < results["epochs_run"]
+    u, i = _emb(ws, "v")
+    again = evaluate_split(DatasetHandle(ws.dataset_dir("tiny")), u, i, "test", mask="train", ks=(10, 20))
+    for m in ("recall@20", "ndcg@20"):
+        assert again.metrics[m] == pytest.approx(results["test"][m])
