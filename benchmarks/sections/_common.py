@@ -145,8 +145,10 @@ def _env(ctx: Context) -> dict[str, str]:
     return env
 
 
-def _spec_key(spec: TrainSpec, ctx: Context) -> dict[str, Any]:
-    return {"spec": asdict(spec), "device": ctx.device}
+def _spec_key(spec: TrainSpec) -> dict[str, Any]:
+    """What makes two runs the same run (the device is recorded, not compared: results are device-independent
+    up to float rounding, and a section started on a GPU may be finished on a CPU)."""
+    return {"spec": asdict(spec)}
 
 
 def run_dir_result(run_dir: Path) -> dict[str, Any]:
@@ -165,20 +167,21 @@ def run_dir_result(run_dir: Path) -> dict[str, Any]:
 def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
     run_dir = ctx.ws / "runs" / spec.name
     stamp = run_dir / "bench-spec.json"
-    key = _spec_key(spec, ctx)
+    key = _spec_key(spec)
     out = {"run": spec.name, "dataset": spec.dataset, "backbone": spec.backbone, "seed": spec.seed,
            "mrdib": spec.mrdib}
     if stamp.exists() and (run_dir / "results.json").exists():
         old = json.loads(stamp.read_text())
         if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
-            return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "reused": True}
+            return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "device": old.get("device"),
+                    "reused": True}
     t0 = time.perf_counter()
     p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"training {spec.name} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
-    stamp.write_text(json.dumps({"key": key, "wall_s": wall}))
-    return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "reused": False}
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall, "device": ctx.device}))
+    return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "device": ctx.device, "reused": False}
 
 
 def train_many(ctx: Context, specs: list[TrainSpec]) -> list[dict[str, Any]]:
