@@ -5,12 +5,20 @@ detail irrelevant to the interactions is dropped (mrdib-method.md §2.1). The ba
 z_m in place of h_m, so what is scored really passed the bottleneck.
 
 Design decisions (the paper is silent on them; see docs/mrdib.md):
+- **The bottleneck works in the signal's own units.** The prior is N(0, I), so the KL measures information
+  relative to unit scale; but a hook representation such as LGMRec's X_m W_m has a per-dimension std of
+  about 0.05. Encoding h directly, the KL keeps pushing sigma towards 1, i.e. towards noise 20 times the
+  signal (it fell from ~190 to ~7 nats within 20 epochs on Scientific and took the modality signal with it,
+  whatever alpha_kl was, because Adam moves the log-variance head at its own rate). So h is divided by its
+  scale s (the std of h measured when the plug-in attaches, stored as a buffer) before the Gaussian heads,
+  and the decoder multiplies by s again: sigma = 1 now means "noise as large as the signal", and the
+  trade-off between the KL and the backbone's BPR is decided by alpha_kl, as in the paper.
 - When the bottleneck size equals the hook dimension (the default), the mu head starts as the identity, so
-  an untrained plug-in leaves the backbone unchanged; the backbone then only sees what the bottleneck lets
-  through as training goes on. With a different bottleneck size the heads are Xavier-initialised and a
-  linear ``decoder`` maps z back to the hook dimension the backbone expects.
-- The log-variance bias starts at ``log(init_noise^2 * Var(h))``: the initial noise is a fixed fraction of
-  the signal's own scale, whatever the feature scale of the backbone.
+  an untrained plug-in leaves the backbone unchanged (up to the initial noise); the backbone then only sees
+  what the bottleneck lets through as training goes on. With a different bottleneck size the heads are
+  Xavier-initialised and a linear ``decoder`` maps z back to the hook dimension the backbone expects.
+- The log-variance bias starts at ``log(init_noise^2)``: the initial noise is ``init_noise`` times the
+  signal's scale.
 """
 
 from __future__ import annotations
@@ -35,8 +43,9 @@ def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
 class GaussianBottleneck(nn.Module):
     """Encoder q(z | h) for one modality, with an optional decoder back to the hook dimension.
 
-    ``forward(h, sample)`` returns ``(z_for_backbone, z, mu, logvar)``: ``z`` lives in the bottleneck space
-    (used by the unique / redundancy terms), ``z_for_backbone`` has the hook's dimension.
+    ``forward(h, sample)`` returns ``(z_for_backbone, z, mu, logvar)``: ``z`` lives in the (unit-scale)
+    bottleneck space (used by the redundancy term), ``z_for_backbone = decode(z)`` has the hook's dimension
+    and scale.
     """
 
     #: log-variance is clamped to this range so exp() never overflows and sigma never collapses to 0 exactly
@@ -50,9 +59,11 @@ class GaussianBottleneck(nn.Module):
         # one Linear for both heads ([mu | logvar]): one matmul instead of two on the full item set
         self.head = nn.Linear(in_dim, 2 * self.z_dim)
         self.decoder: nn.Module = nn.Identity() if self.z_dim == in_dim else nn.Linear(self.z_dim, in_dim)
-        self._init(init_noise, h_var)
+        # the hook representation's scale (std): the heads see h / scale, the decoder returns to it
+        self.register_buffer("scale", torch.tensor(math.sqrt(max(h_var, 1e-12))))
+        self._init(init_noise)
 
-    def _init(self, init_noise: float, h_var: float) -> None:
+    def _init(self, init_noise: float) -> None:
         k = self.z_dim
         with torch.no_grad():
             w_mu, w_lv = self.head.weight[:k], self.head.weight[k:]
@@ -64,16 +75,19 @@ class GaussianBottleneck(nn.Module):
                 nn.init.zeros_(self.decoder.bias)  # type: ignore[union-attr]
             # small weights: the initial variance is set by the bias, i.e. by the signal's scale
             nn.init.xavier_uniform_(w_lv, gain=0.01)
-            noise_var = max(init_noise, 1e-6) ** 2 * max(h_var, 1e-12)
             self.head.bias[:k].zero_()
-            self.head.bias[k:].fill_(math.log(noise_var))
+            self.head.bias[k:].fill_(math.log(max(init_noise, 1e-6) ** 2))
 
     def encode(self, h: Tensor) -> tuple[Tensor, Tensor]:
         """mu and (clamped) log sigma^2 of q(z | h)."""
-        mu, logvar = self.head(h).split(self.z_dim, dim=-1)
+        mu, logvar = self.head(h / self.scale).split(self.z_dim, dim=-1)
         return mu, logvar.clamp(*self.LOGVAR_RANGE)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z (bottleneck space) -> the hook's dimension and scale: what the backbone continues with."""
+        return self.decoder(z) * self.scale
 
     def forward(self, h: Tensor, sample: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         mu, logvar = self.encode(h)
         z = reparameterise(mu, logvar) if sample else mu
-        return self.decoder(z), z, mu, logvar
+        return self.decode(z), z, mu, logvar

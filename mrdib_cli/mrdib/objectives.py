@@ -8,8 +8,9 @@ Total loss (paper form, mrdib-method.md §2):
   in training, mu at evaluation). KL_m is averaged over the batch's items (positives and negatives).
 - **Synergy**: the backbone's own fused BPR, which already scores the z-based representation. With
   ``synergy_head="mlp"`` an explicit fusion head f([z_v, z_t]) is also trained with its own BPR.
-- **Unique**: per-modality BPR with score_m(u, i) = <p_m(u), A_m z_m(i)>, p_m the backbone's
-  ``views["user_<m>"]`` if it has one, else the user embedding; A_m is a linear map only when the dims differ.
+- **Unique**: per-modality BPR with score_m(u, i) = <p_m(u), A_m dec(z_m)(i)>, dec(z_m) the bottleneck sample
+  as the backbone receives it (the hook's dimension and scale), p_m the backbone's ``views["user_<m>"]`` if it
+  has one, else the user embedding; A_m is a linear map only when the dims differ.
 - **Redundancy**: MINE/DV estimate of I(Z_v; Z_t) on the batch's distinct positive items (standardised per
   dimension); the encoders minimise it while it is positive and the critic maximises it, through a
   gradient-reversal layer on the critic's parameters (default) or with the critic's own optimiser step in
@@ -152,10 +153,9 @@ class MRdIB(Plugin):
         for m in self.hooks:
             d_in, h_var, _ = dims[m]
             self.bottlenecks[m] = GaussianBottleneck(d_in, self.cfg.bottleneck_dim, self.cfg.init_noise, h_var)
-            z_dim = self.bottlenecks[m].z_dim
             d_user = emb.views.get(f"user_{m}", emb.user).shape[-1]
-            if d_user != z_dim:
-                lin = nn.Linear(z_dim, d_user, bias=False)
+            if d_user != d_in:
+                lin = nn.Linear(d_in, d_user, bias=False)
                 nn.init.xavier_uniform_(lin.weight)
                 self.unique_maps[m] = lin
         self.pairs = tuple(itertools.combinations(self.hooks, 2))
@@ -220,8 +220,9 @@ class MRdIB(Plugin):
 
     # ---------------------------------------------------------------------------------- objectives
     def item_view(self, name: str, z: Tensor) -> Tensor:
-        """The item side of modality ``name``'s own score: A_m z_m (A_m = identity when dims agree)."""
-        return self.unique_maps[name](z) if name in self.unique_maps else z
+        """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree)."""
+        x = self.bottlenecks[name].decode(z)
+        return self.unique_maps[name](x) if name in self.unique_maps else x
 
     def user_view(self, name: str, emb: Embeddings) -> Tensor:
         """p_m: the backbone's modality-specific user representation if it has one, else the user embedding."""

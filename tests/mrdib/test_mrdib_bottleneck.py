@@ -58,3 +58,19 @@ def test_bottleneck_with_other_size_decodes_back_to_hook_dim() -> None:
     bn = GaussianBottleneck(8, 3)
     out, z, mu, logvar = bn(torch.randn(7, 8), sample=True)
     assert out.shape == (7, 8) and z.shape == mu.shape == logvar.shape == (7, 3)
+
+
+def test_bottleneck_is_scale_free() -> None:
+    """h and 100*h give the same Gaussian (hence the same KL): the prior's unit scale means 'the signal's scale'."""
+    torch.manual_seed(0)
+    h = torch.randn(40, 8) * 0.05
+    a = GaussianBottleneck(8, None, init_noise=0.1, h_var=float(h.var(0).mean()))
+    b = GaussianBottleneck(8, None, init_noise=0.1, h_var=float((100 * h).var(0).mean()))
+    b.load_state_dict({**a.state_dict(), "scale": b.scale})
+    _, _, mu_a, lv_a = a(h, sample=False)
+    out_b, _, mu_b, lv_b = b(100 * h, sample=False)
+    assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(lv_a, lv_b, atol=1e-5)
+    assert torch.allclose(out_b, 100 * h, atol=1e-4)  # and the backbone gets its own scale back
+    kl = gaussian_kl(mu_a, lv_a).mean()
+    # unit-scale mu (~0.5 * d) plus the initial noise's cost (0.5 * d * (0.01 - log 0.01 - 1)), not thousands
+    assert 0.5 * 8 * 0.5 < float(kl) < 0.5 * 8 * (1.5 + 0.01 - math.log(0.01) - 1)
