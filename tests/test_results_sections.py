@@ -165,3 +165,14 @@ def test_demo_specs_pair_every_plain_run_with_an_mrdib_run(tmp_path: Path) -> No
         plain = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib is None)
         mr = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib == {})
         assert plain == mr == [1, 2, 3]
+
+
+def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
+    res = _baby_result(cap=None)
+    for r in res["runs"]:
+        r["test"]["ndcg@10"] = 0.02569  # mean - 0.0257 = -1e-5
+    assert _row(quality_baby.render(res), "ours - published")[3] == "0.0000"
+    demo = _demo_result(tmp_path)
+    demo["diagnose"]["vbpr"]["mrdib"]["mi"] = -0.0002
+    md = quality_demo.render(demo)
+    assert _row(md, "VBPR | + MRdIB | mu")[3] == "0.000" and "to 0.000 nats" in md

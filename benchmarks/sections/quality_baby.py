@@ -80,6 +80,11 @@ def _split_counts(ds_dir: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in df.group_by("split").len().iter_rows()}
 
 
+def _signed(v: float) -> str:
+    """+0.0012 / -0.0012, and 0.0000 (not -0.0000) for a difference that rounds to zero."""
+    return "0.0000" if abs(v) < 5e-5 else f"{v:+.4f}"
+
+
 def render(res: dict[str, Any]) -> str:
     runs = res["runs"]
     ref = res["reference"]["test"]
@@ -90,7 +95,7 @@ def render(res: dict[str, Any]) -> str:
              *(fmt_mean_std(ours[m]) for m in METRICS),
              ", ".join(f"{r['best_epoch']} / {r['epochs_run']}" for r in runs)],
             [f"published: {res['reference']['source']}", *(f"{ref[m]:.4f}" for m in METRICS), "-"],
-            ["ours - published", *(f"{mean_std(ours[m])[0] - ref[m]:+.4f}" for m in METRICS), "-"]]
+            ["ours - published", *(_signed(mean_std(ours[m])[0] - ref[m]) for m in METRICS), "-"]]
     h, t, ds = res["hparams"], res["train"], res["dataset"]
     counts = ds.get("split_counts") or {}
     split = " / ".join(f"{counts.get(s, 0):,}" for s in ("train", "valid", "test"))

@@ -157,8 +157,13 @@ def _r20(part: dict[str, Any], group: str) -> str:
     return "skipped" if "skipped" in v else f"{v['recall@20']:.4f}"
 
 
+def _num(v: float, digits: int) -> str:
+    """Fixed-point without a '-0.000' for a value that rounds to zero (the MINE bound can dip below 0)."""
+    return f"{0.0 if abs(v) < 0.5 * 10 ** -digits else v:.{digits}f}"
+
+
 def _mi(part: dict[str, Any]) -> str:
-    return "n/a" if part.get("mi") is None else f"{part['mi']:.3f}"
+    return "n/a" if part.get("mi") is None else _num(part["mi"], 3)
 
 
 def _diag_table(res: dict[str, Any]) -> str:
@@ -181,7 +186,7 @@ def _diag_sentences(res: dict[str, Any]) -> list[str]:
         if a is not None and b is not None:
             verb = "lowers" if b < a else "raises" if b > a else "leaves"
             out.append(f"{NAMES.get(bb, bb)} (seed {d['seed']}): MRdIB {verb} the held-out I(Z_v;Z_t) estimate "
-                       f"from {a:.3f} to {b:.3f} nats.")
+                       f"from {_num(a, 3)} to {_num(b, 3)} nats.")
     return out
 
 
