@@ -372,8 +372,10 @@ class Trainer:
             self.plugin.eval()
         with torch.no_grad():
             u, i = self.backbone.embeddings_for_eval()
-        return (u.detach().float().cpu().numpy().astype(np.float32, copy=False),
-                i.detach().float().cpu().numpy().astype(np.float32, copy=False))
+        # own copies: on CPU .numpy() shares memory with the tensor, and a backbone may hand out a parameter itself
+        # (VBPR's user table); the best epoch's embeddings must not keep changing as training goes on
+        return (np.array(u.detach().float().cpu().numpy(), dtype=np.float32, copy=True),
+                np.array(i.detach().float().cpu().numpy(), dtype=np.float32, copy=True))
 
     def _evaluate(self, u: np.ndarray, i: np.ndarray, split: str):
         from mrdib_cli.evaluation.engine import evaluate_split

@@ -150,3 +150,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
     last = ckpt.load(d / "checkpoints" / "last.pt")
     assert last["epoch"] == res.epochs_run >= 1
     assert json.loads((d / "results.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("backbone", ["vbpr", "lgmrec"])
+def test_test_metrics_are_those_of_the_best_epoch_embeddings(ws, backbone):
+    """Regression: VBPR hands out its user table itself; on CPU the kept 'best' embeddings were a view of the
+    live parameter, so the final test silently mixed the last epoch's users with the best epoch's items."""
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.evaluation.engine import evaluate_split
+
+    res = train(ws, _cfg("b", backbone, epochs=12, patience=1, reg_weight=1e-3) if backbone == "vbpr"
+                else _cfg("b", backbone, epochs=12, patience=1))
+    results = json.loads((ws.run_dir("b") / "results.json").read_text())
+    assert results["epochs_run"] > res.best_epoch  # training went on after the best epoch
+    u, i = _emb(ws, "b")
+    conf = json.loads((ws.run_dir("b") / "config.json").read_text())
+    again = evaluate_split(DatasetHandle(conf["dataset_dir"]), u, i, "test", mask="train", ks=(10, 20))
+    assert again.metrics == pytest.approx(results["test"])
