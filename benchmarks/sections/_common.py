@@ -140,7 +140,8 @@ def cli(ctx: Context, *args: str, check: bool = True) -> subprocess.CompletedPro
 
 def _env(ctx: Context) -> dict[str, str]:
     env = dict(os.environ)
-    env.update({"MRDIB_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+    path = [str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+    env.update({"MRDIB_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(path),
                 "OMP_NUM_THREADS": str(max(ctx.threads, 1))})
     return env
 

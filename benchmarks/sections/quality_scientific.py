@@ -35,7 +35,7 @@ def grid(quick: bool) -> list[dict[str, float]]:
     """The sweep grid (a subset of the paper's per-alpha grid; see docs/mrdib.md for why not larger)."""
     kls = [1e-4, 1e-3] if quick else [1e-4, 1e-3, 5e-3]
     unis = [5e-3, 5e-2] if quick else [1e-3, 5e-3, 5e-2]
-    reds = [5e-2] if quick else [5e-3, 5e-2]
+    reds = [5e-2]
     return [{"alpha_kl": k, "alpha_uni": u, "alpha_red": r} for k in kls for u in unis for r in reds]
 
 
@@ -94,8 +94,9 @@ def run(ctx: Context) -> dict[str, Any]:
     splits = prepare(ctx)
     seeds = ctx.seeds
     sweep_seeds = seeds[:2]
+    split_seeds = seeds[:1]  # the splits are the replicates here; seeds are replicated on the chronological split
     backbones = QUICK_BACKBONES if ctx.quick else BACKBONES
-    out: dict[str, Any] = {"splits": splits, "seeds": seeds, "sweep_seeds": sweep_seeds, "grid": grid(ctx.quick),
+    out: dict[str, Any] = {"splits": splits, "seeds": seeds, "sweep_seeds": sweep_seeds, "split_seeds": split_seeds, "grid": grid(ctx.quick),
                            "epochs_cap": QUICK_EPOCHS if ctx.quick else None}
 
     # 1. sweep on validation (chronological split): all points in parallel
@@ -110,7 +111,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for bb in TUNED:
         variants = {"base": None, "defaults": DEFAULTS, "selected": out["sweep"][bb]["selected"]}
         for v, o in variants.items():
-            groups[("multi", bb, v)] = [spec(ctx, ds, bb, s, o) for ds in splits for s in seeds]
+            groups[("multi", bb, v)] = [spec(ctx, ds, bb, s, o) for ds in splits for s in split_seeds]
     groups[("abl", "full")] = [spec(ctx, "sci", "lgmrec", s, sel) for s in seeds]
     groups[("abl", "base")] = [spec(ctx, "sci", "lgmrec", s, None) for s in seeds]
     for name, o in ABLATIONS.items():
@@ -123,7 +124,7 @@ def run(ctx: Context) -> dict[str, Any]:
     by_name = {r["run"]: r for r in train_many(ctx, unique)}
     res = {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
 
-    out["multi"] = {bb: {"selected": out["sweep"][bb]["selected"],
+    out["multi"] = {bb: {"setting": out["sweep"][bb]["selected"],
                          **{v: _summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
                          "paired_defaults": paired(res[("multi", bb, "base")], res[("multi", bb, "defaults")]),
                          "paired_selected": paired(res[("multi", bb, "base")], res[("multi", bb, "selected")])}
@@ -161,12 +162,13 @@ def render(res: dict[str, Any]) -> str:
         parts += [f"**{bb}**", "", md_table(["setting", "valid R@20", ""], rows), ""]
 
     parts += ["### Backbone vs backbone + MRdIB over splits and seeds (pooled per-user paired tests)", "",
-              f"{n_splits} splits x {len(seeds)} seeds per row; mean ± std over the {n_splits * len(seeds)} runs; "
-              "p-values from the paired t-test / Wilcoxon test over all pooled (split, seed, user) pairs.", ""]
+              f"{n_splits} splits x seed(s) {res['split_seeds']} per row; mean ± std over the "
+              f"{n_splits * len(res['split_seeds'])} runs; p-values from the paired t-test / Wilcoxon test over all "
+              "pooled (split, user) pairs.", ""]
     rows = []
     for bb, m in res["multi"].items():
         for v, label in (("base", bb), ("defaults", f"{bb} + MRdIB (paper defaults)"),
-                         ("selected", f"{bb} + MRdIB ({_opts(m['selected'])})")):
+                         ("selected", f"{bb} + MRdIB ({_opts(m['setting'])})")):
             t = m[v]["test"]
             cells = [label] + [fmt_mean_std(t[k]) for k in METRICS]
             if v == "base":
@@ -180,8 +182,9 @@ def render(res: dict[str, Any]) -> str:
     ab = res["ablation"]
     parts += ["### Ablation (LGMRec, chronological split)", "",
               f"Full = MRdIB with the selected setting ({_opts(ab['setting'])}); mean ± std over seeds {seeds}.", ""]
+    order = ["base", "full", *ABLATIONS]
     rows = [[name] + [fmt_mean_std(r["test"][k]) for k in METRICS] + [fmt_mean_std(r["valid_recall@20"])]
-            for name, r in ab["rows"].items()]
+            for name, r in sorted(ab["rows"].items(), key=lambda kv: order.index(kv[0]))]
     parts += [md_table(["variant", "R@10", "R@20", "N@10", "N@20", "valid R@20"], rows), ""]
 
     bbs = res["backbones"]

@@ -107,7 +107,8 @@ class Backbone(nn.Module):
             emb = self.propagate()
         finally:
             self.train(was)
-        return emb.user, emb.item
+        # detached: a backbone may return a parameter itself (VBPR's user table), which no_grad does not detach
+        return emb.user.detach(), emb.item.detach()
 
 
 _REGISTRY: dict[str, type[Backbone]] = {}

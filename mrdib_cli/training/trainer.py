@@ -372,11 +372,10 @@ class Trainer:
             self.plugin.eval()
         with torch.no_grad():
             u, i = self.backbone.embeddings_for_eval()
-        # copy=True: on CPU .numpy() shares memory with the tensor, and a backbone may return a parameter itself
-        # (VBPR's user table); kept as best_emb, that view would follow later optimiser steps, and the test
-        # split would then be scored with the last epoch's user vectors instead of the best epoch's
-        return (u.detach().float().cpu().numpy().astype(np.float32, copy=True),
-                i.detach().float().cpu().numpy().astype(np.float32, copy=True))
+        # own copies: on CPU .numpy() shares memory with the tensor, and a backbone may hand out a parameter itself
+        # (VBPR's user table); the best epoch's embeddings must not keep changing as training goes on
+        return (np.array(u.detach().float().cpu().numpy(), dtype=np.float32, copy=True),
+                np.array(i.detach().float().cpu().numpy(), dtype=np.float32, copy=True))
 
     def _evaluate(self, u: np.ndarray, i: np.ndarray, split: str):
         from mrdib_cli.evaluation.engine import evaluate_split

@@ -33,8 +33,14 @@ def test_every_backbone_trains_and_evaluates_on_cuda(cli, workdir: Path, backbon
     assert res["status"] == "finished" and 0.0 <= res["test"]["recall@20"] <= 1.0
     conf = json.loads((workdir / "runs" / "g" / "config.json").read_text())
     assert conf["train"]["device"].startswith("cuda")
-    rc, out, err = cli("eval", "--k", "10", "20", "--json")
+    rc, out, err = cli("eval", "--k", "10", "20", "--json", "-")
     assert rc == 0, err
+    assert json.loads(out)["metrics"]["recall@20"] == pytest.approx(res["test"]["recall@20"], abs=1e-6)
+    u, i = None, None
+    import numpy as np  # noqa: F811 (local: the embeddings the run saved are plain float32 arrays)
+    with np.load(workdir / "runs" / "g" / "embeddings.npz") as z:
+        u, i = z[z.files[0]], z[z.files[1]]
+    assert u.dtype == np.float32 and np.isfinite(u).all() and np.isfinite(i).all()
 
 
 @pytest.mark.parametrize("backbone", MULTIMODAL)

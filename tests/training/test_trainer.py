@@ -152,18 +152,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
     assert json.loads((d / "results.json").read_text())["status"] == "failed"
 
 
-def test_test_metrics_use_the_best_epoch_even_when_a_backbone_returns_its_parameters(ws):
-    """VBPR's user embeddings are its parameter table itself: the kept best-epoch arrays must be copies, or the
-    test split is scored with the last epoch's user vectors (found through the results report, issue #9)."""
+@pytest.mark.parametrize("backbone", ["vbpr", "lgmrec"])
+def test_test_metrics_are_those_of_the_best_epoch_embeddings(ws, backbone):
+    """Regression: VBPR hands out its user table itself; on CPU the kept 'best' embeddings were a view of the
+    live parameter, so the final test silently mixed the last epoch's users with the best epoch's items."""
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.evaluation.engine import evaluate_split
 
-    cfg = _cfg("v", "vbpr", epochs=15, reg_weight=1e-4)
-    cfg.train.lr = 0.05  # overfits fast: the best validation epoch comes well before the last one
-    res = train(ws, cfg)
-    results = json.loads((ws.run_dir("v") / "results.json").read_text())
-    assert res.best_epoch < results["epochs_run"]
-    u, i = _emb(ws, "v")
-    again = evaluate_split(DatasetHandle(ws.dataset_dir("tiny")), u, i, "test", mask="train", ks=(10, 20))
-    for m in ("recall@20", "ndcg@20"):
-        assert again.metrics[m] == pytest.approx(results["test"][m])
+    res = train(ws, _cfg("b", backbone, epochs=12, patience=1, reg_weight=1e-3) if backbone == "vbpr"
+                else _cfg("b", backbone, epochs=12, patience=1))
+    results = json.loads((ws.run_dir("b") / "results.json").read_text())
+    assert results["epochs_run"] > res.best_epoch  # training went on after the best epoch
+    u, i = _emb(ws, "b")
+    conf = json.loads((ws.run_dir("b") / "config.json").read_text())
+    again = evaluate_split(DatasetHandle(conf["dataset_dir"]), u, i, "test", mask="train", ks=(10, 20))
+    assert again.metrics == pytest.approx(results["test"])
