@@ -175,14 +175,31 @@ def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
         old = json.loads(stamp.read_text())
         if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
             return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "device": old.get("device"),
-                    "reused": True}
+                    "gpu": old.get("gpu"), "reused": True}
     t0 = time.perf_counter()
     p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"training {spec.name} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
-    stamp.write_text(json.dumps({"key": key, "wall_s": wall, "device": ctx.device}))
-    return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "device": ctx.device, "reused": False}
+    gpu = _gpu_name() if ctx.device == "cuda" else None
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall, "device": ctx.device, "gpu": gpu}))
+    return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "device": ctx.device, "gpu": gpu,
+            "reused": False}
+
+
+def _gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def device_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """How many runs were trained where ('cpu', or the GPU's name): a section may be finished on another machine."""
+    out: dict[str, int] = {}
+    for r in runs:
+        k = r.get("gpu") or ("GPU" if r.get("device") == "cuda" else "CPU")
+        out[k] = out.get(k, 0) + 1
+    return out
 
 
 def train_many(ctx: Context, specs: list[TrainSpec]) -> list[dict[str, Any]]:
