@@ -98,7 +98,7 @@ class _GradGate(torch.autograd.Function):
     forward pass (so a gradient can be switched off depending on a value computed from this input)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, holder: dict[str, float]) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, holder: dict[str, Any]) -> Tensor:  # type: ignore[override]
         ctx.holder = holder
         return x.view_as(x)
 
@@ -131,7 +131,7 @@ def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minm
     ys = standardise(_GradGate.apply(y, holder))
     grad = "reverse" if minmax == "reverse" else "detach"
     dv = dv_bound(critic, xs, ys, critic_grad=grad, reverse_scale=1.0 / weight if weight > 0 else 1.0)
-    holder["gate"] = 1.0 if float(dv.detach()) > 0 else 0.0
+    holder["gate"] = (dv.detach() > 0).to(dv.dtype)  # a tensor: no host-device sync per step on a GPU
     return dv
 
 

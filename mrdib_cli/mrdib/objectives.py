@@ -238,7 +238,7 @@ class MRdIB(Plugin):
         missing = [m for m in self.hooks if m not in self._state]
         if missing:
             raise RuntimeError(f"MRdIB: hook(s) {missing} were not called during propagate()")
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor] = {}  # detached tensors: converted once per epoch, not synced every step
         terms: dict[str, Tensor] = {}
         has_neg = batch.neg is not None
         idx = torch.cat([batch.pos, batch.neg]) if has_neg else batch.pos
@@ -253,7 +253,7 @@ class MRdIB(Plugin):
             # KL per item over the item set (elementwise), then averaged over the batch's items: the same
             # value as KL of the gathered rows, but only a vector is gathered/scattered in backward
             kl_m = gaussian_kl(st.mu, st.logvar)[idx].mean()
-            logs[f"kl_{m}"] = float(kl_m.detach())
+            logs[f"kl_{m}"] = kl_m.detach()
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
             terms["kl"] = cfg.alpha_kl * kl_sum
@@ -268,7 +268,7 @@ class MRdIB(Plugin):
                 p = users[id(view)]
                 s_i = self.item_view(m, z_b[m])
                 l_m = bpr((p * s_i[:n_pos]).sum(-1), (p * s_i[n_pos:]).sum(-1))
-                logs[f"uni_{m}"] = float(l_m.detach())
+                logs[f"uni_{m}"] = l_m.detach()
                 uni = l_m if uni is None else uni + l_m
             if uni is not None:
                 terms["uni"] = cfg.alpha_uni * uni
@@ -277,7 +277,7 @@ class MRdIB(Plugin):
             fused = self.synergy(torch.cat([z_b[m] for m in self.hooks], dim=-1))
             u = emb.user[batch.users]
             l_s = bpr((u * fused[:n_pos]).sum(-1), (u * fused[n_pos:]).sum(-1))
-            logs["syn"] = float(l_s.detach())
+            logs["syn"] = l_s.detach()
             terms["syn"] = cfg.alpha_syn * l_s
 
         if cfg.use_red and self.pairs:
@@ -293,7 +293,7 @@ class MRdIB(Plugin):
                 mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
                 red = mi if red is None else red + mi
             assert red is not None
-            logs["mine"] = float(red.detach())
+            logs["mine"] = red.detach()
             terms["red"] = cfg.alpha_red * red
             self._last_z = {m: v.detach() for m, v in zr.items()} if cfg.minmax == "step" else None
         self.logs = logs

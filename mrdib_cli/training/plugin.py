@@ -25,7 +25,7 @@ class Plugin(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         #: detached per-batch diagnostics for logging (name -> float); reset by the plug-in each batch
-        self.logs: dict[str, float] = {}
+        self.logs: dict[str, float | Tensor] = {}  # floats or detached scalar tensors (summed per epoch)
 
     def attach(self, backbone: Backbone) -> None:
         """Install hooks on ``backbone`` (raise UsageError if it has no suitable hook points)."""

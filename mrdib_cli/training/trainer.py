@@ -339,7 +339,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(self.sampler.rng.integers(2**62)))
         self._apply_lr_schedule()
         self.backbone.pre_epoch(self.epoch, gen)
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         n = 0
         task = self.progress(len(self.sampler)) if self.progress else None
         for batch in self.sampler.epoch():
@@ -357,14 +357,15 @@ class Trainer:
             if self.plugin:
                 self.plugin.after_step(batch, emb)
                 for k, v in self.plugin.logs.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+                    sums[k] = sums.get(k, 0.0) + (v.detach().double() if isinstance(v, torch.Tensor) else v)
+            # summed as (device) tensors and read once per epoch: a float() per term per step would stall a GPU
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
+                sums[k] = sums.get(k, 0.0) + v.detach().double()
+            sums["total"] = sums.get("total", 0.0) + loss.detach().double()
             n += 1
             if task:
                 task()
-        return {k: v / max(n, 1) for k, v in sums.items()}
+        return {k: float(v) / max(n, 1) for k, v in sums.items()}
 
     def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         self.backbone.eval()
