@@ -30,8 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BABY = ROOT.parent / "shared" / "data" / "amazon2014-baby-5core" / "lattice"
+BABY = (Path(os.environ.get("MRDIB_SHARED_DATA") or ROOT.parent / "shared" / "data")
+        / "amazon2014-baby-5core" / "lattice")
 DEFAULT = "freedom,mgcn,bm3,lattice,soil,mmgcn,dualgnn"
+ALL = "lightgcn,vbpr,lgmrec," + DEFAULT  # every registered backbone
 
 
 def prepare(workdir: Path) -> None:
