@@ -9,7 +9,7 @@ forward per batch, Adam) each followed by one validation pass (deterministic emb
 evaluation with the shared engine). Reported: build s, mean train s/epoch, mean valid s/pass (wall clock
 and process CPU seconds: on a shared machine the CPU seconds are the stable figure), peak RSS.
 
-    python benchmarks/bench_backbones.py [--backbones freedom,mgcn,...] [--epochs 2] [--threads 2]
+    python benchmarks/bench_backbones.py [--backbones freedom,mgcn,...|all] [--epochs 2] [--threads 2]
                                          [--workdir DIR] [--device cpu|cuda] [--json PATH]
 """
 
@@ -118,7 +118,7 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbones", default=DEFAULT)
+    ap.add_argument("--backbones", default=DEFAULT, help=f"comma-separated, or 'all' ({ALL})")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -131,7 +131,7 @@ def main() -> None:
         return
     prepare(a.workdir)
     rows = []
-    for name in a.backbones.split(","):
+    for name in (ALL if a.backbones == "all" else a.backbones).split(","):
         p = subprocess.run([sys.executable, __file__, "--child", name, "--epochs", str(a.epochs), "--threads",
                             str(a.threads), "--device", a.device, "--workdir", str(a.workdir)],
                            capture_output=True, text=True, cwd=ROOT)

@@ -49,7 +49,7 @@ def generate(factor: int, seed: int = 0) -> tuple[int, int, np.ndarray, np.ndarr
 
     Every user and item starts with 5 interactions (a 5-core shape) and the rest are drawn from Zipf-like
     user activity and item popularity. Duplicate pairs are removed and redrawn in a few vectorised rounds.
-    Split per user at random, about 8:1:1 with at least one valid and one test item.
+    Split per user at random: ~10% test, ~10% valid, at least one of each (72% train overall; Baby: 74%).
     Returns (n_users, n_items, users, items, split) with split codes 0 train, 1 valid, 2 test.
     """
     rng = np.random.default_rng(seed + 1000 * factor)
