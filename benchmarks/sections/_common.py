@@ -1,0 +1,240 @@
+"""Shared pieces of the report sections: the run context, machine metadata, a parallel training runner.
+
+Every section module defines ``TITLE``, ``ORDER``, ``run(ctx) -> dict`` and ``render(res) -> str``
+(see /benchmarks/run_all.py). Sections train through the real CLI in subprocesses (``python -m mrdib_cli
+train``) so what the report measures is exactly what a user runs, and parallel runs cannot share state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+
+
+class SkipSection(Exception):
+    """The section cannot run here (data missing, ...): the report says why instead of faking numbers."""
+
+
+@dataclass
+class Context:
+    mode: str  # "quick" | "full"
+    device: str  # "cpu" | "cuda"
+    jobs: int
+    threads: int
+    seeds: list[int]
+    workdir: Path
+    out_dir: Path
+    shared: Path | None
+    log: Callable[[str], None] = field(default=lambda s: print(s, file=sys.stderr, flush=True))
+
+    @property
+    def ws(self) -> Path:
+        """The mrdib workspace (MRDIB_HOME) all sections share, so imported datasets are reused."""
+        return self.workdir / "ws"
+
+    @property
+    def quick(self) -> bool:
+        return self.mode == "quick"
+
+
+def shared_path() -> Path | None:
+    """../shared/data (or $MRDIB_SHARED_DATA) if it exists."""
+    env = os.environ.get("MRDIB_SHARED_DATA")
+    p = Path(env) if env else ROOT.parent / "shared" / "data"
+    return p if p.is_dir() else None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _ram_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def meta(ctx: Context, wall_s: float) -> dict[str, Any]:
+    """Machine, versions, date and mode: stored with every section's result (the report prints them)."""
+    import faiss
+    import torch
+
+    import mrdib_cli
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "mode": ctx.mode,
+            "device": ctx.device, "gpu": gpu if ctx.device == "cuda" else None,
+            "cpu": _cpu_model(), "cores": os.cpu_count(), "ram_gib": _ram_gib(),
+            "python": platform.python_version(), "torch": torch.__version__, "faiss": faiss.__version__,
+            "mrdib": mrdib_cli.__version__, "commit": commit, "seeds": ctx.seeds, "jobs": ctx.jobs,
+            "threads": ctx.threads, "wall_s": round(wall_s, 1)}
+
+
+def meta_line(m: dict[str, Any]) -> str:
+    """One line under each section heading: where and how its numbers were produced."""
+    where = f"GPU {m['gpu']}" if m.get("gpu") else f"CPU ({m['cpu']}, {m['cores']} cores)"
+    return (f"*{m['mode']} run, {m['date']}, {where}, torch {m['torch']}, mrdib {m['mrdib']} ({m['commit']}), "
+            f"seeds {m['seeds']}, {m['wall_s']:.0f} s.*")
+
+
+# ------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainSpec:
+    """One `mrdib train` run. ``mrdib``: None = plain backbone, {} = MRdIB defaults, {opt: value} = overrides."""
+
+    dataset: str
+    backbone: str
+    seed: int
+    name: str
+    mrdib: dict[str, Any] | None = None
+    args: list[str] = field(default_factory=list)
+
+    def argv(self, ctx: Context) -> list[str]:
+        a = [sys.executable, "-m", "mrdib_cli", "--workdir", str(ctx.ws), "--quiet", "train",
+             "-b", self.backbone, "-d", self.dataset, "--seed", str(self.seed), "-n", self.name,
+             "--device", ctx.device, "--threads", str(ctx.threads), "--force"]
+        if self.mrdib is not None:
+            a += ["--plugin", "mrdib"]
+            for k, v in sorted(self.mrdib.items()):
+                a += ["--plugin-opt", f"{k}={json.dumps(v) if isinstance(v, bool) else v}"]
+        return a + list(self.args)
+
+
+def cli(ctx: Context, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``mrdib --workdir ctx.ws ARGS`` (import, prepare, diagnose...) and return the finished process."""
+    p = subprocess.run([sys.executable, "-m", "mrdib_cli", "--workdir", str(ctx.ws), *args], cwd=ROOT,
+                       capture_output=True, text=True, env=_env(ctx))
+    if check and p.returncode != 0:
+        raise RuntimeError(f"mrdib {' '.join(args)} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
+    return p
+
+
+def _env(ctx: Context) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"MRDIB_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+                "OMP_NUM_THREADS": str(max(ctx.threads, 1))})
+    return env
+
+
+def _spec_key(spec: TrainSpec, ctx: Context) -> dict[str, Any]:
+    return {"spec": asdict(spec), "device": ctx.device}
+
+
+def run_dir_result(run_dir: Path) -> dict[str, Any]:
+    """Best epoch, valid/test metrics and timing of one finished run, read from the files the trainer wrote."""
+    res = json.loads((run_dir / "results.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_s = [r["time"]["train_s"] for r in rows if "time" in r]
+    valid_s = [r["time"]["valid_s"] for r in rows if "time" in r and r["time"].get("valid_s") is not None]
+    return {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
+            "valid": {m: res["valid"][m] for m in METRICS}, "test": {m: res["test"][m] for m in METRICS},
+            "train_s_per_epoch": float(np.median(train_s)) if train_s else None,
+            "valid_s_per_pass": float(np.median(valid_s)) if valid_s else None,
+            "per_user": str(run_dir / "per_user-test.parquet")}
+
+
+def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
+    run_dir = ctx.ws / "runs" / spec.name
+    stamp = run_dir / "bench-spec.json"
+    key = _spec_key(spec, ctx)
+    out = {"run": spec.name, "dataset": spec.dataset, "backbone": spec.backbone, "seed": spec.seed,
+           "mrdib": spec.mrdib}
+    if stamp.exists() and (run_dir / "results.json").exists():
+        old = json.loads(stamp.read_text())
+        if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
+            return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "reused": True}
+    t0 = time.perf_counter()
+    p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"training {spec.name} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
+    stamp.write_text(json.dumps({"key": key, "wall_s": wall}))
+    return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "reused": False}
+
+
+def train_many(ctx: Context, specs: list[TrainSpec]) -> list[dict[str, Any]]:
+    """Train every spec (ctx.jobs at a time, one subprocess each); results in the order of ``specs``."""
+    done = 0
+
+    def one(spec: TrainSpec) -> dict[str, Any]:
+        nonlocal done
+        r = _train_one(ctx, spec)
+        done += 1
+        how = "reused" if r["reused"] else f"{r['wall_s']:.0f} s"
+        ctx.log(f"  [{done}/{len(specs)}] {spec.name}: best epoch {r['best_epoch']}, "
+                f"test R@20 {r['test']['recall@20']:.4f} ({how})")
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(ctx.jobs, 1)) as pool:
+        return list(pool.map(one, specs))
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def paired(base_runs: list[dict[str, Any]], new_runs: list[dict[str, Any]],
+           metrics: list[str] = METRICS) -> dict[str, dict[str, float]]:
+    """Pooled per-user paired tests: each (run pair, user) is one pair (the pairs must share datasets)."""
+    import polars as pl
+
+    from mrdib_cli.evaluation.significance import paired_tests
+
+    a_parts, b_parts = [], []
+    for a, b in zip(base_runs, new_runs):
+        ua = pl.read_parquet(a["per_user"]).select(["user_idx", *metrics])
+        ub = pl.read_parquet(b["per_user"]).select(["user_idx", *metrics])
+        j = ua.join(ub, on="user_idx", suffix="__b")
+        a_parts.append(j.select(metrics).to_numpy())
+        b_parts.append(j.select([f"{m}__b" for m in metrics]).to_numpy())
+    A, B = np.concatenate(a_parts), np.concatenate(b_parts)
+    out: dict[str, dict[str, float]] = {}
+    for k, m in enumerate(metrics):
+        t = paired_tests(A[:, k], B[:, k])
+        out[m] = {"base": t.mean_a, "new": t.mean_b, "n_pairs": t.n_users, "diff": t.mean_diff,
+                  "rel": t.mean_diff / t.mean_a if t.mean_a else float("nan"),
+                  "p_ttest": t.p_ttest, "p_wilcoxon": t.p_wilcoxon}
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def fmt_mean_std(values: list[float], digits: int = 4) -> str:
+    m, s = mean_std(values)
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(values) > 1 else f"{m:.{digits}f}"
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table (cells are str()-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
