@@ -98,8 +98,10 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1, c1 = time.perf_counter(), time.process_time()
-        u, i = model.embeddings_for_eval()
-        evaluate_split(h, u.float().cpu().numpy(), i.float().cpu().numpy(), "valid")
+        model.eval()  # as the trainer does: eval mode, no autograd graph
+        with torch.no_grad():
+            u, i = model.embeddings_for_eval()
+        evaluate_split(h, u.detach().float().cpu().numpy(), i.detach().float().cpu().numpy(), "valid")
         t2, c2 = time.perf_counter(), time.process_time()
         train_s.append(t1 - t0)
         valid_s.append(t2 - t1)

@@ -52,7 +52,8 @@ def test_speed_render_shows_every_number():
     md = speed.render(_speed_result())
     for s in ("4.41", "260", "160,792", "17.8", "432.1", "+3.2%", "+6.4%", "lightgcn", "2.68", "0.77", "1,147",
               "error: out of memory", "0.511", "0.377", "6.789", "13.3x", "18.0x", "2.3e-08", "0.0876 / 0.0875",
-              "random weights", "CPU, 1 torch thread", "results/speed-backbones.png", "backbones 180 s"):
+              "random weights", "CPU, 1 torch thread", "results/speed-backbones.png",
+              "prepare 21 s, features 40 s, backbones 180 s, eval 30 s"):
         assert s in md, s
     assert "GPU" not in md and "peak CUDA" not in md
     gpu = speed.render(_speed_result("cuda"))

@@ -203,5 +203,6 @@ def render(res: dict) -> str:
     if "eval" in res:
         out += _render_eval(res["eval"]) + [""]
     if res.get("wall_s"):
-        out.append("Wall time of each part: " + ", ".join(f"{k} {v:.0f} s" for k, v in res["wall_s"].items()) + ".")
+        parts = [k for k in ("prepare", "features", "backbones", "eval") if k in res["wall_s"]]
+        out.append("Wall time of each part: " + ", ".join(f"{k} {res['wall_s'][k]:.0f} s" for k in parts) + ".")
     return "\n".join(out).rstrip() + "\n"
