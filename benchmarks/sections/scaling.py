@@ -166,6 +166,7 @@ def plot(res: dict, path: Path) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for ax, (m, label) in zip(axes, METRICS):
@@ -179,6 +180,11 @@ def plot(res: dict, path: Path) -> str:
         ax.set_xlabel("size (x Baby users and items)")
         ax.set_title(label)
         ax.set_xticks(res["factors"], [str(f) for f in res["factors"]])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2, 5)))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
