@@ -100,6 +100,9 @@ def test_scaling_render_and_plot(tmp_path):
     name = scaling.plot(res, tmp_path / "scaling-loglog.png")
     assert name == "scaling-loglog.png" and (tmp_path / name).stat().st_size > 5000
     json.dumps(res)  # JSON-serialisable as run_all stores it
+    assert "MRDIB_SCALING_FACTORS" not in md
+    short = {**res, "mode": "full"}  # a full run limited to 1x-4x must say so
+    assert "Sizes set by MRDIB_SCALING_FACTORS (full mode runs 1x, 2x, 4x, 8x, 16x)" in scaling.render(short)
 
 
 def test_generator_keeps_baby_density_per_user():

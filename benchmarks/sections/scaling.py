@@ -107,8 +107,19 @@ def write_dataset(workdir: Path, factor: int, seed: int = 0) -> str:
 
 # --------------------------------------------------------------------------------------------- runs
 def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads: int, seed: int) -> dict:
-    """One training epoch + validation pass via the real CLI in a subprocess; its own peak RSS (os.wait4)."""
+    """One training epoch + validation pass via the real CLI in a subprocess; its own peak RSS (os.wait4).
+
+    The figures are also stored in the run folder (``scaling-point.json``, with the spec and the dataset
+    card's creation stamp), so an interrupted ``--full`` run resumes without redoing the sizes it measured.
+    """
     name = f"{dataset}-{backbone}"
+    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
+            .get("created"), "backbone": backbone, "device": device, "threads": threads, "seed": seed}
+    point = workdir / "runs" / name / "scaling-point.json"
+    if point.exists():
+        stored = json.loads(point.read_text())
+        if stored.get("spec") == spec:
+            return {**stored["result"], "reused": True}
     cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "train", "-b", backbone, "-d", dataset,
            "-n", name, "--epochs", "1", "--device", device, "--threads", str(threads), "--seed", str(seed),
            "--force"]
@@ -121,8 +132,10 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"train {backbone} on {dataset} failed: {(err.strip().splitlines() or ['?'])[-1]}")
     line = json.loads((workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()[0])
-    return {"train_s_per_epoch": line["time"]["train_s"], "valid_s_per_pass": line["time"]["valid_s"],
-            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    res = {"train_s_per_epoch": line["time"]["train_s"], "valid_s_per_pass": line["time"]["valid_s"],
+           "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    point.write_text(json.dumps({"spec": spec, "result": res}))
+    return res
 
 
 def fit_exponent(x: Any, y: Any) -> float:
@@ -133,6 +146,8 @@ def fit_exponent(x: Any, y: Any) -> float:
 
 def run(ctx) -> dict:
     factors = QUICK_FACTORS if ctx.mode == "quick" else FULL_FACTORS
+    if os.environ.get("MRDIB_SCALING_FACTORS"):  # e.g. "1,2,4,8": a shorter full run (stated on the page)
+        factors = tuple(int(f) for f in os.environ["MRDIB_SCALING_FACTORS"].split(","))
     ws = Path(ctx.workdir) / "ws"
     seed = ctx.seeds[0]
     rows = []
@@ -145,7 +160,8 @@ def run(ctx) -> dict:
         for b in BACKBONES:
             r = train_once(ws, ds, b, ctx.device, ctx.threads, seed)
             ctx.log(f"scaling: {ds} {b}: train {r['train_s_per_epoch']:.1f} s/epoch, valid "
-                    f"{r['valid_s_per_pass']:.1f} s, peak RSS {r['peak_rss_mib']} MiB")
+                    f"{r['valid_s_per_pass']:.1f} s, peak RSS {r['peak_rss_mib']} MiB"
+                    + (" (stored from an earlier run)" if r.get("reused") else ""))
             rows.append({"factor": f, "backbone": b, "n_users": card["n_users"], "n_items": card["n_items"],
                          "n_interactions": card["n_interactions"], "train_interactions": card["split_sizes"]["train"],
                          **r})
@@ -195,7 +211,11 @@ def plot(res: dict, path: Path) -> str:
 
 def render(res: dict) -> str:
     dev = "GPU (cuda)" if res["device"] == "cuda" else f"CPU, {res['threads']} torch thread(s)"
+    full = list(FULL_FACTORS if res["mode"] == "full" else QUICK_FACTORS)
     quick = (" Quick mode: sizes 1x, 2x and 4x only (`--full` goes to 16x)." if res["mode"] == "quick" else "")
+    if res["factors"] != full:
+        quick += (f" Sizes set by MRDIB_SCALING_FACTORS ({res['mode']} mode runs "
+                  f"{', '.join(f'{f}x' for f in full)}).")
     out = [
         f"Synthetic Baby-shaped datasets at {', '.join(f'{f}x' for f in res['factors'])} Amazon Baby's users "
         f"and items ({BABY_USERS:,} x {BABY_ITEMS:,} at 1x).{quick} *Same density* = the same interactions per "
