@@ -103,6 +103,9 @@ def test_scaling_render_and_plot(tmp_path):
     assert "MRDIB_SCALING_FACTORS" not in md
     short = {**res, "mode": "full"}  # a full run limited to 1x-4x must say so
     assert "Sizes set by MRDIB_SCALING_FACTORS (full mode runs 1x, 2x, 4x, 8x, 16x)" in scaling.render(short)
+    assert "Quick mode" not in scaling.render(short) and "earlier run" not in md
+    res["rows"][0]["reused"] = True
+    assert "| 1x * |" in scaling.render(res) and "earlier run" in scaling.render(res)
 
 
 def test_generator_keeps_baby_density_per_user():

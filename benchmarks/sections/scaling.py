@@ -214,7 +214,7 @@ def render(res: dict) -> str:
     full = list(FULL_FACTORS if res["mode"] == "full" else QUICK_FACTORS)
     quick = (" Quick mode: sizes 1x, 2x and 4x only (`--full` goes to 16x)." if res["mode"] == "quick" else "")
     if res["factors"] != full:
-        quick += (f" Sizes set by MRDIB_SCALING_FACTORS ({res['mode']} mode runs "
+        quick = (f" Sizes set by MRDIB_SCALING_FACTORS ({res['mode']} mode runs "
                   f"{', '.join(f'{f}x' for f in full)}).")
     out = [
         f"Synthetic Baby-shaped datasets at {', '.join(f'{f}x' for f in res['factors'])} Amazon Baby's users "
@@ -230,9 +230,12 @@ def render(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
-        out.append(f"| {r['factor']}x | {r['n_users']:,} | {r['n_items']:,} | {r['n_interactions']:,} | "
+        out.append(f"| {r['factor']}x{' *' if r.get('reused') else ''} | {r['n_users']:,} | {r['n_items']:,} | {r['n_interactions']:,} | "
                    f"{r['backbone']} | {r['train_s_per_epoch']:.2f} | {r['valid_s_per_pass']:.2f} | "
                    f"{r['peak_rss_mib']:,} |")
+    if any(r.get("reused") for r in res["rows"]):
+        out += ["", "\\* measured by an earlier run with the same dataset, backbone, device, threads and seed "
+                "(stored in its run folder; delete the workdir for fresh timings)."]
     out += ["", "| backbone | exponent: train epoch | exponent: evaluation | exponent: peak RSS |", "|---|---|---|---|"]
     for b, e in res["exponents"].items():
         out.append(f"| {b} | {e['train_s_per_epoch']:.2f} | {e['valid_s_per_pass']:.2f} | "
