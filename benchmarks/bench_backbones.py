@@ -9,7 +9,7 @@ forward per batch, Adam) each followed by one validation pass (deterministic emb
 evaluation with the shared engine). Reported: build s, mean train s/epoch, mean valid s/pass (wall clock
 and process CPU seconds: on a shared machine the CPU seconds are the stable figure), peak RSS.
 
-    python benchmarks/bench_backbones.py [--backbones freedom,mgcn,...] [--epochs 2] [--threads 2]
+    python benchmarks/bench_backbones.py [--backbones freedom,mgcn,...|all] [--epochs 2] [--threads 2]
                                          [--workdir DIR] [--device cpu|cuda] [--json PATH]
 """
 
@@ -30,8 +30,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BABY = ROOT.parent / "shared" / "data" / "amazon2014-baby-5core" / "lattice"
+BABY = (Path(os.environ.get("MRDIB_SHARED_DATA") or ROOT.parent / "shared" / "data")
+        / "amazon2014-baby-5core" / "lattice")
 DEFAULT = "freedom,mgcn,bm3,lattice,soil,mmgcn,dualgnn"
+ALL = "lightgcn,vbpr,lgmrec," + DEFAULT  # every registered backbone
 
 
 def prepare(workdir: Path) -> None:
@@ -96,8 +98,10 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t1, c1 = time.perf_counter(), time.process_time()
-        u, i = model.embeddings_for_eval()
-        evaluate_split(h, u.float().cpu().numpy(), i.float().cpu().numpy(), "valid")
+        model.eval()  # as the trainer does: eval mode, no autograd graph
+        with torch.no_grad():
+            u, i = model.embeddings_for_eval()
+        evaluate_split(h, u.detach().float().cpu().numpy(), i.detach().float().cpu().numpy(), "valid")
         t2, c2 = time.perf_counter(), time.process_time()
         train_s.append(t1 - t0)
         valid_s.append(t2 - t1)
@@ -116,7 +120,7 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--backbones", default=DEFAULT)
+    ap.add_argument("--backbones", default=DEFAULT, help=f"comma-separated, or 'all' ({ALL})")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
@@ -129,7 +133,7 @@ def main() -> None:
         return
     prepare(a.workdir)
     rows = []
-    for name in a.backbones.split(","):
+    for name in (ALL if a.backbones == "all" else a.backbones).split(","):
         p = subprocess.run([sys.executable, __file__, "--child", name, "--epochs", str(a.epochs), "--threads",
                             str(a.threads), "--device", a.device, "--workdir", str(a.workdir)],
                            capture_output=True, text=True, cwd=ROOT)

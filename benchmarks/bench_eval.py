@@ -14,6 +14,7 @@ Usage::
     python benchmarks/bench_eval.py                 # both parts
     python benchmarks/bench_eval.py --skip-large    # Baby-sized part only
     python benchmarks/bench_eval.py --large-users 200000   # subsample of the 1M users (printed clearly)
+    python benchmarks/bench_eval.py --skip-large --json   # last line: the Baby figures as JSON
 """
 
 from __future__ import annotations
@@ -97,9 +98,12 @@ def real_baby(d: int, seed: int):
 
 # --------------------------------------------------------------------------------------------- reference
 def torch_reference(user: np.ndarray, item: np.ndarray, train: sp.csr_matrix, test: sp.csr_matrix,
-                    ks=(10, 20), topk: int = 50, batch: int = 4096) -> tuple[dict[str, float], float]:
+                    ks=(10, 20), topk: int = 50, batch: int = 4096,
+                    device: str = "cpu") -> tuple[dict[str, float], float]:
     """MMRec-style evaluation: dense scores per batch, -1e10 mask, torch.topk(50), per-user Python loops."""
     import torch
+
+    dev = torch.device(device)
 
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     # the mask (user, item) pairs of each batch, prepared outside the timed region (MMRec's data loader
@@ -108,10 +112,10 @@ def torch_reference(user: np.ndarray, item: np.ndarray, train: sp.csr_matrix, te
     for s in range(0, len(users), batch):
         ub = users[s:s + batch]
         coo = train[ub].tocoo()
-        batches.append((torch.from_numpy(ub), torch.from_numpy(coo.row.astype(np.int64)),
-                        torch.from_numpy(coo.col.astype(np.int64))))
+        batches.append((torch.from_numpy(ub).to(dev), torch.from_numpy(coo.row.astype(np.int64)).to(dev),
+                        torch.from_numpy(coo.col.astype(np.int64)).to(dev)))
     pos_items = [set(test.indices[test.indptr[u]:test.indptr[u + 1]].tolist()) for u in users]
-    U, I = torch.from_numpy(user), torch.from_numpy(item)
+    U, I = torch.from_numpy(user).to(dev), torch.from_numpy(item).to(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
         tops = []
@@ -119,7 +123,7 @@ def torch_reference(user: np.ndarray, item: np.ndarray, train: sp.csr_matrix, te
             scores = U[ub] @ I.T
             scores[r, c] = -1e10
             tops.append(torch.topk(scores, topk, dim=-1)[1])
-        top = torch.cat(tops).numpy()
+        top = torch.cat(tops).cpu().numpy()
     rec = {f"{m}@{k}": [] for m in ("recall", "ndcg", "precision", "map", "hit") for k in ks}
     for pos, row in zip(pos_items, top):  # MMRec: bool_rec_matrix built with a Python loop per user
         hits = [1.0 if int(i) in pos else 0.0 for i in row]
@@ -143,7 +147,8 @@ def torch_reference(user: np.ndarray, item: np.ndarray, train: sp.csr_matrix, te
 
 
 # --------------------------------------------------------------------------------------------- parts
-def baby(repeats: int, threads: int | None, synthetic_only: bool = False) -> None:
+def baby(repeats: int, threads: int | None, synthetic_only: bool = False, device: str = "cpu") -> dict:
+    """Prints the comparison and returns its figures (medians over ``repeats``)."""
     import faiss
     import torch
 
@@ -174,7 +179,7 @@ def baby(repeats: int, threads: int | None, synthetic_only: bool = False) -> Non
         ours_warm.append(time.perf_counter() - t)
         cpu["warm"].append(time.process_time() - c)
         c = time.process_time()
-        ref_m, ref_t = torch_reference(user, item, train, test)
+        ref_m, ref_t = torch_reference(user, item, train, test, device=device)
         cpu["ref"].append(time.process_time() - c)
         refs.append(ref_t)
     diff = max(abs(res.metrics[k] - ref_m[k]) for k in ref_m)
@@ -191,6 +196,12 @@ def baby(repeats: int, threads: int | None, synthetic_only: bool = False) -> Non
     print(f"  ours: recall@20={res.metrics['recall@20']:.4f} ndcg@20={res.metrics['ndcg@20']:.4f}; "
           f"reference: recall@20={ref_m['recall@20']:.4f} ndcg@20={ref_m['ndcg@20']:.4f}")
     print(f"  breakdown of the last cold run: {res.timing}")
+    return {"data": what, "n_users": n_users, "n_items": n_items, "d": d, "train_nnz": int(train.nnz),
+            "users_evaluated": int(res.n_users), "threads": ours_threads, "repeats": repeats,
+            "reference_device": device, "ours_cold_s": round(oc, 4), "ours_warm_s": round(ow, 4),
+            "reference_s": round(rf, 4), "speedup_cold": round(rf / oc, 2), "speedup_warm": round(rf / ow, 2),
+            "max_abs_metric_diff": float(diff), "fallback_rows": int(res.n_fallback),
+            "ours": {k: float(res.metrics[k]) for k in ref_m}, "reference": ref_m}
 
 
 def large_child(n_users: int, n_items: int, threads: int | None, batch: int) -> None:
@@ -248,13 +259,17 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="Baby-sized synthetic data even if the real split "
                                                               "is available")
     ap.add_argument("--large-users", type=int, default=1_000_000)
+    ap.add_argument("--device", default="cpu", help="device of the PyTorch reference (ours: FAISS on CPU)")
+    ap.add_argument("--json", action="store_true", help="print the Baby figures as one JSON line (last line)")
     ap.add_argument("--large-child", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.large_child is not None:
         large_child(a.large_child, 100_000, a.threads, a.batch_users)
         return
     if not a.skip_baby:
-        baby(a.repeats, a.threads, a.synthetic)
+        figures = baby(a.repeats, a.threads, a.synthetic, a.device)
+        if a.json:
+            print(json.dumps(figures))
     if not a.skip_large:
         large(a.large_users, a.threads, a.batch_users)
 

@@ -5,7 +5,7 @@ helpful, ...) and ``meta_Baby.json.gz`` (71,317 Python-literal lines with relate
 categories, descriptions), then times ``python -m mrdib_cli prepare baby --raw-dir ...`` in a fresh
 workdir (a cold build, no cache) and reports wall time and the peak RSS of that process.
 
-    python benchmarks/bench_prepare.py [--out DIR] [--repeat 1]
+    python benchmarks/bench_prepare.py [--out DIR] [--repeat 1] [--json]
 
 Target (issue #2): under 20 s on a 2-core machine.
 """
@@ -13,6 +13,7 @@ Target (issue #2): under 20 s on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -75,12 +76,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "mrdib-bench-prepare")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print one JSON line with the figures (last line)")
     args = ap.parse_args()
     raw = args.out / "raw"
+    gen_s = None
     if not (raw / "meta_Baby.json.gz").exists():
         raw.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
         generate(raw)
+        gen_s = time.perf_counter() - t
         print(f"generated raw files in {time.perf_counter() - t:.1f}s: "
               + ", ".join(f"{p.name} {p.stat().st_size / 2**20:.1f} MiB" for p in sorted(raw.glob("*.gz"))))
     walls = []
@@ -98,6 +102,11 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"prepare baby (Baby-sized raw: {N_REVIEWS:,} reviews + {N_META:,} meta lines): "
           f"wall {min(walls):.1f}s (best of {len(walls)}), peak RSS {peak:.0f} MiB, {os.cpu_count()} CPUs")
+    if args.json:
+        print(json.dumps({"reviews": N_REVIEWS, "meta_lines": N_META, "wall_s": round(min(walls), 2),
+                          "walls_s": [round(w, 2) for w in walls], "peak_rss_mib": round(peak),
+                          "generate_s": None if gen_s is None else round(gen_s, 1),
+                          "raw_mib": round(sum(p.stat().st_size for p in raw.glob("*.gz")) / 2**20, 1)}))
 
 
 if __name__ == "__main__":
