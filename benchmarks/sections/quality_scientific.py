@@ -196,7 +196,7 @@ def render(res: dict[str, Any]) -> str:
               f"MRdIB with the setting selected for LGMRec ({_opts(bbs['setting'])}), transferred unchanged to "
               f"every backbone; mean ± std over seeds {seeds}; paired tests pool the seeds' per-user results.", ""]
     rows = []
-    for bb, r in bbs["rows"].items():
+    for bb, r in sorted(bbs["rows"].items(), key=lambda kv: BACKBONES.index(kv[0]) if kv[0] in BACKBONES else 99):
         p = r["paired"]["recall@20"]
         rows.append([bb, fmt_mean_std(r["base"]["test"]["recall@20"]), fmt_mean_std(r["mrdib"]["test"]["recall@20"]),
                      fmt_mean_std(r["base"]["test"]["ndcg@20"]), fmt_mean_std(r["mrdib"]["test"]["ndcg@20"]),
