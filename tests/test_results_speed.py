@@ -132,3 +132,17 @@ def test_written_dataset_reads_like_any_dataset(tmp_path):
     assert h.csr("train").shape == (19_445, 7_050)
     assert h.features("image").vectors.shape == (7_050, scaling.FEATURE_DIM)
     assert h.card["source"]["factor"] == 1
+
+
+def test_speed_gpu_import_keeps_the_successful_line_and_names_what_is_missing() -> None:
+    from benchmarks.sections import speed_gpu
+
+    ok = {"backbone": "vbpr", "build_s": 1.4, "train_s_per_epoch": 0.7, "valid_s_per_pass": 0.86,
+          "peak_rss_mib": 1983, "peak_cuda_mib": 246, "epochs": 1}
+    lines = ["noise", json.dumps({"backbone": "vbpr", "error": "RuntimeError: boom"}), json.dumps(ok),
+             json.dumps({"backbone": "vbpr", "error": "later failure"})]
+    rows = speed_gpu.parse_lines(lines)
+    assert rows == [ok]  # a later error does not replace a measured row
+    md = speed_gpu.render({"rows": rows, "gpu": "Some GPU", "source": "run"})
+    assert "Some GPU" in md and "| vbpr | 1.40 | 0.70 | 0.86 | 246 | 1,983 |" in md
+    assert "lightgcn" in md.split("Not measured")[1]  # the backbones without a row are named
