@@ -202,11 +202,9 @@ def plot(res: dict, path: Path) -> str:
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    from benchmarks.sections._common import save_figure
+
+    return save_figure(fig, path)
 
 
 def render(res: dict) -> str:

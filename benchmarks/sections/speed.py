@@ -121,11 +121,9 @@ def bar_chart(rows: list[dict], path: Path, device: str) -> str:
     ax.set_xlabel(f"seconds ({'GPU' if device == 'cuda' else 'CPU'})")
     ax.set_title("Seconds per epoch at Amazon Baby scale")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    from benchmarks.sections._common import save_figure
+
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------- render
