@@ -97,7 +97,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=None, help="parallel training processes [cores, at most 2 on CPU]")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training process")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mrdib-run-all")
-    ap.add_argument("--out", type=Path, default=OUT, help="where the JSON and PNG files go")
+    ap.add_argument("--out", type=Path, default=OUT,
+                    help="where the JSON and PNG files go [docs/results; the page is written beside it as <out>.md]")
     args = ap.parse_args()
     mods = discover()
     if args.only:
@@ -126,11 +127,11 @@ def main() -> int:
         if failed:
             print(f"error: section(s) failed: {', '.join(failed)} (their previous results are kept)",
                   file=sys.stderr)
-    page = render_page(mods, args.out)
-    tmp = PAGE.with_suffix(".md.tmp")
-    tmp.write_text(page)
-    os.replace(tmp, PAGE)
-    print(f"wrote {PAGE.relative_to(ROOT)}", file=sys.stderr)
+    page_path = PAGE if args.out.resolve() == OUT.resolve() else args.out.parent / f"{args.out.name}.md"
+    tmp = page_path.with_suffix(".md.tmp")
+    tmp.write_text(render_page(mods, args.out))
+    os.replace(tmp, page_path)
+    print(f"wrote {page_path}", file=sys.stderr)
     return 1 if failed else 0
 
 
