@@ -58,8 +58,12 @@ def run_section(name: str, mod: object, ctx: Context) -> None:
     try:
         res = mod.run(ctx)
     except SkipSection as e:
-        res = {"skipped": str(e)}
         ctx.log(f"   skipped: {e}")
+        prev = ctx.out_dir / f"{name}.json"
+        if prev.exists() and "skipped" not in json.loads(prev.read_text())["result"]:
+            ctx.log(f"   kept the stored result of {name} (a skip here must not erase one measured elsewhere)")
+            return
+        res = {"skipped": str(e)}
     wall = time.perf_counter() - t0
     atomic_json(ctx.out_dir / f"{name}.json", {"result": res, "meta": meta(ctx, wall)})
     ctx.log(f"   {name}: {wall:.0f} s")

@@ -123,8 +123,11 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.log(f"multi-split test, ablation, every backbone: {len(unique)} runs")
     by_name = {r["run"]: r for r in train_many(ctx, unique)}
     res = {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
-    out["devices"] = device_counts(sweep_runs + [r for r in by_name.values() if r["run"] not in
-                                                 {x["run"] for x in sweep_runs}])
+    every = sweep_runs + [r for r in by_name.values() if r["run"] not in {x["run"] for x in sweep_runs}]
+    out["devices"] = device_counts(every)
+    out["train_wall_s"] = {d: round(sum(r["wall_s"] for r in every if (r.get("gpu") or ("GPU" if r.get("device") ==
+                                                                                       "cuda" else "CPU")) == d))
+                           for d in out["devices"]}
 
     out["multi"] = {bb: {"setting": out["sweep"][bb]["selected"],
                          **{v: _summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
@@ -152,7 +155,9 @@ def render(res: dict[str, Any]) -> str:
     cap = f" **Quick mode: training capped at {res['epochs_cap']} epochs; not comparable with full results.**" \
         if res.get("epochs_cap") else ""
     devs = ", ".join(f"{n} on {d}" for d, n in res.get("devices", {}).items())
-    parts = [f"Trained runs: {devs} (results do not depend on the device beyond float rounding)." if devs else "",
+    walls = ", ".join(f"{w / 3600:.1f} h on {d}" for d, w in res.get("train_wall_s", {}).items())
+    parts = [f"Trained runs: {devs} (results do not depend on the device beyond float rounding); summed "
+             f"training wall time {walls} (parallel runs overlap)." if devs else "",
              "", f"Splits: {', '.join(res['splits'])} (chronological split as distributed, plus leave-one-out "
              f"re-splits with seeds 1-5 where listed); seeds {seeds}. Test metrics at the best-validation epoch." + cap, ""]
 
