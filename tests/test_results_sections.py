@@ -176,3 +176,25 @@ def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign
     demo["diagnose"]["vbpr"]["mrdib"]["mi"] = -0.0002
     md = quality_demo.render(demo)
     assert _row(md, "VBPR | + MRdIB | mu")[3] == "0.000" and "to 0.000 nats" in md
+
+
+def test_a_skipped_section_keeps_a_result_measured_elsewhere(tmp_path):
+    """A CPU run of a GPU-only section must not overwrite the GPU machine's stored result with 'skipped'."""
+    import json as _json
+    import types
+
+    import benchmarks.run_all as run_all
+    from benchmarks.sections._common import Context, SkipSection
+
+    def skip(ctx):
+        raise SkipSection("no GPU here")
+
+    mod = types.SimpleNamespace(run=skip)
+    ctx = Context(mode="quick", device="cpu", jobs=1, threads=1, seeds=[1], workdir=tmp_path, out_dir=tmp_path,
+                  shared=None, log=lambda s: None)
+    stored = {"result": {"rows": [1, 2]}, "meta": {"device": "cuda"}}
+    (tmp_path / "g.json").write_text(_json.dumps(stored))
+    run_all.run_section("g", mod, ctx)
+    assert _json.loads((tmp_path / "g.json").read_text()) == stored
+    run_all.run_section("fresh", mod, ctx)  # nothing stored yet: the skip itself is recorded
+    assert _json.loads((tmp_path / "fresh.json").read_text())["result"] == {"skipped": "no GPU here"}
