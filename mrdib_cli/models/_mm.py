@@ -75,3 +75,16 @@ def lightgcn_mean(module: nn.Module, name: str, ego: Tensor, n_layers: int) -> T
         ego = prop(module, name, ego)
         out.append(ego)
     return torch.stack(out, dim=1).mean(dim=1)
+
+
+def gated_modality_views(module: nn.Module, feats: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """MGCN's per-modality branch, which SOIL inherits: the item ID embedding gated by the projected feature
+    (``module.trs[m]``, ``module.gate[m]``; the MRdIB hook point), ``n_layers`` propagations on the item-item
+    graph ``<m>_adj``, users as ``R`` times the items. Returns [users; items] per modality."""
+    mm: dict[str, Tensor] = {}
+    for m, x in feats.items():
+        h = module.modality_hook(m, module.item_id_embedding.weight * module.gate[m](module.trs[m](x)))
+        for _ in range(n_layers):
+            h = prop(module, f"{m}_adj", h)
+        mm[m] = torch.cat([prop(module, "R", h), h], dim=0)
+    return mm

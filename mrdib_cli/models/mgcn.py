@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
 from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import (add_graph, bpr, half_sq_reg, info_nce, lightgcn_mean, prop,
+from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, half_sq_reg, info_nce, lightgcn_mean,
                                   xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -95,13 +95,7 @@ class MGCN(Backbone):
         hp = self.hp
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
         content = lightgcn_mean(self, "norm_adj", ego, hp["n_ui_layers"])
-        mm: dict[str, Tensor] = {}
-        for m in MODS:
-            h = self.item_id_embedding.weight * self.gate[m](self.trs[m](self.feat[m]))
-            h = self.modality_hook(m, h)
-            for _ in range(hp["n_layers"]):
-                h = prop(self, f"{m}_adj", h)
-            mm[m] = torch.cat([prop(self, "R", h), h], dim=0)
+        mm = gated_modality_views(self, {m: self.feat[m] for m in MODS}, hp["n_layers"])
         _, common = self.fuser(mm["image"], mm["text"])
         sep = {m: (mm[m] - common) * self.gate_prefer[m](content) for m in MODS}
         side = (sep["image"] + sep["text"] + common) / 3

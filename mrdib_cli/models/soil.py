@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs, to_scipy
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
 from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import add_graph, bpr, info_nce, lightgcn_mean, prop, xavier_embedding
+from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, info_nce, lightgcn_mean,
+                                  xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 from mrdib_cli.models.mgcn import AttentionFuser, user_item_block
 
@@ -95,13 +96,7 @@ class SOIL(Backbone):
         hp = self.hp
         ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
         content = lightgcn_mean(self, "ui_adj", ego, hp["n_ui_layers"])
-        mm: dict[str, Tensor] = {}
-        for m in MODS:
-            f = self.trs[m](getattr(self, f"{m}_feat"))
-            h = self.modality_hook(m, self.item_id_embedding.weight * self.gate[m](f))
-            for _ in range(hp["n_layers"]):
-                h = prop(self, f"{m}_adj", h)
-            mm[m] = torch.cat([prop(self, "R", h), h], dim=0)
+        mm = gated_modality_views(self, {m: getattr(self, f"{m}_feat") for m in MODS}, hp["n_layers"])
         _, common = self.fuser(mm["image"], mm["text"])
         side = (mm["image"] + mm["text"] - common) / 3
         u, i = torch.split(content + side, [self.n_users, self.n_items])
