@@ -3,7 +3,10 @@
 On a shared machine, timings of separate runs drift with the load; alternating the two models batch by
 batch on the same batches and comparing medians gives a fair ratio. Usage:
 
-    MRDIB_HOME=... python benchmarks/bench_mrdib_overhead.py --backbone vbpr --dataset sci [--steps 40]
+    MRDIB_HOME=... python benchmarks/bench_mrdib_overhead.py --backbone vbpr --dataset sci [--steps 40] \
+        [--device cuda] [--json out.json]
+
+On a GPU each step is synchronised before it is timed (kernels run asynchronously).
 """
 
 from __future__ import annotations
@@ -28,9 +31,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--variants", default="{}", help="JSON list/obj of MRdIB option dicts, e.g. '[{}, {\"mib_only\": true}]'")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ws = Workspace()
     h = DatasetHandle.open(ws, a.dataset)
     cls = get_backbone(a.backbone)
@@ -39,7 +46,7 @@ def main() -> None:
     models = []
     for opts in [None, *variants]:
         torch.manual_seed(0)
-        bb = cls(h, resolve_hparams(cls, h.name, {}), None)
+        bb = cls(h, resolve_hparams(cls, h.name, {}), None).to(dev)
         pl = None if opts is None else create_plugin("mrdib", opts)
         if pl is not None:
             pl.attach(bb)
@@ -50,8 +57,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     times: list[list[float]] = [[] for _ in models]
     for _ in range(a.steps):
-        b = Batch(*(torch.randint(n, (a.batch_size,), generator=g) for n in (h.n_users, h.n_items, h.n_items)))
+        b = Batch(*(torch.randint(n, (a.batch_size,), generator=g).to(dev) for n in (h.n_users, h.n_items,
+                                                                                     h.n_items)))
         for k, (_, bb, pl, opt) in enumerate(models):
+            sync()
             t = time.perf_counter()
             emb = bb.propagate()
             terms = bb.loss(b, emb)
@@ -62,13 +71,21 @@ def main() -> None:
             opt.step()
             if pl is not None:
                 pl.after_step(b, emb)
+            sync()
             times[k].append(time.perf_counter() - t)
     warm = min(5, a.steps // 4)
     base = statistics.median(times[0][warm:])
+    rows = []
     for (opts, *_), ts in zip(models, times):
         m = statistics.median(ts[warm:])
         label = "backbone alone" if opts is None else f"+MRdIB {json.dumps(opts)}"
         print(f"{a.backbone:8s} {h.name:10s} {label:40s} {m * 1000:8.1f} ms/step  x{m / base:.3f}")
+        rows.append({"mrdib": opts, "ms_per_step": round(m * 1000, 3), "ratio": round(m / base, 4)})
+    if a.json:
+        gpu = torch.cuda.get_device_name(0) if dev.type == "cuda" else None
+        with open(a.json, "w") as f:
+            json.dump({"backbone": a.backbone, "dataset": h.name, "device": a.device, "gpu": gpu,
+                       "threads": a.threads, "steps": a.steps, "batch_size": a.batch_size, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Backbone, Batch, Embeddings
-from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl
+from mrdib_cli.mrdib.bottleneck import BottleneckOut, GaussianBottleneck
 from mrdib_cli.mrdib.mine import CriticTrainer, make_critic, redundancy_term
 from mrdib_cli.training.plugin import Plugin
 
@@ -105,15 +105,6 @@ def bpr(pos: Tensor, neg: Tensor) -> Tensor:
     return F.softplus(neg - pos).mean()
 
 
-@dataclass
-class _HookState:
-    """What the last forward pass through one hook produced (full item set)."""
-
-    z: Tensor  # [n_items, d_z] (sample in training, mu at eval), bottleneck space
-    mu: Tensor
-    logvar: Tensor
-
-
 class MRdIB(Plugin):
     """The MRdIB plug-in objective (see the module docstring)."""
 
@@ -133,7 +124,7 @@ class MRdIB(Plugin):
         self.hooks: tuple[str, ...] = ()
         self.pairs: tuple[tuple[str, str], ...] = ()
         self._critic_trainers: dict[str, CriticTrainer] = {}
-        self._state: dict[str, _HookState] = {}
+        self._state: dict[str, BottleneckOut] = {}
         self._last_z: dict[str, Tensor] | None = None
         self._backbone: list[Backbone] = []  # a list, so the backbone is not registered as a submodule
 
@@ -208,11 +199,11 @@ class MRdIB(Plugin):
         return self.training and bool(self._backbone) and self._backbone[0].training
 
     def _hook(self, name: str, h: Tensor) -> Tensor:
-        out, z, mu, logvar = self.bottlenecks[name](h, sample=self._sampling())
-        self._state[name] = _HookState(z=z, mu=mu, logvar=logvar)
-        return out
+        res = self.bottlenecks[name](h, sample=self._sampling())
+        self._state[name] = res
+        return res.out
 
-    def latest(self, name: str) -> _HookState:
+    def latest(self, name: str) -> BottleneckOut:
         """The bottleneck outputs of the last forward pass for hook ``name`` (for diagnostics)."""
         if name not in self._state:
             raise RuntimeError(f"hook '{name}' was not called by the backbone's last forward pass")
@@ -221,7 +212,10 @@ class MRdIB(Plugin):
     # ---------------------------------------------------------------------------------- objectives
     def item_view(self, name: str, z: Tensor) -> Tensor:
         """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree)."""
-        x = self.bottlenecks[name].decode(z)
+        return self._aligned(name, self.bottlenecks[name].decode(z))
+
+    def _aligned(self, name: str, x: Tensor) -> Tensor:
+        """A_m x for a decoded representation x (what the backbone received)."""
         return self.unique_maps[name](x) if name in self.unique_maps else x
 
     def user_view(self, name: str, emb: Embeddings) -> Tensor:
@@ -243,16 +237,15 @@ class MRdIB(Plugin):
         has_neg = batch.neg is not None
         idx = torch.cat([batch.pos, batch.neg]) if has_neg else batch.pos
         n_pos = batch.pos.shape[0]
-        z_b: dict[str, Tensor] = {}
+        out_b: dict[str, Tensor] = {}  # the decoded sample as the backbone received it, at pos ++ neg
         kl_sum = None
-        need_z = (cfg.use_uni or cfg.use_syn_head) and has_neg
         for m in self.hooks:
             st = self._state[m]
-            if need_z:
-                z_b[m] = st.z[idx]
-            # KL per item over the item set (elementwise), then averaged over the batch's items: the same
-            # value as KL of the gathered rows, but only a vector is gathered/scattered in backward
-            kl_m = gaussian_kl(st.mu, st.logvar)[idx].mean()
+            if cfg.use_uni and has_neg:
+                out_b[m] = st.out[idx]
+            # KL per item over the item set (computed with the sample), then averaged over the batch's items:
+            # the same value as KL of the gathered rows, but only a vector is gathered/scattered in backward
+            kl_m = st.kl_rows()[idx].mean()
             logs[f"kl_{m}"] = kl_m.detach()
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
@@ -266,7 +259,7 @@ class MRdIB(Plugin):
                 if id(view) not in users:
                     users[id(view)] = view[batch.users]
                 p = users[id(view)]
-                s_i = self.item_view(m, z_b[m])
+                s_i = self._aligned(m, out_b[m])
                 l_m = bpr((p * s_i[:n_pos]).sum(-1), (p * s_i[n_pos:]).sum(-1))
                 logs[f"uni_{m}"] = l_m.detach()
                 uni = l_m if uni is None else uni + l_m
@@ -274,7 +267,8 @@ class MRdIB(Plugin):
                 terms["uni"] = cfg.alpha_uni * uni
 
         if cfg.use_syn_head and self.synergy is not None and has_neg:
-            fused = self.synergy(torch.cat([z_b[m] for m in self.hooks], dim=-1))
+            z_b = [self._state[m].z[idx] / self._state[m].factor for m in self.hooks]  # unit-scale z
+            fused = self.synergy(torch.cat(z_b, dim=-1))
             u = emb.user[batch.users]
             l_s = bpr((u * fused[:n_pos]).sum(-1), (u * fused[n_pos:]).sum(-1))
             logs["syn"] = l_s.detach()
@@ -287,6 +281,7 @@ class MRdIB(Plugin):
                 # a random subset keeps the all-pairs critic's cost fixed (mine_items^2 pairs)
                 keep = torch.randperm(red_items.numel(), device=red_items.device)[:cfg.mine_items]
                 red_items = red_items[keep]
+            # z up to a fixed factor: the MINE inputs are standardised, so the factor drops out
             zr = {m: self._state[m].z[red_items] for m in self.hooks}
             red = None
             for a, b in self.pairs:
@@ -304,7 +299,7 @@ class MRdIB(Plugin):
         last = self._last_z
         self._last_z = None
         # drop the references to this step's graph early (the next propagate() rebuilds them)
-        self._state = {k: _HookState(v.z.detach(), v.mu.detach(), v.logvar.detach()) for k, v in self._state.items()}
+        self._state = {k: v.detach() for k, v in self._state.items()}
         if last is None or not self._critic_trainers:
             return
         crit = 0.0

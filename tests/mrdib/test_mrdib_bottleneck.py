@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl, reparameterise
@@ -42,12 +43,12 @@ def test_bottleneck_identity_init_and_eval_uses_mu() -> None:
     torch.manual_seed(0)
     h = torch.randn(50, 8)
     bn = GaussianBottleneck(8, None, init_noise=0.1, h_var=float(h.var(0).mean()))
-    out, z, mu, logvar = bn(h, sample=False)
-    assert torch.allclose(out, h, atol=1e-6) and torch.equal(z, mu)  # mu head starts as the identity
-    out1, *_ = bn(h, sample=False)
-    assert torch.equal(out, out1)
-    s1, *_ = bn(h, sample=True)
-    s2, *_ = bn(h, sample=True)
+    r = bn(h, sample=False)
+    out = r.out
+    assert torch.allclose(out, h, atol=1e-6) and torch.equal(r.z, r.mu_f)  # mu head starts as the identity
+    assert r.kl is None
+    assert torch.equal(out, bn(h, sample=False).out)
+    s1, s2 = bn(h, sample=True).out, bn(h, sample=True).out
     assert not torch.equal(s1, s2)
     # initial noise is ~10% of the signal's std
     ratio = float((s1 - h).detach().std() / h.std())
@@ -56,8 +57,9 @@ def test_bottleneck_identity_init_and_eval_uses_mu() -> None:
 
 def test_bottleneck_with_other_size_decodes_back_to_hook_dim() -> None:
     bn = GaussianBottleneck(8, 3)
-    out, z, mu, logvar = bn(torch.randn(7, 8), sample=True)
-    assert out.shape == (7, 8) and z.shape == mu.shape == logvar.shape == (7, 3)
+    r = bn(torch.randn(7, 8), sample=True)
+    assert r.out.shape == (7, 8) and r.z.shape == r.mu.shape == r.logvar.shape == (7, 3)
+    assert r.kl is not None and r.kl.shape == (7,)
 
 
 def test_bottleneck_is_scale_free() -> None:
@@ -67,10 +69,45 @@ def test_bottleneck_is_scale_free() -> None:
     a = GaussianBottleneck(8, None, init_noise=0.1, h_var=float(h.var(0).mean()))
     b = GaussianBottleneck(8, None, init_noise=0.1, h_var=float((100 * h).var(0).mean()))
     b.load_state_dict({**a.state_dict(), "scale": b.scale})
-    _, _, mu_a, lv_a = a(h, sample=False)
-    out_b, _, mu_b, lv_b = b(100 * h, sample=False)
+    ra, rb = a(h, sample=False), b(100 * h, sample=False)
+    mu_a, lv_a, mu_b, lv_b, out_b = ra.mu, ra.logvar, rb.mu, rb.logvar, rb.out
     assert torch.allclose(mu_a, mu_b, atol=1e-5) and torch.allclose(lv_a, lv_b, atol=1e-5)
     assert torch.allclose(out_b, 100 * h, atol=1e-4)  # and the backbone gets its own scale back
     kl = gaussian_kl(mu_a, lv_a).mean()
     # unit-scale mu (~0.5 * d) plus the initial noise's cost (0.5 * d * (0.01 - log 0.01 - 1)), not thousands
-    assert 0.5 * 8 * 0.5 < float(kl) < 0.5 * 8 * (1.5 + 0.01 - math.log(0.01) - 1)
+    assert 0.5 * 8 * 0.5 < float(kl.detach()) < 0.5 * 8 * (1.5 + 0.01 - math.log(0.01) - 1)
+
+
+def _reference(bn: GaussianBottleneck, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bottleneck written the plain autograd way (the specification the fused pass must equal)."""
+    mu, logvar = bn.head(h / bn.scale).split(bn.z_dim, dim=-1)
+    logvar = logvar.clamp(*bn.LOGVAR_RANGE)
+    z = reparameterise(mu, logvar)
+    return bn.decoder(z) * bn.scale, gaussian_kl(mu, logvar)
+
+
+@pytest.mark.parametrize("z_dim", [None, 5])
+def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None) -> None:
+    """Values and gradients (heads, input) of the hand-written pass equal the composed reference, including
+    rows whose log-variance is clamped (no gradient there) and a KL that weights rows unevenly."""
+    torch.manual_seed(0)
+    h = (torch.randn(30, 8) * 0.05 + 0.02).requires_grad_()
+    bn = GaussianBottleneck(8, z_dim, init_noise=0.1, h_var=float(h.detach().var(0).mean()))
+    with torch.no_grad():  # push a few log-variances past both clamp bounds
+        bn.head.bias[bn.z_dim] = 30.0
+        bn.head.bias[bn.z_dim + 1] = -40.0
+        bn.head.weight[bn.z_dim:] += 0.3 * torch.randn(bn.z_dim, 8)
+    g_out, w_kl = torch.randn(30, 8), torch.rand(30)
+    grads = []
+    for fn in (lambda: (lambda r: (r.out, r.kl))(bn(h, sample=True)), lambda: _reference(bn, h)):
+        torch.manual_seed(1)
+        out, kl = fn()
+        ((out * g_out).sum() + (kl * w_kl).sum()).backward()
+        grads.append((out.detach(), kl.detach(), h.grad.clone(), bn.head.weight.grad.clone(),
+                      bn.head.bias.grad.clone()))
+        h.grad, bn.head.weight.grad, bn.head.bias.grad = None, None, None
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+    lv_grad = grads[0][4][bn.z_dim:]
+    assert float(lv_grad[0]) == 0.0 and float(lv_grad[1]) == 0.0  # clamped: no gradient
+    assert float(lv_grad[2:].abs().min()) > 0
