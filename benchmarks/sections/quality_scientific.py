@@ -4,6 +4,8 @@ validation sweep, the multi-split paired test and the ablation (issues #6 and #9
 Protocol, decided before any number was seen and applied mechanically:
 1. **Sweep** (LGMRec, VBPR): MRdIB over a grid from the paper's {1e-4, 1e-3, 5e-3, 1e-2, 5e-2} on the
    chronological split; the setting with the best mean *validation* Recall@20 over the sweep seeds is selected.
+   The grid holds alpha_red at the paper's 0.05; a second step then sweeps alpha_red over the paper's whole
+   grid at the selected (alpha_kl, alpha_uni) and keeps the best on validation (coordinate search).
 2. **Multi-split test** (LGMRec, VBPR): baseline, MRdIB with the paper's defaults and MRdIB with the selected
    setting on the chronological split and 5 random leave-one-out re-splits (full mode), every seed; per-user
    test results of all (split, seed) pairs are pooled for the paired t-test and Wilcoxon test.
@@ -16,7 +18,7 @@ backbone's defaults), train items masked.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, device_counts, fmt_mean_std,
                                          md_table, mean_std, paired, train_many)
@@ -37,6 +39,11 @@ def grid(quick: bool) -> list[dict[str, float]]:
     unis = [5e-3, 5e-2] if quick else [1e-3, 5e-3, 5e-2]
     reds = [5e-2]
     return [{"alpha_kl": k, "alpha_uni": u, "alpha_red": r} for k in kls for u in unis for r in reds]
+
+
+def red_grid(quick: bool) -> list[float]:
+    """alpha_red values of the coordinate step (the paper's per-alpha grid)."""
+    return [1e-3, 5e-2] if quick else [1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
 
 
 def tag(opts: dict[str, Any] | None) -> str:
@@ -82,6 +89,22 @@ def select(runs: list[dict[str, Any]], points: list[dict[str, float]]) -> dict[s
     return {"selected": best["point"], "table": scores}
 
 
+def sweep(ctx: Context, backbones: list[str] | tuple[str, ...], seeds: list[int],
+          make_spec: Callable[[str, int, dict[str, float]], TrainSpec]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The validation sweep of the protocol (module docstring): the grid, then alpha_red over the paper's grid
+    at each backbone's best (alpha_kl, alpha_uni). Returns ({backbone: selection}, every sweep run)."""
+    pts = grid(ctx.quick)
+    runs = train_many(ctx, [make_spec(bb, s, p) for bb in backbones for p in pts for s in seeds])
+    out = {bb: select([r for r in runs if r["backbone"] == bb], pts) for bb in backbones}
+    red_pts = {bb: [{**out[bb]["selected"], "alpha_red": r} for r in red_grid(ctx.quick)] for bb in backbones}
+    red_runs = train_many(ctx, [make_spec(bb, s, p) for bb in backbones for p in red_pts[bb] for s in seeds])
+    for bb in backbones:
+        step = select([r for r in red_runs if r["backbone"] == bb], red_pts[bb])
+        out[bb].update(grid_selected=out[bb]["selected"], red_table=step["table"], selected=step["selected"])
+    seen = {r["run"] for r in runs}
+    return out, runs + [r for r in red_runs if r["run"] not in seen]
+
+
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n": len(runs), "best_epoch": [r["best_epoch"] for r in runs],
             "valid_recall@20": [r["valid"]["recall@20"] for r in runs],
@@ -99,11 +122,9 @@ def run(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"splits": splits, "seeds": seeds, "sweep_seeds": sweep_seeds, "split_seeds": split_seeds, "grid": grid(ctx.quick),
                            "epochs_cap": QUICK_EPOCHS if ctx.quick else None}
 
-    # 1. sweep on validation (chronological split): all points in parallel
-    ctx.log(f"sweep: {len(TUNED)} backbones x {len(out['grid'])} points x seeds {sweep_seeds}")
-    sweep_runs = train_many(ctx, [spec(ctx, "sci", bb, s, p) for bb in TUNED for p in out["grid"]
-                                  for s in sweep_seeds])
-    out["sweep"] = {bb: select([r for r in sweep_runs if r["backbone"] == bb], out["grid"]) for bb in TUNED}
+    # 1. sweep on validation (chronological split), then the alpha_red step; all points in parallel
+    ctx.log(f"sweep: {len(TUNED)} backbones x {len(out['grid'])} points x seeds {sweep_seeds}, then alpha_red")
+    out["sweep"], sweep_runs = sweep(ctx, TUNED, sweep_seeds, lambda bb, s, p: spec(ctx, "sci", bb, s, p))
     sel = out["sweep"]["lgmrec"]["selected"]
 
     # 2-4 depend only on the selection: one parallel batch, most important first, each run trained once
@@ -129,6 +150,9 @@ def run(ctx: Context) -> dict[str, Any]:
                                                                                        "cuda" else "CPU")) == d))
                            for d in out["devices"]}
 
+    for bb in TUNED:  # the plain backbone on the sweep seeds, for reading the sweep tables
+        out["sweep"][bb]["base_valid_recall@20"] = mean_std(
+            [r["valid"]["recall@20"] for r in res[("bb", bb, "base")] if r["seed"] in sweep_seeds])[0]
     out["multi"] = {bb: {"setting": out["sweep"][bb]["selected"],
                          **{v: _summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
                          "paired_defaults": paired(res[("multi", bb, "base")], res[("multi", bb, "defaults")]),
@@ -162,12 +186,17 @@ def render(res: dict[str, Any]) -> str:
              f"re-splits with seeds 1-5 where listed); seeds {seeds}. Test metrics at the best-validation epoch." + cap, ""]
 
     parts += ["### MRdIB sweep on validation (chronological split)", "",
-              f"Grid: {len(res['grid'])} points; mean valid Recall@20 over seeds {res['sweep_seeds']}. "
-              "The selected point is used below; test data played no part in choosing it.", ""]
+              f"Grid: {len(res['grid'])} points; mean valid Recall@20 over seeds {res['sweep_seeds']}; then alpha_red "
+              "over the paper's grid at the best (alpha_kl, alpha_uni). The selected point is used below; test "
+              "data played no part in choosing it.", ""]
     for bb, sw in res["sweep"].items():
-        top = sorted(sw["table"], key=lambda s: -s["valid_recall@20"])
-        rows = [[_opts(s["point"]), f"{s['valid_recall@20']:.4f}", "**selected**" if s["point"] == sw["selected"]
-                 else ""] for s in top]
+        final = sw["selected"]
+        table = sw["table"] + [s for s in sw.get("red_table", []) if s["point"] not in [t["point"] for t in sw["table"]]]
+        top = sorted(table, key=lambda s: -s["valid_recall@20"])
+        rows = [[_opts(s["point"]), f"{s['valid_recall@20']:.4f}", "**selected**" if s["point"] == final else ""]
+                for s in top]
+        if sw.get("base_valid_recall@20") is not None:
+            rows.append([f"{bb} alone (no MRdIB)", f"{sw['base_valid_recall@20']:.4f}", "reference"])
         parts += [f"**{bb}**", "", md_table(["setting", "valid R@20", ""], rows), ""]
 
     parts += ["### Backbone vs backbone + MRdIB over splits and seeds (pooled per-user paired tests)", "",
