@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from benchmarks.sections import quality_baby, quality_demo
+from benchmarks.sections import quality_baby, quality_demo, quality_scientific
 from benchmarks.sections._common import METRICS, Context, SkipSection, paired
 
 
@@ -159,12 +159,29 @@ def test_demo_render_marks_skipped_modality_rankings(tmp_path: Path) -> None:
 
 
 def test_demo_specs_pair_every_plain_run_with_an_mrdib_run(tmp_path: Path) -> None:
-    specs = quality_demo.specs(_ctx(tmp_path, None, [1, 2, 3], "full"))
+    hps = {"lgmrec": {}, "vbpr": {"reg_weight": 1.0}}
+    specs = quality_demo.specs(_ctx(tmp_path, None, [1, 2, 3], "full"), hps)
     assert len(specs) == 2 * 2 * 3 and len({s.name for s in specs}) == len(specs)
     for bb in quality_demo.BACKBONES:
         plain = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib is None)
         mr = sorted(s.seed for s in specs if s.backbone == bb and s.mrdib == {})
         assert plain == mr == [1, 2, 3]
+        # plain and MRdIB runs of a backbone share its (validation-chosen) hyper-parameters
+        assert {tuple(s.args) for s in specs if s.backbone == bb} == {tuple(quality_demo.hp_args(hps[bb]))}
+    assert quality_demo.hp_args(hps["vbpr"]) == ["--reg-weight", "1"]
+
+
+def test_demo_backbone_tuning_picks_the_best_validation_value(tmp_path: Path, monkeypatch) -> None:
+    valid = {2.0: 0.04, 1.0: 0.20, 0.1: 0.14}
+    monkeypatch.setattr(quality_demo, "BASE_TUNE", {"vbpr": ("reg_weight", list(valid))})
+
+    def fake_train_many(ctx, specs):
+        return [{"run": s.name, "valid": {"recall@20": valid[float(s.args[1])]}} for s in specs]
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    out = quality_demo.tune_backbones(_ctx(tmp_path, None, [1, 2], "full"))
+    assert out["vbpr"]["hp"] == {"reg_weight": 1.0} and len(out["vbpr"]["table"]) == 3
+    assert out["lgmrec"] == {"hp": {}, "table": []}
 
 
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
@@ -198,3 +215,27 @@ def test_a_skipped_section_keeps_a_result_measured_elsewhere(tmp_path):
     assert _json.loads((tmp_path / "g.json").read_text()) == stored
     run_all.run_section("fresh", mod, ctx)  # nothing stored yet: the skip itself is recorded
     assert _json.loads((tmp_path / "fresh.json").read_text())["result"] == {"skipped": "no GPU here"}
+
+
+def test_sweep_adds_an_alpha_red_step_at_the_grid_selection(tmp_path: Path, monkeypatch) -> None:
+    """Grid first (alpha_red held at 0.05), then alpha_red over the paper's grid at the grid's best point; the
+    final selection is the red step's best and its 0.05 point is the grid run itself (same name: reused)."""
+    def score(p: dict) -> float:
+        return -abs(p["alpha_kl"] - 1e-3) - abs(p["alpha_uni"] - 5e-3) - abs(p["alpha_red"] - 5e-3)
+
+    names: list[list[str]] = []
+
+    def fake_train_many(ctx, specs):
+        names.append([s.name for s in specs])
+        return [{"run": s.name, "backbone": s.backbone, "seed": s.seed, "mrdib": s.mrdib,
+                 "valid": {"recall@20": score(s.mrdib)}} for s in specs]
+
+    monkeypatch.setattr(quality_scientific, "train_many", fake_train_many)
+    ctx = _ctx(tmp_path, None, [1, 2], "full")
+    sel, runs = quality_scientific.sweep(ctx, ["vbpr"], [1, 2],
+                                         lambda bb, s, p: quality_scientific.spec(ctx, "sci", bb, s, p))
+    assert sel["vbpr"]["grid_selected"] == {"alpha_kl": 1e-3, "alpha_uni": 5e-3, "alpha_red": 5e-2}
+    assert sel["vbpr"]["selected"] == {"alpha_kl": 1e-3, "alpha_uni": 5e-3, "alpha_red": 5e-3}
+    assert [t["point"]["alpha_red"] for t in sel["vbpr"]["red_table"]] == quality_scientific.red_grid(False)
+    assert len(set(names[1]) & set(names[0])) == 2  # the 0.05 point, both seeds
+    assert len(runs) == len(set(r["run"] for r in runs)) == 9 * 2 + 4 * 2
