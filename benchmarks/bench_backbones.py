@@ -63,8 +63,9 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.evaluation.engine import evaluate_split
     from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
+    from mrdib_cli.training.trainer import configure_cpu
 
-    torch.set_num_threads(threads)
+    configure_cpu(threads)  # as the trainer: threads, denormals flushed
     torch.manual_seed(999)
     dev = torch.device(device)
     h = DatasetHandle(workdir / "datasets" / "baby")

@@ -21,6 +21,7 @@ import torch
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
 from mrdib_cli.training.plugin import create_plugin
+from mrdib_cli.training.trainer import configure_cpu
 from mrdib_cli.workspace import Workspace
 
 
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     ap.add_argument("--variants", default="{}", help="JSON list/obj of MRdIB option dicts, e.g. '[{}, {\"mib_only\": true}]'")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    configure_cpu(a.threads)  # as the trainer: threads, denormals flushed
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     ws = Workspace()

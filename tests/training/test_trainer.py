@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -42,8 +43,9 @@ def test_run_folder_contract(ws):
     d = ws.run_dir("a")
     conf = json.loads((d / "config.json").read_text())
     for key in ("run_name", "dataset", "dataset_dir", "dataset_digest", "backbone", "hparams", "train",
-                "plugin", "features", "version", "created"):
+                "plugin", "features", "runtime", "version", "created"):
         assert key in conf
+    assert conf["runtime"]["device"] == "cpu" and conf["runtime"]["threads"] >= 1
     assert conf["hparams"] == {"embedding_size": 64, "n_layers": 1, "reg_weight": 1e-2}
     u, i = _emb(ws, "a")
     assert u.shape == (60, 64) and i.shape == (40, 64) and u.dtype == np.float32
@@ -167,3 +169,22 @@ def test_test_metrics_are_those_of_the_best_epoch_embeddings(ws, backbone):
     conf = json.loads((ws.run_dir("b") / "config.json").read_text())
     again = evaluate_split(DatasetHandle(conf["dataset_dir"]), u, i, "test", mask="train", ks=(10, 20))
     assert again.metrics == pytest.approx(results["test"])
+
+
+def test_cpu_runtime_flushes_denormals() -> None:
+    """Denormal floats make CPU arithmetic ~100x slower per element (LGMRec's step lost 25% to them); the
+    trainer's CPU set-up flushes them to zero and says so in config.json."""
+    import torch
+
+    from mrdib_cli.training.trainer import configure_cpu
+
+    try:
+        torch.set_flush_denormal(False)  # (an earlier trainer in this process may have switched it on)
+        tiny = torch.tensor([1e-39], dtype=torch.float32)
+        assert float(tiny * 1.0) != 0.0  # a denormal survives by default
+        rt = configure_cpu(1)
+        if not rt["flush_denormal"]:
+            pytest.skip("this CPU cannot flush denormals (no SSE3)")
+        assert rt["threads"] == 1 and float(tiny * 1.0) == 0.0
+    finally:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
