@@ -281,8 +281,9 @@ class MRdIB(Plugin):
                 # a random subset keeps the all-pairs critic's cost fixed (mine_items^2 pairs)
                 keep = torch.randperm(red_items.numel(), device=red_items.device)[:cfg.mine_items]
                 red_items = red_items[keep]
-            # z up to a fixed factor: the MINE inputs are standardised, so the factor drops out
-            zr = {m: self._state[m].z[red_items] for m in self.hooks}
+            # unit-scale z (the stored sample is z times the hook's scale): the critic standardises its inputs
+            # with a small epsilon, which must not be compared with a tiny hook scale
+            zr = {m: self._state[m].z[red_items] / self._state[m].factor for m in self.hooks}
             red = None
             for a, b in self.pairs:
                 mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
