@@ -106,6 +106,10 @@ class BottleneckOut:
         """The posterior mean in the unit-scale bottleneck space (diagnostics)."""
         return self.mu_f / self.factor
 
+    def unit_z(self, rows: Tensor) -> Tensor:
+        """The sample at item indices ``rows`` in the unit-scale bottleneck space (MINE, synergy head)."""
+        return self.z[rows] / self.factor
+
     def kl_rows(self) -> Tensor:
         return self.kl if self.kl is not None else gaussian_kl(self.mu, self.logvar)
 
@@ -156,9 +160,9 @@ class GaussianBottleneck(nn.Module):
     def _factor(self) -> Tensor:
         return self.scale if self.identity_decoder else torch.ones_like(self.scale)
 
-    def encode_scaled(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """(factor * mu, raw log sigma^2) of q(z | h), with 1/scale and factor folded into the head's weights."""
-        k, s, f = self.z_dim, self.scale, self._factor()
+    def encode_scaled(self, h: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
+        """(f * mu, raw log sigma^2) of q(z | h), with 1/scale and f folded into the head's weights."""
+        k, s = self.z_dim, self.scale
         w, b = self.head.weight, self.head.bias
         # rows of mu: factor * (W_mu h / s + b_mu); rows of logvar: W_lv h / s + b_lv
         row = torch.cat([(f / s).expand(k), s.reciprocal().expand(k)]).unsqueeze(1)
@@ -166,18 +170,13 @@ class GaussianBottleneck(nn.Module):
         mu_f, logvar = F.linear(h, w * row, bias).split(k, dim=-1)
         return mu_f, logvar
 
-    def encode(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """mu and (clamped) log sigma^2 of q(z | h), unit scale."""
-        mu_f, logvar = self.encode_scaled(h)
-        return mu_f / self._factor(), logvar.clamp(*self.LOGVAR_RANGE)
-
     def decode(self, z: Tensor) -> Tensor:
         """z (unit-scale bottleneck space) -> the hook's dimension and scale: what the backbone continues with."""
         return self.decoder(z) * self.scale
 
     def forward(self, h: Tensor, sample: bool) -> BottleneckOut:
-        mu_f, logvar_raw = self.encode_scaled(h)
         f = self._factor()
+        mu_f, logvar_raw = self.encode_scaled(h, f)
         if sample:
             z, kl = _SampleAndKL.apply(mu_f, logvar_raw, f, *self.LOGVAR_RANGE)
         else:

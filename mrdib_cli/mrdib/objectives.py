@@ -267,7 +267,7 @@ class MRdIB(Plugin):
                 terms["uni"] = cfg.alpha_uni * uni
 
         if cfg.use_syn_head and self.synergy is not None and has_neg:
-            z_b = [self._state[m].z[idx] / self._state[m].factor for m in self.hooks]  # unit-scale z
+            z_b = [self._state[m].unit_z(idx) for m in self.hooks]
             fused = self.synergy(torch.cat(z_b, dim=-1))
             u = emb.user[batch.users]
             l_s = bpr((u * fused[:n_pos]).sum(-1), (u * fused[n_pos:]).sum(-1))
@@ -283,7 +283,7 @@ class MRdIB(Plugin):
                 red_items = red_items[keep]
             # unit-scale z (the stored sample is z times the hook's scale): the critic standardises its inputs
             # with a small epsilon, which must not be compared with a tiny hook scale
-            zr = {m: self._state[m].z[red_items] / self._state[m].factor for m in self.hooks}
+            zr = {m: self._state[m].unit_z(red_items) for m in self.hooks}
             red = None
             for a, b in self.pairs:
                 mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
