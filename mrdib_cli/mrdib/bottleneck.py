@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -43,43 +42,93 @@ def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None
     return torch.addcmul(mu, torch.exp(0.5 * logvar), eps)
 
 
-class _SampleAndKL(torch.autograd.Function):
-    """The training-time half of the bottleneck in one pass each way (the hot path of every MRdIB step).
+def _fold(weight: Tensor, bias: Tensor, k: int, mu_scale: float, lv_scale: float,
+          mu_bias_scale: float) -> tuple[Tensor, Tensor]:
+    """The head's weight and bias with the scale factors folded in (a 2k x d matrix, not the item table)."""
+    w, b = weight.clone(), bias.clone()
+    if mu_scale != 1.0:
+        w[:k].mul_(mu_scale)
+    w[k:].mul_(lv_scale)
+    if mu_bias_scale != 1.0:
+        b[:k].mul_(mu_bias_scale)
+    return w, b
 
-    Inputs ``m = f * mu`` and ``logvar`` (``f`` a fixed positive factor, the hook's scale for the identity
-    decoder); outputs ``m + f * sigma * eps`` (eps ~ N(0, I)) and the per-row KL of N(mu, sigma^2) to N(0, I).
-    Written out by hand because autograd's version of the same maths costs ~40 elementwise passes over the
-    item table per modality (clamp, exp, pow, sum, their backwards), which made VBPR's step 1.3x slower;
-    this is ~15. Equal to the composed reference (:func:`reparameterise`, :func:`gaussian_kl`) up to float
-    rounding: see tests/mrdib/test_mrdib_bottleneck.py.
+
+def _sq_norm(x: Tensor) -> Tensor:
+    """Row-wise squared L2 norm in one pass (``vecdot(x, x)`` writes the product table first)."""
+    return torch.linalg.vector_norm(x, dim=-1).square()
+
+
+def _clamp_mask(raw: Tensor, clamped: Tensor, lo: float, hi: float) -> Tensor | None:
+    """Where the clamp is active (no gradient there; the bounds themselves pass, as with torch.clamp).
+
+    On a CPU the boolean table costs two slow passes (a compare and a masked fill) and is almost always all
+    False, so one min/max reduction decides whether it is needed (None: nothing clamped). On a GPU that
+    decision would be a host sync per step, so the mask is always built there.
+    """
+    if raw.device.type == "cpu":
+        lo_seen, hi_seen = torch.aminmax(raw)
+        if lo <= float(lo_seen) and float(hi_seen) <= hi:
+            return None
+    return clamped != raw
+
+
+class _SampleAndKL(torch.autograd.Function):
+    """The training-time bottleneck in one hand-written pass each way (the hot path of every MRdIB step).
+
+    Inputs: the hook representation ``h`` [N, d], the head's ``weight`` [2k, d] and ``bias`` [2k], the
+    factor ``f`` and the hook scale ``s`` (Python floats). With ``mu = W_mu h / s + b_mu`` and
+    ``logvar = clamp(W_lv h / s + b_lv)``, the outputs are ``f * (mu + sigma * eps)`` (eps ~ N(0, I)), the
+    per-row KL of N(mu, sigma^2) to N(0, I), and the raw head output ``[f * mu | logvar before clamping]``
+    (no gradient; for diagnostics).
+
+    Written out by hand because autograd's composition of the same maths (linear, split, clamp, exp, sqrt,
+    pow, sum and their backwards, plus the scale folding) dispatches ~75 operations per modality and makes
+    ~40 elementwise passes over the item table; this is ~25 operations and ~15 passes (CPU cost and, on a
+    GPU, kernel launches). Equal to the composed reference (:func:`reparameterise`, :func:`gaussian_kl`) up
+    to float rounding: see tests/mrdib/test_mrdib_bottleneck.py.
     """
 
     @staticmethod
-    def forward(ctx, m: Tensor, logvar_raw: Tensor, f: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
-        logvar = logvar_raw.clamp(lo, hi)
-        # 0.5 where the clamp passes the gradient (bounds included, as torch.clamp), else 0
-        half_in = (logvar == logvar_raw).to(m.dtype).mul_(0.5)
-        var = torch.exp(logvar)
-        noise = torch.randn(m.shape, dtype=m.dtype, device=m.device).mul_(var.sqrt()).mul_(f)  # f * sigma * eps
-        out = m + noise
-        kl = 0.5 * (torch.linalg.vecdot(m, m) * f.reciprocal().square() + var.sum(-1) - logvar.sum(-1)
-                    - logvar.shape[-1])
-        ctx.save_for_backward(m, var, noise, half_in, f)
-        return out, kl
+    def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, f: float, s: float, lo: float,
+                hi: float) -> tuple[Tensor, Tensor, Tensor]:
+        k = weight.shape[0] // 2
+        w, b = _fold(weight, bias, k, f / s, 1.0 / s, f)
+        head = torch.addmm(b, h, w.t())  # [f * mu | raw logvar]
+        m, lv_raw = head[:, :k], head[:, k:]
+        lv = lv_raw.clamp(lo, hi)
+        clamped = _clamp_mask(lv_raw, lv, lo, hi)
+        lv_sum = lv.sum(-1)
+        std = lv.mul_(0.5).exp_()
+        noise = torch.randn_like(std).mul_(std)  # sigma * eps
+        out = torch.add(m, noise, alpha=f)
+        kl = 0.5 * (_sq_norm(m) * (1.0 / (f * f)) + _sq_norm(std) - lv_sum - k)
+        ctx.save_for_backward(h, w, m, std, noise, clamped)
+        ctx.consts = (k, f, s)
+        ctx.mark_non_differentiable(head)
+        return out, kl, head
 
     @staticmethod
-    def backward(ctx, g_out: Tensor | None, g_kl: Tensor | None):
-        m, var, noise, half_in, f = ctx.saved_tensors
+    def backward(ctx, g_out: Tensor | None, g_kl: Tensor | None, _g_head: Tensor | None):
+        h, w, m, std, noise, clamped = ctx.saved_tensors
+        k, f, s = ctx.consts
         if g_kl is None:
-            g_kl = torch.zeros(m.shape[:-1], dtype=m.dtype, device=m.device)
+            g_kl = torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
         if g_out is None:
             g_out = torch.zeros_like(m)
         gk = g_kl.unsqueeze(-1)
-        # d kl / d mu = mu (times 1/f^2 for m = f mu); d out / d m = 1
-        g_m = torch.addcmul(g_out, m, gk * f.reciprocal().square())
-        # d kl / d logvar = 0.5 (sigma^2 - 1); d out / d logvar = 0.5 f sigma eps; 0.5 and the clamp in half_in
-        g_lv = torch.addcmul(gk.neg(), var, gk).addcmul_(g_out, noise).mul_(half_in)
-        return g_m, g_lv, None, None, None
+        g_head = torch.empty(m.shape[0], 2 * k, dtype=m.dtype, device=m.device)
+        g_mu, g_lv = g_head[:, :k], g_head[:, k:]  # gradients w.r.t. f * mu and logvar
+        # d out / d (f mu) = 1; d kl / d (f mu) = mu / f = (f mu) / f^2
+        torch.addcmul(g_out, m, gk, value=1.0 / (f * f), out=g_mu)
+        # d kl / d logvar = 0.5 (sigma^2 - 1); d out / d logvar = 0.5 f sigma eps; none where clamped
+        torch.mul(std, std, out=g_lv)
+        g_lv.sub_(1.0).mul_(gk * 0.5).addcmul_(g_out, noise, value=0.5 * f)
+        if clamped is not None:
+            g_lv.masked_fill_(clamped, 0.0)
+        g_h = g_head @ w if ctx.needs_input_grad[0] else None
+        g_w, g_b = _fold(g_head.t() @ h, g_head.sum(0), k, f / s, 1.0 / s, f)
+        return g_h, g_w, g_b, None, None, None, None
 
 
 @dataclass
@@ -88,9 +137,9 @@ class BottleneckOut:
 
     out: Tensor  # what the backbone continues with: the hook's dimension and scale
     z: Tensor  # the bottleneck sample (mu at evaluation) times ``factor``, bottleneck dimension
-    factor: Tensor  # z / factor is the sample in the unit-scale bottleneck space
-    mu_f: Tensor  # factor * mu
-    logvar_raw: Tensor  # the head's log sigma^2 before clamping
+    factor: float  # z / factor is the sample in the unit-scale bottleneck space
+    mu_f: Tensor  # factor * mu (no gradient in training: for diagnostics)
+    logvar_raw: Tensor  # the head's log sigma^2 before clamping (likewise)
     kl: Tensor | None  # per-row KL (computed with the sample; None at evaluation)
 
     @property
@@ -119,8 +168,8 @@ class GaussianBottleneck(nn.Module):
 
     ``forward(h, sample)`` returns a :class:`BottleneckOut`. The heads act on h / scale and the decoder
     multiplies by scale (see the module docstring); for the identity decoder both are folded into the head's
-    weights at run time (a 2d x d matrix, not the item table), so the table is touched only by the head's
-    matmul and :class:`_SampleAndKL`.
+    weights at run time (a 2k x d matrix, not the item table), so in training the table is touched only by
+    :class:`_SampleAndKL`.
     """
 
     #: log-variance is clamped to this range so exp() never overflows and sigma never collapses to 0 exactly
@@ -136,6 +185,8 @@ class GaussianBottleneck(nn.Module):
         self.decoder: nn.Module = nn.Identity() if self.z_dim == in_dim else nn.Linear(self.z_dim, in_dim)
         # the hook representation's scale (std): the heads see h / scale, the decoder returns to it
         self.register_buffer("scale", torch.tensor(math.sqrt(max(h_var, 1e-12))))
+        self._scale_float: float | None = None  # cached float(scale); reset when a state dict is loaded
+        self.register_load_state_dict_post_hook(lambda module, _keys: setattr(module, "_scale_float", None))
         self._init(init_noise)
 
     @property
@@ -157,29 +208,26 @@ class GaussianBottleneck(nn.Module):
             self.head.bias[:k].zero_()
             self.head.bias[k:].fill_(math.log(max(init_noise, 1e-6) ** 2))
 
-    def _factor(self) -> Tensor:
-        return self.scale if self.identity_decoder else torch.ones_like(self.scale)
+    def _scale_value(self) -> float:
+        """The scale as a Python float, read from the buffer once (not per step: on a GPU a read is a sync)."""
+        if self._scale_float is None:
+            self._scale_float = float(self.scale)
+        return self._scale_float
 
-    def encode_scaled(self, h: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-        """(f * mu, raw log sigma^2) of q(z | h), with 1/scale and f folded into the head's weights."""
-        k, s = self.z_dim, self.scale
-        w, b = self.head.weight, self.head.bias
-        # rows of mu: factor * (W_mu h / s + b_mu); rows of logvar: W_lv h / s + b_lv
-        row = torch.cat([(f / s).expand(k), s.reciprocal().expand(k)]).unsqueeze(1)
-        bias = torch.cat([b[:k] * f, b[k:]])
-        mu_f, logvar = F.linear(h, w * row, bias).split(k, dim=-1)
-        return mu_f, logvar
+    def _factor(self) -> float:
+        return self._scale_value() if self.identity_decoder else 1.0
 
     def decode(self, z: Tensor) -> Tensor:
         """z (unit-scale bottleneck space) -> the hook's dimension and scale: what the backbone continues with."""
-        return self.decoder(z) * self.scale
+        return self.decoder(z) * self._scale_value()
 
     def forward(self, h: Tensor, sample: bool) -> BottleneckOut:
-        f = self._factor()
-        mu_f, logvar_raw = self.encode_scaled(h, f)
+        f, s, k = self._factor(), self._scale_value(), self.z_dim
         if sample:
-            z, kl = _SampleAndKL.apply(mu_f, logvar_raw, f, *self.LOGVAR_RANGE)
-        else:
-            z, kl = mu_f, None
+            z, kl, head = _SampleAndKL.apply(h, self.head.weight, self.head.bias, f, s, *self.LOGVAR_RANGE)
+        else:  # mu only (evaluation): the same folded head, left to autograd
+            w, b = _fold(self.head.weight, self.head.bias, k, f / s, 1.0 / s, f)
+            head = torch.addmm(b, h, w.t())
+            z, kl = head[:, :k].contiguous(), None
         out = z if self.identity_decoder else self.decode(z)
-        return BottleneckOut(out=out, z=z, factor=f, mu_f=mu_f, logvar_raw=logvar_raw, kl=kl)
+        return BottleneckOut(out=out, z=z, factor=f, mu_f=head[:, :k], logvar_raw=head[:, k:], kl=kl)

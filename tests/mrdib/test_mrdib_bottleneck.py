@@ -111,3 +111,22 @@ def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None)
     lv_grad = grads[0][4][bn.z_dim:]
     assert float(lv_grad[0]) == 0.0 and float(lv_grad[1]) == 0.0  # clamped: no gradient
     assert float(lv_grad[2:].abs().min()) > 0
+
+
+def test_loading_a_state_dict_updates_the_cached_scale() -> None:
+    """The scale is read into a Python float once; a checkpoint loaded later (directly or through a parent
+    module, as the trainer's resume does) must replace it, or a resumed run would decode at the old scale."""
+    torch.manual_seed(0)
+    h = torch.randn(20, 8)
+    parent = torch.nn.ModuleDict({"image": GaussianBottleneck(8, None, h_var=1.0)})
+    before = parent["image"](h, sample=False).out
+    assert torch.allclose(before, h, atol=1e-6)
+    state = {**parent.state_dict(), "image.scale": torch.tensor(4.0)}  # a bottleneck fitted at scale 4
+    parent.load_state_dict(state)
+    after = parent["image"](h, sample=False).out
+    # identity init: mu = h / 4 (unit space), out = 4 * mu = h for the mu part, but the bias is scaled by 4
+    assert parent["image"]._scale_value() == 4.0
+    with torch.no_grad():
+        parent["image"].head.bias[:8] = 0.5
+    shifted = parent["image"](h, sample=False).out
+    assert torch.allclose(shifted - after, torch.full_like(h, 2.0), atol=1e-5)  # 4 * 0.5, not 1 * 0.5
