@@ -66,9 +66,12 @@ class SeparableCritic(nn.Module):
         self.g = _mlp([x_dim, hidden, out], last_gain=0.3)
         self.h = _mlp([y_dim, hidden, out], last_gain=0.3)
 
-    def forward(self, x: Tensor, y: Tensor, all_pairs: bool = False) -> Tensor:
-        """T(x_i, y_i) per row, or with ``all_pairs`` the [n, n] matrix of T(x_i, y_j)."""
+    def forward(self, x: Tensor, y: Tensor, all_pairs: bool = False, embed: bool = False) -> Any:
+        """T(x_i, y_i) per row, with ``all_pairs`` the [n, n] matrix of T(x_i, y_j), with ``embed`` the pair
+        (g(x), h(y)) itself (T = their inner products; :func:`dv_bound` fuses the rest)."""
         gx, hy = self.g(x), self.h(y)
+        if embed:
+            return gx, hy
         return gx @ hy.T if all_pairs else (gx * hy).sum(-1)
 
 
@@ -107,13 +110,62 @@ class _GradGate(torch.autograd.Function):
         return grad * ctx.holder["gate"], None
 
 
+class _Standardise(torch.autograd.Function):
+    """(z - mean) / sqrt(var + eps) per column, with the backward written out (6 operations instead of ~15;
+    it runs on every MRdIB step for both modalities)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        var, mean = torch.var_mean(z, dim=0, correction=0, keepdim=True)
+        r = (var + eps).rsqrt_()
+        y = (z - mean).mul_(r)
+        ctx.save_for_backward(y, r)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        y, r = ctx.saved_tensors
+        # d/dz of (z - mean) * r: r * (g - mean(g) - y * mean(g * y)), column-wise
+        gy = torch.mean(g * y, dim=0, keepdim=True)
+        return (g - g.mean(0, keepdim=True)).sub_(y * gy).mul_(r), None
+
+
 def standardise(z: Tensor, eps: float = 1e-5) -> Tensor:
     """Per-dimension standardisation over the rows, differentiable through the statistics.
 
     MI is invariant to per-dimension affine maps, so this changes nothing the critic should measure, but it
     removes the cheapest way for the encoders to fool a lagging critic: blowing up or shrinking the scale.
     """
-    return (z - z.mean(0, keepdim=True)) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
+    return _Standardise.apply(z, eps)
+
+
+class _SeparableDV(torch.autograd.Function):
+    """The DV bound of a separable critic from its embeddings: mean_i <a_i, b_i> - log mean_{i != j} exp <a_i, b_j>.
+
+    One pass each way with the [n, n] score matrix worked on in place (masking the diagonal, the stable
+    log-sum-exp and its gradient are otherwise ~20 operations over the matrix). Equal to the composed form
+    (tests/mrdib/test_mrdib_mine.py).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: Tensor, b: Tensor) -> Tensor:  # type: ignore[override]
+        n = a.shape[0]
+        s = a @ b.T
+        joint = torch.linalg.vecdot(a, b).mean()
+        s.diagonal().fill_(float("-inf"))
+        top = s.max()
+        p = s.sub_(top).exp_()  # exp(s - max); 0 on the diagonal
+        z = p.sum()
+        ctx.save_for_backward(a, b, p, z)
+        return joint - (z.log() + top - math.log(n * (n - 1)))
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        a, b, p, z = ctx.saved_tensors
+        n = a.shape[0]
+        w = p * (-g / z)  # d bound / d s_ij = -softmax_ij over the off-diagonal pairs
+        gj = g / n  # d bound / d <a_i, b_i>
+        return torch.addcmul(w @ b, b, gj), torch.addcmul(w.T @ a, a, gj)
 
 
 def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minmax: str = "reverse") -> Tensor:
@@ -169,15 +221,11 @@ def dv_bound(critic: nn.Module, x: Tensor, y: Tensor, perm: Tensor | None = None
     else:
         raise ValueError(f"critic_grad must be normal, detach or reverse, got {critic_grad!r}")
 
-    def t(a: Tensor, b: Tensor, all_pairs: bool = False) -> Tensor:
-        kw = {"all_pairs": True} if all_pairs else {}
+    def t(a: Tensor, b: Tensor, **kw: bool) -> Any:
         return critic(a, b, **kw) if params is None else functional_call(critic, params, (a, b), kw)
 
     if getattr(critic, "separable", False) and perm is None:
-        s = t(x, y, all_pairs=True)  # [n, n]: T(x_i, y_j)
-        joint = s.diagonal()
-        off = s.masked_fill(torch.eye(n, dtype=torch.bool, device=s.device), float("-inf"))
-        return joint.mean() - (torch.logsumexp(off.reshape(-1), dim=0) - math.log(n * (n - 1)))
+        return _SeparableDV.apply(*t(x, y, embed=True))  # all n(n-1) off-diagonal pairs as marginals
     if perm is None:
         perm = shuffle_perm(n, x.device, generator)
     joint = t(x, y)
