@@ -24,7 +24,6 @@ Design decisions (the paper is silent on them; see docs/mrdib.md):
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import torch
