@@ -63,6 +63,8 @@ def main() -> None:
         for k, (_, bb, pl, opt) in enumerate(models):
             sync()
             t = time.perf_counter()
+            if pl is not None:
+                pl.before_step(b)
             emb = bb.propagate()
             terms = bb.loss(b, emb)
             if pl is not None:

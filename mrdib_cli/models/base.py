@@ -12,6 +12,8 @@ MRdIB attach through :meth:`Backbone.modality_hook`, never through backbone-spec
 
 Hook points: wherever a per-modality, item-level representation h_m [n_items, d_m] is formed before
 fusion, a backbone writes ``h = self.modality_hook("image", h)``. Without plug-ins this is the identity.
+A backbone whose hook rows stay with their item (``item_local_hooks = True``, VBPR) lets a plug-in transform
+only the rows of the training batch's items.
 A backbone that exposes a modality-specific *user* representation for modality m puts it in
 ``Embeddings.views["user_<m>"]`` so that per-modality objectives can score with it.
 """
@@ -36,6 +38,27 @@ class Embeddings:
     user: Tensor  # [n_users, d]
     item: Tensor  # [n_items, d]
     views: dict[str, Tensor] = field(default_factory=dict)  # named extra views, e.g. "user_image"
+    #: views that are column ranges ``[start, stop)`` of ``user`` (VBPR's preference part of theta_u):
+    #: :meth:`rows` serves them from the user rows, so their gradient reaches the table in one scatter
+    user_columns: dict[str, tuple[int, int]] = field(default_factory=dict)
+    _gathered: dict[tuple[str, int], tuple[Tensor, Tensor]] = field(default_factory=dict, init=False,
+                                                                     repr=False, compare=False)
+
+    def rows(self, name: str, idx: Tensor) -> Tensor:
+        """Rows ``idx`` of ``user``, ``item`` or a view, gathered once per (name, index tensor).
+
+        Why: the backward of a gather writes a dense gradient table (zeros, scatter, add). When the backbone's
+        loss and a plug-in both read the batch's users through here, that table is written once, not twice.
+        """
+        if name in self.user_columns:
+            start, stop = self.user_columns[name]
+            return self.rows("user", idx)[:, start:stop]
+        key = (name, id(idx))
+        hit = self._gathered.get(key)
+        if hit is None or hit[0] is not idx:  # the index tensor itself is kept, so its id cannot be reused
+            table = self.user if name == "user" else self.item if name == "item" else self.views[name]
+            hit = self._gathered[key] = (idx, table[idx])
+        return hit[1]
 
 
 @dataclass
@@ -67,6 +90,10 @@ class Backbone(nn.Module):
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: names of the modality hook points this backbone calls (default: its modalities)
     hook_points: ClassVar[tuple[str, ...]] = ()
+    #: True when row i of a hook's output reaches only item i's representation (no propagation over items,
+    #: e.g. VBPR) and ``loss`` reads item rows only at the batch's items: a plug-in may then transform just the
+    #: rows a training batch uses. False for graph backbones, where every row reaches every item.
+    item_local_hooks: ClassVar[bool] = False
 
     def __init__(self) -> None:
         super().__init__()

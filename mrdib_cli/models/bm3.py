@@ -85,7 +85,7 @@ class BM3(Backbone):
         with torch.no_grad():
             u_tgt = F.dropout(u_on.detach()[batch.users], p_d)
             i_tgt = F.dropout(i_on.detach()[batch.pos], p_d)
-        terms = {"ui": neg_cos(emb.user[batch.users], i_tgt) + neg_cos(emb.item[batch.pos], u_tgt),
+        terms = {"ui": neg_cos(emb.rows("user", batch.users), i_tgt) + neg_cos(emb.item[batch.pos], u_tgt),
                  "reg": self.hp["reg_weight"] * (u_on.norm() + i_on.norm()) / i_on.shape[0]}
         cl = torch.zeros((), device=u_on.device)
         for m in self.feat:

@@ -129,7 +129,7 @@ class DualGNN(Backbone):
         return Embeddings(user, both[nu:], {"user_image": v[:nu], "user_text": t[:nu]})
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u = emb.user[batch.users]
+        u = emb.rows("user", batch.users)
         diff = (u * emb.item[batch.pos]).sum(-1) - (u * emb.item[batch.neg]).sum(-1)
         reg = sum((self.gcn[m].preference[batch.users] ** 2).mean() for m in MODS) \
             + (self.weight_u ** 2).mean() + (self.weight_i ** 2).mean()

@@ -113,7 +113,7 @@ class FREEDOM(Backbone):
         return Embeddings(u, i, views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u = emb.user[batch.users]
+        u = emb.rows("user", batch.users)
         terms = {"bpr": bpr(u, emb.item[batch.pos], emb.item[batch.neg])}
         for m in self.feat:
             f = emb.views[f"item_{m}"]

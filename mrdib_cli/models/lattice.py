@@ -141,5 +141,5 @@ class LATTICE(Backbone):
         return Embeddings(u, i + F.normalize(h, p=2, dim=1), views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u, p, n = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        u, p, n = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         return {"bpr": bpr(u, p, n), "reg": self.hp["reg_weight"] * half_sq_reg(u, p, n)}

@@ -195,7 +195,7 @@ class LGMRec(Backbone):
         return Embeddings(user, item, views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         bpr = bpr_logsigmoid((u * i).sum(-1), (u * j).sum(-1))
         v = emb.views
         # = info_nce_sum(G_u^v[u], G_u^t[u], G_u^t) + info_nce_sum(G_i^v[i], G_i^t[i], G_i^t), computed

@@ -58,7 +58,7 @@ class LightGCN(Backbone):
         return Embeddings(user, item)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         pos, neg = (u * i).sum(-1), (u * j).sum(-1)
         reg = emb_norm_loss(self.user_embedding[batch.users], self.item_embedding[batch.pos],
                             self.item_embedding[batch.neg])

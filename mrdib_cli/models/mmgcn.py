@@ -110,7 +110,7 @@ class MMGCN(Backbone):
         return Embeddings(u, i, {f"user_{m}": r[: self.n_users] for m, r in reps.items()})
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u = emb.user[batch.users]
+        u = emb.rows("user", batch.users)
         score = -F.logsigmoid((u * emb.item[batch.pos]).sum(-1) - (u * emb.item[batch.neg]).sum(-1)).mean()
         idu = self.id_embedding[batch.users]
         reg = 0.5 * ((idu ** 2 + self.id_embedding[self.n_users + batch.pos] ** 2).mean()

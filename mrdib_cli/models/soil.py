@@ -105,7 +105,7 @@ class SOIL(Backbone):
         return Embeddings(u, i, views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u, p, n = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        u, p, n = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         side, content, nu = emb.views["side"], emb.views["content"], self.n_users
         s_i, c_i = side[nu + batch.pos], content[nu + batch.pos]
         l_ii = info_nce(s_i, c_i, 0.2) + info_nce(side[batch.users], content[batch.users], 0.2)

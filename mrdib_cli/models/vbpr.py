@@ -31,6 +31,7 @@ from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 class VBPR(Backbone):
     modalities = ("image", "text")
     defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 2.0}  # first point of MMRec's grid
+    item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -60,9 +61,10 @@ class VBPR(Backbone):
             views[f"user_{m}"] = theta
             f = f + h
         item = torch.cat([self.i_embedding, f.expand(self.n_items, -1) if f.dim() == 1 else f], dim=1)
-        return Embeddings(self.u_embedding, item, views)
+        columns = {f"user_{m}": (self.d, 2 * self.d) for m in self.present}
+        return Embeddings(self.u_embedding, item, views, user_columns=columns)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
-        u, i, j = emb.user[batch.users], emb.item[batch.pos], emb.item[batch.neg]
+        u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         pos, neg = (u * i).sum(-1), (u * j).sum(-1)
         return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * emb_norm_loss(u, i, j)}

@@ -216,6 +216,8 @@ class _Step(nn.Module):
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None) -> dict[str, Any]:
         batch = Batch(users, pos, neg)
+        if self.plugin is not None:
+            self.plugin.before_step(batch)
         emb = self.backbone.propagate()
         terms = self.backbone.loss(batch, emb)
         if self.plugin is not None:

@@ -31,6 +31,12 @@ class Plugin(nn.Module):
         """Install hooks on ``backbone`` (raise UsageError if it has no suitable hook points)."""
         raise NotImplementedError
 
+    def before_step(self, batch: Batch) -> None:
+        """Called before ``backbone.propagate()`` of each training step. Default: nothing.
+
+        Lets a plug-in on an item-local backbone (``Backbone.item_local_hooks``) transform only the batch's rows.
+        """
+
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         """Named, already weighted loss terms computed after ``backbone.propagate()`` for this batch."""
         raise NotImplementedError

@@ -4,6 +4,7 @@ One epoch (MMRec's loop, reference notes §1.6, minus its test-set peeking)::
 
     backbone.pre_epoch(epoch, generator)
     for batch in sampler.epoch():            # reshuffled interactions, vectorised negatives
+        plugin.before_step(batch)            # (with a plug-in)
         emb   = backbone.propagate()         # full-graph forward, as the reference does per batch
         terms = backbone.loss(batch, emb) (+ plugin.loss(batch, emb))
         Adam step on sum(terms); plugin.after_step(batch, emb)
@@ -359,6 +360,8 @@ class Trainer:
         task = self.progress(len(self.sampler)) if self.progress else None
         for batch in self.sampler.epoch():
             batch = batch.to(self.device)
+            if self.plugin:
+                self.plugin.before_step(batch)
             emb = self.backbone.propagate()
             terms = self.backbone.loss(batch, emb)
             if self.plugin:
