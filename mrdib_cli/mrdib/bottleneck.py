@@ -156,7 +156,7 @@ class BottleneckOut:
 
     def unit_z(self, rows: Tensor) -> Tensor:
         """The sample at item indices ``rows`` in the unit-scale bottleneck space (MINE, synergy head)."""
-        return self.z[rows] / self.factor
+        return self.z.index_select(0, rows) / self.factor
 
     def kl_rows(self) -> Tensor:
         return self.kl if self.kl is not None else gaussian_kl(self.mu, self.logvar)

@@ -280,10 +280,10 @@ class MRdIB(Plugin):
         for m in self.hooks:
             st = self._state[m]
             if cfg.use_uni and has_neg:
-                out_b[m] = st.out[idx]
+                out_b[m] = st.out.index_select(0, idx)
             # KL per item over the item set (computed with the sample), then averaged over the batch's items:
             # the same value as KL of the gathered rows, but only a vector is gathered/scattered in backward
-            kl_m = st.kl_rows()[idx].mean()
+            kl_m = st.kl_rows().index_select(0, idx).mean()
             logs[f"kl_{m}"] = kl_m.detach()
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
