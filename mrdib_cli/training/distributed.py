@@ -343,7 +343,9 @@ class DistributedTrainer(Trainer):
                     self._acc(sums, names, k, float(v) * share)
             for k, v in terms.items():
                 self._acc(sums, names, k, float(v.detach()) * share)
-            self._acc(sums, names, "total", float(check) / self.world)  # already summed over ranks
+            # this rank's share of the global batch loss, like every term (``check`` is already the sum over
+            # ranks, and _reduce_logs sums again)
+            self._acc(sums, names, "total", float(loss.detach()) / self.world)
             n_steps += 1
             self.ddp.module.last_emb = None
             if task:

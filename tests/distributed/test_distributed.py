@@ -64,6 +64,7 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
     assert [r["epoch"] for r in m2] == [1, 2, 3, 4]  # one writer: no duplicated lines, resume kept 1-2
     for a, b in zip(m1, m2):
         assert b["loss"]["bpr"] == pytest.approx(a["loss"]["bpr"], abs=2e-3)
+        assert b["loss"]["total"] == pytest.approx(a["loss"]["total"], abs=2e-3)  # not summed twice
         for k, v in a["valid"].items():
             assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (single, ddp))
