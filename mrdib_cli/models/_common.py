@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -22,8 +25,44 @@ def bpr_logsigmoid(pos: Tensor, neg: Tensor) -> Tensor:
 
 def emb_norm_loss(*embs: Tensor) -> Tensor:
     """MMRec's ``EmbLoss``: sum of Frobenius norms (**not** squared) divided by the batch size."""
-    total = sum(torch.linalg.norm(e) for e in embs)
+    total = sum(batch_norm(e) for e in embs)
     return total / embs[-1].shape[0]
+
+
+class _BatchSplit:
+    """Set by the distributed trainer while this process computes the loss of its slice of the global batch."""
+
+    active = False
+    contributes = True  # False for a rank that only holds a zero-weight filler row (tail batch)
+
+
+@contextlib.contextmanager
+def batch_split_across_ranks(contributes: bool = True) -> Iterator[None]:
+    """Within this block, :func:`batch_norm` returns this rank's share of the global batch's norm."""
+    _BatchSplit.active, _BatchSplit.contributes = True, contributes
+    try:
+        yield
+    finally:
+        _BatchSplit.active, _BatchSplit.contributes = False, True
+
+
+def batch_norm(e: Tensor) -> Tensor:
+    """Frobenius norm of batch rows ``e``, as if the whole global batch were here.
+
+    Why: under DDP each rank holds a slice e_r of the batch E, and ||E|| is not a sum of per-rank parts
+    (sum_r ||e_r|| > ||E||), so MMRec's EmbLoss would be stronger than in one process. The share returned
+    here is ||e_r||^2 / ||E|| (||E|| from one all-reduce of the squared norms): over the ranks it adds up to
+    ||E||, and its gradient e_r / ||E|| is exactly e_r's part of the gradient of ||E||.
+    """
+    if not _BatchSplit.active:
+        return torch.linalg.norm(e)
+    import torch.distributed as dist
+
+    sq = e.pow(2).sum()
+    total = sq.detach() * (1.0 if _BatchSplit.contributes else 0.0)
+    dist.all_reduce(total)
+    half = sq / (2.0 * total.sqrt().clamp_min(1e-12))  # gradient e_r / ||E||
+    return half + half.detach()  # value ||e_r||^2 / ||E||
 
 
 def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tuple[str, ...],

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 
 from mrdib_cli.errors import UsageError
+from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
@@ -214,12 +215,14 @@ class _Step(nn.Module):
         self.plugin = plugin
         self.last_emb: Any = None
 
-    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None) -> dict[str, Any]:
+    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
+                contributes: bool = True) -> dict[str, Any]:
         batch = Batch(users, pos, neg)
         if self.plugin is not None:
             self.plugin.before_step(batch)
         emb = self.backbone.propagate()
-        terms = self.backbone.loss(batch, emb)
+        with batch_split_across_ranks(contributes):  # batch-level norms over the global batch, not the slice
+            terms = self.backbone.loss(batch, emb)
         if self.plugin is not None:
             terms.update(self.plugin.loss(batch, emb))
         self.last_emb = emb
@@ -327,7 +330,7 @@ class DistributedTrainer(Trainer):
                 lo, hi = 0, 1
             part = Batch(batch.users[lo:hi], batch.pos[lo:hi],
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
-            terms = self.ddp(part.users, part.pos, part.neg)
+            terms = self.ddp(part.users, part.pos, part.neg, weight > 0)
             loss = sum(terms.values()) * weight
             check = loss.detach().clone()
             dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks

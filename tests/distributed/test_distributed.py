@@ -65,6 +65,8 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
     for a, b in zip(m1, m2):
         assert b["loss"]["bpr"] == pytest.approx(a["loss"]["bpr"], abs=2e-3)
         assert b["loss"]["total"] == pytest.approx(a["loss"]["total"], abs=2e-3)  # not summed twice
+        # EmbLoss is a norm of the whole batch: each rank's share adds up to it (a sum of slice norms is ~1.4x)
+        assert b["loss"]["reg"] == pytest.approx(a["loss"]["reg"], rel=1e-2)
         for k, v in a["valid"].items():
             assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
     r1, r2 = (json.loads((d / "results.json").read_text()) for d in (single, ddp))
@@ -140,3 +142,42 @@ def test_sharded_feature_extraction_equals_single_process(tmp_path):
     assert a.equals(b)
     assert f1[0].read_bytes() == f2[0].read_bytes()  # provenance included: byte-identical files
     assert not (tmp_path / "two/datasets/toy/features/.shards").exists()
+
+
+def _norm_share_worker(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of test_batch_norm_shares_add_up_to_the_global_norm (module level: spawn pickles it)."""
+    import torch
+    import torch.distributed as dist
+
+    from mrdib_cli.models._common import batch_norm, batch_split_across_ranks
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        full = torch.arange(1.0, 13.0).reshape(6, 2) / 7.0  # the global batch, 3 rows per rank
+        part = full[3 * rank:3 * rank + 3].clone().requires_grad_()
+        with batch_split_across_ranks():
+            share = batch_norm(part)
+        share.backward()
+        value = share.detach().clone()
+        dist.all_reduce(value)
+        grads = [torch.zeros(3, 2) for _ in range(world)]
+        dist.all_gather(grads, part.grad)
+        if rank == 0:
+            torch.save({"sum": value, "grad": torch.cat(grads)}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_batch_norm_shares_add_up_to_the_global_norm(tmp_path) -> None:
+    """EmbLoss under DDP: the ranks' shares sum to ||E|| and their gradients are the slices of grad ||E||."""
+    import torch
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "out.pt"
+    mp.spawn(_norm_share_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    full = (torch.arange(1.0, 13.0).reshape(6, 2) / 7.0).requires_grad_()
+    ref = torch.linalg.norm(full)
+    ref.backward()
+    assert float(got["sum"]) == pytest.approx(float(ref.detach()), rel=1e-6)
+    assert torch.allclose(got["grad"], full.grad, atol=1e-7)
