@@ -20,7 +20,7 @@ import torch
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
-from mrdib_cli.training.plugin import create_plugin
+from mrdib_cli.training.plugin import create_plugin, forward_terms
 from mrdib_cli.training.trainer import configure_cpu
 from mrdib_cli.workspace import Workspace
 
@@ -63,12 +63,7 @@ def main() -> None:
         for k, (_, bb, pl, opt) in enumerate(models):
             sync()
             t = time.perf_counter()
-            if pl is not None:
-                pl.before_step(b)
-            emb = bb.propagate()
-            terms = bb.loss(b, emb)
-            if pl is not None:
-                terms.update(pl.loss(b, emb))
+            emb, terms = forward_terms(bb, pl, b)
             opt.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             opt.step()

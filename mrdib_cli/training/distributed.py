@@ -42,6 +42,7 @@ from torch import nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch
+from mrdib_cli.training.plugin import forward_terms
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
 T = TypeVar("T")
@@ -217,14 +218,8 @@ class _Step(nn.Module):
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
                 contributes: bool = True) -> dict[str, Any]:
-        batch = Batch(users, pos, neg)
-        if self.plugin is not None:
-            self.plugin.before_step(batch)
-        emb = self.backbone.propagate()
         with batch_split_across_ranks(contributes):  # batch-level norms over the global batch, not the slice
-            terms = self.backbone.loss(batch, emb)
-        if self.plugin is not None:
-            terms.update(self.plugin.loss(batch, emb))
+            emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg))
         self.last_emb = emb
         return terms
 

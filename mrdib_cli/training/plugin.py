@@ -49,6 +49,18 @@ class Plugin(nn.Module):
         return {}
 
 
+def forward_terms(backbone: Backbone, plugin: Plugin | None, batch: Batch) -> tuple[Embeddings, dict[str, Tensor]]:
+    """One training step's forward: ``before_step``, ``propagate()``, then the backbone's and the plug-in's
+    named terms (the same sequence for the trainer, the DDP step and the cost benchmark)."""
+    if plugin is not None:
+        plugin.before_step(batch)
+    emb = backbone.propagate()
+    terms = backbone.loss(batch, emb)
+    if plugin is not None:
+        terms.update(plugin.loss(batch, emb))
+    return emb, terms
+
+
 # --------------------------------------------------------------------------------------------- registry
 #: name -> factory(options: dict) -> Plugin
 PluginFactory = Callable[[dict[str, Any]], Plugin]

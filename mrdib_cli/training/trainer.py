@@ -40,7 +40,7 @@ from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.config import RunConfig
-from mrdib_cli.training.plugin import Plugin, create_plugin
+from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
 from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
                                  read_json)
@@ -360,12 +360,7 @@ class Trainer:
         task = self.progress(len(self.sampler)) if self.progress else None
         for batch in self.sampler.epoch():
             batch = batch.to(self.device)
-            if self.plugin:
-                self.plugin.before_step(batch)
-            emb = self.backbone.propagate()
-            terms = self.backbone.loss(batch, emb)
-            if self.plugin:
-                terms.update(self.plugin.loss(batch, emb))
+            emb, terms = forward_terms(self.backbone, self.plugin, batch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise TrainingDiverged.at(self.epoch, terms)
