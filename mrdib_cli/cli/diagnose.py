@@ -35,29 +35,36 @@ def diagnose_cmd(
 
         out.print_json(json.dumps({**report, "json": str(jpath), "png": str(ppath)}))
         return
+    for table in tables(report):
+        out.print(table)
+    out.print(f"wrote {jpath}\nwrote {ppath}")
+
+
+def tables(report: dict) -> list[Table]:
+    """The two result tables of a diagnose report (MI estimates; ranking per representation)."""
     runs = [r for r in (report["run"], report["baseline"]) if r]
     t = Table(title="I(Z_v; Z_t) estimate (MINE, held-out items)")
     for col in ("run", "plugin", "representation", "MI [nats]", "MI train"):
-        t.add_column(col, justify="right" if col.startswith("MI") else "left")
+        # run names are long and alike (baseline vs +MRdIB): fold them rather than cut the telling end off
+        t.add_column(col, justify="right" if col.startswith("MI") else "left", overflow="fold")
     for r in runs:
         mi = r["mi"]
         t.add_row(r["run"], r["plugin"] or "-", r["representation"],
                   "n/a" if mi.get("mi") is None else f"{mi['mi']:.4f}",
                   "n/a" if mi.get("mi_train") is None else f"{mi['mi_train']:.4f}")
-    out.print(t)
     t2 = Table(title=f"Test ranking by representation (mask: {report['run']['mask']})")
-    t2.add_column("run")
+    t2.add_column("run", overflow="fold")
     t2.add_column("scored with")
     for m in METRICS:
         t2.add_column(m, justify="right")
     for r in runs:
-        for g, vals in r["ranking"].items():
-            if "skipped" in vals:
-                t2.add_row(r["run"], g, *(["-"] * len(METRICS)))
-            else:
-                t2.add_row(r["run"], g if g == "fused" else f"{g} alone", *(f"{vals[m]:.4f}" for m in METRICS))
-    out.print(t2)
-    out.print(f"wrote {jpath}\nwrote {ppath}")
+        groups = list(r["ranking"].items())
+        for i, (g, vals) in enumerate(groups):
+            name = r["run"] if i == 0 else ""  # one name per block of rows, blocks separated by a rule
+            cells = ["-"] * len(METRICS) if "skipped" in vals else [f"{vals[m]:.4f}" for m in METRICS]
+            label = g if "skipped" in vals or g == "fused" else f"{g} alone"
+            t2.add_row(name, label, *cells, end_section=i == len(groups) - 1)
+    return [t, t2]
 
 
 def register(app: typer.Typer) -> None:

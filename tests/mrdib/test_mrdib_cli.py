@@ -81,3 +81,28 @@ def test_flag_errors_are_one_line_and_leave_no_run(workdir, cli):
     assert not (workdir / "runs" / "y").exists()
     rc, _, err = cli("diagnose", "nope")
     assert rc != 0 and "Traceback" not in err
+
+
+def test_diagnose_tables_keep_long_run_names_whole_on_a_narrow_terminal():
+    """Runs compared by diagnose differ at the end of long names (…-mrdib-s999 vs …-s999): at 80 columns a
+    truncated name ('quickstart-demo-l…') made the two blocks of the ranking table indistinguishable."""
+    from rich.console import Console
+
+    from mrdib_cli.cli.diagnose import tables
+
+    def side(name: str, plugin: str | None) -> dict:
+        ranking = {g: {m: 0.1 for m in ("recall@10", "recall@20", "ndcg@10", "ndcg@20")}
+                   for g in ("image", "text", "fused")}
+        return {"run": name, "plugin": plugin, "representation": "mu", "mask": "train",
+                "mi": {"mi": 0.5, "mi_train": 0.7}, "ranking": ranking}
+
+    names = ("quickstart-demo-lgmrec-mrdib-s999", "quickstart-demo-lgmrec-s999")
+    report = {"run": side(names[0], "mrdib"), "baseline": side(names[1], None)}
+    console = Console(width=80, record=True)
+    for t in tables(report):
+        console.print(t)
+    text = console.export_text()
+    assert "…" not in text
+    # every cell of the run column, read top to bottom and joined, spells the full names in order
+    first_col = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
+    assert first_col.count(names[0]) == 2 and first_col.count(names[1]) == 2
