@@ -31,7 +31,7 @@ def ls(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of
         return
     t = Table(title=f"artefacts in {ws().root}", header_style="bold")
     for c, j in (("kind", "left"), ("name", "left"), ("size", "right"), ("built from", "left"), ("when", "left")):
-        t.add_column(c, justify=j)
+        t.add_column(c, justify=j, overflow="fold")
     for a in rows:
         d = describe(a)
         t.add_row(d["kind"], d["name"], _human(d["size"]), d["built_from"], d["when"])
@@ -51,8 +51,8 @@ def gc_cmd(
 
     removed, freed = gc(ws(), dry_run=dry_run, min_age=min_age, keep_partial=keep_partial)
     t = Table(title="would remove" if dry_run else "removed", header_style="bold")
-    t.add_column("path")
-    t.add_column("why")
+    t.add_column("path", overflow="fold")
+    t.add_column("why", overflow="fold")
     for p, why in removed:
         t.add_row(str(p.relative_to(ws().root)) if p.is_relative_to(ws().root) else str(p), why)
     out.print(t)

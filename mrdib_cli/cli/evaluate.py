@@ -198,8 +198,9 @@ def compare_cmd(
     console.print(f"[bold]Protocol:[/bold] {escape(cmp.protocol.describe())}", highlight=False)
     t = Table(title=f"{split} metrics (mean ± std over seeds; change vs {cmp.summary[0]['label']})",
               title_justify="left")
-    t.add_column("run")
-    t.add_column("system")
+    # run names are long and differ at the end (…-mrdib-s1 vs …-s1): fold them, never cut them
+    t.add_column("run", overflow="fold")
+    t.add_column("system", overflow="fold")
     t.add_column("seeds", justify="right")
     for m in cmp.metrics:
         t.add_column(m, justify="right")
@@ -219,7 +220,7 @@ def compare_cmd(
     if cmp.tests:
         st = Table(title="Paired per-user tests vs the baseline (two-sided)", title_justify="left")
         for c in ("run", "metric", "users", "mean diff", "t-test p", "Wilcoxon p"):
-            st.add_column(c, justify="left" if c in ("run", "metric") else "right")
+            st.add_column(c, justify="left" if c in ("run", "metric") else "right", overflow="fold")
         for tr in cmp.tests:
             st.add_row(tr["group"], tr["metric"], str(tr["n_users"]), f"{tr['mean_diff']:+.4f}",
                        _fmt_p(tr["p_ttest"]), _fmt_p(tr["p_wilcoxon"]))

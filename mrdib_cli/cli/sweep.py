@@ -53,7 +53,7 @@ def sweep_cmd(
     t = Table(title=f"sweep {res.name}: {s['label']}")
     params = [c for c in res.table.columns if c.startswith("param:")]
     for col in ("dataset", "model", *[p[6:] for p in params], "seeds", f"valid {m}", f"test {m}", "winner"):
-        t.add_column(col, justify="right" if col.startswith(("valid", "test")) else "left")
+        t.add_column(col, justify="right" if col.startswith(("valid", "test")) else "left", overflow="fold")
     win = {(w["dataset"], w["backbone"], w["mrdib"], w["point"]) for w in s["winners"]}
     for p in s["points"]:
         key = (p["dataset"], p["backbone"], p["mrdib"], p["point"])

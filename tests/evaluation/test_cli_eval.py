@@ -105,6 +105,21 @@ def test_compare_seeds_and_significance(cli, runs) -> None:
     assert "±" in out and "Wilcoxon" in out
 
 
+def test_compare_keeps_long_run_names_whole_on_a_narrow_terminal(cli, runs) -> None:
+    """Names that differ only at the end (…-s999 vs …-mrdib-s999) must not be cut to the same prefix."""
+    rng = np.random.default_rng(1)
+    long = ("quickstart-demo-lgmrec-s999", "quickstart-demo-lgmrec-mrdib-s999")
+    for name in long:
+        write_run(runs, name, "tiny", rng.standard_normal((40, 30)), rng.standard_normal((30, 30)), seed=999,
+                  backbone=name.split("-")[-2])
+    rc, out, err = cli("compare", *long, env={"COLUMNS": "80"})
+    assert rc == 0, err
+    table_lines = [ln for ln in out.splitlines() if ln[:1] in "┏┃┡│├└"]
+    assert "…" not in out and table_lines and max(len(ln) for ln in table_lines) <= 80
+    first_col = "".join(ln.split("│")[1].strip() for ln in table_lines if ln.startswith("│"))
+    assert all(name in first_col for name in long)
+
+
 def test_compare_refuses_protocol_mismatch_unless_forced(cli, runs) -> None:
     assert cli("eval", "--run", "oracle", "--mask", "train+valid")[0] == 0
     assert cli("eval", "--run", "rand-s1")[0] == 0
