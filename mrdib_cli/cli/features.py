@@ -59,7 +59,7 @@ def _coverage_table(results: list) -> Table:
     for col in ("modality", "model", "dim", "ok", "missing", "failed", "empty_text", "coverage", "items/s",
                 "file"):
         t.add_column(col, justify="right" if col in ("dim", "ok", "missing", "failed", "empty_text",
-                                                     "coverage", "items/s") else "left")
+                                                     "coverage", "items/s") else "left", overflow="fold")
     for r in results:
         c = r.coverage
         rate = "cached" if r.cached else f"{r.timing.get('items_per_s', 0):,.1f}"
@@ -212,7 +212,7 @@ def register(app: typer.Typer) -> None:
             return
         t = Table(title=f"Feature tables of {handle.name}", header_style="bold")
         for col in ("modality", "model", "dim", "coverage", "provenance", "default", "file"):
-            t.add_column(col, justify="right" if col in ("dim", "coverage") else "left")
+            t.add_column(col, justify="right" if col in ("dim", "coverage") else "left", overflow="fold")
         seen: set[str] = set()
         for p in tables:
             try:

@@ -51,7 +51,7 @@ def build_graph(
         return
     t = Table(title=f"graphs of {handle.name}")
     for col in ("graph", "shape", "nnz", "state", "seconds", "file"):
-        t.add_column(col, justify="right" if col in ("nnz", "seconds") else "left")
+        t.add_column(col, justify="right" if col in ("nnz", "seconds") else "left", overflow="fold")
     for g in infos:
         t.add_row(g.name, f"{g.shape[0]} x {g.shape[1]}", f"{g.nnz:,}", "cached" if g.cached else "built",
                   f"{g.seconds:.2f}", str(g.path.relative_to(handle.dir)))

@@ -20,7 +20,7 @@ def _list() -> None:
 
     t = Table(title="datasets for 'mrdib prepare NAME'", header_style="bold")
     for col in ("name", "source", "files", "5-core reviews"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")
     t.add_row(DEMO, "synthetic, offline (seconds)", "generated", "~20,000")
     for c in AMAZON_2014:
         t.add_row(c.name, f"Amazon 2014 {c.category}", f"{c.reviews_file}, {c.meta_file}",
