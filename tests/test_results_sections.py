@@ -239,3 +239,34 @@ def test_sweep_adds_an_alpha_red_step_at_the_grid_selection(tmp_path: Path, monk
     assert [t["point"]["alpha_red"] for t in sel["vbpr"]["red_table"]] == quality_scientific.red_grid(False)
     assert len(set(names[1]) & set(names[0])) == 2  # the 0.05 point, both seeds
     assert len(runs) == len(set(r["run"] for r in runs)) == 9 * 2 + 4 * 2
+
+
+def test_sweep_extends_alpha_uni_only_when_the_selection_sits_on_the_grid_edge(tmp_path: Path, monkeypatch) -> None:
+    """vbpr's validation optimum is alpha_uni 0.2 (beyond the paper's grid): the grid selects its largest
+    alpha_uni, so the extension step runs and selects 0.2. lgmrec's optimum is inside the grid: no extension."""
+    best_uni = {"vbpr": 2e-1, "lgmrec": 5e-3}
+
+    def score(bb: str, p: dict) -> float:
+        return -abs(p["alpha_kl"] - 1e-4) - abs(p["alpha_uni"] - best_uni[bb]) - abs(p["alpha_red"] - 1e-3)
+
+    calls: list[list] = []
+
+    def fake_train_many(ctx, specs):
+        calls.append(specs)
+        return [{"run": s.name, "backbone": s.backbone, "seed": s.seed, "mrdib": s.mrdib,
+                 "valid": {"recall@20": score(s.backbone, s.mrdib)}} for s in specs]
+
+    monkeypatch.setattr(quality_scientific, "train_many", fake_train_many)
+    ctx = _ctx(tmp_path, None, [1, 2], "full")
+    sel, runs = quality_scientific.sweep(ctx, ["vbpr", "lgmrec"], [1, 2],
+                                         lambda bb, s, p: quality_scientific.spec(ctx, "sci", bb, s, p))
+    ext = calls[2]
+    assert {s.backbone for s in ext} == {"vbpr"} and len(ext) == 3 * 2
+    assert sorted({s.mrdib["alpha_uni"] for s in ext}) == quality_scientific.uni_extension(False)
+    assert all(s.mrdib["alpha_kl"] == 1e-4 and s.mrdib["alpha_red"] == 1e-3 for s in ext)
+    assert sel["vbpr"]["red_selected"]["alpha_uni"] == 5e-2
+    assert sel["vbpr"]["selected"] == {"alpha_kl": 1e-4, "alpha_uni": 2e-1, "alpha_red": 1e-3}
+    assert "uni_table" not in sel["lgmrec"] and sel["lgmrec"]["selected"]["alpha_uni"] == 5e-3
+    table = quality_scientific.sweep_table(sel["vbpr"])
+    assert len(table) == len({str(t["point"]) for t in table}) == 9 + 4 + 3  # each scored point once
+    assert len(runs) == len({r["run"] for r in runs}) == 2 * (9 + 4) * 2 + 3 * 2
