@@ -13,7 +13,8 @@ Protocol, decided before any number was seen and applied mechanically:
 2. **Multi-split test** (LGMRec, VBPR): baseline, MRdIB with the paper's defaults and MRdIB with the selected
    setting on the chronological split and 5 random leave-one-out re-splits (full mode), every seed; per-user
    test results of all (split, seed) pairs are pooled for the paired t-test and Wilcoxon test.
-3. **Ablation** (LGMRec, selected setting as "full"): no KL, no redundancy, no unique, MIB only.
+3. **Ablation** (LGMRec and VBPR, each at its selected setting as "full"): no KL, no redundancy, no unique,
+   MIB only.
 4. **Every backbone**: plain vs MRdIB with the setting selected for LGMRec (transferred, not re-tuned), on the
    chronological split, every seed.
 Test metrics are the trainer's: test once at the best-validation epoch (valid Recall@20, patience from each
@@ -165,10 +166,12 @@ def run(ctx: Context) -> dict[str, Any]:
         variants = {"base": None, "defaults": DEFAULTS, "selected": out["sweep"][bb]["selected"]}
         for v, o in variants.items():
             groups[("multi", bb, v)] = [spec(ctx, ds, bb, s, o) for ds in splits for s in split_seeds]
-    groups[("abl", "full")] = [spec(ctx, "sci", "lgmrec", s, sel) for s in seeds]
-    groups[("abl", "base")] = [spec(ctx, "sci", "lgmrec", s, None) for s in seeds]
-    for name, o in ABLATIONS.items():
-        groups[("abl", name)] = [spec(ctx, "sci", "lgmrec", s, {**sel, **o}) for s in seeds]
+    for bb in TUNED:
+        s_bb = out["sweep"][bb]["selected"]
+        groups[("abl", bb, "full")] = [spec(ctx, "sci", bb, s, s_bb) for s in seeds]
+        groups[("abl", bb, "base")] = [spec(ctx, "sci", bb, s, None) for s in seeds]
+        for name, o in ABLATIONS.items():
+            groups[("abl", bb, name)] = [spec(ctx, "sci", bb, s, {**s_bb, **o}) for s in seeds]
     for bb in backbones:
         groups[("bb", bb, "base")] = [spec(ctx, "sci", bb, s, None) for s in seeds]
         groups[("bb", bb, "mrdib")] = [spec(ctx, "sci", bb, s, sel) for s in seeds]
@@ -190,7 +193,9 @@ def run(ctx: Context) -> dict[str, Any]:
                          "paired_defaults": paired(res[("multi", bb, "base")], res[("multi", bb, "defaults")]),
                          "paired_selected": paired(res[("multi", bb, "base")], res[("multi", bb, "selected")])}
                     for bb in TUNED}
-    out["ablation"] = {"setting": sel, "rows": {k[1]: _summary(v) for k, v in res.items() if k[0] == "abl"}}
+    out["ablation"] = {bb: {"setting": out["sweep"][bb]["selected"],
+                            "rows": {k[2]: _summary(v) for k, v in res.items() if k[:2] == ("abl", bb)}}
+                       for bb in TUNED}
     out["backbones"] = {"setting": sel, "rows": {
         bb: {"base": _summary(res[("bb", bb, "base")]), "mrdib": _summary(res[("bb", bb, "mrdib")]),
              "paired": paired(res[("bb", bb, "base")], res[("bb", bb, "mrdib")])} for bb in backbones}}
@@ -251,13 +256,15 @@ def render(res: dict[str, Any]) -> str:
             rows.append(cells)
     parts += [md_table(["model", "R@10", "R@20", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)"], rows), ""]
 
-    ab = res["ablation"]
-    parts += ["### Ablation (LGMRec, chronological split)", "",
-              f"Full = MRdIB with the selected setting ({_opts(ab['setting'])}); mean ± std over seeds {seeds}.", ""]
+    parts += ["### Ablation (chronological split)", "",
+              f"Full = MRdIB with the backbone's selected setting; each variant switches one part off; mean ± std "
+              f"over seeds {seeds}.", ""]
     order = ["base", "full", *ABLATIONS]
-    rows = [[name] + [fmt_mean_std(r["test"][k]) for k in METRICS] + [fmt_mean_std(r["valid_recall@20"])]
-            for name, r in sorted(ab["rows"].items(), key=lambda kv: order.index(kv[0]))]
-    parts += [md_table(["variant", "R@10", "R@20", "N@10", "N@20", "valid R@20"], rows), ""]
+    for bb, ab in res["ablation"].items():
+        rows = [[name] + [fmt_mean_std(r["test"][k]) for k in METRICS] + [fmt_mean_std(r["valid_recall@20"])]
+                for name, r in sorted(ab["rows"].items(), key=lambda kv: order.index(kv[0]))]
+        parts += [f"**{bb}** ({_opts(ab['setting'])})", "",
+                  md_table(["variant", "R@10", "R@20", "N@10", "N@20", "valid R@20"], rows), ""]
 
     bbs = res["backbones"]
     parts += ["### Every multimodal backbone (chronological split)", "",
