@@ -118,15 +118,9 @@ def sweep(ctx: Context, backbones: list[str] | tuple[str, ...], seeds: list[int]
     ext_runs = train_many(ctx, [make_spec(bb, s, p) for bb, ps in ext_pts.items() for p in ps for s in seeds])
     for bb, ps in ext_pts.items():
         cand = [out[bb]["selected"], *ps]
-        step = select([r for r in red_runs + ext_runs if r["backbone"] == bb and r["mrdib"] in cand], cand)
+        step = select([r for r in red_runs + ext_runs if r["backbone"] == bb], cand)
         out[bb].update(red_selected=out[bb]["selected"], uni_table=step["table"], selected=step["selected"])
-    seen: set[str] = set()
-    every = []
-    for r in runs + red_runs + ext_runs:
-        if r["run"] not in seen:
-            seen.add(r["run"])
-            every.append(r)
-    return out, every
+    return out, list({r["run"]: r for r in runs + red_runs + ext_runs}.values())  # a reused run counts once
 
 
 def sweep_table(sel: dict[str, Any]) -> list[dict[str, Any]]:

@@ -303,7 +303,7 @@ class MRdIB(Plugin):
         if cfg.use_syn_head and self.synergy is not None and has_neg:
             z_b = [self._state[m].unit_z(idx) for m in self.hooks]
             fused = self.synergy(torch.cat(z_b, dim=-1))
-            u = emb.user[batch.users]
+            u = emb.rows("user", batch.users)
             l_s = bpr((u * fused[:n_pos]).sum(-1), (u * fused[n_pos:]).sum(-1))
             logs["syn"] = l_s.detach()
             terms["syn"] = cfg.alpha_syn * l_s
