@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import os
 import pkgutil
 import sys
 from pathlib import Path
@@ -89,7 +90,35 @@ _load_commands()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app and turn user errors into one line and an exit code."""
+    """Entry point: run the app and turn user errors into one line and an exit code.
+
+    A worker of a multi-process job (``--nproc``, torchrun) ends with ``os._exit`` once its output is flushed:
+    its process group is already shut down by then, but gloo's background threads can still be torn down
+    by the interpreter's C++ teardown while a peer's last messages are in flight, which aborts a worker that
+    had finished cleanly ("terminate called without an active exception", exit code 1 for the whole job).
+    """
+    try:
+        _run(argv)
+    except SystemExit as e:
+        if not _in_worker():
+            raise
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    else:
+        if not _in_worker():
+            return
+        code = 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _in_worker() -> bool:
+    """True in a worker of a multi-process job (the distributed module is imported only by such commands)."""
+    dist_mod = sys.modules.get("mrdib_cli.training.distributed")
+    return dist_mod is not None and dist_mod.launched()
+
+
+def _run(argv: list[str] | None) -> None:
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
     try:
         rc = app(args=argv, standalone_mode=False)

@@ -43,3 +43,43 @@ def test_three_shards_merge_to_the_single_process_result(tmp_path):
     assert got.metrics == ref.metrics
     assert got.protocol.fingerprint() == ref.protocol.fingerprint()
     assert isinstance(got.per_user, pl.DataFrame)
+
+
+def test_a_worker_ends_with_os_exit_keeping_its_exit_code(monkeypatch) -> None:
+    """In a multi-process job the entry point ends each worker with os._exit (skipping the interpreter teardown
+    that can abort a finished gloo worker) and keeps the exit code the command chose; outside a job it
+    returns or raises SystemExit as before."""
+    import pytest
+
+    from mrdib_cli.cli import app as app_mod
+    from mrdib_cli.training import distributed
+
+    exits: list[int] = []
+
+    class _Exited(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise _Exited
+
+    monkeypatch.setattr(app_mod.os, "_exit", fake_exit)
+    for world, outcome, want in (("2", None, 0), ("2", 3, 3), ("1", None, None), ("1", 3, 3)):
+        monkeypatch.setenv("WORLD_SIZE", world)
+
+        def run(argv, outcome=outcome):
+            if outcome is not None:
+                raise SystemExit(outcome)
+
+        monkeypatch.setattr(app_mod, "_run", run)
+        exits.clear()
+        if world == "2":
+            with pytest.raises(_Exited):
+                app_mod.main([])
+            assert exits == [want] and distributed.launched()
+        elif outcome is None:
+            assert app_mod.main([]) is None and not exits
+        else:
+            with pytest.raises(SystemExit) as e:
+                app_mod.main([])
+            assert e.value.code == want and not exits
