@@ -184,6 +184,44 @@ def test_demo_backbone_tuning_picks_the_best_validation_value(tmp_path: Path, mo
     assert out["lgmrec"] == {"hp": {}, "table": []}
 
 
+def test_demo_every_backbone_pairs_plain_runs_with_the_transferred_setting(tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    users = np.arange(40)
+    seen: list = []
+
+    def fake_train_many(ctx, specs):
+        seen.extend(specs)
+        out = []
+        for s in specs:
+            base = 0.10 + (0.02 if s.mrdib is not None and s.backbone == "mgcn" else 0.0)
+            out.append({"run": s.name, "backbone": s.backbone, "seed": s.seed, "best_epoch": 10 + s.seed,
+                        "valid": _metrics(base), "test": _metrics(base), "train_s_per_epoch": 0.2, "wall_s": 5.0,
+                        "device": "cpu", "per_user": _per_user(tmp_path / f"{s.name}.parquet", users, rng,
+                                                               0.1 if s.mrdib is not None and s.backbone == "mgcn"
+                                                               else 0.0)})
+        return out
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    setting = {"alpha_kl": 1e-4, "alpha_red": 5e-3, "alpha_uni": 5e-2}
+    hps = {"lgmrec": {}, "vbpr": {"reg_weight": 1.0}}
+    out = quality_demo.every_backbone(_ctx(tmp_path, None, [1, 2], "full"), setting, hps)
+    assert list(out["rows"]) == list(quality_demo.EVERY_BACKBONE)
+    names = {s.name for s in seen}
+    assert len(names) == len(seen) == len(quality_demo.EVERY_BACKBONE) * 2 * 2
+    # the plain runs are the section's own plain runs (reused by name), the MRdIB arm gets the transferred setting
+    assert quality_demo.run_name("vbpr", False, 2, hps["vbpr"]) in names
+    assert all(s.mrdib in (None, setting) for s in seen)
+    assert {tuple(s.args) for s in seen if s.backbone == "vbpr"} == {("--reg-weight", "1")}
+    assert out["rows"]["mgcn"]["paired"]["recall@20"]["diff"] > 0.05
+    assert abs(out["rows"]["freedom"]["paired"]["recall@20"]["diff"]) < 0.05
+    res = _demo_result(tmp_path)
+    res["every_backbone"] = out
+    md = quality_demo.render(res)
+    assert "Bonferroni: 0.05 / 9 = 0.0056" in md and "alpha_kl 0.0001, alpha_red 0.005, alpha_uni 0.05" in md
+    row = _row(md, "mgcn | ")
+    assert row[1:3] == ["0.1500 ± 0.0000", "0.1800 ± 0.0000"] and row[5] == f"{100 * out['rows']['mgcn']['paired']['recall@20']['rel']:+.1f}%"
+
+
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
     res = _baby_result(cap=None)
     for r in res["runs"]:

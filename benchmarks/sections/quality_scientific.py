@@ -205,6 +205,19 @@ def _opts(o: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in sorted(o.items())) or "paper defaults"
 
 
+def every_backbone_table(rows_by_bb: dict[str, Any]) -> str:
+    """Plain vs + MRdIB per backbone (R@20, N@20, pooled paired test, best epochs), in BACKBONES order."""
+    rows = []
+    for bb, r in sorted(rows_by_bb.items(), key=lambda kv: BACKBONES.index(kv[0]) if kv[0] in BACKBONES else 99):
+        p = r["paired"]["recall@20"]
+        rows.append([bb, fmt_mean_std(r["base"]["test"]["recall@20"]), fmt_mean_std(r["mrdib"]["test"]["recall@20"]),
+                     fmt_mean_std(r["base"]["test"]["ndcg@20"]), fmt_mean_std(r["mrdib"]["test"]["ndcg@20"]),
+                     f"{100 * p['rel']:+.1f}%", _fmt_p(p["p_ttest"]),
+                     f"{mean_std(r['base']['best_epoch'])[0]:.0f} / {mean_std(r['mrdib']['best_epoch'])[0]:.0f}"])
+    return md_table(["backbone", "R@20 base", "R@20 +MRdIB", "N@20 base", "N@20 +MRdIB", "ΔR@20", "p (t)",
+                     "best epoch base / +MRdIB"], rows)
+
+
 def render(res: dict[str, Any]) -> str:
     n_splits, seeds = len(res["splits"]), res["seeds"]
     cap = f" **Quick mode: training capped at {res['epochs_cap']} epochs; not comparable with full results.**" \
@@ -263,14 +276,6 @@ def render(res: dict[str, Any]) -> str:
     bbs = res["backbones"]
     parts += ["### Every multimodal backbone (chronological split)", "",
               f"MRdIB with the setting selected for LGMRec ({_opts(bbs['setting'])}), transferred unchanged to "
-              f"every backbone; mean ± std over seeds {seeds}; paired tests pool the seeds' per-user results.", ""]
-    rows = []
-    for bb, r in sorted(bbs["rows"].items(), key=lambda kv: BACKBONES.index(kv[0]) if kv[0] in BACKBONES else 99):
-        p = r["paired"]["recall@20"]
-        rows.append([bb, fmt_mean_std(r["base"]["test"]["recall@20"]), fmt_mean_std(r["mrdib"]["test"]["recall@20"]),
-                     fmt_mean_std(r["base"]["test"]["ndcg@20"]), fmt_mean_std(r["mrdib"]["test"]["ndcg@20"]),
-                     f"{100 * p['rel']:+.1f}%", _fmt_p(p["p_ttest"]),
-                     f"{mean_std(r['base']['best_epoch'])[0]:.0f} / {mean_std(r['mrdib']['best_epoch'])[0]:.0f}"])
-    parts += [md_table(["backbone", "R@20 base", "R@20 +MRdIB", "N@20 base", "N@20 +MRdIB", "ΔR@20", "p (t)",
-                        "best epoch base / +MRdIB"], rows), ""]
+              f"every backbone; mean ± std over seeds {seeds}; paired tests pool the seeds' per-user results.", "",
+              every_backbone_table(bbs["rows"]), ""]
     return "\n".join(parts)
