@@ -144,7 +144,7 @@ def every_backbone(ctx: Context, setting: dict[str, Any], hps: dict[str, dict[st
     """Step 4 of the Scientific protocol on the demo: every multimodal backbone plain and with the MRdIB setting
     selected for LGMRec on the demo's validation split (transferred, not re-tuned), every seed. Backbone
     hyper-parameters are each backbone's defaults (VBPR: the reg_weight chosen above), equal in both arms."""
-    from benchmarks.sections.quality_scientific import _summary, tag
+    from benchmarks.sections.quality_scientific import run_summary, tag
 
     backbones = QUICK_EVERY if ctx.quick else EVERY_BACKBONE
 
@@ -159,7 +159,7 @@ def every_backbone(ctx: Context, setting: dict[str, Any], hps: dict[str, dict[st
     by_name = {r["run"]: r for r in train_many(ctx, [sp for g in groups.values() for sp in g])}
     res = {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
     return {"setting": setting, "rows": {
-        bb: {"base": _summary(res[(bb, "base")]), "mrdib": _summary(res[(bb, "mrdib")]),
+        bb: {"base": run_summary(res[(bb, "base")]), "mrdib": run_summary(res[(bb, "mrdib")]),
              "paired": paired(res[(bb, "base")], res[(bb, "mrdib")])} for bb in backbones}}
 
 
@@ -339,11 +339,11 @@ def render(res: dict[str, Any]) -> str:
                   f"every seed; paired test against the plain rows above):", "",
                   _selected_table(res), ""]
     if res.get("every_backbone"):
-        from benchmarks.sections.quality_scientific import _opts, every_backbone_table
+        from benchmarks.sections.quality_scientific import fmt_opts, every_backbone_table
 
         eb = res["every_backbone"]
         parts += [f"**Every multimodal backbone on the demo**: plain vs MRdIB with the setting selected for LGMRec "
-                  f"above ({_opts(eb['setting'])}), transferred unchanged (as in the Scientific section); each "
+                  f"above ({fmt_opts(eb['setting'])}), transferred unchanged (as in the Scientific section); each "
                   f"backbone's own defaults in both arms (VBPR: the reg_weight chosen above); mean ± std over seeds "
                   f"{', '.join(map(str, seeds))}; paired tests pool the seeds' per-user results. With this many "
                   f"backbones, one p-value near 0.05 is expected by chance (Bonferroni: 0.05 / "

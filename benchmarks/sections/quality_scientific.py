@@ -132,7 +132,8 @@ def sweep_table(sel: dict[str, Any]) -> list[dict[str, Any]]:
     return table
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def run_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-run figures of a group of runs, as lists in run order (the JSON rows of the results)."""
     return {"n": len(runs), "best_epoch": [r["best_epoch"] for r in runs],
             "valid_recall@20": [r["valid"]["recall@20"] for r in runs],
             "test": {m: [r["test"][m] for r in runs] for m in METRICS},
@@ -183,15 +184,15 @@ def run(ctx: Context) -> dict[str, Any]:
         out["sweep"][bb]["base_valid_recall@20"] = mean_std(
             [r["valid"]["recall@20"] for r in res[("bb", bb, "base")] if r["seed"] in sweep_seeds])[0]
     out["multi"] = {bb: {"setting": out["sweep"][bb]["selected"],
-                         **{v: _summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
+                         **{v: run_summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
                          "paired_defaults": paired(res[("multi", bb, "base")], res[("multi", bb, "defaults")]),
                          "paired_selected": paired(res[("multi", bb, "base")], res[("multi", bb, "selected")])}
                     for bb in TUNED}
     out["ablation"] = {bb: {"setting": out["sweep"][bb]["selected"],
-                            "rows": {k[2]: _summary(v) for k, v in res.items() if k[:2] == ("abl", bb)}}
+                            "rows": {k[2]: run_summary(v) for k, v in res.items() if k[:2] == ("abl", bb)}}
                        for bb in TUNED}
     out["backbones"] = {"setting": sel, "rows": {
-        bb: {"base": _summary(res[("bb", bb, "base")]), "mrdib": _summary(res[("bb", bb, "mrdib")]),
+        bb: {"base": run_summary(res[("bb", bb, "base")]), "mrdib": run_summary(res[("bb", bb, "mrdib")]),
              "paired": paired(res[("bb", bb, "base")], res[("bb", bb, "mrdib")])} for bb in backbones}}
     return out
 
@@ -201,7 +202,8 @@ def _fmt_p(p: float) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
 
-def _opts(o: dict[str, Any]) -> str:
+def fmt_opts(o: dict[str, Any]) -> str:
+    """An MRdIB option dict as text for tables ("paper defaults" when empty)."""
     return ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in sorted(o.items())) or "paper defaults"
 
 
@@ -239,7 +241,7 @@ def render(res: dict[str, Any]) -> str:
         final = sw["selected"]
         table = sweep_table(sw)
         top = sorted(table, key=lambda s: -s["valid_recall@20"])
-        rows = [[_opts(s["point"]), f"{s['valid_recall@20']:.4f}", "**selected**" if s["point"] == final else ""]
+        rows = [[fmt_opts(s["point"]), f"{s['valid_recall@20']:.4f}", "**selected**" if s["point"] == final else ""]
                 for s in top]
         if sw.get("base_valid_recall@20") is not None:
             rows.append([f"{bb} alone (no MRdIB)", f"{sw['base_valid_recall@20']:.4f}", "reference"])
@@ -252,7 +254,7 @@ def render(res: dict[str, Any]) -> str:
     rows = []
     for bb, m in res["multi"].items():
         for v, label in (("base", bb), ("defaults", f"{bb} + MRdIB (paper defaults)"),
-                         ("selected", f"{bb} + MRdIB ({_opts(m['setting'])})")):
+                         ("selected", f"{bb} + MRdIB ({fmt_opts(m['setting'])})")):
             t = m[v]["test"]
             cells = [label] + [fmt_mean_std(t[k]) for k in METRICS]
             if v == "base":
@@ -270,12 +272,12 @@ def render(res: dict[str, Any]) -> str:
     for bb, ab in res["ablation"].items():
         rows = [[name] + [fmt_mean_std(r["test"][k]) for k in METRICS] + [fmt_mean_std(r["valid_recall@20"])]
                 for name, r in sorted(ab["rows"].items(), key=lambda kv: order.index(kv[0]))]
-        parts += [f"**{bb}** ({_opts(ab['setting'])})", "",
+        parts += [f"**{bb}** ({fmt_opts(ab['setting'])})", "",
                   md_table(["variant", "R@10", "R@20", "N@10", "N@20", "valid R@20"], rows), ""]
 
     bbs = res["backbones"]
     parts += ["### Every multimodal backbone (chronological split)", "",
-              f"MRdIB with the setting selected for LGMRec ({_opts(bbs['setting'])}), transferred unchanged to "
+              f"MRdIB with the setting selected for LGMRec ({fmt_opts(bbs['setting'])}), transferred unchanged to "
               f"every backbone; mean ± std over seeds {seeds}; paired tests pool the seeds' per-user results.", "",
               every_backbone_table(bbs["rows"]), ""]
     return "\n".join(parts)
