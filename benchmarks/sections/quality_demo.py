@@ -21,6 +21,8 @@ from typing import Any
 
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, fmt_mean_std, md_table,
                                          mean_std, paired, train_many)
+from benchmarks.sections.quality_scientific import (every_backbone_table, fmt_opts, run_summary, sweep, sweep_table,
+                                                    tag)
 
 TITLE = "Demo dataset: backbone vs MRdIB on planted unique / redundant / synergistic structure"
 ORDER = 30
@@ -84,9 +86,15 @@ def build_dataset(ctx: Context) -> dict[str, Any]:
             "features": {"image": f"{IMAGE_MODEL} (open_clip, random weights, {cfg.name})", "text": TEXT_MODEL}}
 
 
+def demo_spec(bb: str, seed: int, opts: dict[str, Any] | None, hp: dict[str, float]) -> TrainSpec:
+    """One demo run: plain (``opts`` None) or with MRdIB options, under the backbone's hyper-parameters ``hp``.
+    The name says all three, so a run is reused by every step that asks for it (paper defaults: ``...-mrdib-``)."""
+    name = run_name(bb, False, seed, hp) if opts is None else f"res-demo-{bb}{hp_tag(hp)}-{tag(opts)}-s{seed}"
+    return TrainSpec(DATASET, bb, seed, name, opts, hp_args(hp))
+
+
 def specs(ctx: Context, hps: dict[str, dict[str, float]]) -> list[TrainSpec]:
-    return [TrainSpec(DATASET, bb, s, run_name(bb, m, s, hps[bb]), {} if m else None, hp_args(hps[bb]))
-            for bb in BACKBONES for m in (False, True) for s in ctx.seeds]
+    return [demo_spec(bb, s, {} if m else None, hps[bb]) for bb in BACKBONES for m in (False, True) for s in ctx.seeds]
 
 
 def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float]) -> dict[str, Any]:
@@ -116,12 +124,10 @@ def selected_variant(ctx: Context, plain: dict[str, list[dict[str, Any]]],
     """MRdIB with alphas chosen on the demo's *validation* split (the sweep protocol of the Scientific
     section, first seed), then trained on every seed and tested against the plain backbone: the paper tunes
     its alphas per dataset, so the defaults alone are not the method's best case."""
-    from benchmarks.sections.quality_scientific import sweep, sweep_table, tag
-
     s0 = ctx.seeds[0]
 
     def make(bb: str, seed: int, o: dict[str, Any]) -> TrainSpec:
-        return TrainSpec(DATASET, bb, seed, f"res-demo-{bb}{hp_tag(hps[bb])}-{tag(o)}-s{seed}", o, hp_args(hps[bb]))
+        return demo_spec(bb, seed, o, hps[bb])
 
     ctx.log(f"  validation sweep on the demo: {len(BACKBONES)} backbones (seed {s0})")
     sel_by_bb, _ = sweep(ctx, BACKBONES, [s0], make)
@@ -144,16 +150,8 @@ def every_backbone(ctx: Context, setting: dict[str, Any], hps: dict[str, dict[st
     """Step 4 of the Scientific protocol on the demo: every multimodal backbone plain and with the MRdIB setting
     selected for LGMRec on the demo's validation split (transferred, not re-tuned), every seed. Backbone
     hyper-parameters are each backbone's defaults (VBPR: the reg_weight chosen above), equal in both arms."""
-    from benchmarks.sections.quality_scientific import run_summary, tag
-
     backbones = QUICK_EVERY if ctx.quick else EVERY_BACKBONE
-
-    def make(bb: str, seed: int, o: dict[str, Any] | None) -> TrainSpec:
-        hp = hps.get(bb, {})
-        name = run_name(bb, False, seed, hp) if o is None else f"res-demo-{bb}{hp_tag(hp)}-{tag(o)}-s{seed}"
-        return TrainSpec(DATASET, bb, seed, name, o, hp_args(hp))
-
-    groups = {(bb, arm): [make(bb, s, o) for s in ctx.seeds]
+    groups = {(bb, arm): [demo_spec(bb, s, o, hps.get(bb, {})) for s in ctx.seeds]
               for bb in backbones for arm, o in (("base", None), ("mrdib", setting))}
     ctx.log(f"  every backbone on the demo: {len(backbones)} backbones x 2 arms x seeds {list(ctx.seeds)}")
     by_name = {r["run"]: r for r in train_many(ctx, [sp for g in groups.values() for sp in g])}
@@ -339,8 +337,6 @@ def render(res: dict[str, Any]) -> str:
                   f"every seed; paired test against the plain rows above):", "",
                   _selected_table(res), ""]
     if res.get("every_backbone"):
-        from benchmarks.sections.quality_scientific import fmt_opts, every_backbone_table
-
         eb = res["every_backbone"]
         parts += [f"**Every multimodal backbone on the demo**: plain vs MRdIB with the setting selected for LGMRec "
                   f"above ({fmt_opts(eb['setting'])}), transferred unchanged (as in the Scientific section); each "
