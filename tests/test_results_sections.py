@@ -173,15 +173,41 @@ def test_demo_specs_pair_every_plain_run_with_an_mrdib_run(tmp_path: Path) -> No
 
 def test_demo_backbone_tuning_picks_the_best_validation_value(tmp_path: Path, monkeypatch) -> None:
     valid = {2.0: 0.04, 1.0: 0.20, 0.1: 0.14}
-    monkeypatch.setattr(quality_demo, "BASE_TUNE", {"vbpr": ("reg_weight", list(valid))})
+    monkeypatch.setattr(quality_demo, "BASE_TUNE", {"vbpr": {"reg_weight": list(valid)}})
 
     def fake_train_many(ctx, specs):
         return [{"run": s.name, "valid": {"recall@20": valid[float(s.args[1])]}} for s in specs]
 
     monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
-    out = quality_demo.tune_backbones(_ctx(tmp_path, None, [1, 2], "full"))
+    out = quality_demo.tune_backbones(_ctx(tmp_path, None, [1, 2], "full"), ("lgmrec", "vbpr"))
     assert out["vbpr"]["hp"] == {"reg_weight": 1.0} and len(out["vbpr"]["table"]) == 3
     assert out["lgmrec"] == {"hp": {}, "table": []}
+
+
+def test_demo_backbone_tuning_searches_a_two_axis_grid_and_renders_it(tmp_path: Path, monkeypatch) -> None:
+    grid = {"reg_weight": [0.0, 1e-4, 1e-2], "lr": [1e-4, 1e-3]}
+    monkeypatch.setattr(quality_demo, "BASE_TUNE", {"mmgcn": grid})
+    seen: list = []
+
+    def fake_train_many(ctx, specs):
+        seen.extend(specs)
+        out = []
+        for s in specs:
+            hp = dict(zip(s.args[0::2], map(float, s.args[1::2])))
+            # best at lr 1e-3, reg 1e-4: only the pair (not either axis alone) identifies it
+            score = 0.10 + (0.05 if hp["--lr"] == 1e-3 else 0) + (0.03 if hp["--reg-weight"] == 1e-4 else 0)
+            out.append({"run": s.name, "valid": {"recall@20": score}})
+        return out
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    out = quality_demo.tune_backbones(_ctx(tmp_path, None, [3, 4], "full"), ("lgmrec", "mmgcn"))
+    assert len(seen) == 6 and len({s.name for s in seen}) == 6 and {s.seed for s in seen} == {3}
+    assert all(s.mrdib is None for s in seen)
+    assert out["mmgcn"]["hp"] == {"reg_weight": 1e-4, "lr": 1e-3} and len(out["mmgcn"]["table"]) == 6
+    line = quality_demo._hparams_line({"backbones": ["lgmrec"], "seeds": [3], "backbone_tuning": out})
+    assert "MMGCN's reg_weight and lr were chosen on validation" in line
+    assert "6 points" in line and "lr 0.001, reg_weight 0.0001 (valid R@20 0.1800" in line
+    assert "0.1000-0.1800" in line and "MMGCN trains with it in both arms of the every-backbone table" in line
 
 
 def test_demo_every_backbone_pairs_plain_runs_with_the_transferred_setting(tmp_path: Path, monkeypatch) -> None:
