@@ -59,7 +59,7 @@ def _sq_norm(x: Tensor) -> Tensor:
 
 
 def _clamp_mask(raw: Tensor, clamped: Tensor, lo: float, hi: float) -> Tensor | None:
-    """Where the clamp is active (no gradient there; the bounds themselves pass, as with torch.clamp).
+    """Where the clamp is active (no sample gradient there; the bounds themselves pass, as with torch.clamp).
 
     On a CPU the boolean table costs two slow passes (a compare and a masked fill) and is almost always all
     False, so one min/max reduction decides whether it is needed (None: nothing clamped). On a GPU that
@@ -80,6 +80,13 @@ class _SampleAndKL(torch.autograd.Function):
     ``logvar = clamp(W_lv h / s + b_lv)``, the outputs are ``f * (mu + sigma * eps)`` (eps ~ N(0, I)), the
     per-row KL of N(mu, sigma^2) to N(0, I), and the raw head output ``[f * mu | logvar before clamping]``
     (no gradient; for diagnostics).
+
+    The clamp of the log-variance is a numerical guard (exp() must not overflow), not part of the model, so
+    the KL's gradient passes through it: the sample's gradient stops at a bound, as with ``torch.clamp``, but
+    the KL, whose gradient 0.5 (sigma^2 - 1) always points back into the range, still pulls the head back.
+    With ``torch.clamp`` semantics for the KL too, a head pushed past a bound got no gradient at all and stayed
+    there: MMGCN on the demo at lr 5e-3 ended with every image log-variance clamped and a KL of 80,000-300,000
+    nats per item (docs/mrdib.md). Steps where nothing is clamped are unaffected.
 
     Written out by hand because autograd's composition of the same maths (linear, split, clamp, exp, sqrt,
     pow, sum and their backwards, plus the scale folding) dispatches ~75 operations per modality and makes
@@ -120,11 +127,11 @@ class _SampleAndKL(torch.autograd.Function):
         g_mu, g_lv = g_head[:, :k], g_head[:, k:]  # gradients w.r.t. f * mu and logvar
         # d out / d (f mu) = 1; d kl / d (f mu) = mu / f = (f mu) / f^2
         torch.addcmul(g_out, m, gk, value=1.0 / (f * f), out=g_mu)
-        # d kl / d logvar = 0.5 (sigma^2 - 1); d out / d logvar = 0.5 f sigma eps; none where clamped
+        # d kl / d logvar = 0.5 (sigma^2 - 1), passed through the clamp (it always points back into the range);
+        # d out / d logvar = 0.5 f sigma eps, stopped where clamped (as torch.clamp would)
         torch.mul(std, std, out=g_lv)
-        g_lv.sub_(1.0).mul_(gk * 0.5).addcmul_(g_out, noise, value=0.5 * f)
-        if clamped is not None:
-            g_lv.masked_fill_(clamped, 0.0)
+        g_lv.sub_(1.0).mul_(gk * 0.5)
+        g_lv.addcmul_(g_out, noise if clamped is None else noise.masked_fill(clamped, 0.0), value=0.5 * f)
         g_h = g_head @ w if ctx.needs_input_grad[0] else None
         g_w, g_b = _fold(g_head.t() @ h, g_head.sum(0), k, f / s, 1.0 / s, f)
         return g_h, g_w, g_b, None, None, None, None

@@ -80,16 +80,17 @@ def test_bottleneck_is_scale_free() -> None:
 
 def _reference(bn: GaussianBottleneck, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The bottleneck written the plain autograd way (the specification the fused pass must equal)."""
-    mu, logvar = bn.head(h / bn.scale).split(bn.z_dim, dim=-1)
-    logvar = logvar.clamp(*bn.LOGVAR_RANGE)
+    mu, raw = bn.head(h / bn.scale).split(bn.z_dim, dim=-1)
+    logvar = raw.clamp(*bn.LOGVAR_RANGE)
     z = reparameterise(mu, logvar)
-    return bn.decoder(z) * bn.scale, gaussian_kl(mu, logvar)
+    # the KL sees the clamped value but its gradient passes the clamp (straight through)
+    return bn.decoder(z) * bn.scale, gaussian_kl(mu, raw + (logvar - raw).detach())
 
 
 @pytest.mark.parametrize("z_dim", [None, 5])
 def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None) -> None:
     """Values and gradients (heads, input) of the hand-written pass equal the composed reference, including
-    rows whose log-variance is clamped (no gradient there) and a KL that weights rows unevenly."""
+    log-variances past the clamp (only the KL's gradient passes there) and a KL that weights rows unevenly."""
     torch.manual_seed(0)
     h = (torch.randn(30, 8) * 0.05 + 0.02).requires_grad_()
     bn = GaussianBottleneck(8, z_dim, init_noise=0.1, h_var=float(h.detach().var(0).mean()))
@@ -109,8 +110,30 @@ def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None)
     for a, b in zip(*grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
     lv_grad = grads[0][4][bn.z_dim:]
-    assert float(lv_grad[0]) == 0.0 and float(lv_grad[1]) == 0.0  # clamped: no gradient
+    # past a bound only the KL's gradient 0.5 (sigma^2 - 1) * w_kl arrives, and it points back into the range
+    lo, hi = bn.LOGVAR_RANGE
+    assert torch.isclose(lv_grad[0], 0.5 * (math.exp(hi) - 1) * w_kl.sum(), rtol=1e-4)
+    assert torch.isclose(lv_grad[1], 0.5 * (math.exp(lo) - 1) * w_kl.sum(), rtol=1e-4)
     assert float(lv_grad[2:].abs().min()) > 0
+
+
+@pytest.mark.parametrize("bias", [30.0, -40.0])
+def test_a_log_variance_pushed_past_the_clamp_comes_back(bias: float) -> None:
+    """The clamp guards exp() only: minimising the KL brings a head that starts beyond a bound back into the
+    range (with torch.clamp's zero gradient it would stay there for ever)."""
+    torch.manual_seed(0)
+    h = torch.randn(64, 8)
+    bn = GaussianBottleneck(8, None, init_noise=0.1, h_var=1.0)
+    with torch.no_grad():
+        bn.head.bias[bn.z_dim:] = bias
+    opt = torch.optim.Adam(bn.parameters(), lr=0.5)
+    lo, hi = bn.LOGVAR_RANGE
+    for _ in range(100):
+        opt.zero_grad()
+        bn(h, sample=True).kl.mean().backward()
+        opt.step()
+    raw = bn(h, sample=True).logvar_raw
+    assert lo < float(raw.min()) and float(raw.max()) < hi
 
 
 def test_loading_a_state_dict_updates_the_cached_scale() -> None:
