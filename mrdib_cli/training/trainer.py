@@ -38,6 +38,7 @@ from mrdib_cli import __version__
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
+from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.config import RunConfig
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
@@ -213,7 +214,7 @@ class Trainer:
             "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
             "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
             "train": cfg["train"], "plugin": self.plugin_config(), "features": features,
-            "runtime": self.runtime, "version": __version__,
+            "runtime": self.runtime, "version": __version__, "code": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 

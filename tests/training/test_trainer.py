@@ -43,8 +43,9 @@ def test_run_folder_contract(ws):
     d = ws.run_dir("a")
     conf = json.loads((d / "config.json").read_text())
     for key in ("run_name", "dataset", "dataset_dir", "dataset_digest", "backbone", "hparams", "train",
-                "plugin", "features", "runtime", "version", "created"):
+                "plugin", "features", "runtime", "version", "code", "created"):
         assert key in conf
+    assert conf["code"]["mrdib"] == conf["version"] and conf["code"]["torch"] == torch.__version__
     assert conf["runtime"]["device"] == "cpu" and conf["runtime"]["threads"] >= 1
     assert conf["hparams"] == {"embedding_size": 64, "n_layers": 1, "reg_weight": 1e-2}
     u, i = _emb(ws, "a")
