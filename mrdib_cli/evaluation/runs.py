@@ -88,7 +88,7 @@ class Run:
         from mrdib_cli.workspace import digest_obj
 
         cfg = {k: v for k, v in self.config.items()
-               if k not in ("run_name", "created", "version", "code", "dataset_dir")}
+               if k not in ("run_name", "created", "version", "code", "runtime", "dataset_dir")}
         cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
                         if k not in ("seed", "device", "threads", "num_workers", "eval_batch_users")}
         return digest_obj(cfg)

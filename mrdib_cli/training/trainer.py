@@ -93,16 +93,28 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def configure_cpu(threads: int | None) -> dict[str, Any]:
-    """Threads and denormal handling for CPU training; returns what was set (stored in ``config.json``).
+    """Threads, denormal handling and deterministic kernels for CPU training; returns what was set (stored in
+    ``config.json``).
 
     Denormal floats (below 1.2e-38) are flushed to zero: on x86 each arithmetic operation on one costs ~100
     cycles, and some backbones make them in bulk. LGMRec's step on Baby took 400 ms instead of 300 ms on 2
     threads because of them (``benchmarks/bench_mrdib_overhead.py``). Flushing changes values only below
     1.2e-38, i.e. results only at the level of float rounding, like a change of device.
+
+    Deterministic algorithms: the backward of an advanced-index gather (``emb[idx]``, an accumulating
+    ``index_put_``) sums rows in a thread-dependent order on CPU, so with more than one thread two runs of
+    the same seed drifted apart (LGMRec on the demo: gradients differing by ~1e-10 at the first step,
+    embeddings by ~1e-6 after 3 epochs). PyTorch's deterministic mode sorts the indices first. On one
+    thread it gives bit-identical gradients to the default for every backbone (checked), and it is no slower
+    on two; uninitialised memory is not NaN-filled (that only helps find reads of it, at a cost per tensor).
     """
+    import torch.utils.deterministic
+
     n = threads or max(1, os.cpu_count() or 1)
     torch.set_num_threads(n)
-    return {"threads": n, "flush_denormal": bool(torch.set_flush_denormal(True))}
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    return {"threads": n, "flush_denormal": bool(torch.set_flush_denormal(True)), "deterministic": True}
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -169,6 +181,8 @@ class Trainer:
         self.runtime: dict[str, Any] = {"device": str(self.device)}
         if self.device.type == "cpu":
             self.runtime.update(configure_cpu(tc.threads))
+        else:  # GPU runs use non-deterministic kernels (scatter/index_add), which deterministic mode refuses
+            torch.use_deterministic_algorithms(False)
 
         # seed everything before building the model, as MMRec's init_seed does
         torch.manual_seed(tc.seed)

@@ -105,6 +105,19 @@ def test_compare_seeds_and_significance(cli, runs) -> None:
     assert "±" in out and "Wilcoxon" in out
 
 
+def test_compare_groups_seeds_trained_on_other_threads_devices_or_commits(cli, runs) -> None:
+    """Where and with which code a run was trained is provenance, not part of its setting."""
+    for i, r in enumerate(("rand-s1", "rand-s2", "rand-s3")):
+        path = runs / "runs" / r / "config.json"
+        conf = json.loads(path.read_text())
+        conf["runtime"] = {"device": "cpu", "threads": 1 + i, "deterministic": True}
+        conf["code"] = {"mrdib": "0.1.0", "git_commit": f"{i:040d}", "git_dirty": bool(i)}
+        path.write_text(json.dumps(conf))
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "rand-s3", "oracle", "--json", str(runs / "c.json"))
+    assert rc == 0, err
+    assert json.loads((runs / "c.json").read_text())["groups"][0]["runs"] == ["rand-s1", "rand-s2", "rand-s3"]
+
+
 def test_compare_keeps_long_run_names_whole_on_a_narrow_terminal(cli, runs) -> None:
     """Names that differ only at the end (…-s999 vs …-mrdib-s999) must not be cut to the same prefix."""
     rng = np.random.default_rng(1)

@@ -81,6 +81,35 @@ def test_same_seed_is_bit_identical(ws, backbone):
     assert not np.array_equal(_emb(ws, "s1")[0], _emb(ws, "s3")[0])
 
 
+def test_same_seed_is_bit_identical_on_two_threads(tmp_path):
+    """With two threads the backward of a row gather (emb[idx]) sums rows in a thread-dependent order unless
+    deterministic kernels are on; the trainer turns them on for CPU runs. Big enough batches to be split."""
+    make_dataset(tmp_path, n_users=400, n_items=300, per_user=20)
+    w = Workspace(tmp_path)
+    for name in ("t1", "t2"):
+        cfg = _cfg(name, "lgmrec", epochs=2)
+        cfg.train.threads, cfg.train.batch_size = 2, 4096
+        train(w, cfg)
+        assert json.loads((w.run_dir(name) / "config.json").read_text())["runtime"]["deterministic"] is True
+    for a, b in zip(_emb(w, "t1"), _emb(w, "t2")):
+        assert np.array_equal(a, b)
+
+
+def test_cpu_configuration_makes_an_accumulating_gather_deterministic():
+    from mrdib_cli.training.trainer import configure_cpu
+
+    configure_cpu(2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 64, generator=g, requires_grad=True)
+    idx, w = torch.randint(500, (20000,), generator=g), torch.randn(20000, 64, generator=g)
+    grads = []
+    for _ in range(6):
+        x.grad = None
+        (x[idx] * w).sum().backward()
+        grads.append(x.grad.clone())
+    assert all(torch.equal(grads[0], q) for q in grads[1:])
+
+
 def test_interrupt_then_resume_equals_uninterrupted(ws):
     full = train(ws, _cfg("full", "lgmrec", epochs=7))
 
