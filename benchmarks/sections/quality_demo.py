@@ -6,8 +6,8 @@ together (fit, synergistic). Features are built offline exactly as ``mrdib quick
 open_clip ViT with random weights for the images (no download) and the bundled all-MiniLM-L6-v2 for the
 text. Where a backbone's defaults leave it below ID-only item-kNN on the demo (VBPR's reg_weight 2.0, MMGCN's
 lr 1e-3), the plain backbone's hyper-parameter is first chosen on validation over MMRec's grid (``BASE_TUNE``):
-a plain baseline that weak would credit MRdIB with what is only tuning. Each backbone is then trained plain and with ``--mrdib`` (paper
-defaults) for every seed, to early stopping (the demo is small, so ``--quick`` only has fewer seeds), both
+a plain baseline that weak would credit MRdIB with what is only tuning. Each backbone is then trained plain and
+with ``--mrdib`` (paper defaults) for every seed, to early stopping (the demo is small, so ``--quick`` only has fewer seeds), both
 with the same backbone hyper-parameters. We report test metrics, a per-user paired test
 pooled over seeds, and ``mrdib diagnose`` on the first seed's pair: the MINE estimate of I(Z_v; Z_t) and
 Recall@20 when ranking with the image representation alone, the text one alone, and the fused embeddings.
@@ -299,10 +299,9 @@ def _diag_sentences(res: dict[str, Any]) -> list[str]:
 def _tuning_sentence(bb: str, t: dict[str, Any], seed: int) -> str:
     """How a plain backbone's hyper-parameters were chosen: every value of a one-axis grid; for a larger grid
     the axes, the chosen point and the range of scores ("" where nothing was tuned)."""
-    name = NAMES.get(bb, bb)
-    keys = list(t["hp"])
     if not t["table"]:
         return ""
+    name, keys = NAMES.get(bb, bb), list(t["hp"])
     if len(keys) == 1:
         vals = ", ".join(f"{x['hp'][keys[0]]:g}: {x['valid_recall@20']:.4f}" for x in t["table"])
         return (f" {name}'s {keys[0]} was chosen on validation before any MRdIB run (plain {name}, seed {seed}, "
@@ -381,9 +380,9 @@ def render(res: dict[str, Any]) -> str:
         tuned = ", ".join(NAMES.get(bb, bb) for bb in res.get("backbone_tuning") or {}) or "none"
         parts += [f"**Every multimodal backbone on the demo**: plain vs MRdIB with the setting selected for LGMRec "
                   f"above ({fmt_opts(eb['setting'])}), transferred unchanged (as in the Scientific section); each "
-                  f"backbone's own defaults in both arms ({tuned}: the hyper-parameters chosen on validation above); mean "
-                  f"± std over seeds "
-                  f"{', '.join(map(str, seeds))}; paired tests pool the seeds' per-user results. With this many "
+                  f"backbone's own defaults in both arms ({tuned}: the hyper-parameters chosen on validation "
+                  f"above); mean ± std over seeds {', '.join(map(str, seeds))}; paired tests pool the seeds' "
+                  f"per-user results. With this many "
                   f"backbones, one p-value near 0.05 is expected by chance (Bonferroni: 0.05 / "
                   f"{len(eb['rows'])} = {0.05 / len(eb['rows']):.4f}).", "",
                   every_backbone_table(eb["rows"]), ""]
