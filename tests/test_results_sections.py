@@ -248,6 +248,39 @@ def test_demo_every_backbone_pairs_plain_runs_with_the_transferred_setting(tmp_p
     assert row[1:3] == ["0.1500 ± 0.0000", "0.1800 ± 0.0000"] and row[5] == f"{100 * out['rows']['mgcn']['paired']['recall@20']['rel']:+.1f}%"
 
 
+def test_demo_ceilings_score_the_planted_truth_and_render_beside_the_backbones(tmp_path: Path) -> None:
+    from mrdib_cli.data.prepare import PrepareOptions, prepare
+    from mrdib_cli.workspace import Workspace
+
+    ctx = _ctx(tmp_path, None, [1, 2], "full")
+    prepare(Workspace(ctx.ws), "demo", PrepareOptions(), name=quality_demo.DATASET,
+            demo={"n_users": 300, "n_items": 150, "n_interactions": 4000})
+    rows = quality_demo.ceilings(ctx)
+    by = {r["label"]: r for r in rows}
+    assert [r["label"] for r in rows] == [c[0] for c in quality_demo.CEILINGS]
+    full, pop = by[quality_demo.CEILINGS[0][0]], by["popularity only"]
+    assert full["test"]["recall@20"] > pop["test"]["recall@20"] + 0.1  # the truth ranks, popularity barely
+    assert full["kind"] == "oracle" and full["attributes"] == list(quality_demo.PREFS4)
+    res = _demo_result(tmp_path)
+    res["ceilings"] = rows
+    res["every_backbone"] = {"setting": {"alpha_kl": 1e-4}, "rows": {
+        bb: {"base": {"test": {"recall@20": [b, b]}, "best_epoch": [1, 1]},
+             "mrdib": {"test": {"recall@20": [m, m]}, "best_epoch": [1, 1]},
+             "paired": {"recall@20": {"rel": m / b - 1, "p_ttest": 0.5}}}
+        for bb, b, m in (("mgcn", 0.21, 0.20), ("lgmrec", 0.16, 0.17))}}
+    for r in res["every_backbone"]["rows"].values():
+        for arm in ("base", "mrdib"):
+            r[arm]["test"]["ndcg@20"] = r[arm]["test"]["recall@20"]
+    md = quality_demo.render(res)
+    row = _row(md, "popularity only")
+    assert row[1:] == [f"{pop['valid']['recall@20']:.4f}", f"{pop['test']['recall@10']:.4f}",
+                       f"{pop['test']['recall@20']:.4f}", f"{pop['test']['ndcg@20']:.4f}"]
+    assert ("the best plain backbone of the every-backbone table (mgcn) reaches test R@20 0.2100 and the best "
+            "backbone with MRdIB (mgcn) 0.2000") in md
+    del res["ceilings"]  # results from before the step render without it
+    assert "How much room" not in quality_demo.render(res)
+
+
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
     res = _baby_result(cap=None)
     for r in res["runs"]:

@@ -134,6 +134,44 @@ def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float]) 
             "mrdib": part(rep["run"]), "plain": part(rep["baseline"]), "figure": fig}
 
 
+#: scorers built from the planted ground truth (mrdib_cli/data/demo_truth.py): (label, kind, attributes,
+#: popularity). "oracle": the generator's score with true preferences; "profile": true item attributes, each user's
+#: preferences estimated as the mean of their train items' centred one-hot attributes.
+PREFS4 = ("colour", "shape", "material", "fit")
+CEILINGS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
+    ("generator's score (true preferences), all four attributes + popularity", "oracle", PREFS4, True),
+    ("generator's score without popularity", "oracle", PREFS4, False),
+    ("generator's score without fit (the synergistic attribute)", "oracle", PREFS4[:3], True),
+    ("generator's score, colour + shape only (the preferences the image shows)", "oracle", ("colour", "shape"), True),
+    ("generator's score, colour + material only (the preferences the text shows)", "oracle", ("colour", "material"),
+     True),
+    ("popularity only", "oracle", (), True),
+    ("profile of colour, shape, material, fit (fit given as an attribute)", "profile", PREFS4, True),
+    ("profile of colour, shape, material (no fit)", "profile", PREFS4[:3], True),
+    ("profile of colour, shape, texture, material, size (all that the modalities show, additively: fit is the XOR "
+     "of texture and size, which no sum of per-attribute terms expresses)", "profile",
+     ("colour", "shape", "texture", "material", "size"), True),
+)
+
+
+def ceilings(ctx: Context) -> list[dict[str, Any]]:
+    """Valid and test metrics of the :data:`CEILINGS` scorers (the same evaluation engine and masking as the
+    runs): how much each planted attribute is worth, and how far a model with perfect features could get."""
+    from mrdib_cli.data.demo_truth import PlantedTruth
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.evaluation.engine import evaluate_split
+
+    handle = DatasetHandle(ctx.ws / "datasets" / DATASET)
+    truth, train = PlantedTruth.of(handle), handle.csr("train")
+    rows = []
+    for label, kind, attrs, pop in CEILINGS:
+        uv = truth.oracle(attrs, pop) if kind == "oracle" else truth.profile(train, attrs)
+        res = {split: evaluate_split(handle, *uv, split=split, ks=(10, 20)).metrics for split in ("valid", "test")}
+        rows.append({"label": label, "kind": kind, "attributes": list(attrs), "popularity": pop,
+                     **{split: {m: res[split][m] for m in METRICS} for split in res}})
+    return rows
+
+
 def selected_variant(ctx: Context, plain: dict[str, list[dict[str, Any]]],
                      hps: dict[str, dict[str, float]]) -> dict[str, Any]:
     """MRdIB with alphas chosen on the demo's *validation* split (the sweep protocol of the Scientific
@@ -219,6 +257,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "every_backbone": every,
         "diagnose": diag,
         "figures": [d["figure"] for d in diag.values()],
+        "ceilings": ceilings(ctx),
     }
 
 
@@ -339,6 +378,26 @@ def _selected_table(res: dict[str, Any]) -> str:
                      "ΔR@20 vs plain", "p (paired t)"], rows)
 
 
+def _ceilings_table(rows: list[dict[str, Any]]) -> str:
+    return md_table(["scorer", "valid R@20", "test R@10", "test R@20", "test N@20"],
+                    [[r["label"], _num(r["valid"]["recall@20"], 4), _num(r["test"]["recall@10"], 4),
+                      _num(r["test"]["recall@20"], 4), _num(r["test"]["ndcg@20"], 4)] for r in rows])
+
+
+def _ceilings_sentence(res: dict[str, Any]) -> str:
+    """Where the trained backbones sit among the ceilings (figures read from the results, not typed)."""
+    rows = (res.get("every_backbone") or {}).get("rows") or {}
+    if not rows:
+        return ""
+
+    def best(arm: str) -> tuple[str, float]:
+        bb = max(rows, key=lambda b: mean_std(rows[b][arm]["test"]["recall@20"])[0])
+        return NAMES.get(bb, bb), mean_std(rows[bb][arm]["test"]["recall@20"])[0]
+    (b_name, b_val), (m_name, m_val) = best("base"), best("mrdib")
+    return (f"For comparison, the best plain backbone of the every-backbone table ({b_name}) reaches test R@20 "
+            f"{b_val:.4f} and the best backbone with MRdIB ({m_name}) {m_val:.4f}.")
+
+
 def render(res: dict[str, Any]) -> str:
     ds, tr, mo = res["dataset"], res["train"], res["mrdib_options"]
     seeds = res["seeds"]
@@ -386,6 +445,14 @@ def render(res: dict[str, Any]) -> str:
                   f"backbones, one p-value near 0.05 is expected by chance (Bonferroni: 0.05 / "
                   f"{len(eb['rows'])} = {0.05 / len(eb['rows']):.4f}).", "",
                   every_backbone_table(eb["rows"]), ""]
+    if res.get("ceilings"):
+        parts += ["**How much room the planted structure leaves** (scorers built from the generator's ground truth, "
+                  "`mrdib_cli/data/demo_truth.py`, evaluated like the runs: train items masked, full ranking). "
+                  "'Generator's score' ranks with the users' true preferences (the generator's own score without "
+                  "its Gumbel noise); 'profile' knows every item's true attributes but estimates each user's "
+                  "preferences from their train items (the mean of the items' centred one-hot attributes), a simple "
+                  "model with perfect features.", "", _ceilings_table(res["ceilings"]), ""]
+        parts += [_ceilings_sentence(res), ""] if _ceilings_sentence(res) else []
     parts += [
         f"**What the planted structure does** (`mrdib diagnose` on seed {diag_seed}'s pair, fresh MINE critic, "
         f"{mi_steps} steps, fit on 80% of the items and evaluated on the other 20%). I(Z_v;Z_t) is measured on "
