@@ -148,8 +148,7 @@ CEILINGS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("popularity only", "oracle", (), True),
     ("profile of colour, shape, material, fit (fit given as an attribute)", "profile", PREFS4, True),
     ("profile of colour, shape, material (no fit)", "profile", PREFS4[:3], True),
-    ("profile of colour, shape, texture, material, size (all that the modalities show, additively: fit is the XOR "
-     "of texture and size, which no sum of per-attribute terms expresses)", "profile",
+    ("profile of colour, shape, texture, material, size (all the modalities show, additively)", "profile",
      ("colour", "shape", "texture", "material", "size"), True),
 )
 
@@ -451,7 +450,9 @@ def render(res: dict[str, Any]) -> str:
                   "'Generator's score' ranks with the users' true preferences (the generator's own score without "
                   "its Gumbel noise); 'profile' knows every item's true attributes but estimates each user's "
                   "preferences from their train items (the mean of the items' centred one-hot attributes), a simple "
-                  "model with perfect features.", "", _ceilings_table(res["ceilings"]), ""]
+                  "model with perfect features. Fit is the XOR of the image's texture and the text's size: a sum of "
+                  "per-attribute terms, like the last profile's, cannot express it.", "",
+                  _ceilings_table(res["ceilings"]), ""]
         parts += [_ceilings_sentence(res), ""] if _ceilings_sentence(res) else []
     parts += [
         f"**What the planted structure does** (`mrdib diagnose` on seed {diag_seed}'s pair, fresh MINE critic, "
