@@ -281,6 +281,22 @@ def test_demo_ceilings_score_the_planted_truth_and_render_beside_the_backbones(t
     assert "How much room" not in quality_demo.render(res)
 
 
+def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
+    res = _demo_result(tmp_path)
+    md = quality_demo.render(res)
+    assert "What passes the bottleneck" not in md  # diagnostics from before the probes
+    reps = {"plain": ["image h", "text h"], "mrdib": ["image mu", "text mu", "image sample", "text sample"]}
+    for bb in quality_demo.BACKBONES:
+        for k, names in reps.items():
+            acc = {n: 0.1 * (i + 1) + (0.05 if bb == "vbpr" else 0.0) for i, n in enumerate(names)}
+            res["diagnose"][bb][k]["probes"] = {"representations": names, "attributes": {
+                "noun": {"shows": "text, noise", "chance": 0.11, **acc}}}
+    md = quality_demo.render(res)
+    assert "What passes the bottleneck" in md and "*VBPR*" in md
+    vbpr_part = md[md.index("*VBPR*"):]
+    assert _row(vbpr_part, "noun") == ["noun", "text, noise", "0.11", "0.15", "0.25", "0.15", "0.25", "0.35", "0.45"]
+
+
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
     res = _baby_result(cap=None)
     for r in res["runs"]:

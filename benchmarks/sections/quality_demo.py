@@ -128,7 +128,8 @@ def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float]) 
         return {"run": r["run"], "representation": r["representation"], "mi_pair": mi.get("pair"),
                 "mi": mi.get("mi"), "mi_train": mi.get("mi_train"),
                 "ranking": {g: ({"skipped": v["skipped"]} if "skipped" in v else {m: v[m] for m in METRICS})
-                            for g, v in r["ranking"].items()}}
+                            for g, v in r["ranking"].items()},
+                "probes": r.get("probes")}
 
     return {"seed": seed, "mi_steps": rep["mi_steps"], "critic_seed": rep["seed"], "method": rep["method"],
             "mrdib": part(rep["run"]), "plain": part(rep["baseline"]), "figure": fig}
@@ -322,6 +323,26 @@ def _diag_table(res: dict[str, Any]) -> str:
                      "R@20 text alone", "R@20 fused"], rows)
 
 
+PROBE_COLUMNS = (("plain", "image h", "image h (plain)"), ("plain", "text h", "text h (plain)"),
+                 ("mrdib", "image mu", "image mu"), ("mrdib", "text mu", "text mu"),
+                 ("mrdib", "image sample", "image z"), ("mrdib", "text sample", "text z"))
+
+
+def _probe_tables(res: dict[str, Any]) -> list[str]:
+    """Per backbone: planted attributes decodable from each representation (from ``mrdib diagnose``)."""
+    out = []
+    for bb in res["backbones"]:
+        d = res["diagnose"].get(bb) or {}
+        probes = {k: ((d.get(k) or {}).get("probes") or {}).get("attributes") for k in ("plain", "mrdib")}
+        if not all(probes.values()):
+            continue
+        rows = [[a, row["shows"], f"{row['chance']:.2f}",
+                 *[f"{probes[k][a][rep]:.2f}" for k, rep, _ in PROBE_COLUMNS]] for a, row in probes["mrdib"].items()]
+        out += [f"*{NAMES.get(bb, bb)}*", "",
+                md_table(["attribute", "shows in", "chance", *[c for _, _, c in PROBE_COLUMNS]], rows), ""]
+    return out
+
+
 def _diag_sentences(res: dict[str, Any]) -> list[str]:
     out = []
     for bb in res["backbones"]:
@@ -465,6 +486,14 @@ def render(res: dict[str, Any]) -> str:
         "",
     ]
     parts += [" ".join(_diag_sentences(res)), ""] if _diag_sentences(res) else []
+    probe_tables = _probe_tables(res)
+    if probe_tables:
+        parts += [f"**What passes the bottleneck** (same pairs; linear-probe accuracy of each planted attribute on "
+                  f"held-out items, 80/20 split of the items; `mrdib diagnose` does this on any demo dataset). h: "
+                  f"the plain run's hook input; mu: the MRdIB run's bottleneck mean; z: one sample of it, which is "
+                  f"what the channel passes (a probe on mu decodes anything that moves mu, however small against "
+                  f"the noise). Noun and brand are in the text but users ignore them: a bottleneck that drops "
+                  f"task-irrelevant detail should lose them first.", ""] + probe_tables
     parts += [f"![mrdib diagnose, {NAMES.get(bb, bb)}](results/{res['diagnose'][bb]['figure']})"
               for bb in res["backbones"] if bb in res["diagnose"]]
     return "\n".join(parts)

@@ -24,8 +24,8 @@ def diagnose_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the diagnostics as JSON on stdout."),
 ) -> None:
     """Check MRdIB's claims on a trained run: I(Z_v;Z_t) on held-out items (fresh critic) and ranking with
-    z_v alone, z_t alone and fused, for the run and its --baseline. Writes diagnose.json and diagnose.png
-    into the run folder."""
+    z_v alone, z_t alone and fused, for the run and its --baseline; on a demo dataset also which planted
+    attributes each representation carries. Writes diagnose.json and diagnose.png into the run folder."""
     from mrdib_cli.mrdib.diagnostics import diagnose
 
     with status("diagnosing (rebuilding the model, fitting a fresh MINE critic)..."):
@@ -64,7 +64,35 @@ def tables(report: dict) -> list[Table]:
             cells = ["-"] * len(METRICS) if "skipped" in vals else [f"{vals[m]:.4f}" for m in METRICS]
             label = g if "skipped" in vals or g == "fused" else f"{g} alone"
             t2.add_row(name, label, *cells, end_section=i == len(groups) - 1)
-    return [t, t2]
+    t3 = probe_table(runs)
+    return [t, t2] + ([t3] if t3 is not None else [])
+
+
+def probe_table(runs: list[dict]) -> Table | None:
+    """Planted attributes (demo datasets) decodable from each representation: one column per (run, representation)."""
+    probed = [r for r in runs if (r.get("probes") or {}).get("attributes")]
+    if not probed:
+        return None
+    t = Table(title="Planted attributes: linear-probe accuracy on held-out items",
+              caption="mu: bottleneck mean; z: one sample of it (what passes the channel); base: the baseline's "
+                      "hook input h")
+    t.add_column("attribute", no_wrap=True)
+    t.add_column("shows in", no_wrap=True)
+    t.add_column("chance", justify="right", min_width=6)
+    cols = [(r, rep) for r in probed for rep in r["probes"]["representations"]]
+    for r, rep in cols:
+        t.add_column(_probe_label(rep, baseline=not r["plugin"]), justify="right")
+    for a, row in probed[0]["probes"]["attributes"].items():
+        t.add_row(a, row["shows"], f"{row['chance']:.2f}",
+                  *[f"{r['probes']['attributes'][a][rep]:.2f}" for r, rep in cols])
+    return t
+
+
+def _probe_label(rep: str, baseline: bool) -> str:
+    """'image sample' -> 'img z'; a baseline's 'text h' -> 'base txt' (narrow columns for 80-column terminals)."""
+    modality, kind = rep.rsplit(" ", 1)
+    short = {"image": "img", "text": "txt"}.get(modality, modality)
+    return f"base {short}" if baseline else f"{short} {'z' if kind == 'sample' else kind}"
 
 
 def register(app: typer.Typer) -> None:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from mrdib_cli.data.demo import (COLOURS, MATERIALS, SHAPES, SIZES, TEXTURES, DemoConfig, sample_interactions,
-                                 sample_items)
+from mrdib_cli.data.demo import (BRANDS, COLOURS, MATERIALS, NOUNS, SHAPES, SIZES, TEXTURES, DemoConfig,
+                                 sample_interactions, sample_items)
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, UsageError
 
@@ -35,6 +35,12 @@ PREFERENCE_ATTRS = {"colour": len(COLOURS), "shape": len(SHAPES), "material": le
 #: attributes visible in one modality (image: colour, shape, texture; text: colour, material, size)
 OBSERVABLE_ATTRS = {"colour": len(COLOURS), "shape": len(SHAPES), "texture": len(TEXTURES),
                     "material": len(MATERIALS), "size": len(SIZES)}
+#: every planted item attribute: number of values, and where it shows (docs/demo-dataset.md); "noise": users
+#: ignore it; "both (XOR)": fit = busy(texture) XOR large(size), so neither modality shows it alone
+ITEM_ATTRS = {"colour": (len(COLOURS), "image+text"), "shape": (len(SHAPES), "image"),
+              "texture": (len(TEXTURES), "image"), "material": (len(MATERIALS), "text"),
+              "size": (len(SIZES), "text"), "fit": (2, "both (XOR)"),
+              "noun": (len(NOUNS), "text, noise"), "brand": (len(BRANDS), "text, noise")}
 POPULARITY_WEIGHT = 0.4  # as in sample_interactions
 
 

@@ -8,6 +8,9 @@ For a run (and optionally its baseline run, the same backbone trained without MR
 2. **Per-modality ranking quality**: scoring with z_v alone, z_t alone (score_m(u, i) = <p_m(u), A_m z_m(i)>,
    as in the unique term; for a baseline A_m is the identity when the dims agree) and with the fused
    embeddings the run was evaluated with, under the run's own test protocol.
+3. **What passes the bottleneck** (demo datasets only, where the planted attributes are known): held-out
+   linear-probe accuracy of each attribute (colour, shape, texture, material, size, fit, and the irrelevant
+   noun and brand) from each modality's representation; for an MRdIB run from mu and from a sample.
 
 The model is rebuilt from the run folder (config.json + checkpoints/best.pt): no pickle, weights_only loads.
 """
@@ -139,7 +142,38 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
     with np.load(emb_path, allow_pickle=False) as f:
         ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
     out["ranking"] = ranking
+    probes = planted_probes(lr, z, seed)
+    if probes is not None:
+        out["probes"] = probes
     return out
+
+
+def planted_probes(lr: LoadedRun, z: dict[str, Tensor], seed: int) -> dict[str, Any] | None:
+    """On a demo dataset (known planted attributes): held-out linear-probe accuracy of every attribute from
+    each modality's representation, and for an MRdIB run also from one seeded sample of its bottleneck (what
+    actually passes the channel; see :mod:`mrdib_cli.mrdib.probes`). None on other datasets."""
+    from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
+    from mrdib_cli.errors import MrdibError
+    from mrdib_cli.mrdib.probes import attribute_probes
+
+    if not lr.handle.card.get("demo"):
+        return None
+    try:
+        truth = PlantedTruth.of(lr.handle)
+    except MrdibError as e:  # e.g. the generator changed since the dataset was prepared: say so, do not guess
+        return {"skipped": str(e)}
+    base = "mu" if lr.plugin is not None else "h"
+    reps = {f"{m} {base}": z[m] for m in z}
+    if lr.plugin is not None:
+        g = torch.Generator().manual_seed(seed)
+        for m in z:
+            st = lr.plugin.latest(m)
+            eps = torch.randn(st.mu.shape, generator=g, dtype=st.mu.dtype).to(st.mu.device)
+            reps[f"{m} sample"] = st.mu + torch.exp(0.5 * st.logvar) * eps
+    rows = attribute_probes({k: v.cpu() for k, v in reps.items()}, {a: truth.items[a] for a in ITEM_ATTRS},
+                            {a: n for a, (n, _) in ITEM_ATTRS.items()}, seed=seed)
+    return {"representations": list(reps), "attributes": {a: {"shows": ITEM_ATTRS[a][1], **rows[a]}
+                                                          for a in ITEM_ATTRS}}
 
 
 def _test_mask(lr: LoadedRun) -> str:
