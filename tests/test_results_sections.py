@@ -289,8 +289,8 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     for bb in quality_demo.BACKBONES:
         for k, names in reps.items():
             acc = {n: 0.1 * (i + 1) + (0.05 if bb == "vbpr" else 0.0) for i, n in enumerate(names)}
-            res["diagnose"][bb][k]["probes"] = {"representations": names, "attributes": {
-                "noun": {"shows": "text, noise", "chance": 0.11, **acc}}}
+            res["diagnose"][bb][k]["probes"] = {"representations": names, "attributes": [
+                {"name": "noun", "shows": "text, noise", "chance": 0.11, **acc}]}
     md = quality_demo.render(res)
     assert "What passes the bottleneck" in md and "*VBPR*" in md
     vbpr_part = md[md.index("*VBPR*"):]

@@ -336,8 +336,9 @@ def _probe_tables(res: dict[str, Any]) -> list[str]:
         probes = {k: ((d.get(k) or {}).get("probes") or {}).get("attributes") for k in ("plain", "mrdib")}
         if not all(probes.values()):
             continue
-        rows = [[a, row["shows"], f"{row['chance']:.2f}",
-                 *[f"{probes[k][a][rep]:.2f}" for k, rep, _ in PROBE_COLUMNS]] for a, row in probes["mrdib"].items()]
+        by = {k: {row["name"]: row for row in v} for k, v in probes.items()}
+        rows = [[row["name"], row["shows"], f"{row['chance']:.2f}",
+                 *[f"{by[k][row['name']][rep]:.2f}" for k, rep, _ in PROBE_COLUMNS]] for row in probes["mrdib"]]
         out += [f"*{NAMES.get(bb, bb)}*", "",
                 md_table(["attribute", "shows in", "chance", *[c for _, _, c in PROBE_COLUMNS]], rows), ""]
     return out

@@ -82,9 +82,11 @@ def probe_table(runs: list[dict]) -> Table | None:
     cols = [(r, rep) for r in probed for rep in r["probes"]["representations"]]
     for r, rep in cols:
         t.add_column(_probe_label(rep, baseline=not r["plugin"]), justify="right")
-    for a, row in probed[0]["probes"]["attributes"].items():
+    by_run = [{row["name"]: row for row in r["probes"]["attributes"]} for r in probed]
+    for row in probed[0]["probes"]["attributes"]:
+        a = row["name"]
         t.add_row(a, row["shows"], f"{row['chance']:.2f}",
-                  *[f"{r['probes']['attributes'][a][rep]:.2f}" for r, rep in cols])
+                  *[f"{by_run[probed.index(r)][a][rep]:.2f}" for r, rep in cols])
     return t
 
 

@@ -172,8 +172,9 @@ def planted_probes(lr: LoadedRun, z: dict[str, Tensor], seed: int) -> dict[str, 
             reps[f"{m} sample"] = st.mu + torch.exp(0.5 * st.logvar) * eps
     rows = attribute_probes({k: v.cpu() for k, v in reps.items()}, {a: truth.items[a] for a in ITEM_ATTRS},
                             {a: n for a, (n, _) in ITEM_ATTRS.items()}, seed=seed)
-    return {"representations": list(reps), "attributes": {a: {"shows": ITEM_ATTRS[a][1], **rows[a]}
-                                                          for a in ITEM_ATTRS}}
+    # a list, not a mapping: JSON files are written with sorted keys, and the rows read best in ITEM_ATTRS order
+    return {"representations": list(reps),
+            "attributes": [{"name": a, "shows": ITEM_ATTRS[a][1], **rows[a]} for a in ITEM_ATTRS]}
 
 
 def _test_mask(lr: LoadedRun) -> str:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from mrdib_cli.data.demo_truth import ITEM_ATTRS
 from mrdib_cli.mrdib.probes import attribute_probes, probe_accuracy
 from tests.conftest import ROOT
 
@@ -61,7 +62,7 @@ def _cli(workdir: Path, *args: str) -> tuple[int, str, str]:
 def demo_runs(tmp_path_factory) -> Path:
     """A small demo whose features are built from the planted truth (image: colour, shape, texture; text:
     colour, material, size, noun, brand), a plain VBPR run and an MRdIB one."""
-    from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
+    from mrdib_cli.data.demo_truth import PlantedTruth
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.data.prepare import PrepareOptions, prepare
     from mrdib_cli.features.store import table_path, write_feature_table
@@ -96,7 +97,8 @@ def test_diagnose_on_a_demo_probes_each_representation(demo_runs: Path) -> None:
     run, base = rep["run"]["probes"], rep["baseline"]["probes"]
     assert run["representations"] == ["image mu", "text mu", "image sample", "text sample"]
     assert base["representations"] == ["image h", "text h"]
-    a = base["attributes"]
+    assert [row["name"] for row in base["attributes"]] == list(ITEM_ATTRS)  # in the documented order
+    a = {row["name"]: row for row in base["attributes"]}
     # what each modality's features hold is decodable from its hook input, and only from that modality
     for attr in ("shape", "texture"):
         assert a[attr]["image h"] > a[attr]["chance"] + 0.3 and a[attr]["text h"] < a[attr]["chance"] + 0.15
