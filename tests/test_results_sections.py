@@ -295,6 +295,23 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     assert "What passes the bottleneck" in md and "*VBPR*" in md
     vbpr_part = md[md.index("*VBPR*"):]
     assert _row(vbpr_part, "noun") == ["noun", "text, noise", "0.11", "0.15", "0.25", "0.15", "0.25", "0.35", "0.45"]
+    # the pair at the alphas selected on validation gets its own MI/ranking table, probe tables and figure
+    import copy
+
+    sel = copy.deepcopy(res["diagnose"])
+    for bb in quality_demo.BACKBONES:
+        sel[bb]["figure"] = f"d-{bb}-selected.png"
+        sel[bb]["mrdib"]["mi"] = 0.5
+        for row in sel[bb]["mrdib"]["probes"]["attributes"]:
+            row["text sample"] = 0.9
+        sel[bb]["setting"] = {"alpha_kl": 1e-4, "alpha_red": 5e-3, "alpha_uni": 5e-2}
+    res["diagnose_selected"] = sel
+    md = quality_demo.render(res)
+    assert "alphas selected on validation (LGMRec: alpha_kl 0.0001, alpha_red 0.005, alpha_uni 0.05;" in md
+    assert "*VBPR, paper defaults*" in md and "*VBPR, alphas selected on validation*" in md
+    part = md[md.index("*VBPR, alphas selected on validation*"):]
+    assert _row(part, "noun")[-1] == "0.90"
+    assert "](results/d-vbpr-selected.png)" in md and "from 0.812 to 0.500 nats" in md
 
 
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:

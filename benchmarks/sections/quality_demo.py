@@ -112,15 +112,17 @@ def specs(ctx: Context, hps: dict[str, dict[str, float]]) -> list[TrainSpec]:
     return [demo_spec(bb, s, {} if m else None, hps[bb]) for bb in BACKBONES for m in (False, True) for s in ctx.seeds]
 
 
-def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float]) -> dict[str, Any]:
-    """``mrdib diagnose`` on one seed's (MRdIB, plain) pair; its figure is copied next to the results."""
-    new, base = run_name(backbone, True, seed, hp), run_name(backbone, False, seed, hp)
+def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float],
+                  opts: dict[str, Any] | None = None, figure: str | None = None) -> dict[str, Any]:
+    """``mrdib diagnose`` on one seed's (MRdIB, plain) pair, the MRdIB run with ``opts`` (None: the paper's
+    defaults); its figure is copied next to the results."""
+    new, base = demo_spec(backbone, seed, opts or {}, hp).name, run_name(backbone, False, seed, hp)
     ctx.log(f"  diagnose {new} vs {base}")
     cli(ctx, "diagnose", new, "--baseline", base, "--mi-steps", str(MI_STEPS), "--seed", str(DIAG_SEED),
         "--device", ctx.device)
     rdir = ctx.ws / "runs" / new
     rep = json.loads((rdir / "diagnose.json").read_text())
-    fig = f"quality_demo-diagnose-{backbone}.png"
+    fig = figure or f"quality_demo-diagnose-{backbone}.png"
     shutil.copyfile(rdir / "diagnose.png", ctx.out_dir / fig)
 
     def part(r: dict[str, Any]) -> dict[str, Any]:
@@ -131,7 +133,7 @@ def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float]) 
                             for g, v in r["ranking"].items()},
                 "probes": r.get("probes")}
 
-    return {"seed": seed, "mi_steps": rep["mi_steps"], "critic_seed": rep["seed"], "method": rep["method"],
+    return {"seed": seed, "setting": opts or {}, "mi_steps": rep["mi_steps"], "critic_seed": rep["seed"], "method": rep["method"],
             "mrdib": part(rep["run"]), "plain": part(rep["baseline"]), "figure": fig}
 
 
@@ -233,6 +235,8 @@ def run(ctx: Context) -> dict[str, Any]:
         tests[bb] = paired(base, new)
     diag = {bb: diagnose_pair(ctx, bb, ctx.seeds[0], hps[bb]) for bb in BACKBONES}
     selected = selected_variant(ctx, {bb: [by[(bb, False, s)] for s in ctx.seeds] for bb in BACKBONES}, hps)
+    diag_sel = {bb: diagnose_pair(ctx, bb, ctx.seeds[0], hps[bb], selected[bb]["setting"],
+                                  f"quality_demo-diagnose-{bb}-selected.png") for bb in BACKBONES}
     every = every_backbone(ctx, selected["lgmrec"]["setting"], hps)
     first = run_name(BACKBONES[0], True, ctx.seeds[0], hps[BACKBONES[0]])
     conf = json.loads((ctx.ws / "runs" / first / "config.json").read_text())
@@ -256,7 +260,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "selected": selected,
         "every_backbone": every,
         "diagnose": diag,
-        "figures": [d["figure"] for d in diag.values()],
+        "diagnose_selected": diag_sel,
+        "figures": [d["figure"] for d in (*diag.values(), *diag_sel.values())],
         "ceilings": ceilings(ctx),
     }
 
@@ -311,12 +316,12 @@ def _mi(part: dict[str, Any]) -> str:
     return "n/a" if part.get("mi") is None else _num(part["mi"], 3)
 
 
-def _diag_table(res: dict[str, Any]) -> str:
+def _diag_table(res: dict[str, Any], key: str = "diagnose") -> str:
     rows = []
     for bb in res["backbones"]:
-        d = res["diagnose"][bb]
-        for label, key in (("plain", "plain"), ("+ MRdIB", "mrdib")):
-            part = d[key]
+        d = res[key][bb]
+        for label, arm in (("plain", "plain"), ("+ MRdIB", "mrdib")):
+            part = d[arm]
             rows.append([NAMES.get(bb, bb), label, part["representation"], _mi(part), _r20(part, "image"),
                          _r20(part, "text"), _r20(part, "fused")])
     return md_table(["backbone", "run", "representation", "I(Z_v;Z_t) nats (held-out)", "R@20 image alone",
@@ -328,26 +333,26 @@ PROBE_COLUMNS = (("plain", "image h", "image h (plain)"), ("plain", "text h", "t
                  ("mrdib", "image sample", "image z"), ("mrdib", "text sample", "text z"))
 
 
-def _probe_tables(res: dict[str, Any]) -> list[str]:
+def _probe_tables(res: dict[str, Any], key: str = "diagnose", label: str = "") -> list[str]:
     """Per backbone: planted attributes decodable from each representation (from ``mrdib diagnose``)."""
     out = []
     for bb in res["backbones"]:
-        d = res["diagnose"].get(bb) or {}
+        d = (res.get(key) or {}).get(bb) or {}
         probes = {k: ((d.get(k) or {}).get("probes") or {}).get("attributes") for k in ("plain", "mrdib")}
         if not all(probes.values()):
             continue
         by = {k: {row["name"]: row for row in v} for k, v in probes.items()}
         rows = [[row["name"], row["shows"], f"{row['chance']:.2f}",
                  *[f"{by[k][row['name']][rep]:.2f}" for k, rep, _ in PROBE_COLUMNS]] for row in probes["mrdib"]]
-        out += [f"*{NAMES.get(bb, bb)}*", "",
+        out += [f"*{NAMES.get(bb, bb)}{', ' + label if label else ''}*", "",
                 md_table(["attribute", "shows in", "chance", *[c for _, _, c in PROBE_COLUMNS]], rows), ""]
     return out
 
 
-def _diag_sentences(res: dict[str, Any]) -> list[str]:
+def _diag_sentences(res: dict[str, Any], key: str = "diagnose") -> list[str]:
     out = []
     for bb in res["backbones"]:
-        d = res["diagnose"][bb]
+        d = res[key][bb]
         a, b = d["plain"].get("mi"), d["mrdib"].get("mi")
         if a is not None and b is not None:
             verb = "lowers" if b < a else "raises" if b > a else "leaves"
@@ -477,17 +482,26 @@ def render(res: dict[str, Any]) -> str:
                   _ceilings_table(res["ceilings"]), ""]
         parts += [_ceilings_sentence(res), ""] if _ceilings_sentence(res) else []
     parts += [
-        f"**What the planted structure does** (`mrdib diagnose` on seed {diag_seed}'s pair, fresh MINE critic, "
-        f"{mi_steps} steps, fit on 80% of the items and evaluated on the other 20%). I(Z_v;Z_t) is measured on "
-        f"the bottleneck means for the MRdIB run and on the backbone's modality representations at the same hook "
-        f"points for the plain run (standardised). 'Image alone' can only use shape, texture and colour, 'text "
-        f"alone' only colour, material and size; the synergistic fit needs both.",
+        f"**What the planted structure does** (`mrdib diagnose` on seed {diag_seed}'s pair, MRdIB with the paper's "
+        f"defaults; fresh MINE critic, {mi_steps} steps, fit on 80% of the items and evaluated on the other 20%). "
+        f"I(Z_v;Z_t) is measured on the bottleneck means for the MRdIB run and on the backbone's modality "
+        f"representations at the same hook points for the plain run (standardised). 'Image alone' can only use "
+        f"shape, texture and colour, 'text alone' only colour, material and size; the synergistic fit needs both.",
         "",
         _diag_table(res),
         "",
     ]
     parts += [" ".join(_diag_sentences(res)), ""] if _diag_sentences(res) else []
-    probe_tables = _probe_tables(res)
+    sel = res.get("diagnose_selected")
+    if sel:
+        settings = "; ".join(f"{NAMES.get(bb, bb)}: {fmt_opts(sel[bb]['setting'])}"
+                             for bb in res["backbones"] if bb in sel)
+        parts += [f"The same with the alphas selected on validation ({settings}):", "",
+                  _diag_table(res, "diagnose_selected"), ""]
+        parts += [" ".join(_diag_sentences(res, "diagnose_selected")), ""] \
+            if _diag_sentences(res, "diagnose_selected") else []
+    probe_tables = _probe_tables(res, "diagnose", "paper defaults" if sel else "")
+    probe_tables += _probe_tables(res, "diagnose_selected", "alphas selected on validation") if sel else []
     if probe_tables:
         parts += [f"**What passes the bottleneck** (same pairs; linear-probe accuracy of each planted attribute on "
                   f"held-out items, 80/20 split of the items; `mrdib diagnose` does this on any demo dataset). h: "
@@ -495,6 +509,7 @@ def render(res: dict[str, Any]) -> str:
                   f"what the channel passes (a probe on mu decodes anything that moves mu, however small against "
                   f"the noise). Noun and brand are in the text but users ignore them: a bottleneck that drops "
                   f"task-irrelevant detail should lose them first.", ""] + probe_tables
-    parts += [f"![mrdib diagnose, {NAMES.get(bb, bb)}](results/{res['diagnose'][bb]['figure']})"
-              for bb in res["backbones"] if bb in res["diagnose"]]
+    for key, label in (("diagnose", ""), ("diagnose_selected", ", alphas selected on validation")):
+        parts += [f"![mrdib diagnose, {NAMES.get(bb, bb)}{label}](results/{res[key][bb]['figure']})"
+                  for bb in res["backbones"] if bb in (res.get(key) or {})]
     return "\n".join(parts)
