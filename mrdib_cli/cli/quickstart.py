@@ -25,7 +25,7 @@ def quickstart_cmd(
 ) -> None:
     """The README demo, offline: prepare the demo dataset, extract features, build graphs, train LGMRec without and with MRdIB, evaluate, write a report and print where it is."""  # noqa: E501
     from mrdib_cli.training.plugin import available_plugins
-    from mrdib_cli.workflow.pipeline import run_pipeline
+    from mrdib_cli.workflow.pipeline import run_name, run_pipeline
     from mrdib_cli.workflow.quickstart import IMAGE_MODEL, quickstart_study
 
     has_mrdib = "mrdib" in available_plugins()
@@ -46,6 +46,10 @@ def quickstart_cmd(
     out.print(steps_table(res.steps, f"quickstart: {res.n_ran} step(s) ran in {wall:.0f}s"))
     out.print(f"[bold]report:[/bold] {report}")
     info("next: 'mrdib doctor --all', 'mrdib compare " + " ".join(res.runs) + "'")
+    if has_mrdib:
+        pair = [run_name(study.name, study.datasets[0].name, study.backbones[0].name, m, seed) for m in (True, False)]
+        info(f"      'mrdib diagnose {pair[0]} --baseline {pair[1]}' (redundancy, per-modality ranking, and which "
+             "planted attributes pass the bottleneck)")
 
 
 def register(app: typer.Typer) -> None:
