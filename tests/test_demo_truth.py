@@ -83,6 +83,9 @@ def test_refuses_what_it_cannot_vouch_for(demo: DatasetHandle, tmp_path: Path) -
     other.card = {**other.card, "demo": {**other.card["demo"], "seed": 1}}  # not what generated the items
     with pytest.raises(DataError, match="generator changed since this dataset was prepared"):
         PlantedTruth.of(other)
+    other.card = {**other.card, "demo": {**other.card["demo"], "seed": 0, "sparkle": 1}}
+    with pytest.raises(DataError, match="is not this version's"):
+        PlantedTruth.of(other)
     del other.card["demo"]
     with pytest.raises(UsageError, match="is not a demo dataset"):
         PlantedTruth.of(other)

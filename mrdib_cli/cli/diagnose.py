@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, ws
+from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, warn, ws
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -37,6 +37,9 @@ def diagnose_cmd(
         return
     for table in tables(report):
         out.print(table)
+    for r in (report["run"], report["baseline"]):
+        if r and (r.get("probes") or {}).get("skipped"):
+            warn(f"planted-attribute probes skipped for {r['run']}: {r['probes']['skipped']}")
     out.print(f"wrote {jpath}\nwrote {ppath}")
 
 
@@ -79,14 +82,15 @@ def probe_table(runs: list[dict]) -> Table | None:
     t.add_column("attribute", no_wrap=True)
     t.add_column("shows in", no_wrap=True)
     t.add_column("chance", justify="right", min_width=6)
-    cols = [(r, rep) for r in probed for rep in r["probes"]["representations"]]
-    for r, rep in cols:
-        t.add_column(_probe_label(rep, baseline=not r["plugin"]), justify="right")
-    by_run = [{row["name"]: row for row in r["probes"]["attributes"]} for r in probed]
+    # (that run's rows by attribute, representation) per column
+    cols = [({row["name"]: row for row in r["probes"]["attributes"]}, rep)
+            for r in probed for rep in r["probes"]["representations"]]
+    for r in probed:
+        for rep in r["probes"]["representations"]:
+            t.add_column(_probe_label(rep, baseline=not r["plugin"]), justify="right")
     for row in probed[0]["probes"]["attributes"]:
         a = row["name"]
-        t.add_row(a, row["shows"], f"{row['chance']:.2f}",
-                  *[f"{by_run[probed.index(r)][a][rep]:.2f}" for r, rep in cols])
+        t.add_row(a, row["shows"], f"{row['chance']:.2f}", *[f"{rows[a][rep]:.2f}" for rows, rep in cols])
     return t
 
 

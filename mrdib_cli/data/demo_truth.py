@@ -59,7 +59,11 @@ class PlantedTruth:
         if not cfg_dict:
             raise UsageError(f"dataset '{handle.name}' is not a demo dataset: planted ground truth exists only for "
                              "`mrdib prepare demo`")
-        cfg = DemoConfig(**cfg_dict)
+        try:
+            cfg = DemoConfig(**cfg_dict)
+        except TypeError:  # a card written by another version of the generator
+            raise DataError(f"dataset '{handle.name}': the card's demo configuration {sorted(cfg_dict)} is not this "
+                            "version's; run `mrdib prepare demo` again") from None
         rng = np.random.default_rng(cfg.seed)  # the generator's own stream, in its own order
         attrs = sample_items(cfg, rng)
         _, _, prefs = sample_interactions(cfg, attrs, rng)

@@ -120,3 +120,20 @@ def test_diagnose_elsewhere_has_no_probes(tmp_path: Path) -> None:
     assert rc == 0, err
     assert "probes" not in json.loads((wd / "runs" / "p" / "diagnose.json").read_text())["run"]
     assert "Planted attributes" not in out
+
+
+def test_a_demo_whose_truth_cannot_be_regenerated_is_diagnosed_without_probes_and_says_why(demo_runs: Path,
+                                                                                         tmp_path: Path) -> None:
+    import shutil
+
+    wd = tmp_path / "wd"
+    shutil.copytree(demo_runs, wd)
+    card_path = wd / "datasets" / "demo" / "dataset.json"
+    card = json.loads(card_path.read_text())
+    card["demo"]["seed"] = 7  # as if the generator had changed since the dataset was prepared
+    card_path.write_text(json.dumps(card))
+    rc, out, err = _cli(wd, "diagnose", "ib", "--mi-steps", "50")
+    assert rc == 0, err
+    assert "probes skipped for ib" in err and "generator changed" in err
+    rep = json.loads((wd / "runs" / "ib" / "diagnose.json").read_text())
+    assert "generator changed" in rep["run"]["probes"]["skipped"] and "Planted attributes" not in out
