@@ -314,6 +314,46 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     assert "](results/d-vbpr-selected.png)" in md and "from 0.812 to 0.500 nats" in md
 
 
+def test_demo_compression_curve_trains_the_bottleneck_alone_over_the_grid_and_plots_it(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    import json
+
+    ctx = _ctx(tmp_path, None, [3, 4], "full")
+    seen: list = []
+    names = ("colour", "shape", "texture", "material", "size", "fit", "noun", "brand")
+
+    def probes(kind: str, level: float) -> dict:
+        reps = [f"{m} {kind}" for m in ("image", "text")] + (["image sample", "text sample"] if kind == "mu" else [])
+        return {"representations": reps, "attributes": [
+            {"name": a, "shows": "text, noise" if a in ("noun", "brand") else "x", "chance": 0.2,
+             **{r: level for r in reps}} for a in names]}
+
+    def fake_train_many(ctx_, specs):
+        seen.extend(specs)
+        return [{"run": sp.name, "test": _metrics(0.1), "valid": _metrics(0.12)} for sp in specs]
+
+    def fake_cli(ctx_, *args, check=True):
+        run = args[1]
+        level = 1.0 - 10 * float(next(sp.mrdib["alpha_kl"] for sp in seen if sp.name == run))
+        d = ctx_.ws / "runs" / run
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "diagnose.json").write_text(json.dumps({"run": {"probes": probes("mu", level)}}))
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    monkeypatch.setattr(quality_demo, "cli", fake_cli)
+    curve = quality_demo.compression_curve(ctx, {"lgmrec": {}}, probes("h", 0.99))
+    assert [sp.mrdib for sp in seen] == [{"mib_only": True, "alpha_kl": a} for a in quality_demo.CURVE_ALPHA_KL]
+    assert all(sp.backbone == "lgmrec" and sp.seed == 3 for sp in seen)
+    assert (ctx.out_dir / curve["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = _demo_result(tmp_path)
+    res["compression_curve"] = curve
+    md = quality_demo.render(res)
+    assert "The bottleneck alone, as alpha_kl grows" in md and f"](results/{curve['figure']})" in md
+    assert _row(md, "plain (h)")[3] == "0.99"
+    row = _row(md, "0.05 |")
+    assert row[1:4] == ["0.1800", "0.1500", f"{1.0 - 10 * 0.05:.2f}"]
+
+
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:
     res = _baby_result(cap=None)
     for r in res["runs"]:

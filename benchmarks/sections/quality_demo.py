@@ -197,6 +197,80 @@ def selected_variant(ctx: Context, plain: dict[str, list[dict[str, Any]]],
     return out
 
 
+#: the bottleneck alone (``mib_only``: KL against the backbone's BPR, no unique or redundancy term) over the
+#: paper's alpha_kl grid, for the compression curve
+CURVE_BACKBONE = "lgmrec"
+CURVE_ALPHA_KL = (1e-4, 1e-3, 5e-3, 1e-2, 5e-2)
+CURVE_MI_STEPS = 200  # the curve reads the probes; the MINE estimate of each point is not reported
+
+
+def compression_curve(ctx: Context, hps: dict[str, dict[str, float]], plain_probes: dict[str, Any] | None
+                      ) -> dict[str, Any]:
+    """What the bottleneck alone keeps as alpha_kl grows: LGMRec with ``--mib-only`` over the paper's alpha_kl
+    grid (first seed), each run's planted-attribute probes (``mrdib diagnose``) and its test/valid Recall@20.
+    The plain run's probes (h) are the alpha_kl = 0 end. A bottleneck that drops task-irrelevant detail first
+    should lose the noun and brand before material, size and colour."""
+    bb, s0 = CURVE_BACKBONE, ctx.seeds[0]
+    specs = [demo_spec(bb, s0, {"mib_only": True, "alpha_kl": a}, hps[bb]) for a in CURVE_ALPHA_KL]
+    ctx.log(f"  compression curve: {bb} --mib-only, alpha_kl {list(CURVE_ALPHA_KL)} (seed {s0})")
+    runs = {r["run"]: r for r in train_many(ctx, specs)}
+    points = []
+    for a, sp in zip(CURVE_ALPHA_KL, specs):
+        cli(ctx, "diagnose", sp.name, "--mi-steps", str(CURVE_MI_STEPS), "--seed", str(DIAG_SEED),
+            "--device", ctx.device)
+        rep = json.loads((ctx.ws / "runs" / sp.name / "diagnose.json").read_text())
+        r = runs[sp.name]
+        points.append({"alpha_kl": a, "run": sp.name, "test_recall@20": r["test"]["recall@20"],
+                       "valid_recall@20": r["valid"]["recall@20"], "probes": rep["run"].get("probes")})
+    out = {"backbone": bb, "seed": s0, "points": points, "plain_probes": plain_probes}
+    out["figure"] = _curve_figure(out, ctx.out_dir / "quality_demo-compression.png")
+    return out
+
+
+def _above_chance(row: dict[str, Any], rep: str) -> float:
+    """Probe accuracy as a share of the room above chance: 0 = chance, 1 = perfect."""
+    return (row[rep] - row["chance"]) / (1.0 - row["chance"])
+
+
+#: which attributes each panel of the compression curve shows (the ones its modality carries)
+CURVE_PANELS = {"text": ("colour", "material", "size", "noun", "brand"), "image": ("colour", "shape", "texture")}
+
+
+def _curve_figure(curve: dict[str, Any], path: Any) -> str:
+    """Left and middle: each attribute's probe accuracy (share above chance) from the text and the image
+    bottleneck samples vs alpha_kl (noise attributes dashed); right: Recall@20."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [p for p in curve["points"] if (p["probes"] or {}).get("attributes")]
+    xs = [p["alpha_kl"] for p in pts]
+    by = [{row["name"]: row for row in p["probes"]["attributes"]} for p in pts]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for ax, (modality, names) in zip(axes, CURVE_PANELS.items()):
+        for name in names:
+            ys = [_above_chance(rows[name], f"{modality} sample") for rows in by]
+            ax.plot(xs, ys, "--" if "noise" in by[0][name]["shows"] else "-", marker="o", label=name)
+        ax.set_xscale("log")
+        ax.set_xlabel("alpha_kl (--mib-only)")
+        ax.set_ylabel("probe accuracy, share of the room above chance")
+        ax.set_title(f"{modality} bottleneck sample: what passes")
+        ax.set_ylim(-0.1, 1.05)
+        ax.legend(fontsize=8)
+    ax = axes[2]
+    for key in ("test", "valid"):
+        ax.plot(xs, [p[f"{key}_recall@20"] for p in pts], marker="o", label=key)
+    ax.set_xscale("log")
+    ax.set_xlabel("alpha_kl (--mib-only)")
+    ax.set_ylabel("Recall@20")
+    ax.set_title(f"{NAMES.get(curve['backbone'], curve['backbone'])} ranking")
+    ax.legend(fontsize=8)
+    from benchmarks.sections._common import save_figure
+
+    return save_figure(fig, path)
+
+
 EVERY_BACKBONE = ("lgmrec", "vbpr", "freedom", "mgcn", "bm3", "lattice", "soil", "dualgnn", "mmgcn")
 QUICK_EVERY = ("lgmrec", "vbpr", "freedom")
 
@@ -237,6 +311,7 @@ def run(ctx: Context) -> dict[str, Any]:
     selected = selected_variant(ctx, {bb: [by[(bb, False, s)] for s in ctx.seeds] for bb in BACKBONES}, hps)
     diag_sel = {bb: diagnose_pair(ctx, bb, ctx.seeds[0], hps[bb], selected[bb]["setting"],
                                   f"quality_demo-diagnose-{bb}-selected.png") for bb in BACKBONES}
+    curve = compression_curve(ctx, hps, diag[CURVE_BACKBONE]["plain"].get("probes"))
     every = every_backbone(ctx, selected["lgmrec"]["setting"], hps)
     first = run_name(BACKBONES[0], True, ctx.seeds[0], hps[BACKBONES[0]])
     conf = json.loads((ctx.ws / "runs" / first / "config.json").read_text())
@@ -261,7 +336,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "every_backbone": every,
         "diagnose": diag,
         "diagnose_selected": diag_sel,
-        "figures": [d["figure"] for d in (*diag.values(), *diag_sel.values())],
+        "compression_curve": curve,
+        "figures": [d["figure"] for d in (*diag.values(), *diag_sel.values())] + [curve["figure"]],
         "ceilings": ceilings(ctx),
     }
 
@@ -347,6 +423,24 @@ def _probe_tables(res: dict[str, Any], key: str = "diagnose", label: str = "") -
         out += [f"*{NAMES.get(bb, bb)}{', ' + label if label else ''}*", "",
                 md_table(["attribute", "shows in", "chance", *[c for _, _, c in PROBE_COLUMNS]], rows), ""]
     return out
+
+
+def _curve_table(curve: dict[str, Any]) -> str:
+    """One row per alpha_kl (and the plain run's h first): Recall@20 and the probe accuracy of each attribute
+    from the text and image samples (the chance row on top)."""
+    cols = [(m, a) for m, names in CURVE_PANELS.items() for a in names]
+    pts = [p for p in curve["points"] if (p["probes"] or {}).get("attributes")]
+    first = {row["name"]: row for row in pts[0]["probes"]["attributes"]}
+    rows = [["chance", "", "", *[f"{first[a]['chance']:.2f}" for _, a in cols]]]
+    plain = (curve.get("plain_probes") or {}).get("attributes")
+    if plain:
+        by = {row["name"]: row for row in plain}
+        rows.append(["plain (h)", "", "", *[f"{by[a][f'{m} h']:.2f}" for m, a in cols]])
+    for p in pts:
+        by = {row["name"]: row for row in p["probes"]["attributes"]}
+        rows.append([f"{p['alpha_kl']:g}", f"{p['valid_recall@20']:.4f}", f"{p['test_recall@20']:.4f}",
+                     *[f"{by[a][f'{m} sample']:.2f}" for m, a in cols]])
+    return md_table(["alpha_kl", "valid R@20", "test R@20", *[f"{m} z: {a}" for m, a in cols]], rows)
 
 
 def _diag_sentences(res: dict[str, Any], key: str = "diagnose") -> list[str]:
@@ -509,6 +603,14 @@ def render(res: dict[str, Any]) -> str:
                   f"what the channel passes (a probe on mu decodes anything that moves mu, however small against "
                   f"the noise). Noun and brand are in the text but users ignore them: a bottleneck that drops "
                   f"task-irrelevant detail should lose them first.", ""] + probe_tables
+    curve = res.get("compression_curve")
+    if curve and any((p["probes"] or {}).get("attributes") for p in curve["points"]):
+        parts += [f"**The bottleneck alone, as alpha_kl grows** ({NAMES.get(curve['backbone'], curve['backbone'])} "
+                  f"with `--mib-only`: only the KL against the backbone's BPR, no unique or redundancy term; the "
+                  f"paper's alpha_kl grid; seed {curve['seed']}). Probe accuracy from one sample of each "
+                  f"bottleneck (the plain run's h for reference). A bottleneck that drops task-irrelevant detail "
+                  f"first should lose the noun and brand before colour, material and size.", "",
+                  _curve_table(curve), "", f"![compression curve](results/{curve['figure']})", ""]
     for key, label in (("diagnose", ""), ("diagnose_selected", ", alphas selected on validation")):
         parts += [f"![mrdib diagnose, {NAMES.get(bb, bb)}{label}](results/{res[key][bb]['figure']})"
                   for bb in res["backbones"] if bb in (res.get(key) or {})]
