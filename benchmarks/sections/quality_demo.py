@@ -209,7 +209,8 @@ def compression_curve(ctx: Context, hps: dict[str, dict[str, float]], plain_prob
     """What the bottleneck alone keeps as alpha_kl grows: LGMRec with ``--mib-only`` over the paper's alpha_kl
     grid (first seed), each run's planted-attribute probes (``mrdib diagnose``) and its test/valid Recall@20.
     The plain run's probes (h) are the alpha_kl = 0 end. A bottleneck that drops task-irrelevant detail first
-    should lose the noun and brand before material, size and colour."""
+    should lose the noun and brand (and size, which matters only jointly with texture) before colour and
+    material."""
     bb, s0 = CURVE_BACKBONE, ctx.seeds[0]
     specs = [demo_spec(bb, s0, {"mib_only": True, "alpha_kl": a}, hps[bb]) for a in CURVE_ALPHA_KL]
     ctx.log(f"  compression curve: {bb} --mib-only, alpha_kl {list(CURVE_ALPHA_KL)} (seed {s0})")
@@ -608,8 +609,9 @@ def render(res: dict[str, Any]) -> str:
         parts += [f"**The bottleneck alone, as alpha_kl grows** ({NAMES.get(curve['backbone'], curve['backbone'])} "
                   f"with `--mib-only`: only the KL against the backbone's BPR, no unique or redundancy term; the "
                   f"paper's alpha_kl grid; seed {curve['seed']}). Probe accuracy from one sample of each "
-                  f"bottleneck (the plain run's h for reference). A bottleneck that drops task-irrelevant detail "
-                  f"first should lose the noun and brand before colour, material and size.", "",
+                  f"bottleneck (the plain run's h for reference). A bottleneck that drops what a modality says "
+                  f"nothing about on its own should lose the noun, the brand and size (which matters only "
+                  f"through fit, jointly with the image's texture) before colour and material.", "",
                   _curve_table(curve), "", f"![compression curve](results/{curve['figure']})", ""]
     for key, label in (("diagnose", ""), ("diagnose_selected", ", alphas selected on validation")):
         parts += [f"![mrdib diagnose, {NAMES.get(bb, bb)}{label}](results/{res[key][bb]['figure']})"
