@@ -7,10 +7,14 @@ open_clip ViT with random weights for the images (no download) and the bundled a
 text. Where a backbone's defaults leave it below ID-only item-kNN on the demo (VBPR's reg_weight 2.0, MMGCN's
 lr 1e-3), the plain backbone's hyper-parameter is first chosen on validation over MMRec's grid (``BASE_TUNE``):
 a plain baseline that weak would credit MRdIB with what is only tuning. Each backbone is then trained plain and
-with ``--mrdib`` (paper defaults) for every seed, to early stopping (the demo is small, so ``--quick`` only has fewer seeds), both
-with the same backbone hyper-parameters. We report test metrics, a per-user paired test
-pooled over seeds, and ``mrdib diagnose`` on the first seed's pair: the MINE estimate of I(Z_v; Z_t) and
-Recall@20 when ranking with the image representation alone, the text one alone, and the fused embeddings.
+with ``--mrdib`` (paper defaults) for every seed, to early stopping (the demo is small, so ``--quick`` only has
+fewer seeds), both with the same backbone hyper-parameters. We report test metrics, a per-user paired test pooled
+over seeds, MRdIB with alphas selected on validation, every backbone with LGMRec's setting transferred, and
+``mrdib diagnose`` on the first seed's pairs (paper defaults and selected alphas): the MINE estimate of
+I(Z_v; Z_t), Recall@20 when ranking with the image representation alone, the text one alone and the fused
+embeddings, and which planted attributes each representation carries. Two steps use the planted truth itself:
+the ceilings it allows (``mrdib_cli/data/demo_truth.py``) and the compression curve (the bottleneck alone over
+the paper's alpha_kl grid, probed attribute by attribute).
 """
 
 from __future__ import annotations
@@ -133,13 +137,13 @@ def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float],
                             for g, v in r["ranking"].items()},
                 "probes": r.get("probes")}
 
-    return {"seed": seed, "setting": opts or {}, "mi_steps": rep["mi_steps"], "critic_seed": rep["seed"], "method": rep["method"],
-            "mrdib": part(rep["run"]), "plain": part(rep["baseline"]), "figure": fig}
+    return {"seed": seed, "setting": opts or {}, "mi_steps": rep["mi_steps"], "critic_seed": rep["seed"],
+            "method": rep["method"], "mrdib": part(rep["run"]), "plain": part(rep["baseline"]), "figure": fig}
 
 
 #: scorers built from the planted ground truth (mrdib_cli/data/demo_truth.py): (label, kind, attributes,
 #: popularity). "oracle": the generator's score with true preferences; "profile": true item attributes, each user's
-#: preferences estimated as the mean of their train items' centred one-hot attributes.
+#: preferences estimated as the mean of their train items' centred one-hot attributes (no popularity term).
 PREFS4 = ("colour", "shape", "material", "fit")
 CEILINGS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("generator's score (true preferences), all four attributes + popularity", "oracle", PREFS4, True),
@@ -149,10 +153,10 @@ CEILINGS: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     ("generator's score, colour + material only (the preferences the text shows)", "oracle", ("colour", "material"),
      True),
     ("popularity only", "oracle", (), True),
-    ("profile of colour, shape, material, fit (fit given as an attribute)", "profile", PREFS4, True),
-    ("profile of colour, shape, material (no fit)", "profile", PREFS4[:3], True),
+    ("profile of colour, shape, material, fit (fit given as an attribute)", "profile", PREFS4, False),
+    ("profile of colour, shape, material (no fit)", "profile", PREFS4[:3], False),
     ("profile of colour, shape, texture, material, size (all the modalities show, additively)", "profile",
-     ("colour", "shape", "texture", "material", "size"), True),
+     ("colour", "shape", "texture", "material", "size"), False),
 )
 
 
@@ -602,8 +606,9 @@ def render(res: dict[str, Any]) -> str:
                   f"held-out items, 80/20 split of the items; `mrdib diagnose` does this on any demo dataset). h: "
                   f"the plain run's hook input; mu: the MRdIB run's bottleneck mean; z: one sample of it, which is "
                   f"what the channel passes (a probe on mu decodes anything that moves mu, however small against "
-                  f"the noise). Noun and brand are in the text but users ignore them: a bottleneck that drops "
-                  f"task-irrelevant detail should lose them first.", ""] + probe_tables
+                  f"the noise). Noun and brand are in the text but users ignore them, and size matters only "
+                  f"through fit: a bottleneck that drops what a modality says nothing about on its own should lose "
+                  f"those first.", ""] + probe_tables
     curve = res.get("compression_curve")
     if curve and any((p["probes"] or {}).get("attributes") for p in curve["points"]):
         parts += [f"**The bottleneck alone, as alpha_kl grows** ({NAMES.get(curve['backbone'], curve['backbone'])} "
