@@ -316,6 +316,7 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
 
 def test_demo_compression_curve_trains_the_bottleneck_alone_over_the_grid_and_plots_it(tmp_path: Path,
                                                                                           monkeypatch) -> None:
+    """Every (alpha_kl, seed) is trained with --mib-only and probed; the table averages the seeds."""
     import json
 
     ctx = _ctx(tmp_path, None, [3, 4], "full")
@@ -330,28 +331,36 @@ def test_demo_compression_curve_trains_the_bottleneck_alone_over_the_grid_and_pl
 
     def fake_train_many(ctx_, specs):
         seen.extend(specs)
-        return [{"run": sp.name, "test": _metrics(0.1), "valid": _metrics(0.12)} for sp in specs]
+        return [{"run": sp.name, "test": _metrics(0.1 + 0.01 * sp.seed), "valid": _metrics(0.12)} for sp in specs]
 
     def fake_cli(ctx_, *args, check=True):
         run = args[1]
-        level = 1.0 - 10 * float(next(sp.mrdib["alpha_kl"] for sp in seen if sp.name == run))
+        spec = next((sp for sp in seen if sp.name == run), None)
+        # the level depends on alpha_kl and the seed, so the table's mean over seeds is checkable
+        kind, level = ("h", 0.99) if spec is None else ("mu", 1.0 - 10 * spec.mrdib["alpha_kl"] + 0.02 * spec.seed)
         d = ctx_.ws / "runs" / run
         d.mkdir(parents=True, exist_ok=True)
-        (d / "diagnose.json").write_text(json.dumps({"run": {"probes": probes("mu", level)}}))
+        (d / "diagnose.json").write_text(json.dumps({"run": {"probes": probes(kind, level)}}))
 
     monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
     monkeypatch.setattr(quality_demo, "cli", fake_cli)
-    curve = quality_demo.compression_curve(ctx, {"lgmrec": {}}, probes("h", 0.99))
-    assert [sp.mrdib for sp in seen] == [{"mib_only": True, "alpha_kl": a} for a in quality_demo.CURVE_ALPHA_KL]
-    assert all(sp.backbone == "lgmrec" and sp.seed == 3 for sp in seen)
+    plain = [{"run": f"plain-s{sd}", "test": _metrics(0.2), "valid": _metrics(0.2)} for sd in (3, 4)]
+    curve = quality_demo.compression_curve(ctx, {"lgmrec": {}}, plain)
+    assert [(sp.mrdib, sp.seed) for sp in seen] == [({"mib_only": True, "alpha_kl": a}, sd)
+                                                    for a in quality_demo.CURVE_ALPHA_KL for sd in (3, 4)]
+    assert all(sp.backbone == "lgmrec" for sp in seen)
     assert (ctx.out_dir / curve["figure"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = _demo_result(tmp_path)
     res["compression_curve"] = curve
     md = quality_demo.render(res)
     assert "The bottleneck alone, as alpha_kl grows" in md and f"](results/{curve['figure']})" in md
-    assert _row(md, "plain (h)")[3] == "0.99"
+    assert "seeds 3, 4" in md
+    assert _row(md, "chance")[3] == "0.20" and _row(md, "plain (h)")[1:4] == ["0.3000 ± 0.0000", "0.3000 ± 0.0000",
+                                                                             "0.99"]
     row = _row(md, "0.05 |")
-    assert row[1:4] == ["0.1800", "0.1500", f"{1.0 - 10 * 0.05:.2f}"]
+    # test R@20 of seeds 3 and 4: 1.5 * 0.13 and 1.5 * 0.14; probe level 0.5 + 0.06 and 0.5 + 0.08
+    r = np.array([0.195, 0.21])
+    assert row[1:4] == ["0.1800 ± 0.0000", f"{r.mean():.4f} ± {r.std(ddof=1):.4f}", "0.57"]
 
 
 def test_differences_and_estimates_that_round_to_zero_print_without_a_minus_sign(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ import json
 import shutil
 from typing import Any
 
+import numpy as np
+
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, fmt_mean_std, md_table,
                                          mean_std, paired, train_many)
 from benchmarks.sections.quality_scientific import (every_backbone_table, fmt_opts, run_summary, sweep, sweep_table,
@@ -208,33 +210,45 @@ CURVE_ALPHA_KL = (1e-4, 1e-3, 5e-3, 1e-2, 5e-2)
 CURVE_MI_STEPS = 200  # the curve reads the probes; the MINE estimate of each point is not reported
 
 
-def compression_curve(ctx: Context, hps: dict[str, dict[str, float]], plain_probes: dict[str, Any] | None
+def compression_curve(ctx: Context, hps: dict[str, dict[str, float]], plain_runs: list[dict[str, Any]]
                       ) -> dict[str, Any]:
     """What the bottleneck alone keeps as alpha_kl grows: LGMRec with ``--mib-only`` over the paper's alpha_kl
-    grid (first seed), each run's planted-attribute probes (``mrdib diagnose``) and its test/valid Recall@20.
-    The plain run's probes (h) are the alpha_kl = 0 end. A bottleneck that drops task-irrelevant detail first
-    should lose the noun and brand (and size, which matters only jointly with texture) before colour and
-    material."""
-    bb, s0 = CURVE_BACKBONE, ctx.seeds[0]
-    specs = [demo_spec(bb, s0, {"mib_only": True, "alpha_kl": a}, hps[bb]) for a in CURVE_ALPHA_KL]
-    ctx.log(f"  compression curve: {bb} --mib-only, alpha_kl {list(CURVE_ALPHA_KL)} (seed {s0})")
-    runs = {r["run"]: r for r in train_many(ctx, specs)}
-    points = []
-    for a, sp in zip(CURVE_ALPHA_KL, specs):
-        cli(ctx, "diagnose", sp.name, "--mi-steps", str(CURVE_MI_STEPS), "--seed", str(DIAG_SEED),
-            "--device", ctx.device)
-        rep = json.loads((ctx.ws / "runs" / sp.name / "diagnose.json").read_text())
-        r = runs[sp.name]
-        points.append({"alpha_kl": a, "run": sp.name, "test_recall@20": r["test"]["recall@20"],
-                       "valid_recall@20": r["valid"]["recall@20"], "probes": rep["run"].get("probes")})
-    out = {"backbone": bb, "seed": s0, "points": points, "plain_probes": plain_probes}
+    grid, every seed; each run's planted-attribute probes (``mrdib diagnose``) and its test/valid Recall@20.
+    The plain runs (their hook input h) are the alpha_kl = 0 end. A bottleneck that drops task-irrelevant
+    detail first should lose the noun and brand (and size, which matters only jointly with texture) before
+    colour and material."""
+    bb = CURVE_BACKBONE
+    specs = {(a, sd): demo_spec(bb, sd, {"mib_only": True, "alpha_kl": a}, hps[bb])
+             for a in CURVE_ALPHA_KL for sd in ctx.seeds}
+    ctx.log(f"  compression curve: {bb} --mib-only, alpha_kl {list(CURVE_ALPHA_KL)}, seeds {list(ctx.seeds)}")
+    runs = {r["run"]: r for r in train_many(ctx, list(specs.values()))}
+
+    def arm(rs: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"runs": [r["run"] for r in rs], "test_recall@20": [r["test"]["recall@20"] for r in rs],
+                "valid_recall@20": [r["valid"]["recall@20"] for r in rs], "probes": [_probes(ctx, r["run"]) for r in rs]}
+
+    points = [{"alpha_kl": a, **arm([runs[specs[(a, sd)].name] for sd in ctx.seeds])} for a in CURVE_ALPHA_KL]
+    out = {"backbone": bb, "seeds": list(ctx.seeds), "points": points, "plain": arm(plain_runs)}
     out["figure"] = _curve_figure(out, ctx.out_dir / "quality_demo-compression.png")
     return out
 
 
-def _above_chance(row: dict[str, Any], rep: str) -> float:
-    """Probe accuracy as a share of the room above chance: 0 = chance, 1 = perfect."""
-    return (row[rep] - row["chance"]) / (1.0 - row["chance"])
+def _probes(ctx: Context, run: str) -> dict[str, Any] | None:
+    """``mrdib diagnose RUN`` (no baseline) and the planted-attribute probes it reports."""
+    cli(ctx, "diagnose", run, "--mi-steps", str(CURVE_MI_STEPS), "--seed", str(DIAG_SEED), "--device", ctx.device)
+    return json.loads((ctx.ws / "runs" / run / "diagnose.json").read_text())["run"].get("probes")
+
+
+def _probe_mean(probes: list[dict[str, Any] | None], name: str, rep: str, share: bool = False) -> float | None:
+    """Mean over seeds of one attribute's probe accuracy from one representation (``share``: as a share of the
+    room above chance, 0 = chance, 1 = perfect); None when no seed has probes."""
+    vals = []
+    for p in probes:
+        rows = {row["name"]: row for row in (p or {}).get("attributes") or []}
+        if name in rows:
+            row = rows[name]
+            vals.append((row[rep] - row["chance"]) / (1.0 - row["chance"]) if share else row[rep])
+    return float(np.mean(vals)) if vals else None
 
 
 #: which attributes each panel of the compression curve shows (the ones its modality carries)
@@ -242,21 +256,21 @@ CURVE_PANELS = {"text": ("colour", "material", "size", "noun", "brand"), "image"
 
 
 def _curve_figure(curve: dict[str, Any], path: Any) -> str:
-    """Left and middle: each attribute's probe accuracy (share above chance) from the text and the image
-    bottleneck samples vs alpha_kl (noise attributes dashed); right: Recall@20."""
+    """Left and middle: each attribute's probe accuracy (share above chance, mean over seeds) from the text and
+    the image bottleneck samples vs alpha_kl (noise attributes dashed); right: Recall@20 (mean ± std over seeds,
+    the plain backbone dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [p for p in curve["points"] if (p["probes"] or {}).get("attributes")]
+    pts = curve["points"]
     xs = [p["alpha_kl"] for p in pts]
-    by = [{row["name"]: row for row in p["probes"]["attributes"]} for p in pts]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, (modality, names) in zip(axes, CURVE_PANELS.items()):
         for name in names:
-            ys = [_above_chance(rows[name], f"{modality} sample") for rows in by]
-            ax.plot(xs, ys, "--" if "noise" in by[0][name]["shows"] else "-", marker="o", label=name)
+            ys = [_probe_mean(p["probes"], name, f"{modality} sample", share=True) for p in pts]
+            ax.plot(xs, ys, "--" if name in ("noun", "brand") else "-", marker="o", label=name)
         ax.set_xscale("log")
         ax.set_xlabel("alpha_kl (--mib-only)")
         ax.set_ylabel("probe accuracy, share of the room above chance")
@@ -265,10 +279,13 @@ def _curve_figure(curve: dict[str, Any], path: Any) -> str:
         ax.legend(fontsize=8)
     ax = axes[2]
     for key in ("test", "valid"):
-        ax.plot(xs, [p[f"{key}_recall@20"] for p in pts], marker="o", label=key)
+        ms = [mean_std(p[f"{key}_recall@20"]) for p in pts]
+        line = ax.errorbar(xs, [m for m, _ in ms], yerr=[sd for _, sd in ms], marker="o", capsize=3, label=key)
+        ax.axhline(mean_std(curve["plain"][f"{key}_recall@20"])[0], ls=":", color=line[0].get_color(),
+                   label=f"{key}, plain")
     ax.set_xscale("log")
     ax.set_xlabel("alpha_kl (--mib-only)")
-    ax.set_ylabel("Recall@20")
+    ax.set_ylabel(f"Recall@20 (mean ± std, seeds {', '.join(map(str, curve['seeds']))})")
     ax.set_title(f"{NAMES.get(curve['backbone'], curve['backbone'])} ranking")
     ax.legend(fontsize=8)
     from benchmarks.sections._common import save_figure
@@ -316,7 +333,7 @@ def run(ctx: Context) -> dict[str, Any]:
     selected = selected_variant(ctx, {bb: [by[(bb, False, s)] for s in ctx.seeds] for bb in BACKBONES}, hps)
     diag_sel = {bb: diagnose_pair(ctx, bb, ctx.seeds[0], hps[bb], selected[bb]["setting"],
                                   f"quality_demo-diagnose-{bb}-selected.png") for bb in BACKBONES}
-    curve = compression_curve(ctx, hps, diag[CURVE_BACKBONE]["plain"].get("probes"))
+    curve = compression_curve(ctx, hps, [by[(CURVE_BACKBONE, False, sd)] for sd in ctx.seeds])
     every = every_backbone(ctx, selected["lgmrec"]["setting"], hps)
     first = run_name(BACKBONES[0], True, ctx.seeds[0], hps[BACKBONES[0]])
     conf = json.loads((ctx.ws / "runs" / first / "config.json").read_text())
@@ -431,21 +448,32 @@ def _probe_tables(res: dict[str, Any], key: str = "diagnose", label: str = "") -
 
 
 def _curve_table(curve: dict[str, Any]) -> str:
-    """One row per alpha_kl (and the plain run's h first): Recall@20 and the probe accuracy of each attribute
-    from the text and image samples (the chance row on top)."""
+    """One row per alpha_kl (the plain runs' h first): Recall@20 (mean ± std over seeds) and the probe accuracy
+    of each attribute from the text and image samples (mean over seeds; the chance row on top)."""
     cols = [(m, a) for m, names in CURVE_PANELS.items() for a in names]
-    pts = [p for p in curve["points"] if (p["probes"] or {}).get("attributes")]
-    first = {row["name"]: row for row in pts[0]["probes"]["attributes"]}
-    rows = [["chance", "", "", *[f"{first[a]['chance']:.2f}" for _, a in cols]]]
-    plain = (curve.get("plain_probes") or {}).get("attributes")
-    if plain:
-        by = {row["name"]: row for row in plain}
-        rows.append(["plain (h)", "", "", *[f"{by[a][f'{m} h']:.2f}" for m, a in cols]])
-    for p in pts:
-        by = {row["name"]: row for row in p["probes"]["attributes"]}
-        rows.append([f"{p['alpha_kl']:g}", f"{p['valid_recall@20']:.4f}", f"{p['test_recall@20']:.4f}",
-                     *[f"{by[a][f'{m} sample']:.2f}" for m, a in cols]])
+    probes = [p for pt in curve["points"] for p in pt["probes"]]
+
+    def cells(ps: list[dict[str, Any] | None], kind: str) -> list[str]:
+        vals = [_probe_mean(ps, a, f"{m} {kind}") for m, a in cols]
+        return ["-" if v is None else f"{v:.2f}" for v in vals]
+
+    rows = [["chance", "", "", *["-" if c is None else f"{c:.2f}" for c in (_chance(probes, a) for _, a in cols)]]]
+    plain = curve["plain"]
+    rows.append(["plain (h)", fmt_mean_std(plain["valid_recall@20"]), fmt_mean_std(plain["test_recall@20"]),
+                 *cells(plain["probes"], "h")])
+    for p in curve["points"]:
+        rows.append([f"{p['alpha_kl']:g}", fmt_mean_std(p["valid_recall@20"]), fmt_mean_std(p["test_recall@20"]),
+                     *cells(p["probes"], "sample")])
     return md_table(["alpha_kl", "valid R@20", "test R@20", *[f"{m} z: {a}" for m, a in cols]], rows)
+
+
+def _chance(probes: list[dict[str, Any] | None], name: str) -> float | None:
+    """An attribute's chance rate (the majority class among the items: the same for every run)."""
+    for p in probes:
+        for row in (p or {}).get("attributes") or []:
+            if row["name"] == name:
+                return float(row["chance"])
+    return None
 
 
 def _diag_sentences(res: dict[str, Any], key: str = "diagnose") -> list[str]:
@@ -610,11 +638,11 @@ def render(res: dict[str, Any]) -> str:
                   f"through fit: a bottleneck that drops what a modality says nothing about on its own should lose "
                   f"those first.", ""] + probe_tables
     curve = res.get("compression_curve")
-    if curve and any((p["probes"] or {}).get("attributes") for p in curve["points"]):
+    if curve and "plain" in curve:
         parts += [f"**The bottleneck alone, as alpha_kl grows** ({NAMES.get(curve['backbone'], curve['backbone'])} "
                   f"with `--mib-only`: only the KL against the backbone's BPR, no unique or redundancy term; the "
-                  f"paper's alpha_kl grid; seed {curve['seed']}). Probe accuracy from one sample of each "
-                  f"bottleneck (the plain run's h for reference). A bottleneck that drops what a modality says "
+                  f"paper's alpha_kl grid; seeds {', '.join(map(str, curve['seeds']))}). Probe accuracy from one "
+                  f"sample of each bottleneck, mean over seeds (the plain runs' h for reference). A bottleneck that drops what a modality says "
                   f"nothing about on its own should lose the noun, the brand and size (which matters only "
                   f"through fit, jointly with the image's texture) before colour and material.", "",
                   _curve_table(curve), "", f"![compression curve](results/{curve['figure']})", ""]
