@@ -642,7 +642,8 @@ def render(res: dict[str, Any]) -> str:
         parts += [f"**The bottleneck alone, as alpha_kl grows** ({NAMES.get(curve['backbone'], curve['backbone'])} "
                   f"with `--mib-only`: only the KL against the backbone's BPR, no unique or redundancy term; the "
                   f"paper's alpha_kl grid; seeds {', '.join(map(str, curve['seeds']))}). Probe accuracy from one "
-                  f"sample of each bottleneck, mean over seeds (the plain runs' h for reference). A bottleneck that drops what a modality says "
+                  f"sample of each bottleneck at the run's best-validation epoch (the model that is evaluated), "
+                  f"mean over seeds; the plain runs' h for reference. A bottleneck that drops what a modality says "
                   f"nothing about on its own should lose the noun, the brand and size (which matters only "
                   f"through fit, jointly with the image's texture) before colour and material.", "",
                   _curve_table(curve), "", f"![compression curve](results/{curve['figure']})", ""]
