@@ -124,12 +124,9 @@ def diagnose_pair(ctx: Context, backbone: str, seed: int, hp: dict[str, float],
     defaults); its figure is copied next to the results."""
     new, base = demo_spec(backbone, seed, opts or {}, hp).name, run_name(backbone, False, seed, hp)
     ctx.log(f"  diagnose {new} vs {base}")
-    cli(ctx, "diagnose", new, "--baseline", base, "--mi-steps", str(MI_STEPS), "--seed", str(DIAG_SEED),
-        "--device", ctx.device)
-    rdir = ctx.ws / "runs" / new
-    rep = json.loads((rdir / "diagnose.json").read_text())
+    rep = _diagnose(ctx, new, MI_STEPS, "--baseline", base)
     fig = figure or f"quality_demo-diagnose-{backbone}.png"
-    shutil.copyfile(rdir / "diagnose.png", ctx.out_dir / fig)
+    shutil.copyfile(ctx.ws / "runs" / new / "diagnose.png", ctx.out_dir / fig)
 
     def part(r: dict[str, Any]) -> dict[str, Any]:
         mi = r["mi"]
@@ -233,10 +230,15 @@ def compression_curve(ctx: Context, hps: dict[str, dict[str, float]], plain_runs
     return out
 
 
+def _diagnose(ctx: Context, run: str, mi_steps: int, *extra: str) -> dict[str, Any]:
+    """``mrdib diagnose RUN [extra...]`` with the section's critic seed; returns the report it wrote."""
+    cli(ctx, "diagnose", run, "--mi-steps", str(mi_steps), "--seed", str(DIAG_SEED), "--device", ctx.device, *extra)
+    return json.loads((ctx.ws / "runs" / run / "diagnose.json").read_text())
+
+
 def _probes(ctx: Context, run: str) -> dict[str, Any] | None:
-    """``mrdib diagnose RUN`` (no baseline) and the planted-attribute probes it reports."""
-    cli(ctx, "diagnose", run, "--mi-steps", str(CURVE_MI_STEPS), "--seed", str(DIAG_SEED), "--device", ctx.device)
-    return json.loads((ctx.ws / "runs" / run / "diagnose.json").read_text())["run"].get("probes")
+    """The planted-attribute probes ``mrdib diagnose RUN`` (no baseline) reports."""
+    return _diagnose(ctx, run, CURVE_MI_STEPS)["run"].get("probes")
 
 
 def _probe_mean(probes: list[dict[str, Any] | None], name: str, rep: str, share: bool = False) -> float | None:

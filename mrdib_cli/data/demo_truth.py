@@ -30,17 +30,16 @@ from mrdib_cli.data.demo import (BRANDS, COLOURS, MATERIALS, NOUNS, SHAPES, SIZE
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, UsageError
 
-#: attributes a user has a preference on (the generator's score), with their number of values
-PREFERENCE_ATTRS = {"colour": len(COLOURS), "shape": len(SHAPES), "material": len(MATERIALS), "fit": 2}
-#: attributes visible in one modality (image: colour, shape, texture; text: colour, material, size)
-OBSERVABLE_ATTRS = {"colour": len(COLOURS), "shape": len(SHAPES), "texture": len(TEXTURES),
-                    "material": len(MATERIALS), "size": len(SIZES)}
 #: every planted item attribute: number of values, and where it shows (docs/demo-dataset.md); "noise": users
 #: ignore it; "both (XOR)": fit = busy(texture) XOR large(size), so neither modality shows it alone
 ITEM_ATTRS = {"colour": (len(COLOURS), "image+text"), "shape": (len(SHAPES), "image"),
               "texture": (len(TEXTURES), "image"), "material": (len(MATERIALS), "text"),
               "size": (len(SIZES), "text"), "fit": (2, "both (XOR)"),
               "noun": (len(NOUNS), "text, noise"), "brand": (len(BRANDS), "text, noise")}
+#: attributes a user has a preference on (the generator's score), with their number of values
+PREFERENCE_ATTRS = {a: ITEM_ATTRS[a][0] for a in ("colour", "shape", "material", "fit")}
+#: attributes visible in one modality (image: colour, shape, texture; text: colour, material, size)
+OBSERVABLE_ATTRS = {a: ITEM_ATTRS[a][0] for a in ("colour", "shape", "texture", "material", "size")}
 POPULARITY_WEIGHT = 0.4  # as in sample_interactions
 
 
