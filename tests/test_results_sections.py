@@ -285,7 +285,8 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     res = _demo_result(tmp_path)
     md = quality_demo.render(res)
     assert "What passes the bottleneck" not in md  # diagnostics from before the probes
-    reps = {"plain": ["image h", "text h"], "mrdib": ["image mu", "text mu", "image sample", "text sample"]}
+    reps = {"plain": ["image h", "text h", "item scored"],
+            "mrdib": ["image mu", "text mu", "image sample", "text sample", "item scored"]}
     for bb in quality_demo.BACKBONES:
         for k, names in reps.items():
             acc = {n: 0.1 * (i + 1) + (0.05 if bb == "vbpr" else 0.0) for i, n in enumerate(names)}
@@ -294,7 +295,14 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     md = quality_demo.render(res)
     assert "What passes the bottleneck" in md and "*VBPR*" in md
     vbpr_part = md[md.index("*VBPR*"):]
-    assert _row(vbpr_part, "noun") == ["noun", "text, noise", "0.11", "0.15", "0.25", "0.15", "0.25", "0.35", "0.45"]
+    assert _row(vbpr_part, "noun") == ["noun", "text, noise", "0.11", "0.15", "0.25", "0.15", "0.25", "0.35", "0.45",
+                                       "0.35", "0.55"]
+    for bb in quality_demo.BACKBONES:  # a report from before the "item scored" column: "-", not a crash
+        for k in reps:
+            for row in res["diagnose"][bb][k]["probes"]["attributes"]:
+                row.pop("item scored")
+    old_md = quality_demo.render(res)
+    assert _row(old_md[old_md.index("*VBPR*"):], "noun")[-2:] == ["-", "-"]
     # the pair at the alphas selected on validation gets its own MI/ranking table, probe tables and figure
     import copy
 
@@ -310,7 +318,7 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     assert "alphas selected on validation (LGMRec: alpha_kl 0.0001, alpha_red 0.005, alpha_uni 0.05;" in md
     assert "*VBPR, paper defaults*" in md and "*VBPR, alphas selected on validation*" in md
     part = md[md.index("*VBPR, alphas selected on validation*"):]
-    assert _row(part, "noun")[-1] == "0.90"
+    assert _row(part, "noun")[-3] == "0.90"  # text z (the item columns follow)
     assert "](results/d-vbpr-selected.png)" in md and "from 0.812 to 0.500 nats" in md
 
 

@@ -430,7 +430,12 @@ def _diag_table(res: dict[str, Any], key: str = "diagnose") -> str:
 
 PROBE_COLUMNS = (("plain", "image h", "image h (plain)"), ("plain", "text h", "text h (plain)"),
                  ("mrdib", "image mu", "image mu"), ("mrdib", "text mu", "text mu"),
-                 ("mrdib", "image sample", "image z"), ("mrdib", "text sample", "text z"))
+                 ("mrdib", "image sample", "image z"), ("mrdib", "text sample", "text z"),
+                 ("plain", "item scored", "item (plain)"), ("mrdib", "item scored", "item (MRdIB)"))
+
+
+def _cell(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def _probe_tables(res: dict[str, Any], key: str = "diagnose", label: str = "") -> list[str]:
@@ -442,8 +447,9 @@ def _probe_tables(res: dict[str, Any], key: str = "diagnose", label: str = "") -
         if not all(probes.values()):
             continue
         by = {k: {row["name"]: row for row in v} for k, v in probes.items()}
+        # "-" where a report predates a representation (diagnose.json from an older version)
         rows = [[row["name"], row["shows"], f"{row['chance']:.2f}",
-                 *[f"{by[k][row['name']][rep]:.2f}" for k, rep, _ in PROBE_COLUMNS]] for row in probes["mrdib"]]
+                 *[_cell(by[k][row["name"]].get(rep)) for k, rep, _ in PROBE_COLUMNS]] for row in probes["mrdib"]]
         out += [f"*{NAMES.get(bb, bb)}{', ' + label if label else ''}*", "",
                 md_table(["attribute", "shows in", "chance", *[c for _, _, c in PROBE_COLUMNS]], rows), ""]
     return out

@@ -71,32 +71,41 @@ def tables(report: dict) -> list[Table]:
     return [t, t2] + ([t3] if t3 is not None else [])
 
 
+#: where each planted attribute shows, in a header's second line (the table must fit 80 columns)
+_SHOWS_SHORT = {"image+text": "i+t", "image": "img", "text": "txt", "both (XOR)": "XOR", "text, noise": "noise"}
+
+
 def probe_table(runs: list[dict]) -> Table | None:
-    """Planted attributes (demo datasets) decodable from each representation: one column per (run, representation)."""
+    """Planted attributes (demo datasets) decodable from each representation: one row per (run, representation),
+    one column per attribute (eight attributes x up to eight representations fit 80 columns this way round)."""
     probed = [r for r in runs if (r.get("probes") or {}).get("attributes")]
     if not probed:
         return None
     t = Table(title="Planted attributes: linear-probe accuracy on held-out items",
               caption="mu: bottleneck mean; z: one sample of it (what passes the channel); base: the baseline's "
-                      "hook input h")
-    t.add_column("attribute", no_wrap=True)
-    t.add_column("shows in", no_wrap=True)
-    t.add_column("chance", justify="right", min_width=6)
-    # (that run's rows by attribute, representation) per column
-    cols = [({row["name"]: row for row in r["probes"]["attributes"]}, rep)
-            for r in probed for rep in r["probes"]["representations"]]
-    for r in probed:
-        for rep in r["probes"]["representations"]:
-            t.add_column(_probe_label(rep, baseline=not r["plugin"]), justify="right")
-    for row in probed[0]["probes"]["attributes"]:
-        a = row["name"]
-        t.add_row(a, row["shows"], f"{row['chance']:.2f}", *[f"{rows[a][rep]:.2f}" for rows, rep in cols])
+                      "hook input h; item: the ranked item embedding (ID and content together); 2nd header line: "
+                      "where the attribute shows (i+t: image and text; XOR: only both together; noise: text users ignore)",
+              show_edge=False)
+    t.add_column("probe of", no_wrap=True)
+    attrs = probed[0]["probes"]["attributes"]
+    for row in attrs:
+        t.add_column(f"{row['name']}\n{_SHOWS_SHORT.get(row['shows'], row['shows'])}", justify="right")
+    t.add_row("chance", *[f"{row['chance']:.2f}" for row in attrs], end_section=True)
+    # the baseline (if probed) first, as the reference each MRdIB row is read against
+    for r in sorted(probed, key=lambda r: bool(r["plugin"])):
+        by = {row["name"]: row for row in r["probes"]["attributes"]}
+        reps = r["probes"]["representations"]
+        for k, rep in enumerate(reps):
+            t.add_row(_probe_label(rep, baseline=not r["plugin"]),
+                      *[f"{by[row['name']][rep]:.2f}" for row in attrs], end_section=k == len(reps) - 1)
     return t
 
 
 def _probe_label(rep: str, baseline: bool) -> str:
-    """'image sample' -> 'img z'; a baseline's 'text h' -> 'base txt' (narrow columns for 80-column terminals)."""
+    """'image sample' -> 'img z'; a baseline's 'text h' -> 'base txt'; 'item scored' -> 'item' / 'base item'."""
     modality, kind = rep.rsplit(" ", 1)
+    if modality == "item":
+        return "base item" if baseline else "item"
     short = {"image": "img", "text": "txt"}.get(modality, modality)
     return f"base {short}" if baseline else f"{short} {'z' if kind == 'sample' else kind}"
 

@@ -142,16 +142,20 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
     with np.load(emb_path, allow_pickle=False) as f:
         ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
     out["ranking"] = ranking
-    probes = planted_probes(lr, z, seed)
+    probes = planted_probes(lr, z, seed, item=emb.item)
     if probes is not None:
         out["probes"] = probes
     return out
 
 
-def planted_probes(lr: LoadedRun, z: dict[str, Tensor], seed: int) -> dict[str, Any] | None:
+def planted_probes(lr: LoadedRun, z: dict[str, Tensor], seed: int, item: Tensor | None = None) -> dict[str, Any] | None:
     """On a demo dataset (known planted attributes): held-out linear-probe accuracy of every attribute from
     each modality's representation, and for an MRdIB run also from one seeded sample of its bottleneck (what
-    actually passes the channel; see :mod:`mrdib_cli.mrdib.probes`). None on other datasets."""
+    actually passes the channel; see :mod:`mrdib_cli.mrdib.probes`). None on other datasets.
+
+    ``item``: the final item embeddings that are ranked ("item scored"). Why: an attribute no modality carries
+    on its own (the synergistic ``fit``) can still reach the ranking through the ID embeddings, which learn it
+    from the interactions; this column tells whether it did."""
     from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
     from mrdib_cli.errors import MrdibError
     from mrdib_cli.mrdib.probes import attribute_probes
@@ -170,6 +174,8 @@ def planted_probes(lr: LoadedRun, z: dict[str, Tensor], seed: int) -> dict[str, 
             st = lr.plugin.latest(m)
             eps = torch.randn(st.mu.shape, generator=g, dtype=st.mu.dtype).to(st.mu.device)
             reps[f"{m} sample"] = st.mu + torch.exp(0.5 * st.logvar) * eps
+    if item is not None:
+        reps["item scored"] = item.detach()
     rows = attribute_probes({k: v.cpu() for k, v in reps.items()}, {a: truth.items[a] for a in ITEM_ATTRS},
                             {a: n for a, (n, _) in ITEM_ATTRS.items()}, seed=seed)
     # a list, not a mapping: JSON files are written with sorted keys, and the rows read best in ITEM_ATTRS order

@@ -95,8 +95,8 @@ def test_diagnose_on_a_demo_probes_each_representation(demo_runs: Path) -> None:
     assert rc == 0, err
     rep = json.loads((demo_runs / "runs" / "ib" / "diagnose.json").read_text())
     run, base = rep["run"]["probes"], rep["baseline"]["probes"]
-    assert run["representations"] == ["image mu", "text mu", "image sample", "text sample"]
-    assert base["representations"] == ["image h", "text h"]
+    assert run["representations"] == ["image mu", "text mu", "image sample", "text sample", "item scored"]
+    assert base["representations"] == ["image h", "text h", "item scored"]
     assert [row["name"] for row in base["attributes"]] == list(ITEM_ATTRS)  # in the documented order
     a = {row["name"]: row for row in base["attributes"]}
     # what each modality's features hold is decodable from its hook input, and only from that modality
@@ -106,7 +106,12 @@ def test_diagnose_on_a_demo_probes_each_representation(demo_runs: Path) -> None:
         assert a[attr]["text h"] > a[attr]["chance"] + 0.3 and a[attr]["image h"] < a[attr]["chance"] + 0.15
     assert a["colour"]["image h"] > 0.9 and a["colour"]["text h"] > 0.9
     assert a["noun"]["shows"] == "text, noise"
-    assert "Planted attributes" in out and "base txt" in out and "img z" in out
+    # VBPR's ranked item embedding holds a linear map of both modalities' features (beside the ID part)
+    assert a["material"]["item scored"] > a["material"]["chance"] + 0.3
+    assert a["shape"]["item scored"] > a["shape"]["chance"] + 0.3
+    assert "Planted attributes" in out and "base txt" in out and "img z" in out and "base item" in out
+    table = out[out.index("Planted attributes"):out.index("mu: bottleneck mean")]
+    assert max(len(line) for line in table.splitlines()) <= 80  # 8 attributes x 8 representations
 
 
 def test_diagnose_elsewhere_has_no_probes(tmp_path: Path) -> None:
