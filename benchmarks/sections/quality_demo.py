@@ -14,7 +14,9 @@ over seeds, MRdIB with alphas selected on validation, every backbone with LGMRec
 I(Z_v; Z_t), Recall@20 when ranking with the image representation alone, the text one alone and the fused
 embeddings, and which planted attributes each representation carries. Two steps use the planted truth itself:
 the ceilings it allows (``mrdib_cli/data/demo_truth.py``) and the compression curve (the bottleneck alone over
-the paper's alpha_kl grid, probed attribute by attribute).
+the paper's alpha_kl grid, probed attribute by attribute). A last step trains the plain backbones with cleaner
+feature tables (the text without its noise; the true attributes), on a copy of the demo: what a perfect
+bottleneck could gain at most, against what better encoders would.
 """
 
 from __future__ import annotations
@@ -200,6 +202,112 @@ def selected_variant(ctx: Context, plain: dict[str, list[dict[str, Any]]],
     return out
 
 
+#: A copy of the demo (the same interactions and split) that holds extra feature tables: kept apart so that no table here can become the demo's "newest" features.
+FEATURE_DATASET = "demo-features"
+#: (key, what the plain backbone is given: image table, text table). A bottleneck can only remove information,
+#: so "text without its noise" bounds what any text bottleneck could gain on the demo, and the true attributes
+#: show what better encoders would gain instead.
+FEATURE_VARIANTS = (
+    ("demo", "the demo's own (random-weight ViT image, MiniLM text)", "demo-image", "demo-text"),
+    ("clean text", "text without its noise (product noun, brand, filler sentence), same MiniLM; demo image",
+     "demo-image", "clean-text"),
+    ("true image", "the image's true attributes (one-hot colour, shape, texture); demo text", "true-attributes",
+     "demo-text"),
+    ("true both", "true attributes in both (image: colour, shape, texture; text: colour, material, size)",
+     "true-attributes", "true-attributes"),
+)
+
+
+def _clean_texts(truth: Any) -> list[str]:
+    """Each item's text with only what users choose on or need for fit: the demo's colour/material title and
+    its material and size sentences (mrdib_cli/data/demo.py's templates), without noun, brand and filler."""
+    from mrdib_cli.data.demo import COLOURS, MATERIAL_TEXT, MATERIALS, SIZE_TEXT, SIZES
+
+    a = truth.items
+    out = []
+    for i in range(len(a["colour"])):
+        material, size = MATERIALS[a["material"][i]], SIZES[a["size"][i]]
+        out.append(f"{list(COLOURS)[a['colour'][i]].capitalize()} {material}, {size}. {MATERIAL_TEXT[material]} "
+                   f"{SIZE_TEXT[size]}")
+    return out
+
+
+def _feature_tables(ctx: Context) -> dict[str, Any]:
+    """Copy the demo into FEATURE_DATASET (interactions, split, items, its feature tables; again whenever the
+    demo's interactions change) and write the extra tables there (deterministic, written when missing): the
+    cleaned text through the same MiniLM, and one-hot true attributes per modality."""
+    import torch
+
+    from mrdib_cli.data.dataset_io import publish_dataset
+    from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.features.resolve import resolve_text_model
+    from mrdib_cli.features.store import list_tables, table_path, write_feature_table
+    from mrdib_cli.features.text import TextEncoder, encode_text_shard
+    from mrdib_cli.workflow.quickstart import IMAGE_MODEL
+
+    src, ds_dir = DatasetHandle(ctx.ws / "datasets" / DATASET), ctx.ws / "datasets" / FEATURE_DATASET
+    old = json.loads((ds_dir / "dataset.json").read_text()) if (ds_dir / "dataset.json").exists() else {}
+    if (old.get("source") or {}).get("from_digest") != src.digest:  # new, or the demo changed: copy afresh
+        card = {**src.card, "name": FEATURE_DATASET,
+                "source": {"kind": "copy", "from": DATASET, "from_digest": src.digest,
+                           "from_source": src.card.get("source")}}
+        publish_dataset(ds_dir, src.interactions, src.items, src.users, card, replace_folder=True,
+                        copy_tables=list_tables(src.dir))
+    h = DatasetHandle(ds_dir)
+    truth = PlantedTruth.of(h)
+    meta = {"source": "benchmarks/sections/quality_demo.py (feature ceilings)", "dataset": FEATURE_DATASET}
+    path = table_path(h.dir, "text", "clean-text")
+    if not path.exists():
+        enc = TextEncoder.build(resolve_text_model(TEXT_MODEL), torch.device("cpu"))
+        vec, status, _ = encode_text_shard(enc, _clean_texts(truth), 64)
+        write_feature_table(path, vec, status, {**meta, "modality": "text", "model": f"{TEXT_MODEL} on clean text"})
+    for m, attrs in (("image", ("colour", "shape", "texture")), ("text", ("colour", "material", "size"))):
+        path = table_path(h.dir, m, "true-attributes")
+        if not path.exists():
+            x = np.hstack([np.eye(ITEM_ATTRS[a][0], dtype=np.float32)[truth.items[a]] for a in attrs])
+            write_feature_table(path, x, ["ok"] * h.n_items, {**meta, "modality": m, "model": "true attributes"})
+    return {"same_split": _same_split(src, h),
+            "tables": {"demo-image": IMAGE_MODEL, "demo-text": TEXT_MODEL, "clean-text": "clean-text",
+                       "true-attributes": "true-attributes"}}
+
+
+def _same_split(a: Any, b: Any) -> bool:
+    """Whether two datasets hold the same (user, item, split) rows (the files' digests also cover their layout)."""
+    cols = ["user_idx", "item_idx", "split"]
+    x, y = (h.interactions.select(cols).sort(cols) for h in (a, b))
+    return x.equals(y)
+
+
+def feature_ceilings(ctx: Context, hps: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """Each plain backbone of the section on the demo's interactions with each of :data:`FEATURE_VARIANTS`,
+    every seed; per variant the test metrics and the pooled per-user paired test against the demo's own
+    features (which are trained here too, on the copy, so every comparison is within one dataset)."""
+    info = _feature_tables(ctx)
+    names = info["tables"]
+
+    def spec(bb: str, key: str, image: str, text: str, sd: int) -> TrainSpec:
+        slug = key.replace(" ", "-")
+        return TrainSpec(FEATURE_DATASET, bb, sd, f"res-demofeat-{bb}{hp_tag(hps[bb])}-{slug}-s{sd}", None,
+                         hp_args(hps[bb]) + ["--image-features", names[image], "--text-features", names[text]])
+
+    specs_ = {(bb, key, sd): spec(bb, key, im, tx, sd) for bb in BACKBONES for key, _, im, tx in FEATURE_VARIANTS
+              for sd in ctx.seeds}
+    ctx.log(f"  feature ceilings: {len(specs_)} plain runs on {FEATURE_DATASET}")
+    runs = {r["run"]: r for r in train_many(ctx, list(specs_.values()))}
+    out: dict[str, Any] = {"dataset": FEATURE_DATASET, "same_split_as_demo": info["same_split"], "variants": []}
+    for key, label, _, _ in FEATURE_VARIANTS:
+        row: dict[str, Any] = {"key": key, "label": label}
+        for bb in BACKBONES:
+            rs = [runs[specs_[(bb, key, sd)].name] for sd in ctx.seeds]
+            base = [runs[specs_[(bb, FEATURE_VARIANTS[0][0], sd)].name] for sd in ctx.seeds]
+            row[bb] = {"test_recall@20": [r["test"]["recall@20"] for r in rs],
+                       "valid_recall@20": [r["valid"]["recall@20"] for r in rs],
+                       "paired": None if key == FEATURE_VARIANTS[0][0] else paired(base, rs, ["recall@20"])["recall@20"]}
+        out["variants"].append(row)
+    return out
+
+
 #: the bottleneck alone (``mib_only``: KL against the backbone's BPR, no unique or redundancy term) over the
 #: paper's alpha_kl grid, for the compression curve
 CURVE_BACKBONE = "lgmrec"
@@ -337,6 +445,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                   f"quality_demo-diagnose-{bb}-selected.png") for bb in BACKBONES}
     curve = compression_curve(ctx, hps, [by[(CURVE_BACKBONE, False, sd)] for sd in ctx.seeds])
     every = every_backbone(ctx, selected["lgmrec"]["setting"], hps)
+    features = feature_ceilings(ctx, hps)
     first = run_name(BACKBONES[0], True, ctx.seeds[0], hps[BACKBONES[0]])
     conf = json.loads((ctx.ws / "runs" / first / "config.json").read_text())
     plugin = conf.get("plugin") or {}
@@ -363,6 +472,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "compression_curve": curve,
         "figures": [d["figure"] for d in (*diag.values(), *diag_sel.values())] + [curve["figure"]],
         "ceilings": ceilings(ctx),
+        "feature_ceilings": features,
     }
 
 
@@ -545,6 +655,20 @@ def _ceilings_table(rows: list[dict[str, Any]]) -> str:
                       _num(r["test"]["recall@20"], 4), _num(r["test"]["ndcg@20"], 4)] for r in rows])
 
 
+def _feature_table(res: dict[str, Any]) -> str:
+    rows = []
+    for v in res["feature_ceilings"]["variants"]:
+        cells = []
+        for bb in res["backbones"]:
+            r = v[bb]
+            t = r["paired"]
+            cells += [fmt_mean_std(r["test_recall@20"]),
+                      "-" if t is None else f"{100 * t['rel']:+.1f}% (p {_p(t['p_ttest'])})"]
+        rows.append([v["key"], v["label"], *cells])
+    heads = [h for bb in res["backbones"] for h in (f"{NAMES.get(bb, bb)} test R@20", "vs demo features")]
+    return md_table(["features", "what the backbone is given", *heads], rows)
+
+
 def _ceilings_sentence(res: dict[str, Any]) -> str:
     """Where the trained backbones sit among the ceilings (figures read from the results, not typed)."""
     rows = (res.get("every_backbone") or {}).get("rows") or {}
@@ -616,6 +740,15 @@ def render(res: dict[str, Any]) -> str:
                   "per-attribute terms, like the last profile's, cannot express it.", "",
                   _ceilings_table(res["ceilings"]), ""]
         parts += [_ceilings_sentence(res), ""] if _ceilings_sentence(res) else []
+    fc = res.get("feature_ceilings")
+    if fc:
+        parts += ["**What better features would gain, and what a perfect bottleneck could** (plain backbones, their "
+                  "hyper-parameters as above, on a copy of the demo (identical interactions and split: "
+                  f"{'yes' if fc['same_split_as_demo'] else 'NO'}) "
+                  "with other feature tables; test R@20 mean ± std over seeds, and the pooled per-user paired test "
+                  "against the demo's own features). A bottleneck can only remove information, so 'clean text' "
+                  "bounds what any text bottleneck could gain here; the true attributes show the gain that is "
+                  "left to the encoders instead.", "", _feature_table(res), ""]
     parts += [
         f"**What the planted structure does** (`mrdib diagnose` on seed {diag_seed}'s pair, MRdIB with the paper's "
         f"defaults; fresh MINE critic, {mi_steps} steps, fit on 80% of the items and evaluated on the other 20%). "
