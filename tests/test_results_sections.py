@@ -328,13 +328,18 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     from mrdib_cli.data.demo import BRANDS, FILLERS, NOUNS
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.data.prepare import PrepareOptions, prepare
-    from mrdib_cli.features.store import read_feature_table, table_path
+    from mrdib_cli.features.store import read_feature_table, table_path, write_feature_table
     from mrdib_cli.workspace import Workspace
 
     ctx = _ctx(tmp_path, None, [1, 2], "full")
     prepare(Workspace(ctx.ws), "demo", PrepareOptions(), name=quality_demo.DATASET,
             demo={"n_users": 200, "n_items": 120, "n_interactions": 2500})
     rng = np.random.default_rng(2)
+    demo_dir = ctx.ws / "datasets" / quality_demo.DATASET
+    n = DatasetHandle(demo_dir).n_items
+    for m, model in (("image", "mrdib-demo-vit-random"), ("text", "all-minilm-l6-v2")):  # as extract-features names them
+        write_feature_table(table_path(demo_dir, m, model), rng.standard_normal((n, 8)).astype(np.float32),
+                            ["ok"] * n, {"modality": m, "model": model})
     seen: list = []
 
     def fake_train_many(ctx_, specs):
@@ -357,7 +362,9 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     assert np.array_equal(img.sum(1), np.full(h.n_items, 3.0))  # one-hot per attribute
     assert read_feature_table(table_path(h.dir, "text", "clean-text")).vectors.shape == (h.n_items, 384)
     # the demo itself got no new table (its "newest" features are unchanged)
-    assert not list((ctx.ws / "datasets" / quality_demo.DATASET).rglob("*true-attributes*"))
+    assert not list(demo_dir.rglob("*true-attributes*"))
+    assert {sp.args[sp.args.index("--image-features") + 1] for sp in seen} == {
+        "image-mrdib-demo-vit-random.parquet", "true-attributes"}
     from mrdib_cli.data.demo_truth import PlantedTruth
 
     texts = quality_demo._clean_texts(PlantedTruth.of(h))
@@ -368,6 +375,11 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     assert all(sp.dataset == quality_demo.FEATURE_DATASET and sp.mrdib is None and "--image-features" in sp.args
                and "--text-features" in sp.args for sp in seen)
     assert {tuple(sp.args[:2]) for sp in seen if sp.backbone == "vbpr"} == {("--reg-weight", "1")}
+    from mrdib_cli.features.store import select_table
+
+    for sp in seen:  # every table a run asks for is there (as `mrdib train` would look it up)
+        for flag, modality in (("--image-features", "image"), ("--text-features", "text")):
+            assert select_table(h.dir, modality, sp.args[sp.args.index(flag) + 1]) is not None
     res = _demo_result(tmp_path)
     res["feature_ceilings"] = fc
     md = quality_demo.render(res)

@@ -242,9 +242,8 @@ def _feature_tables(ctx: Context) -> dict[str, Any]:
     from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.features.resolve import resolve_text_model
-    from mrdib_cli.features.store import list_tables, table_path, write_feature_table
+    from mrdib_cli.features.store import list_tables, select_table, table_path, write_feature_table
     from mrdib_cli.features.text import TextEncoder, encode_text_shard
-    from mrdib_cli.workflow.quickstart import IMAGE_MODEL
 
     src, ds_dir = DatasetHandle(ctx.ws / "datasets" / DATASET), ctx.ws / "datasets" / FEATURE_DATASET
     old = json.loads((ds_dir / "dataset.json").read_text()) if (ds_dir / "dataset.json").exists() else {}
@@ -267,9 +266,13 @@ def _feature_tables(ctx: Context) -> dict[str, Any]:
         if not path.exists():
             x = np.hstack([np.eye(ITEM_ATTRS[a][0], dtype=np.float32)[truth.items[a]] for a in attrs])
             write_feature_table(path, x, ["ok"] * h.n_items, {**meta, "modality": m, "model": "true attributes"})
+    # the demo's own tables by file name: what its runs use (the newest of each modality there)
+    own = {m: select_table(src.dir, m) for m in ("image", "text")}
+    if None in own.values():
+        raise RuntimeError(f"dataset '{DATASET}' lacks a feature table: {own}")
     return {"same_split": _same_split(src, h),
-            "tables": {"demo-image": IMAGE_MODEL, "demo-text": TEXT_MODEL, "clean-text": "clean-text",
-                       "true-attributes": "true-attributes"}}
+            "tables": {"demo-image": own["image"].name, "demo-text": own["text"].name,  # type: ignore[union-attr]
+                       "clean-text": "clean-text", "true-attributes": "true-attributes"}}
 
 
 def _same_split(a: Any, b: Any) -> bool:
