@@ -778,7 +778,9 @@ def render(res: dict[str, Any]) -> str:
                   f"held-out items, 80/20 split of the items; `mrdib diagnose` does this on any demo dataset). h: "
                   f"the plain run's hook input; mu: the MRdIB run's bottleneck mean; z: one sample of it, which is "
                   f"what the channel passes (a probe on mu decodes anything that moves mu, however small against "
-                  f"the noise). Noun and brand are in the text but users ignore them, and size matters only "
+                  f"the noise); item: the ranked item embedding (ID and content together), which can also carry "
+                  f"what the interactions teach and no modality shows, such as fit. Noun and brand are in the "
+                  f"text but users ignore them, and size matters only "
                   f"through fit: a bottleneck that drops what a modality says nothing about on its own should lose "
                   f"those first.", ""] + probe_tables
     curve = res.get("compression_curve")
