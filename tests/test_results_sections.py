@@ -337,7 +337,8 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     rng = np.random.default_rng(2)
     demo_dir = ctx.ws / "datasets" / quality_demo.DATASET
     n = DatasetHandle(demo_dir).n_items
-    for m, model in (("image", "mrdib-demo-vit-random"), ("text", "all-minilm-l6-v2")):  # as extract-features names them
+    # tables named as extract-features names them
+    for m, model in (("image", "mrdib-demo-vit-random"), ("text", "all-minilm-l6-v2")):
         write_feature_table(table_path(demo_dir, m, model), rng.standard_normal((n, 8)).astype(np.float32),
                             ["ok"] * n, {"modality": m, "model": model})
     seen: list = []

@@ -202,7 +202,8 @@ def selected_variant(ctx: Context, plain: dict[str, list[dict[str, Any]]],
     return out
 
 
-#: A copy of the demo (the same interactions and split) that holds extra feature tables: kept apart so that no table here can become the demo's "newest" features.
+#: A copy of the demo (the same interactions and split) that holds extra feature tables: kept apart so that no
+#: table here can become the demo's "newest" features.
 FEATURE_DATASET = "demo-features"
 #: (key, what the plain backbone is given: image table, text table). A bottleneck can only remove information,
 #: so "text without its noise" bounds what any text bottleneck could gain on the demo, and the true attributes
@@ -304,9 +305,9 @@ def feature_ceilings(ctx: Context, hps: dict[str, dict[str, float]]) -> dict[str
         for bb in BACKBONES:
             rs = [runs[specs_[(bb, key, sd)].name] for sd in ctx.seeds]
             base = [runs[specs_[(bb, FEATURE_VARIANTS[0][0], sd)].name] for sd in ctx.seeds]
+            test = None if key == FEATURE_VARIANTS[0][0] else paired(base, rs, ["recall@20"])["recall@20"]
             row[bb] = {"test_recall@20": [r["test"]["recall@20"] for r in rs],
-                       "valid_recall@20": [r["valid"]["recall@20"] for r in rs],
-                       "paired": None if key == FEATURE_VARIANTS[0][0] else paired(base, rs, ["recall@20"])["recall@20"]}
+                       "valid_recall@20": [r["valid"]["recall@20"] for r in rs], "paired": test}
         out["variants"].append(row)
     return out
 

@@ -84,7 +84,8 @@ def probe_table(runs: list[dict]) -> Table | None:
     t = Table(title="Planted attributes: linear-probe accuracy on held-out items",
               caption="mu: bottleneck mean; z: one sample of it (what passes the channel); base: the baseline's "
                       "hook input h; item: the ranked item embedding (ID and content together); 2nd header line: "
-                      "where the attribute shows (i+t: image and text; XOR: only both together; noise: text users ignore)",
+                      "where the attribute shows (i+t: image and text; XOR: only both together; noise: text "
+                      "users ignore)",
               show_edge=False)
     t.add_column("probe of", no_wrap=True)
     attrs = probed[0]["probes"]["attributes"]
