@@ -354,7 +354,8 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
         return out
 
     monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
-    fc = quality_demo.feature_ceilings(ctx, {"lgmrec": {}, "vbpr": {"reg_weight": 1.0}})
+    settings = {"lgmrec": {"alpha_kl": 1e-4}, "vbpr": {"alpha_kl": 1e-4, "alpha_uni": 0.2}}
+    fc = quality_demo.feature_ceilings(ctx, {"lgmrec": {}, "vbpr": {"reg_weight": 1.0}}, settings)
     assert fc["same_split_as_demo"] is True  # the copy has the demo's interactions and split
     h = DatasetHandle(ctx.ws / "datasets" / quality_demo.FEATURE_DATASET)
     img = read_feature_table(table_path(h.dir, "image", "true-attributes")).vectors
@@ -372,9 +373,16 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     words = {w.strip(".,").lower() for t in texts for w in t.split()}
     assert not words & {n.lower() for n in NOUNS + BRANDS} and not any(f in t for t in texts for f in FILLERS)
     assert {"cotton", "small", "large"} <= words
-    assert len(seen) == 2 * len(quality_demo.FEATURE_VARIANTS) * 2
-    assert all(sp.dataset == quality_demo.FEATURE_DATASET and sp.mrdib is None and "--image-features" in sp.args
+    assert len(seen) == 2 * len(quality_demo.FEATURE_VARIANTS) * 2 + 2 * 2  # + MRdIB on the true image
+    assert all(sp.dataset == quality_demo.FEATURE_DATASET and "--image-features" in sp.args
                and "--text-features" in sp.args for sp in seen)
+    mr = [sp for sp in seen if sp.mrdib is not None]
+    assert sorted((sp.backbone, sp.seed) for sp in mr) == [("lgmrec", 1), ("lgmrec", 2), ("vbpr", 1), ("vbpr", 2)]
+    assert all(sp.mrdib == settings[sp.backbone] for sp in mr)
+    # MRdIB gets the plain "true image" run's tables
+    assert {(sp.args[sp.args.index("--image-features") + 1], sp.args[sp.args.index("--text-features") + 1])
+            for sp in mr} == {("true-attributes", "text-all-minilm-l6-v2.parquet")}
+    assert len({sp.name for sp in seen}) == len(seen)
     assert {tuple(sp.args[:2]) for sp in seen if sp.backbone == "vbpr"} == {("--reg-weight", "1")}
     from mrdib_cli.features.store import select_table
 
@@ -388,6 +396,10 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     assert _row(md, "demo |")[3] == "-"
     both = _row(md, "true both")
     assert both[2] == "0.3000 ± 0.0000" and both[3].startswith("+")
+    assert "removing the text's noise is all that is left to gain" in md
+    vb = _row(md, "VBPR | alpha_kl")
+    assert vb[1] == "alpha_kl 0.0001, alpha_uni 0.2" and vb[5] == "0.3000 ± 0.0000" and vb[6].startswith("+")
+    assert fc["mrdib"]["rows"]["vbpr"]["paired_ceiling"]["rel"] > 0.5  # 0.3 vs 0.15
 
 
 def test_demo_compression_curve_trains_the_bottleneck_alone_over_the_grid_and_plots_it(tmp_path: Path,
