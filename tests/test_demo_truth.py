@@ -73,12 +73,24 @@ def test_profile_users_are_the_mean_of_their_train_items(demo: DatasetHandle) ->
     np.testing.assert_allclose(u[7], v[row].mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
+def test_attribute_matrix_is_the_one_hot_blocks_side_by_side(demo: DatasetHandle) -> None:
+    truth = PlantedTruth.of(demo)
+    m = truth.attribute_matrix(("fit", "noun"))  # in the order asked
+    assert m.shape == (len(truth.items["fit"]), 2 + 10) and m.dtype == np.float32
+    assert np.array_equal(m[:, :2].argmax(1), truth.items["fit"])
+    assert np.array_equal(m[:, 2:].argmax(1), truth.items["noun"])
+    assert np.array_equal(m.sum(1), np.full(m.shape[0], 2.0))
+
+
 def test_refuses_what_it_cannot_vouch_for(demo: DatasetHandle, tmp_path: Path) -> None:
     truth = PlantedTruth.of(demo)
     with pytest.raises(UsageError, match="no user preference on texture"):
         truth.oracle(("texture",))
     with pytest.raises(UsageError, match="no planted attribute noun"):
         truth.profile(demo.csr("train"), ("noun",))
+    with pytest.raises(UsageError, match="no planted attribute weight"):
+        truth.attribute_matrix(("colour", "weight"))
+
     other = DatasetHandle(demo.dir)
     other.card = {**other.card, "demo": {**other.card["demo"], "seed": 1}}  # not what generated the items
     with pytest.raises(DataError, match="generator changed since this dataset was prepared"):

@@ -240,7 +240,7 @@ def _feature_tables(ctx: Context) -> dict[str, Any]:
     import torch
 
     from mrdib_cli.data.dataset_io import publish_dataset
-    from mrdib_cli.data.demo_truth import ITEM_ATTRS, PlantedTruth
+    from mrdib_cli.data.demo_truth import PlantedTruth
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.features.resolve import resolve_text_model
     from mrdib_cli.features.store import list_tables, select_table, table_path, write_feature_table
@@ -265,8 +265,8 @@ def _feature_tables(ctx: Context) -> dict[str, Any]:
     for m, attrs in (("image", ("colour", "shape", "texture")), ("text", ("colour", "material", "size"))):
         path = table_path(h.dir, m, "true-attributes")
         if not path.exists():
-            x = np.hstack([np.eye(ITEM_ATTRS[a][0], dtype=np.float32)[truth.items[a]] for a in attrs])
-            write_feature_table(path, x, ["ok"] * h.n_items, {**meta, "modality": m, "model": "true attributes"})
+            write_feature_table(path, truth.attribute_matrix(attrs), ["ok"] * h.n_items,
+                                {**meta, "modality": m, "model": "true attributes"})
     # the demo's own tables by file name: what its runs use (the newest of each modality there)
     own = {m: select_table(src.dir, m) for m in ("image", "text")}
     if None in own.values():

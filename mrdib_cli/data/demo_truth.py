@@ -93,11 +93,20 @@ class PlantedTruth:
         if unknown:
             raise UsageError(f"no user preference on {', '.join(unknown)} (choose from {', '.join(PREFERENCE_ATTRS)})")
         users = [self.weight * _one_hot(self.prefs[a], PREFERENCE_ATTRS[a]) for a in attrs]
-        items = [_one_hot(self.items[a], PREFERENCE_ATTRS[a]) for a in attrs]
+        items = [self.attribute_matrix(attrs)]
         if popularity:
             users.append(np.full((len(self.prefs["colour"]), 1), POPULARITY_WEIGHT))
             items.append(self.items["popularity"][:, None])
         return _stack(users), _stack(items)
+
+    def attribute_matrix(self, attrs: tuple[str, ...]) -> np.ndarray:
+        """The items' one-hot ``attrs`` side by side (float32 [n_items, sum of value counts]): the true
+        attributes as a feature table, and the item side of :meth:`oracle` and :meth:`profile`."""
+        unknown = sorted(set(attrs) - set(ITEM_ATTRS))
+        if unknown:
+            raise UsageError(f"no planted attribute {', '.join(unknown)} (choose from {', '.join(ITEM_ATTRS)})")
+        n = len(self.items["colour"])
+        return _stack([np.zeros((n, 0), np.float32), *(_one_hot(self.items[a], ITEM_ATTRS[a][0]) for a in attrs)])
 
     def profile(self, train: sp.csr_matrix, attrs: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Perfect item attributes, estimated preferences: item = centred one-hot ``attrs`` (any of
@@ -105,11 +114,11 @@ class PlantedTruth:
 
         Centring makes a value count relative to its base rate (a user who bought three red items out of six
         prefers red; one red item in six is chance)."""
-        sizes = {**OBSERVABLE_ATTRS, "fit": 2}
-        unknown = sorted(set(attrs) - set(sizes))
+        allowed = (*OBSERVABLE_ATTRS, "fit")
+        unknown = sorted(set(attrs) - set(allowed))
         if unknown:
-            raise UsageError(f"no planted attribute {', '.join(unknown)} (choose from {', '.join(sizes)})")
-        items = _stack([_one_hot(self.items[a], sizes[a]) for a in attrs])
+            raise UsageError(f"no planted attribute {', '.join(unknown)} (choose from {', '.join(allowed)})")
+        items = self.attribute_matrix(attrs)
         items -= items.mean(axis=0, keepdims=True)
         counts = np.asarray(train.sum(axis=1)).ravel()
         mean = sp.diags(1.0 / np.maximum(counts, 1)) @ train

@@ -76,7 +76,7 @@ def demo_runs(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
 
     def block(attrs: tuple[str, ...]) -> np.ndarray:
-        x = np.hstack([np.eye(ITEM_ATTRS[a][0])[truth.items[a]] for a in attrs])
+        x = truth.attribute_matrix(attrs)
         return (x + 0.2 * rng.standard_normal(x.shape)).astype(np.float32)
 
     for m, attrs in (("image", ("colour", "shape", "texture")), ("text", ("colour", "material", "size", "noun",
