@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, err,
-                                  info, make_progress, out, ws)
+                                  info, make_progress, out, warn, ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import read_json
 
@@ -179,7 +179,7 @@ def train_cmd(
             return lambda: progress.advance(task)
 
         trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
-                              progress=batches if progress_enabled_() else None)
+                              on_warn=warn, progress=batches if progress_enabled_() else None)
         if main:
             info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "

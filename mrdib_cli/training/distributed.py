@@ -249,7 +249,7 @@ class DistributedTrainer(Trainer):
         if not tc.threads:
             tc.threads = default_threads()
         if self.rank != 0:  # one voice: progress, epoch lines and notices come from rank 0
-            kwargs = {**kwargs, "on_epoch": None, "on_info": None, "progress": None}
+            kwargs = {**kwargs, "on_epoch": None, "on_info": None, "on_warn": None, "progress": None}
         self._collective = True
         if not cfg.run_name:  # the default name has a timestamp: take rank 0's, not one per rank
             from mrdib_cli.data.handle import DatasetHandle

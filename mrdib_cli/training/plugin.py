@@ -44,6 +44,15 @@ class Plugin(nn.Module):
     def after_step(self, batch: Batch, emb: Embeddings) -> None:
         """Called after the optimiser step (e.g. a separate critic update). Default: nothing."""
 
+    def health(self) -> tuple[dict[str, float], dict[str, str]]:
+        """Figures about the plug-in's state after the epoch's evaluation forward, and problems worth a warning.
+
+        Called once per epoch, after the evaluation embeddings were computed (so it costs no training time);
+        the figures go to ``metrics.jsonl`` under ``health``. Problems are one-line messages keyed by kind, so
+        that the trainer warns once per kind, not every epoch. Default: nothing to report.
+        """
+        return {}, {}
+
     def config(self) -> dict[str, Any]:
         """Resolved configuration, stored with the run."""
         return {}

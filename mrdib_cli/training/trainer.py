@@ -66,10 +66,11 @@ class EpochRecord:
     valid: dict[str, float]
     time: dict[str, float]
     best: bool = False
+    health: dict[str, float] = field(default_factory=dict)  # the plug-in's state after the epoch (Plugin.health)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "loss": self.loss, "valid": self.valid, "time": self.time,
-                "best": self.best}
+        d = {"epoch": self.epoch, "loss": self.loss, "valid": self.valid, "time": self.time, "best": self.best}
+        return {**d, "health": self.health} if self.health else d
 
 
 @dataclass
@@ -160,10 +161,14 @@ class Trainer:
     def _setup(self, ws: Workspace, cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                on_epoch: Callable[[EpochRecord], None] | None = None,
                on_info: Callable[[str], None] | None = None,
+               on_warn: Callable[[str], None] | None = None,
                progress: Callable[[int], Any] | None = None) -> None:
         self.ws, self.cfg = ws, cfg
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_info = on_info or (lambda s: None)
+        # a warning goes to on_warn, or to on_info marked as one
+        self.on_warn = on_warn or (lambda s: self.on_info(f"warning: {s}"))
+        self._warned: set[str] = set()  # plug-in problem kinds already reported in this process
         self.progress = progress
         tc = cfg.train
         tc.validate()
@@ -406,6 +411,17 @@ class Trainer:
         return (np.array(u.detach().float().cpu().numpy(), dtype=np.float32, copy=True),
                 np.array(i.detach().float().cpu().numpy(), dtype=np.float32, copy=True))
 
+    def _plugin_health(self) -> dict[str, float]:
+        """The plug-in's figures after the evaluation forward; each kind of problem is warned about once."""
+        if self.plugin is None:
+            return {}
+        figures, problems = self.plugin.health()
+        for kind, message in problems.items():
+            if kind not in self._warned:
+                self._warned.add(kind)
+                self.on_warn(f"epoch {self.epoch + 1}: {message}")
+        return {k: round(v, 6) for k, v in figures.items()}
+
     def _evaluate(self, u: np.ndarray, i: np.ndarray, split: str):
         from mrdib_cli.evaluation.engine import evaluate_split
 
@@ -429,6 +445,7 @@ class Trainer:
                 losses = self._train_epoch()
                 t1 = time.perf_counter()
                 u, i = self._eval_embeddings()
+                health = self._plugin_health()
                 valid = self._evaluate(u, i, "valid").metrics
                 t2 = time.perf_counter()
                 self.epoch += 1
@@ -437,7 +454,8 @@ class Trainer:
                     self.best_valid, self.best_emb = dict(valid), (u, i)
                     self._save_best(u, i)
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
-                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved)
+                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved,
+                                  health)
                 self.history.append(rec)
                 self._append_metrics(rec)
                 self._save_last()

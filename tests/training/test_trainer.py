@@ -173,6 +173,40 @@ def test_plugin_terms_are_trained_logged_and_checkpointed(ws):
         create_plugin("nope")
 
 
+class _Worried(_Poison):
+    """A test plug-in whose health reports the same problem every epoch, and a new one from epoch 3 on."""
+
+    def health(self):
+        self.epochs = getattr(self, "epochs", 0) + 1
+        problems = {"drift": f"drifting (check {self.epochs})"}
+        if self.epochs >= 3:
+            problems["clamp"] = "clamped"
+        return {"checks": float(self.epochs)}, problems
+
+
+register_plugin("worried-test", _Worried)
+
+
+def test_plugin_health_is_logged_per_epoch_and_each_problem_warned_once(ws):
+    cfg = _cfg("h", epochs=4)
+    cfg.plugin = {"name": "worried-test"}
+    warnings: list[str] = []
+    Trainer(ws, cfg, on_warn=warnings.append).fit()
+    assert [r["health"] for r in _metrics(ws, "h")] == [{"checks": float(e)} for e in (1, 2, 3, 4)]
+    assert warnings == ["epoch 1: drifting (check 1)", "epoch 3: clamped"]
+    train(ws, _cfg("plain", epochs=1))
+    assert "health" not in _metrics(ws, "plain")[0]  # nothing to report: the key is left out
+
+
+def test_mrdib_health_figures_reach_metrics(ws):
+    cfg = _cfg("ib", backbone="vbpr", epochs=2)
+    cfg.plugin = {"name": "mrdib"}
+    train(ws, cfg)
+    for rec in _metrics(ws, "ib"):
+        assert set(rec["health"]) == {f"{k}_{m}" for k in ("nats", "clamped", "spread", "offset") for m in ("image", "text")}
+        assert rec["health"]["nats_image"] > 0 and rec["health"]["clamped_text"] == 0.0
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
     cfg = _cfg("nan", epochs=5)
     cfg.plugin = {"name": "poison-test", "nan_at": 10}  # 6 batches per epoch: NaN in epoch 2
