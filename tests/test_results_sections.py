@@ -248,6 +248,46 @@ def test_demo_every_backbone_pairs_plain_runs_with_the_transferred_setting(tmp_p
     assert row[1:3] == ["0.1500 ± 0.0000", "0.1800 ± 0.0000"] and row[5] == f"{100 * out['rows']['mgcn']['paired']['recall@20']['rel']:+.1f}%"
 
 
+def test_demo_every_backbone_centred_reuses_both_arms_and_tests_the_centred_one_against_each(
+        tmp_path: Path, monkeypatch) -> None:
+    rng = np.random.default_rng(2)
+    users = np.arange(40)
+    seen: list = []
+
+    def centred(s) -> bool:
+        return s.mrdib is not None and s.mrdib.get("centre_logvar") is True
+
+    def fake_train_many(ctx, specs):
+        seen.extend(specs)
+        return [{"run": s.name, "backbone": s.backbone, "seed": s.seed, "best_epoch": 10, "valid": _metrics(0.1),
+                 "test": _metrics(0.1), "train_s_per_epoch": 0.2, "wall_s": 5.0, "device": "cpu",
+                 "per_user": _per_user(tmp_path / f"{s.name}.parquet", users, rng,
+                                       0.2 if centred(s) and s.backbone == "mmgcn" else 0.0)} for s in specs]
+
+    monkeypatch.setattr(quality_demo, "train_many", fake_train_many)
+    setting = {"alpha_kl": 1e-4, "alpha_red": 5e-3, "alpha_uni": 5e-2}
+    hps = {"mmgcn": {"lr": 5e-3}}
+    ctx = _ctx(tmp_path, None, [1, 2], "full")
+    out = quality_demo.every_backbone_centred(ctx, setting, hps)
+    n = len(quality_demo.EVERY_BACKBONE) * 2
+    assert len(seen) == len({s.name for s in seen}) == 3 * n  # plain, uncentred and centred arms
+    plain_and_uncentred = {s.name for s in seen if not centred(s)}
+    seen.clear()
+    quality_demo.every_backbone(ctx, setting, hps)
+    assert {s.name for s in seen} == plain_and_uncentred  # the same runs as the every-backbone step: reused
+    assert out["setting"] == {**setting, "centre_logvar": True}
+    mm, fr = out["rows"]["mmgcn"], out["rows"]["freedom"]
+    assert mm["vs_base"]["recall@20"]["diff"] > 0.1 and mm["vs_uncentred"]["recall@20"]["diff"] > 0.1
+    assert abs(fr["vs_base"]["recall@20"]["diff"]) < 0.1 and abs(fr["vs_uncentred"]["recall@20"]["diff"]) < 0.1
+    res = _demo_result(tmp_path)
+    res["every_backbone_centred"] = out
+    md = quality_demo.render(res)
+    assert "The same with the centred log-variance head" in md and "centre_logvar" in md
+    row = _row(md, "mmgcn | ")
+    assert row[4].startswith(f"{100 * mm['vs_base']['recall@20']['rel']:+.1f}% (")
+    assert row[5].startswith(f"{100 * mm['vs_uncentred']['recall@20']['rel']:+.1f}% (")
+
+
 def test_demo_ceilings_score_the_planted_truth_and_render_beside_the_backbones(tmp_path: Path) -> None:
     from mrdib_cli.data.prepare import PrepareOptions, prepare
     from mrdib_cli.workspace import Workspace

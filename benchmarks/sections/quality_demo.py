@@ -440,20 +440,43 @@ def every_backbones(ctx: Context) -> tuple[str, ...]:
     return QUICK_EVERY if ctx.quick else EVERY_BACKBONE
 
 
+def _every_runs(ctx: Context, arms: dict[str, dict[str, Any] | None],
+                hps: dict[str, dict[str, float]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Every backbone of the every-backbone step under each arm (None: plain), every seed; runs are reused by
+    name, so an arm shared with another step is trained once."""
+    groups = {(bb, arm): [demo_spec(bb, s, o, hps.get(bb, {})) for s in ctx.seeds]
+              for bb in every_backbones(ctx) for arm, o in arms.items()}
+    by_name = {r["run"]: r for r in train_many(ctx, [sp for g in groups.values() for sp in g])}
+    return {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
+
+
 def every_backbone(ctx: Context, setting: dict[str, Any], hps: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Step 4 of the Scientific protocol on the demo: every multimodal backbone plain and with the MRdIB setting
     selected for LGMRec on the demo's validation split (transferred, not re-tuned), every seed. Backbone
     hyper-parameters are each backbone's defaults or, where BASE_TUNE names it, the point chosen on validation
     by :func:`tune_backbones`; equal in both arms."""
     backbones = every_backbones(ctx)
-    groups = {(bb, arm): [demo_spec(bb, s, o, hps.get(bb, {})) for s in ctx.seeds]
-              for bb in backbones for arm, o in (("base", None), ("mrdib", setting))}
     ctx.log(f"  every backbone on the demo: {len(backbones)} backbones x 2 arms x seeds {list(ctx.seeds)}")
-    by_name = {r["run"]: r for r in train_many(ctx, [sp for g in groups.values() for sp in g])}
-    res = {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
+    res = _every_runs(ctx, {"base": None, "mrdib": setting}, hps)
     return {"setting": setting, "rows": {
         bb: {"base": run_summary(res[(bb, "base")]), "mrdib": run_summary(res[(bb, "mrdib")]),
              "paired": paired(res[(bb, "base")], res[(bb, "mrdib")])} for bb in backbones}}
+
+
+def every_backbone_centred(ctx: Context, setting: dict[str, Any],
+                           hps: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The every-backbone step once more with ``centre_logvar`` (the log-variance head sees the hook input minus
+    the items' mean; docs/mrdib.md): the plain and uncentred runs are the step's own (reused); the centred arm
+    is compared with both by pooled per-user paired tests."""
+    backbones = every_backbones(ctx)
+    centred = {**setting, "centre_logvar": True}
+    ctx.log(f"  every backbone, centred log-variance head: {len(backbones)} backbones x seeds {list(ctx.seeds)}")
+    res = _every_runs(ctx, {"base": None, "mrdib": setting, "centred": centred}, hps)
+    return {"setting": centred, "rows": {
+        bb: {"base": run_summary(res[(bb, "base")]), "mrdib": run_summary(res[(bb, "mrdib")]),
+             "centred": run_summary(res[(bb, "centred")]),
+             "vs_base": paired(res[(bb, "base")], res[(bb, "centred")]),
+             "vs_uncentred": paired(res[(bb, "mrdib")], res[(bb, "centred")])} for bb in backbones}}
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -473,6 +496,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                   f"quality_demo-diagnose-{bb}-selected.png") for bb in BACKBONES}
     curve = compression_curve(ctx, hps, [by[(CURVE_BACKBONE, False, sd)] for sd in ctx.seeds])
     every = every_backbone(ctx, selected["lgmrec"]["setting"], hps)
+    every_centred = every_backbone_centred(ctx, selected["lgmrec"]["setting"], hps)
     features = feature_ceilings(ctx, hps, {bb: selected[bb]["setting"] for bb in BACKBONES})
     first = run_name(BACKBONES[0], True, ctx.seeds[0], hps[BACKBONES[0]])
     conf = json.loads((ctx.ws / "runs" / first / "config.json").read_text())
@@ -495,6 +519,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "paired": tests,
         "selected": selected,
         "every_backbone": every,
+        "every_backbone_centred": every_centred,
         "diagnose": diag,
         "diagnose_selected": diag_sel,
         "compression_curve": curve,
@@ -677,6 +702,18 @@ def _selected_table(res: dict[str, Any]) -> str:
                      "ΔR@20 vs plain", "p (paired t)"], rows)
 
 
+def _centred_table(rows_by_bb: dict[str, Any]) -> str:
+    """Plain, MRdIB and MRdIB with the centred log-variance head per backbone, with the two paired tests."""
+    rows = []
+    for bb, r in rows_by_bb.items():
+        vb, vu = r["vs_base"]["recall@20"], r["vs_uncentred"]["recall@20"]
+        rows.append([bb, *(fmt_mean_std(r[k]["test"]["recall@20"]) for k in ("base", "mrdib", "centred")),
+                     f"{100 * vb['rel']:+.1f}% ({_p(vb['p_ttest'])})", f"{100 * vu['rel']:+.1f}% ({_p(vu['p_ttest'])})",
+                     f"{mean_std(r['mrdib']['best_epoch'])[0]:.0f} / {mean_std(r['centred']['best_epoch'])[0]:.0f}"])
+    return md_table(["backbone", "R@20 plain", "+ MRdIB", "+ MRdIB, centred", "centred vs plain (p)",
+                     "centred vs uncentred (p)", "best epoch uncentred / centred"], rows)
+
+
 def _ceilings_table(rows: list[dict[str, Any]]) -> str:
     return md_table(["scorer", "valid R@20", "test R@10", "test R@20", "test N@20"],
                     [[r["label"], _num(r["valid"]["recall@20"], 4), _num(r["test"]["recall@10"], 4),
@@ -769,6 +806,14 @@ def render(res: dict[str, Any]) -> str:
                   f"backbones, one p-value near 0.05 is expected by chance (Bonferroni: 0.05 / "
                   f"{len(eb['rows'])} = {0.05 / len(eb['rows']):.4f}).", "",
                   every_backbone_table(eb["rows"]), ""]
+    if res.get("every_backbone_centred"):
+        ec = res["every_backbone_centred"]
+        parts += ["**The same with the centred log-variance head** (`--centre-logvar`: the log-variance head sees "
+                  "the hook input minus the items' mean, so an offset all items share cannot move every "
+                  "log-variance at once; docs/mrdib.md). Same plain and uncentred runs as the table above; "
+                  f"{fmt_opts(ec['setting'])}; mean ± std over seeds {', '.join(map(str, seeds))}; pooled per-user "
+                  "paired t-tests against the plain backbone and against the uncentred MRdIB runs.", "",
+                  _centred_table(ec["rows"]), ""]
     if res.get("ceilings"):
         parts += ["**How much room the planted structure leaves** (scorers built from the generator's ground truth, "
                   "`mrdib_cli/data/demo_truth.py`, evaluated like the runs: train items masked, full ranking). "

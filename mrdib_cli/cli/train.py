@@ -82,7 +82,8 @@ def train_cmd(
                                          help="Plug-in objective to add (e.g. mrdib). Plug-ins also have their own flags: "
                                               "--mrdib [--alpha-kl F --alpha-red F --alpha-uni F "
                                               "--bottleneck-dim N --synergy-head none|mlp --no-kl "
-                                              "--no-redundancy --no-unique --mib-only] (docs/mrdib.md)."),
+                                              "--no-redundancy --no-unique --mib-only --centre-logvar] "
+                                              "(docs/mrdib.md)."),
     plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
                                          help="Plug-in option key=value. Repeatable."),
     image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,

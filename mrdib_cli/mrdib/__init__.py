@@ -22,6 +22,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--no-redundancy": ("no_redundancy", bool),
     "--no-unique": ("no_unique", bool),
     "--mib-only": ("mib_only", bool),
+    "--centre-logvar": ("centre_logvar", bool),
 }
 
 

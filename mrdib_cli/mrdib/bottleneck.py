@@ -19,6 +19,9 @@ Design decisions (the paper is silent on them; see docs/mrdib.md):
   Xavier-initialised and a linear ``decoder`` maps z back to the hook dimension the backbone expects.
 - The log-variance bias starts at ``log(init_noise^2)``: the initial noise is ``init_noise`` times the
   signal's scale.
+- Optionally (``centre_logvar``) the log-variance head sees h minus the items' mean (detached), so an offset
+  that all items share cannot move every log-variance at once; the mu head still sees h itself. Off by
+  default (the stored results were trained without it); see docs/mrdib.md for when it matters (MMGCN).
 """
 
 from __future__ import annotations
@@ -182,9 +185,10 @@ class GaussianBottleneck(nn.Module):
     LOGVAR_RANGE = (-20.0, 10.0)
 
     def __init__(self, in_dim: int, z_dim: int | None = None, init_noise: float = 0.1,
-                 h_var: float = 1.0) -> None:
+                 h_var: float = 1.0, centre_logvar: bool = False) -> None:
         super().__init__()
         self.in_dim = in_dim
+        self.centre_logvar = centre_logvar
         self.z_dim = z_dim or in_dim
         # one Linear for both heads ([mu | logvar]): one matmul instead of two on the full item set
         self.head = nn.Linear(in_dim, 2 * self.z_dim)
@@ -227,12 +231,26 @@ class GaussianBottleneck(nn.Module):
         """z (unit-scale bottleneck space) -> the hook's dimension and scale: what the backbone continues with."""
         return self.decoder(z) * self._scale_value()
 
-    def forward(self, h: Tensor, sample: bool) -> BottleneckOut:
+    def _head_bias(self, h: Tensor, centre: Tensor | None) -> Tensor:
+        """The heads' bias. With ``centre_logvar`` the log-variance head sees h - c (c = ``centre``, or the mean
+        of the rows of ``h``; detached): W_lv (h - c) / s + b_lv = W_lv h / s + (b_lv - W_lv c / s), so only a
+        k-vector changes, never the item table."""
+        b = self.head.bias
+        if not self.centre_logvar:
+            return b
+        k = self.z_dim
+        c = (h.mean(dim=0) if centre is None else centre).detach()
+        return torch.cat([b[:k], b[k:] - (self.head.weight[k:] @ c) / self._scale_value()])
+
+    def forward(self, h: Tensor, sample: bool, centre: Tensor | None = None) -> BottleneckOut:
+        """``centre``: the items' mean of the hook input when ``h`` holds only some of the items (used only with
+        ``centre_logvar``; default: the mean of ``h``'s rows)."""
         f, s, k = self._factor(), self._scale_value(), self.z_dim
+        bias = self._head_bias(h, centre)
         if sample:
-            z, kl, head = _SampleAndKL.apply(h, self.head.weight, self.head.bias, f, s, *self.LOGVAR_RANGE)
+            z, kl, head = _SampleAndKL.apply(h, self.head.weight, bias, f, s, *self.LOGVAR_RANGE)
         else:  # mu only (evaluation): the same folded head, left to autograd
-            w, b = _fold(self.head.weight, self.head.bias, k, f / s, 1.0 / s, f)
+            w, b = _fold(self.head.weight, bias, k, f / s, 1.0 / s, f)
             head = torch.addmm(b, h, w.t())
             z, kl = head[:, :k].contiguous(), None
         out = z if self.identity_decoder else self.decode(z)

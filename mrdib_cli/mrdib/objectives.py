@@ -58,8 +58,12 @@ class MRdIBConfig:
     critic_lr: float = 1e-3  # only for minmax="step" (with "reverse" the trainer's optimiser moves the critic)
     critic_steps: int = 1  # only for minmax="step"
     init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
+    centre_logvar: bool = False  # the log-variance head sees the hook input minus the items' mean
 
     def validate(self) -> None:
+        for f in fields(self):
+            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
+                raise UsageError(f"MRdIB option {f.name} must be true or false, got {getattr(self, f.name)!r}")
         for k in ("alpha_kl", "alpha_red", "alpha_uni", "alpha_syn", "critic_lr", "init_noise"):
             if getattr(self, k) < 0:
                 raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
@@ -155,7 +159,8 @@ class MRdIB(Plugin):
         self.hooks = tuple(m for m in points if m in dims)
         for m in self.hooks:
             d_in, h_var, _ = dims[m]
-            self.bottlenecks[m] = GaussianBottleneck(d_in, self.cfg.bottleneck_dim, self.cfg.init_noise, h_var)
+            self.bottlenecks[m] = GaussianBottleneck(d_in, self.cfg.bottleneck_dim, self.cfg.init_noise, h_var,
+                                                     self.cfg.centre_logvar)
             d_user = emb.views.get(f"user_{m}", emb.user).shape[-1]
             if d_user != d_in:
                 lin = nn.Linear(d_in, d_user, bias=False)
@@ -238,7 +243,9 @@ class MRdIB(Plugin):
             self._state[name] = res
             return res.out
         # only the batch's rows pass the bottleneck; the others keep h, which an item-local loss never reads
-        res = self.bottlenecks[name](h.index_select(0, rows), sample=True)
+        bn = self.bottlenecks[name]
+        centre = h.mean(dim=0) if bn.centre_logvar else None  # every item's mean, as at evaluation
+        res = bn(h.index_select(0, rows), sample=True, centre=centre)
         self._state[name] = res
         return h.index_copy(0, rows, res.out)
 
@@ -390,7 +397,9 @@ class MRdIB(Plugin):
                 problems[f"clamped_{m}"] = (
                     f"{where}: {clamped:.0%} of its log-variances lie outside the clamp range [{lo:g}, {hi:g}], "
                     f"its head has run away; the offset all items share is {offset:.3g}x the items' spread at "
-                    f"attach, their spread {spread:.2g}x (docs/mrdib.md, 'Health, per epoch')")
+                    f"attach, their spread {spread:.2g}x"
+                    + ("" if bn.centre_logvar else "; --centre-logvar keeps a shared offset out of the log-variances")
+                    + " (docs/mrdib.md, 'Health, per epoch')")
             if not 1 / self.DRIFT_WARN <= spread <= self.DRIFT_WARN:
                 problems[f"spread_{m}"] = (
                     f"{where}: the backbone's {m} representation now spreads {spread:.3g}x as wide over items as "

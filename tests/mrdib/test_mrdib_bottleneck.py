@@ -80,20 +80,24 @@ def test_bottleneck_is_scale_free() -> None:
 
 def _reference(bn: GaussianBottleneck, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The bottleneck written the plain autograd way (the specification the fused pass must equal)."""
-    mu, raw = bn.head(h / bn.scale).split(bn.z_dim, dim=-1)
+    x = h / bn.scale
+    mu, raw = bn.head(x).split(bn.z_dim, dim=-1)
+    if bn.centre_logvar:  # the log-variance head sees x minus the items' mean (a constant for the gradient)
+        raw = raw - x.mean(dim=0).detach() @ bn.head.weight[bn.z_dim:].t()
     logvar = raw.clamp(*bn.LOGVAR_RANGE)
     z = reparameterise(mu, logvar)
     # the KL sees the clamped value but its gradient passes the clamp (straight through)
     return bn.decoder(z) * bn.scale, gaussian_kl(mu, raw + (logvar - raw).detach())
 
 
-@pytest.mark.parametrize("z_dim", [None, 5])
-def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None) -> None:
+@pytest.mark.parametrize("z_dim,centre", [(None, False), (5, False), (None, True), (5, True)])
+def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None, centre: bool) -> None:
     """Values and gradients (heads, input) of the hand-written pass equal the composed reference, including
-    log-variances past the clamp (only the KL's gradient passes there) and a KL that weights rows unevenly."""
+    log-variances past the clamp (only the KL's gradient passes there) and a KL that weights rows unevenly;
+    with and without the centred log-variance head."""
     torch.manual_seed(0)
     h = (torch.randn(30, 8) * 0.05 + 0.02).requires_grad_()
-    bn = GaussianBottleneck(8, z_dim, init_noise=0.1, h_var=float(h.detach().var(0).mean()))
+    bn = GaussianBottleneck(8, z_dim, init_noise=0.1, h_var=float(h.detach().var(0).mean()), centre_logvar=centre)
     with torch.no_grad():  # push a few log-variances past both clamp bounds
         bn.head.bias[bn.z_dim] = 30.0
         bn.head.bias[bn.z_dim + 1] = -40.0
@@ -115,6 +119,25 @@ def test_fused_sample_and_kl_equal_the_plain_autograd_version(z_dim: int | None)
     assert torch.isclose(lv_grad[0], 0.5 * (math.exp(hi) - 1) * w_kl.sum(), rtol=1e-4)
     assert torch.isclose(lv_grad[1], 0.5 * (math.exp(lo) - 1) * w_kl.sum(), rtol=1e-4)
     assert float(lv_grad[2:].abs().min()) > 0
+
+
+def test_centred_log_variance_ignores_an_offset_all_items_share() -> None:
+    """With ``centre_logvar`` a shift shared by every item moves mu but no log-variance (MMGCN's image hook
+    grows such an offset on the demo, and the plain head turned it into clamped log-variances)."""
+    torch.manual_seed(0)
+    h = torch.randn(50, 8)
+    shift = 40.0 * torch.randn(8)  # far larger than the items' spread
+    for centre in (False, True):
+        bn = GaussianBottleneck(8, init_noise=0.1, h_var=1.0, centre_logvar=centre)
+        with torch.no_grad():
+            bn.head.weight[8:] += 0.3 * torch.randn(8, 8)
+        for sample in (False, True):
+            a, b = bn(h, sample=sample), bn(h + shift, sample=sample)
+            assert not torch.allclose(a.mu, b.mu)
+            assert torch.allclose(a.logvar_raw, b.logvar_raw, atol=1e-4) is centre, (centre, sample)
+        # rows of a larger table: the given centre (that table's mean) decides, not the rows' own mean
+        part = bn(h[:10], sample=False, centre=h.mean(dim=0))
+        assert torch.allclose(part.logvar_raw, bn(h, sample=False).logvar_raw[:10], atol=1e-5)
 
 
 @pytest.mark.parametrize("bias", [30.0, -40.0])

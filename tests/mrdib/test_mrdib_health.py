@@ -66,6 +66,7 @@ def test_a_spread_hook_a_shifted_hook_and_a_runaway_head_are_problems(toy: ToyMM
     assert "spreads 50x as wide" in problems["spread_image"]
     assert "100% of its log-variances" in problems["clamped_text"]
     assert "offset all items share" in problems["clamped_text"]  # the likely cause, in the same line
+    assert "--centre-logvar" in problems["clamped_text"]  # and the remedy for it
     assert all("\n" not in p for p in problems.values())  # one line each
     with torch.no_grad():
         toy.proj_v.weight.div_(500.0)  # and shrinking tenfold is a drift too

@@ -86,6 +86,23 @@ def test_batch_rows_give_the_same_terms_and_gradients_as_the_whole_table() -> No
         assert float((g - part_grads[n]).abs().max()) <= 1e-3 * float(g.abs().max()) + 1e-8, n
 
 
+def test_batch_rows_centre_the_log_variance_head_on_every_item() -> None:
+    """With ``centre_logvar`` the batch-row path centres on the whole table's mean, as evaluation does, so the
+    batch's log-variances are those the whole-table pass gives those rows."""
+    batch = make_batch()
+    toy, plugin = _toy(centre_logvar=True)
+    with torch.no_grad():
+        toy.proj_v.bias.add_(5.0)  # an offset all items share: the rows' own mean would differ from the table's
+        plugin.bottlenecks["image"].head.weight[toy.theta_u.shape[1]:] += 0.3
+    plugin.before_step(batch)
+    toy.propagate()
+    part = plugin.latest("image").logvar_raw
+    rows = plugin._rows
+    plugin.after_step(batch, None)
+    toy.propagate()  # the whole table (no before_step)
+    assert torch.allclose(part, plugin.latest("image").logvar_raw[rows], atol=1e-5)
+
+
 def test_graph_backbones_and_evaluation_keep_the_whole_table() -> None:
     batch = make_batch()
     toy, plugin = _toy(cls=ToyMM)  # not item-local: every row may reach every item
