@@ -577,3 +577,22 @@ def test_sweep_extends_alpha_uni_only_when_the_selection_sits_on_the_grid_edge(t
     table = quality_scientific.sweep_table(sel["vbpr"])
     assert len(table) == len({str(t["point"]) for t in table}) == 9 + 4 + 3  # each scored point once
     assert len(runs) == len({r["run"] for r in runs}) == 2 * (9 + 4) * 2 + 3 * 2
+
+
+def test_scientific_multi_table_adds_the_centred_row_and_its_test_only_where_it_was_run() -> None:
+    def summary(r20: float) -> dict:
+        return {"test": {m: [r20, r20] for m in quality_scientific.METRICS}}
+
+    def test(rel: float, p: float) -> dict:
+        return {"recall@20": {"rel": rel, "p_ttest": p, "p_wilcoxon": p}}
+
+    old = {"setting": {"alpha_kl": 1e-4}, "base": summary(0.2), "defaults": summary(0.18),
+           "selected": summary(0.21), "paired_defaults": test(-0.1, 1e-5), "paired_selected": test(0.05, 0.01)}
+    new = {**old, "centred": summary(0.22), "paired_centred": test(0.1, 2e-4),
+           "paired_centred_vs_selected": test(0.0476, 0.03)}
+    md_old = "\n".join(quality_scientific.multi_table({"vbpr": old}))
+    assert "centre_logvar" not in md_old and md_old.count("\n| vbpr") == 3  # results from before the step
+    md = "\n".join(quality_scientific.multi_table({"vbpr": new}))
+    row = _row(md, "vbpr + MRdIB (alpha_kl 0.0001, centre_logvar) | ")
+    assert row[2] == "0.2200 ± 0.0000" and row[5:8] == ["+10.0%", "2.0e-04", "2.0e-04"]
+    assert "Centred vs uncentred, pooled paired t-test on R@20: vbpr +4.8% (p = 0.030)." in md

@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, fmt_mean_std, md_table,
                                          mean_std, paired, train_many)
-from benchmarks.sections.quality_scientific import (every_backbone_table, fmt_opts, run_summary, sweep, sweep_table,
+from benchmarks.sections.quality_scientific import (centred_table, every_backbone_table, fmt_opts, run_summary, sweep, sweep_table,
                                                     tag)
 
 TITLE = "Demo dataset: backbone vs MRdIB on planted unique / redundant / synergistic structure"
@@ -702,18 +702,6 @@ def _selected_table(res: dict[str, Any]) -> str:
                      "ΔR@20 vs plain", "p (paired t)"], rows)
 
 
-def _centred_table(rows_by_bb: dict[str, Any]) -> str:
-    """Plain, MRdIB and MRdIB with the centred log-variance head per backbone, with the two paired tests."""
-    rows = []
-    for bb, r in rows_by_bb.items():
-        vb, vu = r["vs_base"]["recall@20"], r["vs_uncentred"]["recall@20"]
-        rows.append([bb, *(fmt_mean_std(r[k]["test"]["recall@20"]) for k in ("base", "mrdib", "centred")),
-                     f"{100 * vb['rel']:+.1f}% ({_p(vb['p_ttest'])})", f"{100 * vu['rel']:+.1f}% ({_p(vu['p_ttest'])})",
-                     f"{mean_std(r['mrdib']['best_epoch'])[0]:.0f} / {mean_std(r['centred']['best_epoch'])[0]:.0f}"])
-    return md_table(["backbone", "R@20 plain", "+ MRdIB", "+ MRdIB, centred", "centred vs plain (p)",
-                     "centred vs uncentred (p)", "best epoch uncentred / centred"], rows)
-
-
 def _ceilings_table(rows: list[dict[str, Any]]) -> str:
     return md_table(["scorer", "valid R@20", "test R@10", "test R@20", "test N@20"],
                     [[r["label"], _num(r["valid"]["recall@20"], 4), _num(r["test"]["recall@10"], 4),
@@ -813,7 +801,7 @@ def render(res: dict[str, Any]) -> str:
                   "log-variance at once; docs/mrdib.md). Same plain and uncentred runs as the table above; "
                   f"{fmt_opts(ec['setting'])}; mean ± std over seeds {', '.join(map(str, seeds))}; pooled per-user "
                   "paired t-tests against the plain backbone and against the uncentred MRdIB runs.", "",
-                  _centred_table(ec["rows"]), ""]
+                  centred_table(ec["rows"]), ""]
     if res.get("ceilings"):
         parts += ["**How much room the planted structure leaves** (scorers built from the generator's ground truth, "
                   "`mrdib_cli/data/demo_truth.py`, evaluated like the runs: train items masked, full ranking). "

@@ -158,7 +158,9 @@ def run(ctx: Context) -> dict[str, Any]:
     # 2-4 depend only on the selection: one parallel batch, most important first, each run trained once
     groups: dict[tuple, list[TrainSpec]] = {}
     for bb in TUNED:
-        variants = {"base": None, "defaults": DEFAULTS, "selected": out["sweep"][bb]["selected"]}
+        s_bb = out["sweep"][bb]["selected"]
+        # the selection once more with the centred log-variance head (added later; not part of any selection)
+        variants = {"base": None, "defaults": DEFAULTS, "selected": s_bb, "centred": {**s_bb, "centre_logvar": True}}
         for v, o in variants.items():
             groups[("multi", bb, v)] = [spec(ctx, ds, bb, s, o) for ds in splits for s in split_seeds]
     for bb in TUNED:
@@ -170,6 +172,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for bb in backbones:
         groups[("bb", bb, "base")] = [spec(ctx, "sci", bb, s, None) for s in seeds]
         groups[("bb", bb, "mrdib")] = [spec(ctx, "sci", bb, s, sel) for s in seeds]
+        groups[("bb", bb, "centred")] = [spec(ctx, "sci", bb, s, {**sel, "centre_logvar": True}) for s in seeds]
     unique = list({sp.name: sp for g in groups.values() for sp in g}.values())
     ctx.log(f"multi-split test, ablation, every backbone: {len(unique)} runs")
     by_name = {r["run"]: r for r in train_many(ctx, unique)}
@@ -184,9 +187,11 @@ def run(ctx: Context) -> dict[str, Any]:
         out["sweep"][bb]["base_valid_recall@20"] = mean_std(
             [r["valid"]["recall@20"] for r in res[("bb", bb, "base")] if r["seed"] in sweep_seeds])[0]
     out["multi"] = {bb: {"setting": out["sweep"][bb]["selected"],
-                         **{v: run_summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected")},
-                         "paired_defaults": paired(res[("multi", bb, "base")], res[("multi", bb, "defaults")]),
-                         "paired_selected": paired(res[("multi", bb, "base")], res[("multi", bb, "selected")])}
+                         **{v: run_summary(res[("multi", bb, v)]) for v in ("base", "defaults", "selected", "centred")},
+                         **{f"paired_{v}": paired(res[("multi", bb, "base")], res[("multi", bb, v)])
+                            for v in ("defaults", "selected", "centred")},
+                         "paired_centred_vs_selected": paired(res[("multi", bb, "selected")],
+                                                              res[("multi", bb, "centred")])}
                     for bb in TUNED}
     out["ablation"] = {bb: {"setting": out["sweep"][bb]["selected"],
                             "rows": {k[2]: run_summary(v) for k, v in res.items() if k[:2] == ("abl", bb)}}
@@ -194,10 +199,43 @@ def run(ctx: Context) -> dict[str, Any]:
     out["backbones"] = {"setting": sel, "rows": {
         bb: {"base": run_summary(res[("bb", bb, "base")]), "mrdib": run_summary(res[("bb", bb, "mrdib")]),
              "paired": paired(res[("bb", bb, "base")], res[("bb", bb, "mrdib")])} for bb in backbones}}
+    out["backbones_centred"] = {"setting": {**sel, "centre_logvar": True}, "rows": {
+        bb: {"base": run_summary(res[("bb", bb, "base")]), "mrdib": run_summary(res[("bb", bb, "mrdib")]),
+             "centred": run_summary(res[("bb", bb, "centred")]),
+             "vs_base": paired(res[("bb", bb, "base")], res[("bb", bb, "centred")]),
+             "vs_uncentred": paired(res[("bb", bb, "mrdib")], res[("bb", bb, "centred")])} for bb in backbones}}
     return out
 
 
 # ------------------------------------------------------------------------------------------------ render
+def multi_table(multi: dict[str, Any]) -> list[str]:
+    """The over-splits table (plain, paper defaults, selected and, where run, the selection with
+    ``centre_logvar``), each MRdIB row tested against the plain backbone; then centred vs uncentred."""
+    rows, notes = [], []
+    for bb, m in multi.items():
+        variants = [("base", bb), ("defaults", f"{bb} + MRdIB (paper defaults)"),
+                    ("selected", f"{bb} + MRdIB ({fmt_opts(m['setting'])})")]
+        if "centred" in m:
+            variants.append(("centred", f"{bb} + MRdIB ({fmt_opts({**m['setting'], 'centre_logvar': True})})"))
+            p = m["paired_centred_vs_selected"]["recall@20"]
+            notes.append(f"{bb} {100 * p['rel']:+.1f}% (p = {_fmt_p(p['p_ttest'])})")
+        for v, label in variants:
+            t = m[v]["test"]
+            cells = [label] + [fmt_mean_std(t[k]) for k in METRICS]
+            if v == "base":
+                cells += ["", "", ""]
+            else:
+                p = m[f"paired_{v}"]["recall@20"]
+                cells += [f"{100 * p['rel']:+.1f}%", _fmt_p(p["p_ttest"]), _fmt_p(p["p_wilcoxon"])]
+            rows.append(cells)
+    out = [md_table(["model", "R@10", "R@20", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)"], rows), ""]
+    if notes:
+        out += ["The centre_logvar rows repeat the selected setting with the centred log-variance head "
+                "(`--centre-logvar`, docs/mrdib.md; added after the selection, which it played no part in). "
+                "Centred vs uncentred, pooled paired t-test on R@20: " + "; ".join(notes) + ".", ""]
+    return out
+
+
 def _fmt_p(p: float) -> str:
     return f"{p:.1e}" if p < 1e-3 else f"{p:.3f}"
 
@@ -205,6 +243,20 @@ def _fmt_p(p: float) -> str:
 def fmt_opts(o: dict[str, Any]) -> str:
     """An MRdIB option dict as text for tables ("paper defaults" when empty)."""
     return ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in sorted(o.items())) or "paper defaults"
+
+
+def centred_table(rows_by_bb: dict[str, Any]) -> str:
+    """Plain, MRdIB and MRdIB with the centred log-variance head per backbone (BACKBONES order), with the
+    centred arm's pooled paired tests against the plain backbone and against the uncentred arm."""
+    rows = []
+    for bb, r in sorted(rows_by_bb.items(), key=lambda kv: BACKBONES.index(kv[0]) if kv[0] in BACKBONES else 99):
+        vb, vu = r["vs_base"]["recall@20"], r["vs_uncentred"]["recall@20"]
+        rows.append([bb, *(fmt_mean_std(r[k]["test"]["recall@20"]) for k in ("base", "mrdib", "centred")),
+                     f"{100 * vb['rel']:+.1f}% ({_fmt_p(vb['p_ttest'])})",
+                     f"{100 * vu['rel']:+.1f}% ({_fmt_p(vu['p_ttest'])})",
+                     f"{mean_std(r['mrdib']['best_epoch'])[0]:.0f} / {mean_std(r['centred']['best_epoch'])[0]:.0f}"])
+    return md_table(["backbone", "R@20 plain", "+ MRdIB", "+ MRdIB, centred", "centred vs plain (p)",
+                     "centred vs uncentred (p)", "best epoch uncentred / centred"], rows)
 
 
 def every_backbone_table(rows_by_bb: dict[str, Any]) -> str:
@@ -251,19 +303,7 @@ def render(res: dict[str, Any]) -> str:
               f"{n_splits} splits x seed(s) {res['split_seeds']} per row; mean ± std over the "
               f"{n_splits * len(res['split_seeds'])} runs; p-values from the paired t-test / Wilcoxon test over all "
               "pooled (split, user) pairs.", ""]
-    rows = []
-    for bb, m in res["multi"].items():
-        for v, label in (("base", bb), ("defaults", f"{bb} + MRdIB (paper defaults)"),
-                         ("selected", f"{bb} + MRdIB ({fmt_opts(m['setting'])})")):
-            t = m[v]["test"]
-            cells = [label] + [fmt_mean_std(t[k]) for k in METRICS]
-            if v == "base":
-                cells += ["", "", ""]
-            else:
-                p = m[f"paired_{v}"]["recall@20"]
-                cells += [f"{100 * p['rel']:+.1f}%", _fmt_p(p["p_ttest"]), _fmt_p(p["p_wilcoxon"])]
-            rows.append(cells)
-    parts += [md_table(["model", "R@10", "R@20", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)"], rows), ""]
+    parts += multi_table(res["multi"])
 
     parts += ["### Ablation (chronological split)", "",
               f"Full = MRdIB with the backbone's selected setting; each variant switches one part off; mean ± std "
@@ -280,4 +320,11 @@ def render(res: dict[str, Any]) -> str:
               f"MRdIB with the setting selected for LGMRec ({fmt_opts(bbs['setting'])}), transferred unchanged to "
               f"every backbone; mean ± std over seeds {seeds}; paired tests pool the seeds' per-user results.", "",
               every_backbone_table(bbs["rows"]), ""]
+    if res.get("backbones_centred"):
+        bc = res["backbones_centred"]
+        parts += ["**The same with the centred log-variance head** (`--centre-logvar`: the log-variance head sees "
+                  "the hook input minus the items' mean; docs/mrdib.md; added after every selection). Same plain "
+                  f"and uncentred runs as above; {fmt_opts(bc['setting'])}; mean ± std over seeds {seeds}; pooled "
+                  "per-user paired t-tests against the plain backbone and against the uncentred MRdIB runs.", "",
+                  centred_table(bc["rows"]), ""]
     return "\n".join(parts)
