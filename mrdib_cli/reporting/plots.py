@@ -61,15 +61,49 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
+def health_series(history: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Per modality, the plug-in's ``spread``, ``offset`` and ``clamped`` figures per epoch (NaN where an epoch
+    has none); empty when no epoch logged any (no plug-in, or one that reports no health)."""
+    mods = sorted({k.split("_", 1)[1] for r in history for k in r.get("health", {})
+                   if k.split("_", 1)[0] in ("spread", "offset", "clamped")})
+    return {m: {f: [float(r.get("health", {}).get(f"{f}_{m}", math.nan)) for r in history]
+                for f in ("spread", "offset", "clamped")} for m in mods}
+
+
+def _health_axis(ax: Any, epochs: list[int], health: dict[str, dict[str, list[float]]]) -> None:
+    """The hook's spread and shared offset in units of its spread at attach (log scale), the tenfold drift
+    the trainer warns about, and the epochs where more than 1% of a bottleneck's log-variances were clamped."""
+    for i, (m, f) in enumerate(health.items()):
+        ax.plot(epochs, f["spread"], color=PALETTE[i], label=f"{m} spread")
+        ax.plot(epochs, f["offset"], color=PALETTE[i], ls="--", label=f"{m} offset")
+        bad = [e for e, c in zip(epochs, f["clamped"]) if c > 0.01]
+        if bad:  # a row of marks along the top (x in data, y in axes units), one row per modality
+            ax.plot(bad, [0.96 - 0.05 * i] * len(bad), "x", color=PALETTE[i], transform=ax.get_xaxis_transform(),
+                    label=f"{m}: >1% log-variances clamped")
+    for y in (0.1, 10.0):
+        ax.axhline(y, color="grey", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("x the hook's spread at attach")
+    ax.set_title("MRdIB bottleneck health")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def training_curves(run: str, history: list[dict[str, Any]], path: Path,
                     valid_metrics: tuple[str, ...] = ("recall@20", "ndcg@20")) -> Path | None:
-    """Left: every loss term per epoch (log scale when all positive); right: valid metrics, best marked."""
+    """Left: every loss term per epoch (log scale when all positive); middle: valid metrics, best marked;
+    right, for runs whose plug-in logged health figures (MRdIB): the hooks' spread and offset."""
     if not history:
         return None
     plt = _plt()
     epochs = [r["epoch"] for r in history]
     terms = sorted({k for r in history for k in r.get("loss", {})}, key=lambda k: (k != "total", k))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    health = health_series(history)
+    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(16 if health else 11, 4))
+    ax1, ax2 = axes[0], axes[1]
+    if health:
+        _health_axis(axes[2], epochs, health)
     positive = True
     colors = _colors(len(terms))
     for i, t in enumerate(terms):
@@ -95,7 +129,7 @@ def training_curves(run: str, history: list[dict[str, Any]], path: Path,
         ax2.axvline(best[-1], color="grey", ls="--", lw=1, label=f"best epoch {best[-1]}")
     ax2.set_xlabel("epoch")
     ax2.set_title("validation")
-    _integer_epochs(ax1, ax2)
+    _integer_epochs(*axes)
     ax2.legend(fontsize=7)
     ax2.grid(alpha=0.3)
     fig.suptitle(run, fontsize=10)
