@@ -168,7 +168,9 @@ class Trainer:
         self.on_info = on_info or (lambda s: None)
         # a warning goes to on_warn, or to on_info marked as one
         self.on_warn = on_warn or (lambda s: self.on_info(f"warning: {s}"))
-        self._warned: set[str] = set()  # plug-in problem kinds already reported in this process
+        # plug-in problems warned about (first epoch of each kind): kept in checkpoints and results.json, so a
+        # resumed run does not repeat them and 'mrdib doctor' can report them later
+        self.warnings: list[dict[str, Any]] = []
         self.progress = progress
         tc = cfg.train
         tc.validate()
@@ -303,6 +305,7 @@ class Trainer:
             "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
             "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
             "identity": self._identity(self._config_dict()),
+            "warnings": list(self.warnings),
         }
 
     def _restore(self) -> None:
@@ -325,6 +328,7 @@ class Trainer:
         self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
         self.stopper.bad_epochs = int(st["bad_epochs"])
         self.best_valid = dict(st["best_valid"])
+        self.warnings = list(st.get("warnings") or [])  # absent in checkpoints from before warnings were kept
         emb_path = self.run_dir / "embeddings.npz"
         if self.stopper.best_epoch and emb_path.exists():
             with np.load(emb_path, allow_pickle=False) as z:
@@ -416,9 +420,10 @@ class Trainer:
         if self.plugin is None:
             return {}
         figures, problems = self.plugin.health()
+        seen = {w["kind"] for w in self.warnings}
         for kind, message in problems.items():
-            if kind not in self._warned:
-                self._warned.add(kind)
+            if kind not in seen:
+                self.warnings.append({"epoch": self.epoch + 1, "kind": kind, "message": message})
                 self.on_warn(f"epoch {self.epoch + 1}: {message}")
         return {k: round(v, 6) for k, v in figures.items()}
 
@@ -491,6 +496,8 @@ class Trainer:
         results = {"status": status, "message": message, "best_epoch": self.stopper.best_epoch,
                    "epochs_run": self.epoch, "valid": self.best_valid, "test": test, "protocol": protocol,
                    "valid_metric": self.cfg.train.valid_metric}
+        if self.warnings:
+            results["warnings"] = list(self.warnings)
         atomic_write_json(self.run_dir / "results.json", results)
         return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)

@@ -15,6 +15,9 @@ Checks (severity in brackets):
   (fingerprints differ); comparing their numbers is comparing different measurements.
 - ``rng-not-restored`` [error/warning]: the run was resumed without its RNG/sampler state (epochs repeat or
   jump in ``metrics.jsonl``, or the checkpoint has no RNG state to restore from).
+- ``training-warning`` [warning]: the trainer warned during training (a plug-in's health problem, e.g. an
+  MRdIB bottleneck whose log-variances ran past the clamp); kept in ``results.json`` so that a run trained
+  with ``--quiet`` or in a sweep is still flagged.
 """
 
 from __future__ import annotations
@@ -159,6 +162,15 @@ def check_mask(run: str, results: dict[str, Any]) -> list[Finding]:
     return []
 
 
+def check_training_warnings(run: str, results: dict[str, Any]) -> list[Finding]:
+    """One finding per warning the trainer gave (first epoch of each kind)."""
+    return [Finding("training-warning", "warning", run, f"epoch {w.get('epoch')}: {w.get('message')}",
+                    "The trainer warned about this while the run trained (once per kind); the run's numbers stand, "
+                    "but they come from a regime the method was not calibrated for. The per-epoch figures are "
+                    "in metrics.jsonl ('health'), and docs/mrdib.md ('Health, per epoch') says what each means.")
+            for w in results.get("warnings") or [] if isinstance(w, dict)]
+
+
 def check_resume(run: str, run_dir: Path) -> list[Finding]:
     out = []
     mpath = run_dir / "metrics.jsonl"
@@ -235,6 +247,7 @@ def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
         ds = str(conf.get("dataset"))
         findings += check_test_selection(ws, name)
         findings += check_mask(name, results)
+        findings += check_training_warnings(name, results)
         findings += check_resume(name, rdir)
         proto_rows.append((name, ds, results))
         ds_dir = Path(conf["dataset_dir"]) if conf.get("dataset_dir") else ws.dataset_dir(ds)

@@ -194,8 +194,29 @@ def test_plugin_health_is_logged_per_epoch_and_each_problem_warned_once(ws):
     Trainer(ws, cfg, on_warn=warnings.append).fit()
     assert [r["health"] for r in _metrics(ws, "h")] == [{"checks": float(e)} for e in (1, 2, 3, 4)]
     assert warnings == ["epoch 1: drifting (check 1)", "epoch 3: clamped"]
+    kept = json.loads((ws.run_dir("h") / "results.json").read_text())["warnings"]
+    assert kept == [{"epoch": 1, "kind": "drift", "message": "drifting (check 1)"},
+                    {"epoch": 3, "kind": "clamp", "message": "clamped"}]  # for 'mrdib doctor'
     train(ws, _cfg("plain", epochs=1))
     assert "health" not in _metrics(ws, "plain")[0]  # nothing to report: the key is left out
+    assert "warnings" not in json.loads((ws.run_dir("plain") / "results.json").read_text())
+
+
+def test_a_resumed_run_does_not_repeat_warnings_it_already_gave(ws):
+    cfg = _cfg("hr", epochs=2)
+    cfg.plugin = {"name": "worried-test"}
+    first: list[str] = []
+    Trainer(ws, cfg, on_warn=first.append).fit()
+    assert first == ["epoch 1: drifting (check 1)"]
+    cfg = _cfg("hr", epochs=5)
+    cfg.plugin = {"name": "worried-test"}
+    later: list[str] = []
+    Trainer(ws, cfg, resume=True, on_warn=later.append).fit()
+    # the fresh plug-in counts its checks from 1 again (epochs 3-5): the drift, warned about before the resume,
+    # is not repeated; the clamp, new at its third check, is
+    assert later == ["epoch 5: clamped"]
+    kinds = [w["kind"] for w in json.loads((ws.run_dir("hr") / "results.json").read_text())["warnings"]]
+    assert kinds == ["drift", "clamp"]
 
 
 def test_mrdib_health_figures_reach_metrics(ws):

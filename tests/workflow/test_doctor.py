@@ -124,6 +124,16 @@ def test_resumed_run_without_restored_rng(workdir):
     assert "rng-not-restored" not in codes(check_runs(ws, ["r1"]))
 
 
+def test_warnings_the_trainer_gave_are_findings(workdir):
+    ws = _setup(workdir, runs=("a", "b"))
+    msg = "MRdIB image bottleneck (169,724 nats per item pass): 23% of its log-variances lie outside the clamp"
+    _results(ws, "a", warnings=[{"epoch": 17, "kind": "clamped_image", "message": msg}])
+    _results(ws, "b")
+    f = [x for x in check_runs(ws, ["a", "b"]) if x.code == "training-warning"]
+    assert len(f) == 1 and f[0].run == "a" and f[0].severity == "warning"
+    assert f[0].message == f"epoch 17: {msg}" and "health" in f[0].explanation
+
+
 def test_cli_doctor_exit_code_and_json(cli, workdir):
     ws = _setup(workdir)
     _results(ws, "r1")
