@@ -88,3 +88,10 @@ def test_an_offset_all_items_share_moves_the_offset_not_the_spread(toy: ToyMM) -
         assert figures["spread_image"] == pytest.approx(1.0, rel=1e-4)  # a shift leaves the spread alone
         assert figures["offset_image"] == pytest.approx(shift, rel=0.05)
         assert "spread_image" not in problems
+
+
+def test_the_section_the_warnings_point_to_exists() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "mrdib.md").read_text(encoding="utf-8")
+    assert "**Health, per epoch.**" in doc and "`--centre-logvar`" in doc
