@@ -30,8 +30,8 @@ import numpy as np
 
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, fmt_mean_std, md_table,
                                          mean_std, paired, train_many)
-from benchmarks.sections.quality_scientific import (centred_table, every_backbone_table, fmt_opts, run_summary, sweep, sweep_table,
-                                                    tag)
+from benchmarks.sections.quality_scientific import (centred_table, every_backbone_table, fmt_opts, run_summary,
+                                                    sweep, sweep_table, tag)
 
 TITLE = "Demo dataset: backbone vs MRdIB on planted unique / redundant / synergistic structure"
 ORDER = 30

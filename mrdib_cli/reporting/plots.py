@@ -71,16 +71,19 @@ def health_series(history: list[dict[str, Any]]) -> dict[str, dict[str, list[flo
 
 
 def _health_axis(ax: Any, epochs: list[int], health: dict[str, dict[str, list[float]]]) -> None:
-    """The hook's spread and shared offset in units of its spread at attach (log scale), the tenfold drift
-    the trainer warns about, and the epochs where more than 1% of a bottleneck's log-variances were clamped."""
+    """The hook's spread and shared offset in units of its spread at attach (log scale), the drift the trainer
+    warns about, and the epochs where a bottleneck had more log-variances clamped than the warning allows
+    (the thresholds are the plug-in's own)."""
+    from mrdib_cli.mrdib.objectives import MRdIB
+
     for i, (m, f) in enumerate(health.items()):
         ax.plot(epochs, f["spread"], color=PALETTE[i], label=f"{m} spread")
         ax.plot(epochs, f["offset"], color=PALETTE[i], ls="--", label=f"{m} offset")
-        bad = [e for e, c in zip(epochs, f["clamped"]) if c > 0.01]
+        bad = [e for e, c in zip(epochs, f["clamped"]) if c > MRdIB.CLAMPED_WARN]
         if bad:  # a row of marks along the top (x in data, y in axes units), one row per modality
             ax.plot(bad, [0.96 - 0.05 * i] * len(bad), "x", color=PALETTE[i], transform=ax.get_xaxis_transform(),
-                    label=f"{m}: >1% log-variances clamped")
-    for y in (0.1, 10.0):
+                    label=f"{m}: >{MRdIB.CLAMPED_WARN:.0%} log-variances clamped")
+    for y in (1 / MRdIB.DRIFT_WARN, MRdIB.DRIFT_WARN):
         ax.axhline(y, color="grey", ls=":", lw=1)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")

@@ -224,7 +224,8 @@ def test_mrdib_health_figures_reach_metrics(ws):
     cfg.plugin = {"name": "mrdib"}
     train(ws, cfg)
     for rec in _metrics(ws, "ib"):
-        assert set(rec["health"]) == {f"{k}_{m}" for k in ("nats", "clamped", "spread", "offset") for m in ("image", "text")}
+        assert set(rec["health"]) == {f"{k}_{m}" for k in ("nats", "clamped", "spread", "offset")
+                                      for m in ("image", "text")}
         assert rec["health"]["nats_image"] > 0 and rec["health"]["clamped_text"] == 0.0
 
 
