@@ -7,8 +7,13 @@ items, ~120k training interactions; random 4096-d / 384-d features, as in ``benc
 (backbone, arm) runs in its own process, one after the other; reported: the median ``train_s`` of epochs
 2..N (epoch 1 includes warm-up).
 
-    python benchmarks/bench_mrdib_epoch.py [--backbones vbpr,lgmrec] [--epochs 4] [--device cpu|cuda]
-                                           [--threads 2] [--workdir DIR] [--json PATH]
+On a shared machine one arm's epoch time moves by up to ~30% from one process to the next, each process
+steady within itself (VBPR, 2 threads, nine processes per arm on 2026-11-27: alone 3.37-4.50 s, + MRdIB
+4.25-5.18 s), so one pair of processes can land the ratio anywhere in x1.12-1.32. ``--repeats N`` runs the
+arms alternately N times (alone, + MRdIB, alone, ...) and reports every pair's ratio, their median and range.
+
+    python benchmarks/bench_mrdib_epoch.py [--backbones vbpr,lgmrec] [--epochs 4] [--repeats 1]
+                                           [--device cpu|cuda] [--threads 2] [--workdir DIR] [--json PATH]
 """
 
 from __future__ import annotations
@@ -53,17 +58,28 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mrdib-bench-backbones")
+    ap.add_argument("--repeats", type=int, default=1, help="pairs of processes per backbone, run alternately")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
+    if a.repeats < 1:
+        raise SystemExit(f"--repeats must be >= 1, got {a.repeats}")
     prepare(a.workdir)
-    rows = []
+    rows, summary = [], []
     for bb in a.backbones.split(","):
-        base = run_arm(a.workdir, bb, False, a.epochs, a.device, a.threads)
-        new = run_arm(a.workdir, bb, True, a.epochs, a.device, a.threads)
-        ratio = new["median_s_per_epoch"] / base["median_s_per_epoch"]
-        rows += [base, {**new, "ratio": round(ratio, 3)}]
-        print(f"{bb:8s} {a.device:5s} alone {base['median_s_per_epoch']:7.2f} s/epoch   + MRdIB "
-              f"{new['median_s_per_epoch']:7.2f} s/epoch   x{ratio:.3f}", flush=True)
+        ratios = []
+        for rep in range(a.repeats):
+            base = run_arm(a.workdir, bb, False, a.epochs, a.device, a.threads)
+            new = run_arm(a.workdir, bb, True, a.epochs, a.device, a.threads)
+            ratio = new["median_s_per_epoch"] / base["median_s_per_epoch"]
+            ratios.append(round(ratio, 3))
+            rows += [{**base, "repeat": rep}, {**new, "repeat": rep, "ratio": round(ratio, 3)}]
+            print(f"{bb:8s} {a.device:5s} alone {base['median_s_per_epoch']:7.2f} s/epoch   + MRdIB "
+                  f"{new['median_s_per_epoch']:7.2f} s/epoch   x{ratio:.3f}", flush=True)
+        if a.repeats > 1:
+            med = statistics.median(ratios)
+            summary.append({"backbone": bb, "ratios": ratios, "median_ratio": round(med, 3)})
+            print(f"{bb:8s} {a.device:5s} {a.repeats} pairs: median x{med:.3f} (range x{min(ratios):.3f}"
+                  f"-x{max(ratios):.3f})", flush=True)
     if a.json:
         gpu = None
         if a.device == "cuda":
@@ -71,7 +87,8 @@ def main() -> None:
 
             gpu = torch.cuda.get_device_name(0)
         a.json.write_text(json.dumps({"device": a.device, "gpu": gpu, "threads": a.threads, "epochs": a.epochs,
-                                      "dataset": "baby (random features)", "rows": rows}, indent=1) + "\n")
+                                      "repeats": a.repeats, "dataset": "baby (random features)", "rows": rows,
+                                      "summary": summary}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
