@@ -30,8 +30,8 @@ import numpy as np
 
 from benchmarks.sections._common import (METRICS, Context, SkipSection, TrainSpec, cli, fmt_mean_std, md_table,
                                          mean_std, paired, train_many)
-from benchmarks.sections.quality_scientific import (centred_table, every_backbone_table, fmt_opts, run_summary,
-                                                    sweep, sweep_table, tag)
+from benchmarks.sections.quality_scientific import (centred_row, centred_table, every_backbone_table, fmt_opts,
+                                                    run_summary, sweep, sweep_table, tag)
 
 TITLE = "Demo dataset: backbone vs MRdIB on planted unique / redundant / synergistic structure"
 ORDER = 30
@@ -473,10 +473,7 @@ def every_backbone_centred(ctx: Context, setting: dict[str, Any],
     ctx.log(f"  every backbone, centred log-variance head: {len(backbones)} backbones x seeds {list(ctx.seeds)}")
     res = _every_runs(ctx, {"base": None, "mrdib": setting, "centred": centred}, hps)
     return {"setting": centred, "rows": {
-        bb: {"base": run_summary(res[(bb, "base")]), "mrdib": run_summary(res[(bb, "mrdib")]),
-             "centred": run_summary(res[(bb, "centred")]),
-             "vs_base": paired(res[(bb, "base")], res[(bb, "centred")]),
-             "vs_uncentred": paired(res[(bb, "mrdib")], res[(bb, "centred")])} for bb in backbones}}
+        bb: centred_row(*(res[(bb, v)] for v in ("base", "mrdib", "centred"))) for bb in backbones}}
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -200,10 +200,7 @@ def run(ctx: Context) -> dict[str, Any]:
         bb: {"base": run_summary(res[("bb", bb, "base")]), "mrdib": run_summary(res[("bb", bb, "mrdib")]),
              "paired": paired(res[("bb", bb, "base")], res[("bb", bb, "mrdib")])} for bb in backbones}}
     out["backbones_centred"] = {"setting": {**sel, "centre_logvar": True}, "rows": {
-        bb: {"base": run_summary(res[("bb", bb, "base")]), "mrdib": run_summary(res[("bb", bb, "mrdib")]),
-             "centred": run_summary(res[("bb", bb, "centred")]),
-             "vs_base": paired(res[("bb", bb, "base")], res[("bb", bb, "centred")]),
-             "vs_uncentred": paired(res[("bb", bb, "mrdib")], res[("bb", bb, "centred")])} for bb in backbones}}
+        bb: centred_row(*(res[("bb", bb, v)] for v in ("base", "mrdib", "centred"))) for bb in backbones}}
     return out
 
 
@@ -243,6 +240,13 @@ def _fmt_p(p: float) -> str:
 def fmt_opts(o: dict[str, Any]) -> str:
     """An MRdIB option dict as text for tables ("paper defaults" when empty)."""
     return ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in sorted(o.items())) or "paper defaults"
+
+
+def centred_row(base: list[dict[str, Any]], mrdib: list[dict[str, Any]],
+                centred: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backbone's row of :func:`centred_table` from its plain, MRdIB and centred MRdIB runs (every seed)."""
+    return {"base": run_summary(base), "mrdib": run_summary(mrdib), "centred": run_summary(centred),
+            "vs_base": paired(base, centred), "vs_uncentred": paired(mrdib, centred)}
 
 
 def centred_table(rows_by_bb: dict[str, Any]) -> str:
