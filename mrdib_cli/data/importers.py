@@ -367,14 +367,23 @@ def import_dataset(ws: Workspace, fmt: str, directory: Path, name: str, *, force
     if fmt not in READERS:
         raise UsageError(f"unknown import format '{fmt}' (choose from {', '.join(FORMATS)})")
     directory = _require_dir(Path(directory)).resolve()
-    ds_dir = ws.dataset_dir(name)
     inputs = {f"file:{p.name}": file_digest(p) for p in sorted(directory.iterdir()) if p.is_file()}
     params = {"format": fmt, "source_dir": str(directory), **options}
+    return publish_import(ws, name, inputs, params, lambda: READERS[fmt](directory, **options), force=force)
+
+
+def publish_import(ws: Workspace, name: str, inputs: dict[str, str], params: dict[str, Any],
+                   read: Callable[[], ImportData], *, force: bool = False) -> tuple[StepResult, dict[str, Any]]:
+    """The cached ``import`` step every importer ends in: read, build the card, publish, make active.
+
+    ``read`` runs only when ``inputs``/``params`` differ from the last import of ``name``.
+    """
+    ds_dir = ws.dataset_dir(name)
 
     def run() -> dict[str, Any]:
-        data = READERS[fmt](directory, **options)
-        card = make_card(name, data.inter, data.n_users, data.n_items, split=data.split, k_core=None,
-                         source={**data.source, "digests": inputs},
+        data = read()
+        card = make_card(name, data.inter, data.n_users, data.n_items, split=data.split,
+                         k_core=data.extra.pop("k_core", None), source={**data.source, "digests": inputs},
                          features=[{"modality": f.modality, "source": f"imported from {f.source_file}",
                                     "dim": int(f.vectors.shape[1])} for f in data.features],
                          **data.extra)
