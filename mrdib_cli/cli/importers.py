@@ -16,31 +16,37 @@ import_app = typer.Typer(help="Import a dataset from files you already have (MMR
 
 NameOption = typer.Option(..., "--name", "-n", help="Name of the new dataset in the workdir.",
                           rich_help_panel=PANEL_DATA)
+ItemsOption = typer.Option(None, "--items", rich_help_panel=PANEL_DATA,
+                           help="Item catalogue to attach (CSV/TSV/Parquet/JSON Lines; as 'mrdib items attach').")
 
 
-def _run(fmt: str, directory: Path, name: str, force: bool, **options) -> None:
+def _run(fmt: str, directory: Path, name: str, force: bool, items: Optional[Path] = None, **options) -> None:
+    from mrdib_cli.cli.items import attach, check_catalogue
     from mrdib_cli.data.importers import import_dataset
 
+    check_catalogue(items)
     res, card = import_dataset(ws(), fmt, directory, name, force=force, **options)
     report_step(res, f"import of {directory} as '{name}'")
     print_dataset(card, f"imported '{name}' ({fmt})")
+    if items is not None:
+        attach(name, items, {}, None, force)
     info(f"active dataset: {name}")
 
 
 @import_app.command("mmrec")
 def import_mmrec(directory: Path = typer.Argument(..., help="MMRec data folder (<name>.inter, optional "
                                                             "image_feat.npy, text_feat.npy, id mappings)."),
-                 name: str = NameOption, force: bool = ForceOption) -> None:
+                 name: str = NameOption, items: Optional[Path] = ItemsOption, force: bool = ForceOption) -> None:
     """Import an MMRec folder, keeping its x_label split exactly."""
-    _run("mmrec", directory, name, force)
+    _run("mmrec", directory, name, force, items)
 
 
 @import_app.command("lattice")
 def import_lattice(directory: Path = typer.Argument(..., help="Folder with train.json, val.json, test.json "
                                                               "(optional item2id.json, user2id.json)."),
-                   name: str = NameOption, force: bool = ForceOption) -> None:
+                   name: str = NameOption, items: Optional[Path] = ItemsOption, force: bool = ForceOption) -> None:
     """Import a LATTICE-style JSON split, keeping it exactly."""
-    _run("lattice", directory, name, force)
+    _run("lattice", directory, name, force, items)
 
 
 @import_app.command("recbole")
@@ -51,6 +57,7 @@ def import_recbole(
     feature: Optional[list[str]] = typer.Option(None, "--feature", help="MODALITY=FILE raw float32 feature "
                                                 "file (default: <prefix>.feat1CLS text, <prefix>.feat3CLS image)."),
     feature_dim: int = typer.Option(512, "--feature-dim", help="Dimension of the raw float32 feature files."),
+    items: Optional[Path] = ItemsOption,
     force: bool = ForceOption,
 ) -> None:
     """Import RecBole leave-one-out files (last item test, second-to-last valid)."""
@@ -62,7 +69,7 @@ def import_recbole(
         feats[k.strip()] = v.strip()
     if feature_dim <= 0:
         raise UsageError("--feature-dim must be positive")
-    _run("recbole", directory, name, force, features=feats, feature_dim=feature_dim)
+    _run("recbole", directory, name, force, items, features=feats, feature_dim=feature_dim)
 
 
 
