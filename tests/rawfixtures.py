@@ -97,3 +97,48 @@ class FileServer:
     def __exit__(self, *exc: Any) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def review_2023(user: str, parent: str, ts_ms: int, rating: float = 5.0, variant: str | None = None) -> dict[str, Any]:
+    """One Amazon Reviews 2023 review line with the release's field names and nesting."""
+    return {"rating": rating, "title": "Works great", "text": "Bought it for my son.<br />Recommend.",
+            "images": [{"small_image_url": "https://m.media-amazon.com/images/I/s.jpg",
+                        "medium_image_url": "https://m.media-amazon.com/images/I/m.jpg",
+                        "large_image_url": "https://m.media-amazon.com/images/I/l.jpg", "attachment_type": "IMAGE"}],
+            "asin": variant or parent, "parent_asin": parent, "user_id": user, "timestamp": ts_ms,
+            "helpful_vote": 2, "verified_purchase": True}
+
+
+def meta_2023(parent: str, i: int, images: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One Amazon Reviews 2023 metadata line (lists for features/description/images, a details dict)."""
+    return {"main_category": "Baby", "title": f"Soft blanket {i}", "average_rating": 4.5, "rating_number": 12,
+            "features": ["100% cotton", f"size {i} cm"], "description": ["A soft blanket.", "Machine washable."],
+            "price": 19.99 if i % 2 else None,
+            "images": images if images is not None else [
+                {"thumb": f"https://m.media-amazon.com/images/I/{i}._SS40_.jpg",
+                 "large": f"https://m.media-amazon.com/images/I/{i}.jpg", "variant": "MAIN",
+                 "hi_res": f"https://m.media-amazon.com/images/I/{i}._SL1500_.jpg" if i % 3 else None}],
+            "videos": [{"title": "demo", "url": "https://www.amazon.com/vdp/x", "user_id": ""}],
+            "store": "Cozy Co", "categories": ["Baby Products", "Nursery", "Bedding"],
+            "details": {"Material": "Cotton", "Item Weight": "1 pound"}, "parent_asin": parent,
+            "bought_together": None}
+
+
+def make_raw_2023(folder: Path, category: str = "Baby_Products", n_users: int = 40, n_items: int = 20,
+                  per_user: int = 7, seed: int = 0, gz: bool = True) -> dict[str, Path]:
+    """Small 2023 reviews/meta JSON Lines files (gzipped like the download server, or plain like the hub)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    reviews = [review_2023(f"AG{u:05d}", f"P{i:05d}", int(1_600_000_000_000 + rng.integers(0, 10**10)),
+                           float(rng.integers(1, 6)), variant=f"V{i:05d}")
+               for u in range(n_users) for i in rng.choice(n_items, per_user, replace=False)]
+    metas = [meta_2023(f"P{i:05d}", i) for i in range(n_items)]
+    if not gz:
+        rp, mp = folder / f"{category}.jsonl", folder / f"meta_{category}.jsonl"
+        rp.write_text("".join(json.dumps(r) + "\n" for r in reviews), encoding="utf-8")
+        mp.write_text("".join(json.dumps(m) + "\n" for m in metas), encoding="utf-8")
+        return {"reviews": rp, "meta": mp}
+    return {"reviews": write_reviews(folder / f"{category}.jsonl.gz", reviews),
+            "meta": write_reviews(folder / f"meta_{category}.jsonl.gz", metas)}

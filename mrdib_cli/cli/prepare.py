@@ -27,13 +27,27 @@ def _list() -> None:
                   f"{c.n_reviews_5core:,}" if c.n_reviews_5core else "")
     out.print(t)
     info(f"files are fetched from {base_url()} (override with --base-url or MRDIB_AMAZON_BASE_URL)")
+    _list_2023()
+
+
+def _list_2023() -> None:
+    from mrdib_cli.data.amazon2023 import BASE_URL_ENV, CATEGORIES_2023, Category2023
+
+    t = Table(title="Amazon Reviews 2023 for 'mrdib prepare amazon2023:<Category>'", header_style="bold")
+    for col in ("name", "files", "dataset name"):
+        t.add_column(col, overflow="fold")
+    for c in map(Category2023, CATEGORIES_2023):
+        t.add_row(c.name, f"{c.reviews_file}, {c.meta_file}", c.default_name)
+    out.print(t)
+    info(f"2023 files are fetched from {Category2023('Baby_Products').url_for('X').rsplit('/', 2)[0]} "
+         f"(override with --base-url or {BASE_URL_ENV}; --raw-dir also accepts the uncompressed .jsonl files)")
 
 
 def register(app: typer.Typer) -> None:
     @app.command("prepare", rich_help_panel="Data")
     def prepare_cmd(
-        dataset: Optional[str] = typer.Argument(None, help="Amazon 2014 category (baby, sports, clothing, ...) "
-                                                           "or 'demo'. See --list."),
+        dataset: Optional[str] = typer.Argument(None, help="Amazon 2014 category (baby, sports, clothing, ...), "
+                                                           "amazon2023:<Category> or 'demo'. See --list."),
         list_: bool = typer.Option(False, "--list", help="List the datasets prepare knows and exit."),
         name: Optional[str] = typer.Option(None, "--name", "-n", help="Dataset name in the workdir "
                                            "[default: the dataset's name].", rich_help_panel=PANEL_DATA),

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mrdib_cli.data import amazon
+from mrdib_cli.data import amazon, amazon2023
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
 from mrdib_cli.data.handle import PUBLISHING
 from mrdib_cli.data.kcore import dedup_mask, factorize, kcore
-from mrdib_cli.data.sources import DEMO, KNOWN_DIGESTS, AmazonCategory, base_url, download, lookup
+from mrdib_cli.data.sources import DEMO, KNOWN_DIGESTS, AmazonCategory, download, lookup
 from mrdib_cli.data.split import LABELS, assign_split
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
@@ -47,28 +47,42 @@ class PrepareOptions:
 
 
 # ------------------------------------------------------------------------------------------- raw files
-def locate_raw(cat: AmazonCategory, raw_dir: Path) -> dict[str, Path]:
+Category = AmazonCategory | amazon2023.Category2023
+# how each release's raw files are parsed; both give the same columns, so everything after parsing is shared
+PARSERS = {"amazon2014": (amazon.parse_reviews, amazon.parse_meta),
+           "amazon2023": (amazon2023.parse_reviews, amazon2023.parse_meta)}
+
+
+def _in_dir(raw_dir: Path, fname: str) -> Path | None:
+    """``fname`` in ``raw_dir``, or its uncompressed twin (the 2023 release is also shared as plain .jsonl)."""
+    for cand in (fname, fname[:-3] if fname.endswith(".gz") else None):
+        if cand and (raw_dir / cand).is_file():
+            return raw_dir / cand
+    return None
+
+
+def locate_raw(cat: Category, raw_dir: Path) -> dict[str, Path]:
     """The two files of ``cat`` in a user-given folder; never touches the network."""
     raw_dir = Path(raw_dir)
-    missing = [f for f in cat.files if not (raw_dir / f).is_file()]
+    found = {k: _in_dir(raw_dir, f) for k, f in (("reviews", cat.reviews_file), ("meta", cat.meta_file))}
+    missing = [f for f, p in zip(cat.files, found.values()) if p is None]
     if missing:
         raise MissingInputError(f"--raw-dir {raw_dir} is missing {', '.join(missing)} (needs "
                                 f"{cat.reviews_file} and {cat.meta_file})")
-    return {"reviews": raw_dir / cat.reviews_file, "meta": raw_dir / cat.meta_file}
+    return found  # type: ignore[return-value]
 
 
-def fetch_raw(ws: Workspace, cat: AmazonCategory, url: str | None = None,
+def fetch_raw(ws: Workspace, cat: Category, url: str | None = None,
               on_file: Callable[[str], Callable[[int, int | None], None] | None] | None = None) -> dict[str, Path]:
-    """Download the two files into ``<workdir>/raw/amazon2014`` unless already complete there."""
-    dest_dir = ws.raw_dir / "amazon2014"
-    base = base_url(url)
+    """Download the two files into ``<workdir>/raw/<release>`` unless already complete there."""
+    dest_dir = ws.raw_dir / cat.release
     paths = {}
     for key, fname in (("reviews", cat.reviews_file), ("meta", cat.meta_file)):
         dest = dest_dir / fname
         if not dest.is_file():
             hint = (f"the server is unreachable; download {cat.reviews_file} and {cat.meta_file} elsewhere and "
                     f"run 'mrdib prepare {cat.name} --raw-dir DIR', or set --base-url to a mirror")
-            download(f"{base}/{fname}", dest, expected_sha256=KNOWN_DIGESTS.get(fname),
+            download(cat.url_for(fname, url), dest, expected_sha256=KNOWN_DIGESTS.get(fname),
                      on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint)
         paths[key] = dest
     return paths
@@ -76,10 +90,12 @@ def fetch_raw(ws: Workspace, cat: AmazonCategory, url: str | None = None,
 
 # ------------------------------------------------------------------------------------------- build
 def build_dataset(ds_dir: Path, name: str, reviews: Path, meta: Path, opts: PrepareOptions,
-                  source: dict[str, Any], log: Log = lambda s: None, **card_extra: Any) -> dict[str, Any]:
+                  source: dict[str, Any], log: Log = lambda s: None, release: str = "amazon2014",
+                  **card_extra: Any) -> dict[str, Any]:
     """Parse, deduplicate, k-core, split and write; returns the dataset card."""
+    parse_reviews, parse_meta = PARSERS[release]
     t0 = time.perf_counter()
-    df, rrep = amazon.parse_reviews(reviews)
+    df, rrep = parse_reviews(reviews)
     rrep.check(opts.max_malformed)
     log(f"parsed {df.height:,} reviews ({rrep.n_bad} malformed lines) in {time.perf_counter() - t0:.1f}s")
     if df.height == 0:
@@ -102,7 +118,7 @@ def build_dataset(ds_dir: Path, name: str, reviews: Path, meta: Path, opts: Prep
                                df["rating"].to_numpy()[rows][order], ts[rows][order])
     asins = i_vals[kc.item_codes]
     t1 = time.perf_counter()
-    meta_map, mrep = amazon.parse_meta(meta, wanted=asins.tolist())
+    meta_map, mrep = parse_meta(meta, wanted=asins.tolist())
     mrep.check(opts.max_malformed)
     log(f"parsed metadata of {len(meta_map):,} items ({mrep.n_bad} malformed lines) in "
         f"{time.perf_counter() - t1:.1f}s")
@@ -145,22 +161,24 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
         source = {"kind": "synthetic demo", "generator": cfg.to_dict(), "raw_dir": str(gen_dir)}
         extra = {"image_dir": str((gen_dir / "images").resolve()), "demo": cfg.to_dict()}
     else:
-        cat = lookup(dataset)
+        cat = amazon2023.lookup(dataset) if amazon2023.is_2023(dataset) else lookup(dataset)
         if raw_dir is not None:
             paths = locate_raw(cat, raw_dir)
-            source = {"kind": "amazon2014", "category": cat.category, "raw_dir": str(Path(raw_dir).resolve())}
+            source = {"kind": cat.release, "category": cat.category, "raw_dir": str(Path(raw_dir).resolve())}
         else:
             paths = fetch_raw(ws, cat, url, on_file)
-            source = {"kind": "amazon2014", "category": cat.category,
-                      "urls": [f"{base_url(url)}/{f}" for f in cat.files]}
-    name = name or cat.name
+            source = {"kind": cat.release, "category": cat.category, "urls": [cat.url_for(f, url) for f in cat.files]}
+        if cat.release == "amazon2023":
+            extra = {"timestamp_unit": "ms"}
+    name = name or cat.default_name
     ds_dir = ws.dataset_dir(name)
     inputs = {k: file_digest(p) for k, p in paths.items()}
     source = {**source, "files": {k: p.name for k, p in paths.items()}, "digests": inputs}
     params = {"dataset": cat.name, **asdict(opts)}
 
     def run() -> dict[str, Any]:
-        card = build_dataset(ds_dir, name, paths["reviews"], paths["meta"], opts, source, log, **extra)
+        card = build_dataset(ds_dir, name, paths["reviews"], paths["meta"], opts, source, log,
+                             release=getattr(cat, "release", "amazon2014"), **extra)
         return {"n_interactions": card["n_interactions"]}
 
     # a build killed while swapping files in leaves a marker: never trust that folder's manifest

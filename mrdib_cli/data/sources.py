@@ -47,6 +47,15 @@ class AmazonCategory:
     def files(self) -> tuple[str, str]:
         return (self.reviews_file, self.meta_file)
 
+    release = "amazon2014"  # names the raw/ subfolder and selects the parser in prepare
+
+    @property
+    def default_name(self) -> str:
+        return self.name
+
+    def url_for(self, fname: str, override: str | None = None) -> str:
+        return f"{base_url(override)}/{fname}"
+
 
 # The 24 categories of the 2014 release. Counts are given only where the MMRec notes confirm them.
 AMAZON_2014: tuple[AmazonCategory, ...] = (
