@@ -55,7 +55,7 @@ class FileServer:
                 pass
 
             def do_GET(self) -> None:  # noqa: N802
-                name = self.path.rsplit("/", 1)[-1]
+                name = self.path.split("/files/", 1)[-1]  # sub-folders kept (the 2023 mirror layout)
                 rng = self.headers.get("Range")
                 server.requests.append((name, rng))
                 if server.fail_503.get(name, 0) > 0:
