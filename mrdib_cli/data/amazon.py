@@ -16,7 +16,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import polars as pl
@@ -74,13 +74,25 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
 
 
 REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
+ReviewRow = tuple[str, str, float | None, int]
 
 
-def parse_reviews(path: Path, report: ParseReport | None = None) -> tuple[pl.DataFrame, ParseReport]:
+def review_row_2014(r: dict[str, Any]) -> ReviewRow:
+    """(user, item, rating, time) of one 2014 review; KeyError/TypeError/ValueError mark it malformed."""
+    u, i, t = r["reviewerID"], r["asin"], r["unixReviewTime"]
+    if not isinstance(u, str) or not isinstance(i, str) or not u or not i:
+        raise TypeError("reviewerID/asin must be non-empty strings")
+    o = r.get("overall")
+    return u, i, None if o is None else float(o), int(t)
+
+
+def parse_reviews(path: Path, report: ParseReport | None = None,
+                  row: Callable[[dict[str, Any]], ReviewRow] = review_row_2014,
+                  lines: Callable[[Path], Iterator[tuple[int, str]]] = _lines) -> tuple[pl.DataFrame, ParseReport]:
     """Reviews as a DataFrame (reviewer_id, asin, rating, timestamp) in file order.
 
-    A line that is not JSON, or lacks reviewerID/asin/unixReviewTime, is malformed (a review without a
-    time cannot be deduplicated or split temporally). ``overall`` may be missing (null rating).
+    A line that is not JSON, or lacks the user, item or time (``row`` says which fields those are), is
+    malformed: a review without a time cannot be deduplicated or split temporally. The rating may be missing.
     """
     rep = report or ParseReport(str(path))
     users: list[str] = []
@@ -88,18 +100,12 @@ def parse_reviews(path: Path, report: ParseReport | None = None) -> tuple[pl.Dat
     ratings: list[float | None] = []
     times: list[int] = []
     loads = json.loads
-    for n, line in _lines(path):
+    for n, line in lines(path):
         if not line.strip():
             continue
         rep.n_lines += 1
         try:
-            r = loads(line)
-            u, i, t = r["reviewerID"], r["asin"], r["unixReviewTime"]
-            if not isinstance(u, str) or not isinstance(i, str) or not u or not i:
-                raise TypeError("reviewerID/asin must be non-empty strings")
-            t = int(t)
-            o = r.get("overall")
-            o = None if o is None else float(o)
+            u, i, o, t = row(loads(line))
         except json.JSONDecodeError as e:
             rep.bad(n, f"not JSON ({e.msg})")
             continue

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Iterator
 
 import polars as pl
 
-from mrdib_cli.data.amazon import ParseReport, _lines
+from mrdib_cli.data import amazon
+from mrdib_cli.data.amazon import ParseReport, ReviewRow, _lines
 from mrdib_cli.errors import DataError, UsageError
 
 PREFIX = "amazon2023:"
@@ -102,45 +103,22 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
         yield from enumerate(fh, 1)
 
 
+def review_row(r: dict[str, Any]) -> ReviewRow:
+    """(user, item, rating, time in ms) of one 2023 review: the product is ``parent_asin``."""
+    u, i, t = r["user_id"], r.get("parent_asin") or r["asin"], r["timestamp"]
+    if not isinstance(u, str) or not isinstance(i, str) or not u or not i:
+        raise TypeError("user_id/parent_asin must be non-empty strings")
+    o = r.get("rating")
+    return u, i, None if o is None else float(o), int(t)
+
+
 def parse_reviews(path: Path, report: ParseReport | None = None) -> tuple[pl.DataFrame, ParseReport]:
-    """Reviews as (reviewer_id, asin, rating, timestamp): user_id, parent_asin, rating, timestamp (ms)."""
-    rep = report or ParseReport(str(path))
-    users: list[str] = []
-    items: list[str] = []
-    ratings: list[float | None] = []
-    times: list[int] = []
-    loads = json.loads
-    for n, line in _text_lines(path):
-        if not line.strip():
-            continue
-        rep.n_lines += 1
-        try:
-            r = loads(line)
-            u, i, t = r["user_id"], r.get("parent_asin") or r["asin"], r["timestamp"]
-            if not isinstance(u, str) or not isinstance(i, str) or not u or not i:
-                raise TypeError("user_id/parent_asin must be non-empty strings")
-            t = int(t)
-            o = r.get("rating")
-            o = None if o is None else float(o)
-        except json.JSONDecodeError as e:
-            rep.bad(n, f"not JSON ({e.msg})")
-            continue
-        except KeyError as e:
-            rep.bad(n, f"missing field {e}")
-            continue
-        except (TypeError, ValueError, AttributeError) as e:
-            rep.bad(n, f"bad value ({e})")
-            continue
-        users.append(u)
-        items.append(i)
-        ratings.append(o)
-        times.append(t)
-    if not users and rep.n_lines and all("'user_id'" in w for _, w in rep.examples):
+    """Reviews as (reviewer_id, asin, rating, timestamp) from user_id, parent_asin, rating, timestamp (ms)."""
+    df, rep = amazon.parse_reviews(path, report, row=review_row, lines=_text_lines)
+    if df.height == 0 and rep.n_lines and all("'user_id'" in w for _, w in rep.examples):
         raise DataError(f"{path}: no line has the 2023 fields (user_id, parent_asin, timestamp); for an Amazon "
                         "2014 file use 'mrdib prepare <category>' without the amazon2023: prefix")
-    return pl.DataFrame({"reviewer_id": pl.Series(users, dtype=pl.Utf8), "asin": pl.Series(items, dtype=pl.Utf8),
-                         "rating": pl.Series(ratings, dtype=pl.Float64),
-                         "timestamp": pl.Series(times, dtype=pl.Int64)}), rep
+    return df, rep
 
 
 def _strings(v: Any) -> list[str]:

@@ -119,8 +119,13 @@ def _read_tsv(path: Path, *, has_header: bool, n_cols: int | None = None) -> pl.
     return df
 
 
-def load_npy_features(path: Path, n_items: int) -> np.ndarray:
-    """A float feature matrix from ``.npy`` without ever unpickling."""
+def load_npy_features(path: Path, n_items: int | None) -> np.ndarray:
+    """A float32 feature matrix from ``.npy`` without ever unpickling (rows checked against ``n_items``)."""
+    return check_vectors(read_npy(path).astype(np.float32), n_items, str(path))
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A numeric ``.npy`` array as stored; a pickled (object) file is refused, never unpickled."""
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -132,7 +137,7 @@ def load_npy_features(path: Path, n_items: int) -> np.ndarray:
         raise DataError(f"{path} is not a readable .npy file ({e})") from None
     if arr.dtype.kind not in "fiu":
         raise DataError(f"{path}: expected a numeric feature matrix, got dtype {arr.dtype}")
-    return check_vectors(arr.astype(np.float32), n_items, str(path))
+    return arr
 
 
 def load_raw_float32(path: Path, dim: int, n_items: int) -> np.ndarray:

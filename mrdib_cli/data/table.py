@@ -124,7 +124,10 @@ def _timestamps(s: pl.Series, path: Path) -> np.ndarray:
         return s.cast(pl.Datetime("ms")).dt.epoch("s").to_numpy()
     num = s.cast(pl.Float64, strict=False)
     if num.null_count() > s.null_count():
-        dt = s.cast(pl.Utf8).str.to_datetime(strict=False)
+        try:
+            dt = s.cast(pl.Utf8).str.to_datetime(strict=False)
+        except pl.exceptions.ComputeError:  # no date format fits any value
+            dt = pl.Series(s.name, [None] * len(s), dtype=pl.Datetime("us"))
         if dt.null_count() > s.null_count():
             first = s.filter(num.is_null() & dt.is_null() & s.is_not_null())[0]
             raise DataError(f"{path}: time column {s.name!r} has {first!r}, neither a number nor an ISO "

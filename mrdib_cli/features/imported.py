@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.data.importers import read_npy
 from mrdib_cli.data.items import item_keys
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.features import store
@@ -41,21 +42,6 @@ class ImportOptions:
             raise UsageError(f"--modality must be one of {', '.join(store.MODALITIES)}, got {self.modality!r}")
         if self.dim is not None and self.dim <= 0:
             raise UsageError("--dim must be positive")
-
-
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower():
-            raise DataError(f"{path} is a pickled .npy (object array); mrdib never unpickles data files: re-save "
-                            "it with np.save(path, np.asarray(vectors, dtype=np.float32))") from None
-        raise DataError(f"{path} is not a readable .npy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path} is not a readable .npy file ({e})") from None
-    if arr.dtype.kind not in "fiu":
-        raise DataError(f"{path}: expected a numeric matrix, got dtype {arr.dtype}")
-    return arr
 
 
 def _load_parquet(path: Path, opts: ImportOptions) -> tuple[np.ndarray, list[str] | None]:
@@ -88,7 +74,7 @@ def load_matrix(path: Path, opts: ImportOptions) -> tuple[np.ndarray, list[str] 
     """The matrix (float64, rows as in the file) and the ids the file itself carries (Parquet only)."""
     ext = path.suffix.lower()
     if ext == ".npy":
-        arr, ids = _load_npy(path), None
+        arr, ids = read_npy(path), None
     elif ext in (".parquet", ".pq"):
         arr, ids = _load_parquet(path, opts)
     else:  # headerless float32 rows (RecBole/UniSRec .feat*CLS, numpy tofile)
