@@ -78,7 +78,8 @@ def generate(out: Path, seed: int = 0) -> dict[str, Path]:
 
     def metas():
         for i in rng.permutation(N_ITEMS * (1 + META_FACTOR)).tolist():
-            yield {"main_category": "Baby", "title": _text(rng, 8), "average_rating": round(float(rng.uniform(1, 5)), 1),
+            yield {"main_category": "Baby", "title": _text(rng, 8),
+                   "average_rating": round(float(rng.uniform(1, 5)), 1),
                    "rating_number": int(rng.integers(1, 5000)), "features": [_text(rng, 8) for _ in range(4)],
                    "description": [_text(rng, 30)], "price": round(float(rng.uniform(3, 90)), 2),
                    "images": [_image(rng, i * 10 + k, "MAIN" if k == 0 else f"PT0{k}") for k in range(4)],

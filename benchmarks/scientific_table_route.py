@@ -18,7 +18,7 @@ then runs, with --threads 1 and the same --seed on both routes,
 and prints both test Recall@20 and their difference. Both routes train on the imported CLIP image table
 and the MiniLM text table made by extract-features (newest text table), so they see the same inputs.
 
-    python benchmarks/scientific_table_route.py [--out DIR] [--seed 1] [--epochs N] [--json]
+    python benchmarks/scientific_table_route.py [--out DIR] [--seed 1] [--epochs N] [--shuffle SEED] [--json]
 """
 
 from __future__ import annotations
@@ -48,8 +48,12 @@ def _index(path: Path) -> list[str]:
     return out
 
 
-def write_user_files(out: Path) -> dict[str, Path]:
-    """The CSV, the two .npy matrices, the row ids and the item texts, from the RecBole release."""
+def write_user_files(out: Path, shuffle: int | None = None) -> dict[str, Path]:
+    """The CSV, the two .npy matrices, the row ids and the item texts, from the RecBole release.
+
+    ``shuffle`` (a seed) writes the CSV rows in random order: users and items are then numbered differently
+    from the RecBole route, so the features only land on the right items through the ids file.
+    """
     out.mkdir(parents=True, exist_ok=True)
     items, users = _index(SRC / "Scientific.item2index"), _index(SRC / "Scientific.user2index")
     lines = ["user,item,timestamp,split"]
@@ -60,6 +64,9 @@ def write_user_files(out: Path) -> dict[str, Path]:
         for pos, i in enumerate(seq):
             split = "test" if pos == len(seq) - 1 else "valid" if pos == len(seq) - 2 else "train"
             lines.append(f"{users[int(u)]},{items[i]},{pos},{split}")
+    if shuffle is not None:
+        body = lines[1:]
+        lines = lines[:1] + [body[k] for k in np.random.default_rng(shuffle).permutation(len(body))]
     (out / "interactions.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     for name, fname in (("text", "Scientific.feat1CLS"), ("image", "Scientific.feat3CLS")):
         np.save(out / f"{name}.npy", np.fromfile(SRC / fname, dtype=np.float32).reshape(-1, 512))
@@ -97,12 +104,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="where the generated files and workdirs go (/tmp)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=None, help="cap training (default: early stopping)")
+    ap.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="write the CSV rows in random order (tests the id alignment; numbering then differs)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if not SRC.is_dir():
         raise SystemExit(f"{SRC} not found (set MRDIB_SHARED_DATA)")
     out = a.out or Path(tempfile.mkdtemp(prefix="mrdib-sci-route-"))
-    files = write_user_files(out / "files")
+    files = write_user_files(out / "files", a.shuffle)
     wa, wb = out / "wd-recbole", out / "wd-table"
     mrdib(wa, "import", "recbole", str(SRC), "--name", "sci")
     a_res = train_eval(wa, "a", a.seed, a.epochs)
@@ -113,7 +122,8 @@ def main() -> None:
               "--model", f"clip-{m}-missrec")
     mrdib(wb, "items", "attach", str(files["items.jsonl"]))
     b_res = train_eval(wb, "b", a.seed, a.epochs)
-    report = {"seed": a.seed, "epochs_cap": a.epochs, "recbole_route": a_res, "table_route": b_res,
+    report = {"seed": a.seed, "epochs_cap": a.epochs, "shuffled_rows": a.shuffle, "recbole_route": a_res,
+              "table_route": b_res,
               "abs_diff_recall@20": round(abs(a_res["test_recall@20"] - b_res["test_recall@20"]), 4),
               "files": str(out)}
     print(json.dumps(report, indent=2) if a.json else

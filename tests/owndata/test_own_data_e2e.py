@@ -70,7 +70,8 @@ def test_coverage_reasons_printed_stored_and_named_in_the_error(tmp_path: Path, 
     rc, _, err = run_cli("extract-features", "--modality", "text", "--device", "cpu")
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert rc == 1 and "Traceback" not in err
-    assert "no item has a usable text input" in lines[-1] and "8 items: no title/brand/categories/description" in lines[-1]
+    assert "no item has a usable text input" in lines[-1]
+    assert "8 items: no title/brand/categories/description" in lines[-1]
     assert "prod" in lines[-1] and "mrdib items attach" in lines[-1]  # example items and the fix
     part = tmp_path / "part.csv"
     pl.DataFrame({"item": ["prod0", "prod1", "prod2", "prod4", "prod5"], "title": ["a", "b", "c", "d", "e"]}
