@@ -19,7 +19,7 @@ from mrdib_cli.errors import UsageError
 from mrdib_cli.features.store import list_tables
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
 
-CARRIED = ("image_dir", "timestamp_kind", "demo")
+CARRIED = ("image_dir", "timestamp_kind", "timestamp_unit", "items_attached", "demo")
 
 
 def resplit(ws: Workspace, source: str | None, new_name: str, scheme: str, seed: int, *,

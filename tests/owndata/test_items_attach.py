@@ -62,6 +62,12 @@ def test_csv_named_columns_image_paths_and_dir(tmp_path: Path, workdir: Path) ->
     assert _asin_to(h, "title")["sku1"] == "Jug"
     assert _asin_to(h, "image_path")["sku0"] == str((tmp_path / "pics" / "a.png").resolve())
     assert h.card["image_dir"] == str((tmp_path / "pics").resolve())
+    from mrdib_cli.data.resplit import resplit
+
+    _, card = resplit(ws, "shop", "shop-loo", "loo", 1)  # a re-split keeps the attached items and images
+    h2 = DatasetHandle.open(ws, "shop-loo")
+    assert h2.items.equals(h.items) and card["image_dir"] == h.card["image_dir"]
+    assert card["items_attached"]["matched_items"] == 2
 
 
 def test_cli_errors_and_import_items_option(tmp_path: Path, workdir: Path, run_cli) -> None:
