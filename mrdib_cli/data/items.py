@@ -37,13 +37,40 @@ DEFAULT_COLUMNS: dict[str, tuple[str, ...]] = {
 IMAGE_PATH = "image_path"
 
 
-def _pick(df: pl.DataFrame, field: str, given: str | None) -> str | None:
+Catalogue = dict[str, list[Any]]  # column -> values, as read (lists stay lists)
+
+
+def read_catalogue(path: Path) -> Catalogue:
+    """The catalogue's columns. JSON Lines are parsed line by line: a field that is a list on some lines and
+    a string on others (common in scraped catalogues) must stay as given, not be coerced to one type."""
+    if path.suffix.lower() not in (".jsonl", ".ndjson"):
+        df = read_any_table(path)
+        return {c: df[c].to_list() for c in df.columns}
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}: line {n} is not a JSON object")
+            rows.append(obj)
+    if not rows:
+        raise DataError(f"{path}: the catalogue has no rows")
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return {c: [r.get(c) for r in rows] for c in cols}
+
+
+def _pick(cat: Catalogue, field: str, given: str | None) -> str | None:
     if given is not None:
-        if given not in df.columns:
+        if given not in cat:
             raise UsageError(f"--{field.replace('_', '-')} {given!r}: no such column in the catalogue "
-                             f"(columns: {', '.join(df.columns)})")
+                             f"(columns: {', '.join(cat)})")
         return given
-    return next((c for c in DEFAULT_COLUMNS[field] if c in df.columns), None)
+    return next((c for c in DEFAULT_COLUMNS[field] if c in cat), None)
 
 
 def _as_text(v: Any, field: str) -> str | None:
@@ -69,7 +96,7 @@ def item_keys(handle: DatasetHandle) -> list[str]:
     return [str(asins[i]) if asins.get(i) is not None else str(i) for i in range(handle.n_items)]
 
 
-def merge_catalogue(handle: DatasetHandle, cat: pl.DataFrame, columns: dict[str, str | None],
+def merge_catalogue(handle: DatasetHandle, cat: Catalogue, columns: dict[str, str | None],
                     where: str, base: Path) -> tuple[pl.DataFrame, dict[str, Any]]:
     """The new items table and a report (matched, unmatched, per-column coverage)."""
     id_col = _pick(cat, "id", columns.get("id"))
@@ -79,8 +106,8 @@ def merge_catalogue(handle: DatasetHandle, cat: pl.DataFrame, columns: dict[str,
     picked = {f: _pick(cat, f, columns.get(f)) for f in DEFAULT_COLUMNS if f != "id"}
     if not any(picked.values()):
         raise UsageError(f"{where}: none of title, description, categories, brand, image path or URL found "
-                         f"(columns: {', '.join(cat.columns)}); name them with --title COL etc.")
-    ids = [None if v is None else str(v).strip() for v in cat[id_col].cast(pl.Utf8).to_list()]
+                         f"(columns: {', '.join(cat)}); name them with --title COL etc.")
+    ids = [None if v is None else str(v).strip() for v in cat[id_col]]
     dup = pl.Series(ids).drop_nulls().is_duplicated()
     if dup.any():
         raise DataError(f"{where}: item id {pl.Series(ids).drop_nulls().filter(dup)[0]!r} occurs on several "
@@ -100,7 +127,7 @@ def merge_catalogue(handle: DatasetHandle, cat: pl.DataFrame, columns: dict[str,
         if src is None:
             new[col] = prev
             continue
-        vals = cat[src].to_list()
+        vals = cat[src]
         got = [_as_text(vals[r], col) if r is not None else None for r in rows]
         if col == IMAGE_PATH:
             got = [str((base / g).resolve()) if g is not None else None for g in got]
@@ -143,7 +170,7 @@ def attach_items(ws: Workspace, dataset: str | None, path: Path | None, *, colum
     facts: dict[str, Any] = {}
 
     def run() -> dict[str, Any]:
-        table, report = (merge_catalogue(handle, read_any_table(path), columns or {}, str(path), path.parent)
+        table, report = (merge_catalogue(handle, read_catalogue(path), columns or {}, str(path), path.parent)
                          if path is not None else (handle.items, {}))
         card = dict(handle.card)
         if image_dir is not None:

@@ -34,6 +34,7 @@ def test_jsonl_catalogue_with_lists(tmp_path: Path, workdir: Path) -> None:
     cat = tmp_path / "items.jsonl"
     lines = [{"item": f"sku{k}", "title": f"Mug {k}", "description": ["Big.", "Blue."], "store": "Acme",
               "categories": ["Kitchen", "Mugs"], "image_url": f"https://x/{k}.jpg"} for k in range(5)]
+    lines[4]["description"] = "Plain text."  # a list on some lines, a string on others: each kept as given
     lines.append({"item": "not-in-data", "title": "Ghost"})
     cat.write_text("".join(json.dumps(x) + "\n" for x in lines))
     res, rep = attach_items(ws, None, cat)
@@ -41,7 +42,7 @@ def test_jsonl_catalogue_with_lists(tmp_path: Path, workdir: Path) -> None:
     assert rep["matched_items"] == 5 and rep["items_without_row"] == 1 and rep["catalogue_rows_not_in_dataset"] == 1
     h = DatasetHandle.open(ws)
     assert _asin_to(h, "title")["sku3"] == "Mug 3" and _asin_to(h, "title")["sku5"] is None
-    assert _asin_to(h, "description")["sku0"] == "Big. Blue."
+    assert _asin_to(h, "description")["sku0"] == "Big. Blue." and _asin_to(h, "description")["sku4"] == "Plain text."
     assert json.loads(_asin_to(h, "categories")["sku1"]) == ["Kitchen", "Mugs"]
     texts = dict(zip(h.items["asin"].to_list(), build_texts(h.items, n_items=h.n_items)))
     assert texts["sku2"] == "Mug 2 Acme Kitchen Mugs Big. Blue." and texts["sku5"] == ""
