@@ -68,7 +68,7 @@ def render(res: dict) -> str:
         f"extract-features, the imported CLIP image table, LGMRec, seed {s['seed']}, 1 thread, test at the "
         "best-validation epoch.", "",
         md_table(["route", "test R@20", "train s"], rows), "",
-        f"|difference| = {s['abs_diff_recall@20']:.4f} (acceptance: within 0.01).", "",
+        f"Absolute difference in test R@20: {s['abs_diff_recall@20']:.4f} (acceptance: within 0.01).", "",
         f"**(b) `mrdib prepare amazon2023:Baby_Products`** on a generated category of Baby's size "
         f"({a['n_raw_reviews']:,} reviews with every 2023 field, metadata for 4x as many products): cold build "
         f"{a['wall_s']:.2f} s wall, {a['peak_rss_mib']:,} MiB peak RSS; {a['n_users']:,} users, "
