@@ -382,6 +382,7 @@ def import_dataset(ws: Workspace, fmt: str, directory: Path, name: str, *, force
         return {"n_interactions": card["n_interactions"]}
 
     with discard_if_unpublished(ds_dir):
-        res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
+        res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
+                          lock_path=ws.lock("dataset", name))
     ws.set_active_dataset(name)
     return res, read_json(ds_dir / "dataset.json")

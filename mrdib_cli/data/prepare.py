@@ -166,6 +166,7 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
     # a build killed while swapping files in leaves a marker: never trust that folder's manifest
     force = force or (ds_dir / PUBLISHING).exists()
     with discard_if_unpublished(ds_dir):
-        res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
+        res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
+                          lock_path=ws.lock("dataset", name))
     ws.set_active_dataset(name)
     return res, read_json(ds_dir / "dataset.json")
