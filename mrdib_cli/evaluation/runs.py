@@ -75,9 +75,23 @@ class Run:
             with np.load(p, allow_pickle=False) as z:
                 if "user" not in z or "item" not in z:
                     raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
+                self._check_epoch(p, int(z["epoch"]) if "epoch" in z.files else None)
                 return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: unreadable ({type(e).__name__}); retrain the run") from None
+
+    def _check_epoch(self, path: Path, epoch: int | None) -> None:
+        """Embeddings must be those of the epoch results.json reports (a crash can leave them one ahead)."""
+        res = self.dir / "results.json"
+        if epoch is None or not res.exists():
+            return
+        try:
+            best = read_json(res).get("best_epoch")
+        except (OSError, ValueError, AttributeError):
+            return
+        if best and int(best) != epoch:
+            raise DataError(f"{path} holds epoch {epoch} but results.json reports epoch {best}; rewrite them with "
+                            f"'mrdib train --resume --run-name {self.name}'")
 
     @property
     def seed(self) -> Any:
