@@ -124,6 +124,35 @@ def test_arrow_panic_is_one_line(demo_wd: Path) -> None:
     one_line_error(p, "interactions.parquet", code=1)
 
 
+# ------------------------------------------------------------------------------------------- 5. result sets
+def test_eval_with_other_k_never_touches_training_time_results(demo_wd: Path) -> None:
+    ok(mrdib(demo_wd, *TRAIN))
+    ok(mrdib(demo_wd, *TRAIN[:-1], "r2", "--seed", "2"))
+    run = demo_wd / "runs" / "r"
+    before = snapshot(run)
+    killed(mrdib(demo_wd, "eval", "--run", "r", "--k", "5", "30", fault=at_rename(2, match="runs")))
+    assert_intact(before, run)
+    ok(mrdib(demo_wd, "eval", "--run", "r", "--k", "5", "30"))
+    assert_intact(before, run)
+    saved = json.loads((run / "eval-test.k-5-30.json").read_text())
+    assert saved["protocol"]["ks"] == [5, 30]
+    ok(mrdib(demo_wd, "compare", "r", "r2"))
+
+
+def test_torn_result_set_is_never_read_as_one(demo_wd: Path) -> None:
+    """Killed between the renames of the final test evaluation of a resumed run: per_user-test.parquet is
+    the new epoch's, eval-test.json the old one's. compare must not pair them."""
+    ok(mrdib(demo_wd, *TRAIN, "--epochs", "2"))
+    ok(mrdib(demo_wd, *TRAIN[:-1], "r2", "--seed", "2"))
+    killed(mrdib(demo_wd, *TRAIN, "--resume", fault=at_rename(1, match="topk-test")))
+    one_line_error(mrdib(demo_wd, "compare", "r", "r2"), "--resume")
+    ok(mrdib(demo_wd, *TRAIN, "--resume"))
+    ok(mrdib(demo_wd, "compare", "r", "r2"))
+    run = demo_wd / "runs" / "r"
+    saved = json.loads((run / "eval-test.json").read_text())
+    assert saved["metrics"] == json.loads((run / "results.json").read_text())["test"]
+
+
 # ------------------------------------------------------------------------------------------- 6. replacing publish
 @pytest.mark.parametrize("swap", ["exchange", "two-renames"])
 def test_replacing_import_never_leaves_the_name_empty(workdir: Path, tmp_path: Path, swap: str) -> None:
