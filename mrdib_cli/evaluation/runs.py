@@ -20,6 +20,7 @@ import numpy as np
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
+from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, read_json
 
 
@@ -115,13 +116,8 @@ class Run:
         return name
 
     def saved_result(self, tag: str) -> dict[str, Any] | None:
-        p = self.dir / f"eval-{tag}.json"
-        if not p.exists() or not (self.dir / f"per_user-{tag}.parquet").exists():
-            return None
-        try:
-            return read_json(p)
-        except (OSError, json.JSONDecodeError):
-            return None
+        """The saved evaluation of ``tag`` when its files are one intact unit (else None: evaluate again)."""
+        return read_index(self.dir / f"eval-{tag}.json")
 
 
 def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
