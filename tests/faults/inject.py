@@ -93,7 +93,7 @@ def install(spec: dict) -> None:
         if hit and action == "devfull":  # (fd, path) of mkstemp: the writer will open /dev/full
             os.unlink(result[1])
             os.symlink("/dev/full", result[1])
-        if hit and when == "after":
+        if hit and when == "after" and action != "devfull":
             _act(action, args)
         return result
 
