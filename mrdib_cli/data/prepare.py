@@ -40,6 +40,8 @@ class PrepareOptions:
     def validate(self) -> None:
         if self.k_core < 1:
             raise UsageError("--k-core must be >= 1")
+        if self.seed < 0:  # numpy's generators take only non-negative seeds
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if self.split not in ("mmrec", "temporal"):
             raise UsageError(f"--split must be 'mmrec' or 'temporal', got '{self.split}'")
         if not 0.0 <= self.max_malformed <= 1.0:
