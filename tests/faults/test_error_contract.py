@@ -46,21 +46,6 @@ def test_file_size_limit_inside_torch_save(demo_wd: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- options and config
-@pytest.mark.parametrize("content,needle", [
-    ("train: [1, 2]\n", "train"),
-    ("hparams: 3\n", "hparams"),
-    ("train:\n  ks: [ten]\n", "ks"),
-    ("train:\n  epochs: true\n", "epochs"),
-    ("hparams:\n  n_layers: -3\n", "n_layers"),
-    ("hparams:\n  n_layers: true\n", "n_layers"),
-])
-def test_invalid_config_values_are_usage_errors(demo_wd: Path, tmp_path: Path, content: str, needle: str) -> None:
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(content)
-    one_line_error(mrdib(demo_wd, "train", "-b", "lightgcn", "--config", str(cfg)), needle, code=2)
-    assert not (demo_wd / "runs").exists() or not list((demo_wd / "runs").iterdir())
-
-
 @pytest.mark.parametrize("args,needle", [
     (["train", "-b", "lightgcn", "--lr", "nan"], "lr"),
     (["train", "-b", "lightgcn", "--set", "train.weight_decay=inf"], "weight_decay"),
