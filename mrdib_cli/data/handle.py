@@ -60,7 +60,8 @@ def verified(path: Path, base: Path, steps: dict[str, str] | None = None, *, dig
     if found is not None and found[1] != digest:
         step, _ = found
         fix = (steps or {}).get(step) or _REBUILD.get(step.split("-")[0], "rebuild it")
-        raise DataError(f"{path} does not match its manifest (changed since '{step}' wrote it); {fix}")
+        raise DataError(f"{path} does not match its manifest (changed since '{step}' wrote it, or that step was "
+                        f"interrupted); {fix}")
     return digest
 
 
