@@ -55,7 +55,7 @@ def test_concurrent_imports_share_one_lock(workdir: Path, tmp_path: Path) -> Non
 def test_lock_message_does_not_advise_deleting_a_live_lock(demo_wd: Path, tmp_path: Path) -> None:
     marker = tmp_path / "a-inside"
     a = start_forked(demo_wd, *TRAIN, MRDIB_TEST_FAULT_MARKER=str(marker),
-                     fault={"target": "mrdib_cli.training.sampler.BPRSampler.epoch", "action": "sleep:4"})
+                     fault={"target": "mrdib_cli.training.sampler.BPRSampler.epoch", "action": "sleep:8"})
     _wait_for(marker)
     msg = one_line_error(mrdib(demo_wd, *TRAIN, "--force"), "being written", code=1)
     assert "remove" not in msg.lower() and "delete" not in msg.lower(), msg
