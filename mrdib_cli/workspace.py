@@ -122,25 +122,24 @@ def file_lock(lock_path: str | os.PathLike, *, wait: bool = True, timeout: float
     """Exclusive advisory lock (fcntl) so two processes never write the same artefact.
 
     With ``wait`` the caller blocks until the lock is free (up to ``timeout`` seconds); otherwise a
-    :class:`LockedError` says which process holds it.
+    :class:`LockedError` says which process holds it. A lock whose file was unlinked or replaced while we
+    waited (a folder swapped away, ``cache gc``) no longer excludes anyone, so it is taken again on the file
+    now at ``lock_path``.
     """
     lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(lock_path, "a+")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock_path, "a+")
+        try:
+            _acquire(fh, lock_path, wait, deadline, what)
+        except BaseException:
+            fh.close()
+            raise
+        if _same_file(fh, lock_path):
+            break
+        fh.close()  # closing releases the stale lock
     try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not wait or (deadline is not None and time.monotonic() >= deadline):
-                    fh.seek(0)
-                    holder = fh.read().strip() or "another process"
-                    raise LockedError(
-                        f"{what} is being written by {holder}; wait for it to finish or remove {lock_path}"
-                    ) from None
-                time.sleep(0.2)
         fh.seek(0)
         fh.truncate()
         fh.write(f"pid {os.getpid()}")
@@ -150,6 +149,31 @@ def file_lock(lock_path: str | os.PathLike, *, wait: bool = True, timeout: float
         with contextlib.suppress(Exception):
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         fh.close()
+
+
+def _acquire(fh: Any, lock_path: Path, wait: bool, deadline: float | None, what: str) -> None:
+    while True:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if not wait or (deadline is not None and time.monotonic() >= deadline):
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                # flock dies with its holder, so a held lock always has a live owner: never advise
+                # deleting it (a second writer would then run beside the first)
+                raise LockedError(f"{what} is being written by {holder}; wait for it to finish (the lock "
+                                  f"{lock_path} is released when that process ends)") from None
+            time.sleep(0.2)
+
+
+def _same_file(fh: Any, path: Path) -> bool:
+    """Is the locked handle still the file at ``path``?"""
+    try:
+        a, b = os.fstat(fh.fileno()), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 # --------------------------------------------------------------------------------------------- manifest
@@ -212,17 +236,19 @@ def _why_stale(old: Manifest | None, inputs: dict[str, str], params: dict[str, A
 
 def cached_step(step: str, base: str | os.PathLike, inputs: dict[str, str], params: dict[str, Any],
                 run: Callable[[], dict[str, Any] | None], outputs: list[str], *, force: bool = False,
-                manifest_dir: str | os.PathLike | None = None) -> StepResult:
+                manifest_dir: str | os.PathLike | None = None,
+                lock_path: str | os.PathLike | None = None) -> StepResult:
     """Run ``run()`` unless a manifest shows the same inputs/params produced intact outputs.
 
     ``inputs`` maps names to digests (use :func:`path_digest`/:func:`digest_obj`), ``outputs`` are paths
     relative to ``base`` that ``run`` writes (atomically). ``run`` may return extra facts for the manifest.
-    The whole step holds a lock so two processes cannot write the same artefact at once.
+    The whole step holds a lock so two processes cannot write the same artefact at once; a step that
+    publishes by swapping ``base`` away must pass a ``lock_path`` outside it (see :meth:`Workspace.lock`).
     """
     base = Path(base)
     mdir = Path(manifest_dir) if manifest_dir else base / "manifests"
     mpath = mdir / f"{step}.json"
-    with file_lock(mdir / f".{step}.lock", what=f"step '{step}' in {base}"):
+    with file_lock(lock_path or mdir / f".{step}.lock", what=f"step '{step}' in {base}"):
         old = Manifest.from_dict(read_json(mpath)) if mpath.exists() else None
         reason = "--force" if force else _why_stale(old, inputs, params, base)
         if reason is None and old is not None:
@@ -241,6 +267,33 @@ def cached_step(step: str, base: str | os.PathLike, inputs: dict[str, str], para
 
 
 # --------------------------------------------------------------------------------------------- workspace
+def old_copy_prefix(name: str) -> str:
+    """Prefix of the side folder that holds a dataset's previous copy while a replacement is moved in."""
+    return f"{TMP_PREFIX}{name}.old."
+
+
+def restore_old_copy(folder: Path, lock_path: Path) -> bool:
+    """If ``folder`` lost its card between the two renames of a replacement, move the old copy back.
+
+    Done under the dataset's lock, so a replacement that is still running is waited for, not undone.
+    """
+    sides = lambda: sorted(folder.parent.glob(old_copy_prefix(folder.name) + "*"))  # noqa: E731
+    if (folder / "dataset.json").exists() or not folder.parent.exists() or not sides():
+        return False
+    with file_lock(lock_path, what=f"dataset '{folder.name}'"):
+        for side in sides():
+            if (folder / "dataset.json").exists() or not (side / "d" / "dataset.json").exists():
+                continue
+            if folder.exists():  # a half-made folder in the way holds nothing published
+                import shutil
+
+                shutil.rmtree(folder)
+            os.replace(side / "d", folder)
+            side.rmdir()
+            return True
+    return False
+
+
 def check_name(name: str, what: str = "name") -> str:
     """Names become directory names: refuse anything that could escape the workdir."""
     if not NAME_RE.match(name or "") or ".." in name:
@@ -286,6 +339,10 @@ class Workspace:
                 return {}
         return {}
 
+    def lock(self, kind: str, name: str) -> Path:
+        """Lock file of one ``kind`` of artefact (``dataset``, ``run``...), outside anything that is swapped."""
+        return self.root / ".locks" / f"{kind}-{check_name(name)}.lock"
+
     def _update_state(self, **changes: Any) -> None:
         with file_lock(self.root / ".locks" / "state.lock", what="the workdir state"):
             st = self.state()
@@ -313,6 +370,7 @@ class Workspace:
             if name is None:
                 raise MissingInputError(
                     f"no active dataset in {self.root}; run 'mrdib prepare demo' (or prepare/import one) first")
+        restore_old_copy(self.dataset_dir(name), self.lock("dataset", name))
         if not (self.dataset_dir(name) / "dataset.json").exists():
             have = ", ".join(self.datasets()) or "none"
             raise MissingInputError(f"dataset '{name}' not found in {self.root} (available: {have})")

@@ -10,6 +10,7 @@ import errno
 import importlib
 import os
 import pkgutil
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -46,7 +47,10 @@ _WRITE_ERRNOS = {
     errno.EPERM: "make the workdir writable or point --workdir/MRDIB_HOME elsewhere",
     errno.EROFS: "the file system is read-only; point --workdir/MRDIB_HOME at a writable one",
     errno.ENOTDIR: "a path component is a file; point --workdir/MRDIB_HOME at a directory",
+    errno.EFBIG: "a file outgrew the file-size limit; raise it ('ulimit -f') or point --workdir/MRDIB_HOME elsewhere",
 }
+# Rust-backed libraries (polars) report an OS error only inside their message
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
 # Help lists commands (and their panels) in pipeline order; modules not named here follow alphabetically.
 _ORDER = ["quickstart", "run", "prepare", "importers", "features", "graph", "train", "evaluate", "diagnose",
           "sweep", "report", "doctor", "backbones", "cache"]
@@ -147,20 +151,40 @@ def _run(argv: list[str] | None) -> None:
     except OSError as e:
         if e.errno not in _WRITE_ERRNOS:
             _bug(e, verbose)
-        if verbose:
-            err.print_exception()
-        where = escape(f"{e.filename}: ") if e.filename else ""
-        err.print(f"[red]error:[/red] {where}{e.strerror}; {_WRITE_ERRNOS[e.errno]} (finished artefacts are "
-                  "untouched; rerun afterwards)", highlight=False)
-        sys.exit(EXIT_RUNTIME)
-    except Exception as e:  # a bug
+        _write_failure(e.errno, e.strerror, e.filename, verbose)
+    except Exception as e:  # a bug, or an OS error wrapped by a Rust library
+        code = _wrapped_errno(e)
+        if code is None:
+            _bug(e, verbose)
+        _write_failure(code, os.strerror(code), None, verbose)
+    except BaseException as e:  # pyo3's PanicException (a corrupt Arrow/Parquet file) is a BaseException
+        if type(e).__name__ != "PanicException":
+            raise
         _bug(e, verbose)
 
 
-def _bug(e: Exception, verbose: bool) -> None:
+def _wrapped_errno(e: Exception) -> int | None:
+    """The errno of a disk-full/permission failure that a library reported only in its message."""
+    m = _OS_ERROR_RE.search(str(e))
+    code = int(m.group(1)) if m else None
+    return code if code in _WRITE_ERRNOS else None
+
+
+def _write_failure(code: int, strerror: str, filename: str | None, verbose: bool) -> None:
+    """One line naming the failure (ENOSPC, EFBIG, EACCES...) and its fix; exit code 1."""
+    if verbose:
+        err.print_exception()
+    where = escape(f"{filename}: ") if filename else ""
+    err.print(f"[red]error:[/red] {where}{strerror} ({errno.errorcode.get(code, code)}); {_WRITE_ERRNOS[code]} "
+              "(finished artefacts are untouched; rerun afterwards)", highlight=False)
+    sys.exit(EXIT_RUNTIME)
+
+
+def _bug(e: BaseException, verbose: bool) -> None:
     """An unexpected exception: one line; the traceback only with --verbose."""
     if verbose:
         raise e
-    err.print(f"[red]error:[/red] {type(e).__name__}: {escape(str(e))} (rerun with --verbose for the traceback)",
+    first = (str(e).strip().splitlines() or [""])[0]
+    err.print(f"[red]error:[/red] {type(e).__name__}: {escape(first)} (rerun with --verbose for the traceback)",
               highlight=False)
     sys.exit(EXIT_RUNTIME)

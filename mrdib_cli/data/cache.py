@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrdib_cli.workspace import TMP_PREFIX, Workspace, read_json
+from mrdib_cli.errors import UsageError
+from mrdib_cli.workspace import TMP_PREFIX, Workspace, read_json, restore_old_copy
 
 
 @dataclass
@@ -109,6 +110,16 @@ def _unheld_lock(p: Path) -> bool:
         return False
 
 
+def _restore_old_copies(ws: Workspace) -> None:
+    """Move back previous dataset copies whose replacement was interrupted before it was moved in."""
+    if not ws.datasets_dir.exists():
+        return
+    for side in ws.datasets_dir.glob(f"{TMP_PREFIX}*.old.*"):
+        name = side.name[len(TMP_PREFIX):].rsplit(".old.", 1)[0]
+        with contextlib.suppress(UsageError):  # not a dataset name: not one of ours
+            restore_old_copy(ws.dataset_dir(name), ws.lock("dataset", name))
+
+
 def find_garbage(ws: Workspace, *, min_age: float = 600.0, keep_partial: bool = False) -> list[tuple[Path, str]]:
     """(path, reason) of everything ``gc`` would remove."""
     root = ws.root
@@ -117,6 +128,7 @@ def find_garbage(ws: Workspace, *, min_age: float = 600.0, keep_partial: bool = 
     now = time.time()
     old = lambda p: now - p.stat().st_mtime >= min_age  # noqa: E731
     out: list[tuple[Path, str]] = []
+    _restore_old_copies(ws)  # the only copy of a dataset is never garbage
     for p in root.rglob(f"{TMP_PREFIX}*"):
         if old(p) and not any(q.name.startswith(TMP_PREFIX) for q in p.parents if q != root):
             out.append((p, "temp file of an interrupted write"))

@@ -8,6 +8,7 @@ place (``os.replace``), so an interrupted step never leaves a half-written datas
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from mrdib_cli import __version__
 from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, PUBLISHING, SPLITS, USERS
 from mrdib_cli.errors import DataError
 from mrdib_cli.features.store import table_path, write_feature_table
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text, old_copy_prefix
 
 ITEM_TEXT_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
@@ -148,10 +149,7 @@ def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, user
         atomic_write_json(stage / CARD, card)
         if replace_folder or not ds_dir.exists():
             if ds_dir.exists():
-                old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{ds_dir.name}.old.", dir=ds_dir.parent))
-                os.replace(ds_dir, old / "d")
-                os.replace(stage, ds_dir)
-                shutil.rmtree(old, ignore_errors=True)
+                _swap_in(stage, ds_dir)
             else:
                 os.replace(stage, ds_dir)
         else:
@@ -165,6 +163,37 @@ def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, user
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _swap_in(stage: Path, ds_dir: Path) -> None:
+    """Put ``stage`` at ``ds_dir`` so that the name is never empty, then drop the old folder.
+
+    Linux swaps the two names in one step (``renameat2(RENAME_EXCHANGE)``). Elsewhere the old folder is
+    first moved to a recognisable side copy (:func:`~mrdib_cli.workspace.old_copy_prefix`), which
+    ``Workspace.resolve_dataset`` and ``cache gc`` move back if a crash came before the new one arrived.
+    """
+    try:
+        _exchange(stage, ds_dir)
+    except OSError:
+        old = Path(tempfile.mkdtemp(prefix=old_copy_prefix(ds_dir.name), dir=ds_dir.parent))
+        os.replace(ds_dir, old / "d")
+        os.replace(stage, ds_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        shutil.rmtree(stage, ignore_errors=True)  # it now holds the old folder
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically exchange two paths (Linux >= 3.15, glibc >= 2.28); OSError where unsupported."""
+    import ctypes
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available")
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(b))
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+from polars.exceptions import PanicException
 
 from mrdib_cli.errors import DataError, MissingInputError
 from mrdib_cli.features.store import FeatureTable, read_feature_table, select_table
@@ -30,12 +31,53 @@ CARD = "dataset.json"
 PUBLISHING = ".publishing"
 
 
+# the steps that write a dataset's core files, and what a user runs to rebuild them
+BUILD_STEPS = {"prepare": "re-run the prepare command that built it", "import": "re-run the import",
+               "resplit": "re-run the resplit"}
+_REBUILD = {"features": "re-run 'mrdib extract-features' with --force", "graph": "re-run 'mrdib build-graph --force'",
+            **BUILD_STEPS}
+
+
 def _read_parquet(path: Path) -> pl.DataFrame:
     """A dataset table, or a one-line DataError when the file is damaged (truncated copy, bit rot)."""
     try:
         return pl.read_parquet(path)
-    except Exception as e:  # polars raises several error types for corrupt files
+    except (Exception, PanicException) as e:  # several error types; a Rust panic is a BaseException
         raise DataError(f"cannot read {path} ({type(e).__name__}); re-run prepare/import") from None
+
+
+def verified(path: Path, base: Path, steps: dict[str, str] | None = None, *, digest: str | None = None) -> str:
+    """The content digest of ``path`` after checking it against the manifest of the step that wrote it.
+
+    Parquet has no checksum that readers check, so a flipped bit can read as different, valid-looking
+    data; the digest each step records in ``<base>/manifests/<step>.json`` catches it. Folders without
+    manifests (written by hand or by older versions) are trusted as they are. ``steps`` narrows the
+    manifests consulted and names the fix; ``digest`` skips recomputing a known one.
+    """
+    rel = str(path.relative_to(base))
+    digest = digest or file_digest(path)
+    found = _recorded(base, rel, steps)
+    if found is not None and found[1] != digest:
+        step, _ = found
+        fix = (steps or {}).get(step) or _REBUILD.get(step.split("-")[0], "rebuild it")
+        raise DataError(f"{path} does not match its manifest (changed since '{step}' wrote it, or that step was "
+                        f"interrupted); {fix}")
+    return digest
+
+
+def _recorded(base: Path, rel: str, steps: dict[str, str] | None) -> tuple[str, str] | None:
+    """(step, digest) of the newest manifest in ``base/manifests`` that lists ``rel`` among its outputs."""
+    best: tuple[float, str, str] | None = None
+    for m in (base / "manifests").glob("*.json"):
+        if steps is not None and m.stem not in steps:
+            continue
+        try:
+            outs, when = read_json(m).get("outputs") or {}, m.stat().st_mtime
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(outs, dict) and rel in outs and (best is None or when > best[0]):
+            best = (when, m.stem, str(outs[rel]))
+    return None if best is None else best[1:]
 
 
 class DatasetHandle:
@@ -57,6 +99,7 @@ class DatasetHandle:
         self.n_users: int = int(self.card["n_users"])
         self.n_items: int = int(self.card["n_items"])
         self._features: dict[tuple[str, str | None], FeatureTable] = {}
+        self._digests: dict[Path, str] = {}
 
     @classmethod
     def open(cls, workspace: Workspace, name: str | None = None) -> DatasetHandle:
@@ -67,6 +110,7 @@ class DatasetHandle:
     @cached_property
     def interactions(self) -> pl.DataFrame:
         path = self.dir / INTERACTIONS
+        verified(path, self.dir, BUILD_STEPS, digest=self.digest)
         df = _read_parquet(path)
         if df.height and (df["user_idx"].max() >= self.n_users or df["item_idx"].max() >= self.n_items):
             raise DataError(f"{path}: indices exceed the counts in dataset.json; re-run prepare/import")
@@ -99,12 +143,22 @@ class DatasetHandle:
     @cached_property
     def items(self) -> pl.DataFrame:
         p = self.dir / ITEMS
-        return _read_parquet(p) if p.exists() else pl.DataFrame({"item_idx": np.arange(self.n_items)})
+        return self._table(p) if p.exists() else pl.DataFrame({"item_idx": np.arange(self.n_items)})
 
     @cached_property
     def users(self) -> pl.DataFrame:
         p = self.dir / USERS
-        return _read_parquet(p) if p.exists() else pl.DataFrame({"user_idx": np.arange(self.n_users)})
+        return self._table(p) if p.exists() else pl.DataFrame({"user_idx": np.arange(self.n_users)})
+
+    def _table(self, path: Path) -> pl.DataFrame:
+        verified(path, self.dir, BUILD_STEPS)
+        return _read_parquet(path)
+
+    def content_digest(self, path: Path) -> str:
+        """Digest of a file of this dataset, verified against its manifest; computed once per handle."""
+        if path not in self._digests:
+            self._digests[path] = verified(path, self.dir)
+        return self._digests[path]
 
     # features -------------------------------------------------------------------------------
     def feature_path(self, modality: str, name: str | None = None) -> Path | None:
@@ -119,6 +173,7 @@ class DatasetHandle:
                 raise MissingInputError(
                     f"dataset '{self.name}' has no {modality} features; run 'mrdib extract-features' "
                     "or import a dataset that has them")
+            self.content_digest(path)
             self._features[key] = read_feature_table(path, n_items=self.n_items)
         return self._features[key]
 

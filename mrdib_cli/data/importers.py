@@ -169,6 +169,10 @@ def read_mmrec(d: Path) -> ImportData:
     need = {"userID", "itemID", "x_label"}
     if not need <= set(df.columns):
         raise DataError(f"{path}: header must contain {sorted(need)}, found {df.columns}")
+    for col in ("userID", "itemID", "x_label"):
+        if df[col].null_count():
+            row = int(df[col].is_null().arg_max()) + 2  # 1-based, after the header
+            raise DataError(f"{path}: empty {col} on line {row}; every row needs an integer {col}")
     try:
         users = df["userID"].cast(pl.Int64).to_numpy()
         items = df["itemID"].cast(pl.Int64).to_numpy()
@@ -200,6 +204,22 @@ def read_mmrec(d: Path) -> ImportData:
 
 
 # ------------------------------------------------------------------------------------------- LATTICE
+def _int_id(x: object) -> int:
+    """An id as written by LATTICE: an integer or its decimal string (JSON keys are strings). Anything else
+    (4.7, true, {"4": 1}) is refused: int() would silently turn it into another id."""
+    if isinstance(x, int) and not isinstance(x, bool):
+        return x
+    if isinstance(x, str) and x.strip().isdigit():
+        return int(x)
+    raise ValueError(f"id {x!r} is not an integer")
+
+
+def _id_list(v: object) -> list:
+    if not isinstance(v, list):
+        raise TypeError(f"expected a list of item ids, got {v!r}")
+    return v
+
+
 def read_lattice(d: Path) -> ImportData:
     """LATTICE-style ``train.json``/``val.json``/``test.json`` (``{"user": [items]}``)."""
     d = _require_dir(d)
@@ -210,8 +230,8 @@ def read_lattice(d: Path) -> ImportData:
             raise MissingInputError(f"{d}: {fname} missing (LATTICE format needs train.json, val.json, test.json)")
         try:
             obj = json.loads(p.read_text(encoding="utf-8"))
-            us = np.array([int(u) for u in obj for _ in obj[u]], dtype=np.int64)
-            its = np.array([int(i) for u in obj for i in obj[u]], dtype=np.int64)
+            us = np.array([_int_id(u) for u in obj for _ in _id_list(obj[u])], dtype=np.int64)
+            its = np.array([_int_id(i) for u in obj for i in _id_list(obj[u])], dtype=np.int64)
         except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
             raise DataError(f"{p}: expected {{\"user_id\": [item_id, ...]}} with integer ids ({e})") from None
         parts_u.append(us)
@@ -396,6 +416,7 @@ def publish_import(ws: Workspace, name: str, inputs: dict[str, str], params: dic
         return {"n_interactions": card["n_interactions"]}
 
     with discard_if_unpublished(ds_dir):
-        res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
+        res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
+                          lock_path=ws.lock("dataset", name))
     ws.set_active_dataset(name)
     return res, read_json(ds_dir / "dataset.json")

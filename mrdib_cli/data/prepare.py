@@ -40,6 +40,8 @@ class PrepareOptions:
     def validate(self) -> None:
         if self.k_core < 1:
             raise UsageError("--k-core must be >= 1")
+        if self.seed < 0:  # numpy's generators take only non-negative seeds
+            raise UsageError(f"--seed must be >= 0, got {self.seed}")
         if self.split not in ("mmrec", "temporal"):
             raise UsageError(f"--split must be 'mmrec' or 'temporal', got '{self.split}'")
         if not 0.0 <= self.max_malformed <= 1.0:
@@ -184,6 +186,7 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
     # a build killed while swapping files in leaves a marker: never trust that folder's manifest
     force = force or (ds_dir / PUBLISHING).exists()
     with discard_if_unpublished(ds_dir):
-        res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
+        res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
+                          lock_path=ws.lock("dataset", name))
     ws.set_active_dataset(name)
     return res, read_json(ds_dir / "dataset.json")

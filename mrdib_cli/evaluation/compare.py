@@ -78,7 +78,7 @@ def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str =
     """Saved results of each run under the protocol tag; runs without them are evaluated (and saved) now."""
     if len(set(names)) != len(names):
         raise UsageError("a run is listed twice; list each run once")
-    tag = result_tag(split, mask, index)
+    tag = result_tag(split, mask, index, ks)
     evals = []
     for name in names:
         run = Run.open(ws, name)

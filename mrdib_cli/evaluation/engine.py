@@ -24,7 +24,8 @@ from mrdib_cli.errors import DataError, UsageError
 from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average, metric_names,
                                           parse_ks, per_user_metrics)
 from mrdib_cli.evaluation.topk import INDEX_KINDS, ItemIndex, RowKeys, exact_rows, masked_topk
-from mrdib_cli.workspace import atomic_path, atomic_write_json, digest_obj
+from mrdib_cli.publish import write_index
+from mrdib_cli.workspace import atomic_path, digest_obj
 
 if TYPE_CHECKING:
     from mrdib_cli.data.handle import DatasetHandle
@@ -33,17 +34,24 @@ MASKS: dict[str, tuple[str, ...]] = {"train": ("train",), "train+valid": ("train
 SPLITS = ("valid", "test")
 
 
-def result_tag(split: str, mask: str = "train", index: str = "flat") -> str:
-    """File tag of saved results: the bare split for the default protocol, else e.g. ``test.mask-train+valid``.
+DEFAULT_KS = (10, 20)
 
-    Results of non-default protocols thus never overwrite the default ones (which the trainer writes and
-    ``compare`` reads by default).
+
+def result_tag(split: str, mask: str = "train", index: str = "flat", ks: tuple[int, ...] | list[int] = DEFAULT_KS
+               ) -> str:
+    """File tag of saved results: the bare split for the default protocol, else e.g. ``test.mask-train+valid``
+    or ``test.k-5-50``.
+
+    Results of non-default protocols or cut-offs thus never overwrite the default ones (which the trainer
+    writes and ``compare`` reads by default).
     """
     tag = split
     if mask != "train":
         tag += f".mask-{mask}"
     if index != "flat":
         tag += f".index-{index}"
+    if tuple(sorted(ks)) != DEFAULT_KS:
+        tag += ".k-" + "-".join(str(k) for k in sorted(ks))
     return tag
 
 
@@ -60,7 +68,7 @@ class Protocol:
 
     split: str | None = None
     mask: str = "train"
-    ks: tuple[int, ...] = (10, 20)
+    ks: tuple[int, ...] = DEFAULT_KS
     metrics: tuple[str, ...] = METRICS
     index: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -142,13 +150,16 @@ class EvalResult:
         return d
 
     def save(self, run_dir: str | Path, split: str | None = None) -> dict[str, Path]:
-        """Write ``eval-<tag>.json``, ``per_user-<tag>.parquet`` and ``topk-<tag>.parquet`` atomically.
+        """Write ``per_user-<tag>.parquet``, ``topk-<tag>.parquet`` and, last, ``eval-<tag>.json`` as one unit.
 
-        ``tag`` is :func:`result_tag` of ``split`` (default: the protocol's) and the protocol's mask and
-        index: just ``test`` under the default protocol (mask train, exact search), e.g.
-        ``test.mask-train+valid`` otherwise, so one protocol's files never overwrite another's.
+        ``tag`` is :func:`result_tag` of ``split`` (default: the protocol's) and the protocol's mask, index
+        and cut-offs: just ``test`` under the default protocol (mask train, exact search, K 10 and 20), e.g.
+        ``test.mask-train+valid`` otherwise, so one protocol's files never overwrite another's. The JSON is
+        the unit's index (:mod:`mrdib_cli.publish`): it names the digests of the two tables, so a set torn by
+        a crash between the renames is never read as one result.
         """
-        tag = result_tag(split or self.protocol.split or "eval", self.protocol.mask, self.protocol.index)
+        tag = result_tag(split or self.protocol.split or "eval", self.protocol.mask, self.protocol.index,
+                         self.protocol.ks)
         run_dir = Path(run_dir)
         paths = {"json": run_dir / f"eval-{tag}.json", "per_user": run_dir / f"per_user-{tag}.parquet",
                  "topk": run_dir / f"topk-{tag}.parquet"}
@@ -162,7 +173,7 @@ class EvalResult:
         })
         with atomic_path(paths["topk"]) as tmp:
             topk_df.write_parquet(tmp)
-        atomic_write_json(paths["json"], self.to_dict())
+        write_index(paths["json"], self.to_dict(), [paths["per_user"], paths["topk"]])
         return paths
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
+from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, read_json
 
 
@@ -75,9 +76,23 @@ class Run:
             with np.load(p, allow_pickle=False) as z:
                 if "user" not in z or "item" not in z:
                     raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
+                self._check_epoch(p, int(z["epoch"]) if "epoch" in z.files else None)
                 return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: unreadable ({type(e).__name__}); retrain the run") from None
+
+    def _check_epoch(self, path: Path, epoch: int | None) -> None:
+        """Embeddings must be those of the epoch results.json reports (a crash can leave them one ahead)."""
+        res = self.dir / "results.json"
+        if epoch is None or not res.exists():
+            return
+        try:
+            best = read_json(res).get("best_epoch")
+        except (OSError, ValueError, AttributeError):
+            return
+        if best and int(best) != epoch:
+            raise DataError(f"{path} holds epoch {epoch} but results.json reports epoch {best}; rewrite them with "
+                            f"'mrdib train --resume --run-name {self.name}'")
 
     @property
     def seed(self) -> Any:
@@ -101,13 +116,8 @@ class Run:
         return name
 
     def saved_result(self, tag: str) -> dict[str, Any] | None:
-        p = self.dir / f"eval-{tag}.json"
-        if not p.exists() or not (self.dir / f"per_user-{tag}.parquet").exists():
-            return None
-        try:
-            return read_json(p)
-        except (OSError, json.JSONDecodeError):
-            return None
+        """The saved evaluation of ``tag`` when its files are one intact unit (else None: evaluate again)."""
+        return read_index(self.dir / f"eval-{tag}.json")
 
 
 def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),

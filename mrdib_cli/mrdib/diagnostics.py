@@ -45,6 +45,27 @@ class LoadedRun:
     plugin: Any  # Plugin | None
 
 
+def _load_best(rdir: Path, best: Path, backbone: Any, plugin: Any) -> None:
+    """Load best.pt into the rebuilt model: one-line errors for an unreadable or foreign checkpoint, or one
+    of another epoch than results.json reports (a crash can leave best.pt one epoch ahead)."""
+    from mrdib_cli.training import checkpoint as ckpt
+
+    state = ckpt.load(best)
+    fix = f"rewrite it with 'mrdib train --resume --run-name {rdir.name}'"
+    try:
+        want = json.loads((rdir / "results.json").read_text()).get("best_epoch")
+    except (OSError, ValueError, AttributeError):  # no (readable) results yet: nothing to check against
+        want = None
+    if want and state.get("epoch") not in (None, want):
+        raise DataError(f"{best} holds epoch {state.get('epoch')} but results.json reports epoch {want}; {fix}")
+    try:
+        backbone.load_state_dict(state["model"])
+        if plugin is not None and state.get("plugin") is not None:
+            plugin.load_state_dict(state["plugin"])
+    except (RuntimeError, KeyError, TypeError, ValueError):
+        raise DataError(f"{best} does not fit run '{rdir.name}' (other backbone or options); {fix}") from None
+
+
 def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
     """Rebuild a run's backbone (+ plug-in) from its folder and its best-validation checkpoint."""
     from mrdib_cli.training.plugin import create_plugin
@@ -69,10 +90,7 @@ def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
         opts = {k: v for k, v in conf["plugin"].items() if k != "name"}
         plugin = create_plugin(conf["plugin"]["name"], opts)
         plugin.attach(backbone)
-    state = torch.load(best, map_location="cpu", weights_only=True)
-    backbone.load_state_dict(state["model"])
-    if plugin is not None and state.get("plugin") is not None:
-        plugin.load_state_dict(state["plugin"])
+    _load_best(rdir, best, backbone, plugin)
     backbone.to(device).eval()
     if plugin is not None:
         plugin.to(device).eval()

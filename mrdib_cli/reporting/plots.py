@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mrdib_cli.errors import DataError
 from mrdib_cli.workspace import atomic_path
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -58,7 +59,16 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     p = run_dir / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    out = []
+    for n, ln in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not ln.strip():
+            continue
+        try:
+            out.append(json.loads(ln))
+        except json.JSONDecodeError:  # a crash mid-append cuts the last line short
+            raise DataError(f"{p}: line {n} is cut short or damaged (the run was interrupted); finish it with "
+                            f"'mrdib train --resume --run-name {run_dir.name}'") from None
+    return out
 
 
 def health_series(history: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:

@@ -9,6 +9,7 @@ tensors, numbers and strings are stored, so both load with ``torch.load(weights_
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: Path, obj: dict[str, Any]) -> None:
     """torch.save to a temp file, then rename: a crash never leaves a truncated checkpoint."""
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **obj}, tmp)
+        try:
+            torch.save({"format": FORMAT, **obj}, tmp)
+        except RuntimeError as e:
+            raise _write_failure(tmp, path, e) from None
+
+
+def _write_failure(tmp: Path, path: Path, e: RuntimeError) -> Exception:
+    """torch's writer reports a failed write as '[enforce fail ...] unexpected pos' without the cause;
+    appending one byte to the same file reproduces the operating system's error (ENOSPC, EFBIG...)."""
+    try:
+        with open(tmp, "ab") as fh:
+            fh.write(b"\0")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as os_err:
+        return OSError(os_err.errno, os_err.strerror, str(path))
+    return DataError(f"cannot write checkpoint {path} ({str(e).splitlines()[0][:200]})")
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,6 +9,7 @@ first among the training options, then among the backbone's hyper-parameters.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,12 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = all cores
 
     def validate(self) -> None:
-        if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise UsageError("epochs and batch_size must be >= 1, patience >= 0 and lr > 0")
+        if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
+            raise UsageError(f"epochs and batch_size must be >= 1, patience >= 0 and lr a finite number > 0 "
+                             f"(got epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience}, "
+                             f"lr={self.lr})")
+        if not self.weight_decay >= 0 or math.isinf(self.weight_decay):
+            raise UsageError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.test_mask not in ("train", "train+valid"):
             raise UsageError(f"test_mask must be 'train' or 'train+valid', got {self.test_mask!r}")
         if not self.ks or any(k < 1 for k in self.ks):
@@ -137,6 +142,9 @@ def merge(cfg: RunConfig, data: dict[str, Any], where: str) -> None:
     for key in ("backbone", "dataset", "run_name"):
         if key in data:
             setattr(cfg, key, data[key])
+    for section in ("train", "hparams", "plugin", "features"):
+        if data.get(section) is not None and not isinstance(data[section], dict):
+            raise UsageError(f"{where}: '{section}' must be a mapping of key: value, got {data[section]!r}")
     for k, v in (data.get("train") or {}).items():
         set_train(cfg.train, k, v, where)
     cfg.hparams.update(data.get("hparams") or {})
@@ -152,15 +160,24 @@ def set_train(train: TrainConfig, key: str, value: Any, where: str) -> None:
     if key not in TRAIN_KEYS:
         raise UsageError(f"{where}: unknown training option '{key}' (valid: {', '.join(TRAIN_KEYS)})")
     default = getattr(TrainConfig(), key)
+    bad = UsageError(f"{where}: training option '{key}' must be {_kind(default)}, got {value!r}")
     if isinstance(default, bool) or default is None:
         pass
+    elif isinstance(value, bool):  # YAML 'true' is an int to Python; never a count or a rate
+        raise bad
     elif isinstance(default, float) and isinstance(value, int):
         value = float(value)
-    elif isinstance(default, list) and not isinstance(value, list):
-        value = [value]
+    elif isinstance(default, list):
+        value = value if isinstance(value, list) else [value]
+        if any(not isinstance(v, type(default[0])) or isinstance(v, bool) for v in value):
+            raise bad
     elif not isinstance(value, type(default)):
-        raise UsageError(f"{where}: training option '{key}' must be {type(default).__name__}, got {value!r}")
+        raise bad
     setattr(train, key, value)
+
+
+def _kind(default: Any) -> str:
+    return f"a list of {type(default[0]).__name__}" if isinstance(default, list) else type(default).__name__
 
 
 def apply_sets(cfg: RunConfig, sets: list[str], backbone_keys: set[str]) -> None:

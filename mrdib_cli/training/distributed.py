@@ -300,6 +300,10 @@ class DistributedTrainer(Trainer):
         if self.rank == 0:
             super()._save_best(user, item)
 
+    def _write_best(self, unit: dict[str, Any]) -> None:  # also called on resume, by every rank
+        if self.rank == 0:
+            super()._write_best(unit)
+
     def _save_last(self) -> None:
         if self.rank == 0:
             super()._save_last()

@@ -24,7 +24,10 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -44,8 +47,8 @@ from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.config import RunConfig
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
-                                 read_json)
+from mrdib_cli.workspace import (TMP_PREFIX, Workspace, atomic_path, atomic_write_json, check_name, digest_obj,
+                                 file_lock, read_json)
 
 
 class TrainingDiverged(MrdibError):
@@ -216,6 +219,9 @@ class Trainer:
         self.stopper = EarlyStopping(tc.patience)
         self.best_valid: dict[str, float] = {}
         self.best_emb: tuple[np.ndarray, np.ndarray] | None = None
+        # the best epoch's number, embeddings and model (and plug-in) state, saved inside every last.pt so a
+        # resume never pairs results.json with the files of another epoch (see _restore_best)
+        self.best_unit: dict[str, Any] | None = None
         self.history: list[EpochRecord] = []
         if resume:
             self._check_identity(self._config_dict())
@@ -229,13 +235,17 @@ class Trainer:
 
     def _config_dict(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
-        features = {m: p.name for m in self.backbone_cls_modalities()
-                    if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
+        paths = {m: p for m in self.backbone_cls_modalities()
+                 if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
+        features = {m: p.name for m, p in paths.items()}
+        # content, not names: a table re-extracted under the same name is another input (graphs are built
+        # from the dataset and these tables, so their digests follow)
+        digests = {m: self.handle.content_digest(p) for m, p in paths.items()}
         return {
             "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
             "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
             "train": cfg["train"], "plugin": self.plugin_config(), "features": features,
-            "runtime": self.runtime, "version": __version__, "code": code_version(),
+            "feature_digests": digests, "runtime": self.runtime, "version": __version__, "code": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
@@ -253,6 +263,8 @@ class Trainer:
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption."""
         keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
+        if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
+            keep["feature_digests"] = conf["feature_digests"]
         keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")}
         return digest_obj(keep)
 
@@ -270,9 +282,7 @@ class Trainer:
             if not overwrite:
                 raise UsageError(f"run '{self.cfg.run_name}' already exists; use --resume to continue it, "
                                  "--force to overwrite it, or choose another --run-name")
-            import shutil
-
-            shutil.rmtree(self.run_dir)
+            _discard(self.run_dir)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         return resume
 
@@ -282,8 +292,9 @@ class Trainer:
         if conf is None or not path.exists():
             return
         if self._identity(read_json(path)) != self._identity(conf):
-            raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration or "
-                             "dataset; resume it with the same options, or start a new --run-name")
+            raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration, dataset or "
+                             "feature tables; resume it with the same inputs and options, start it over with "
+                             "--force, or start a new --run-name")
 
     def _write_config(self) -> None:
         conf = self._config_dict()
@@ -305,7 +316,7 @@ class Trainer:
             "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
             "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
             "identity": self._identity(self._config_dict()),
-            "warnings": list(self.warnings),
+            "warnings": list(self.warnings), "best": self.best_unit,
         }
 
     def _restore(self) -> None:
@@ -329,10 +340,7 @@ class Trainer:
         self.stopper.bad_epochs = int(st["bad_epochs"])
         self.best_valid = dict(st["best_valid"])
         self.warnings = list(st.get("warnings") or [])  # absent in checkpoints from before warnings were kept
-        emb_path = self.run_dir / "embeddings.npz"
-        if self.stopper.best_epoch and emb_path.exists():
-            with np.load(emb_path, allow_pickle=False) as z:
-                self.best_emb = (z["user"], z["item"])
+        self._restore_best(st.get("best"))
         # keep the metrics of the epochs the checkpoint covers; later lines are recomputed
         mpath = self.run_dir / "metrics.jsonl"
         if mpath.exists():
@@ -344,6 +352,27 @@ class Trainer:
         self.on_info(f"resumed run '{self.cfg.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
 
+    def _restore_best(self, unit: dict[str, Any] | None) -> None:
+        """Take the best epoch from the checkpoint; rewrite embeddings.npz/best.pt when a crash left them at
+        another epoch (they are saved before last.pt, so they can be one epoch ahead)."""
+        best = self.stopper.best_epoch
+        if not best:
+            return
+        emb_path = self.run_dir / "embeddings.npz"
+        if unit is None and emb_path.exists() and saved_epoch(emb_path) in (None, best):
+            # a checkpoint from before the best epoch was kept inside it: its embeddings.npz is all there is
+            with np.load(emb_path, allow_pickle=False) as z:
+                self.best_emb = (z["user"], z["item"])
+            return
+        if unit is None or int(unit["epoch"]) != best:
+            raise DataError(f"checkpoint {self.ckpt_dir / 'last.pt'} does not hold its best epoch ({best}); "
+                            "start the run again with --force")
+        self.best_unit = unit
+        self.best_emb = (unit["user"].cpu().numpy(), unit["item"].cpu().numpy())
+        if saved_epoch(self.run_dir / "embeddings.npz") != best or _ckpt_epoch(self.ckpt_dir / "best.pt") != best:
+            self.on_info(f"best-epoch files were not those of epoch {best}; rewriting them from the checkpoint")
+            self._write_best(unit)
+
     @staticmethod
     def _atomic_text(path: Path, text: str) -> None:
         with atomic_path(path) as tmp:
@@ -354,11 +383,20 @@ class Trainer:
             fh.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
 
     def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
+        clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
+        self.best_unit = {"epoch": self.epoch, "user": torch.from_numpy(user), "item": torch.from_numpy(item),
+                          "model": clone(self.backbone.state_dict()),
+                          "plugin": clone(self.plugin.state_dict()) if self.plugin else None}
+        self._write_best(self.best_unit)
+
+    def _write_best(self, unit: dict[str, Any]) -> None:
+        """embeddings.npz and best.pt of one epoch, each with that epoch inside (checked by their readers)."""
         with atomic_path(self.run_dir / "embeddings.npz") as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, user=user, item=item)
-        ckpt.save(self.ckpt_dir / "best.pt", {"epoch": self.epoch, "model": self.backbone.state_dict(),
-                                              "plugin": self.plugin.state_dict() if self.plugin else None})
+                np.savez(fh, user=unit["user"].cpu().numpy(), item=unit["item"].cpu().numpy(),
+                         epoch=np.int64(unit["epoch"]))
+        ckpt.save(self.ckpt_dir / "best.pt", {"epoch": unit["epoch"], "model": unit["model"],
+                                              "plugin": unit["plugin"]})
 
     def _save_last(self) -> None:
         ckpt.save(self.ckpt_dir / "last.pt", self._state())
@@ -501,6 +539,31 @@ class Trainer:
         atomic_write_json(self.run_dir / "results.json", results)
         return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch stored in an ``embeddings.npz`` (None when absent or unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(z["epoch"]) if "epoch" in z.files else None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+
+
+def _ckpt_epoch(path: Path) -> int | None:
+    try:
+        return int(ckpt.load(path)["epoch"])
+    except (DataError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _discard(run_dir: Path) -> None:
+    """Remove a run folder for ``--force``: first moved aside in one rename, so a crash while deleting
+    leaves either the whole old run or none of it (never a run without its metrics); ``cache gc``
+    removes what a crash left aside."""
+    aside = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{run_dir.name}.", dir=run_dir.parent))
+    os.replace(run_dir, aside / "d")
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _epoch_of(line: str) -> float:

@@ -202,8 +202,13 @@ def check_resume(run: str, run_dir: Path) -> list[Finding]:
             import torch
 
             st = torch.load(last, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - unreadable checkpoint: the trainer reports it on resume
+        except Exception as e:  # noqa: BLE001 - torn, foreign or hostile (code in a pickle): never loaded
             st = None
+            out.append(Finding("unreadable-checkpoint", "error", run,
+                               f"checkpoints/last.pt cannot be loaded as plain tensors ({type(e).__name__}); "
+                               "it is corrupt, or holds objects that would run code when unpickled",
+                               "Do not load it with weights_only=False. Start the run again with "
+                               "'mrdib train --force', or restore this run's own checkpoint."))
         if isinstance(st, dict) and ("rng" not in st or "sampler" not in st):
             out.append(Finding("rng-not-restored", "warning", run,
                                "checkpoints/last.pt holds no RNG/sampler state",

@@ -23,6 +23,7 @@ import polars as pl
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workflow.config import Study
 from mrdib_cli.workflow.pipeline import RunSpec, StepRecord, run_name, run_pipeline
+from mrdib_cli.publish import write_index
 from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, digest_obj, read_json
 
 PARITY_LABEL = "SELECTED ON TEST (MMRec parity only; test metrics are optimistically biased)"
@@ -122,7 +123,8 @@ def write_outputs(out_dir: Path, table: pl.DataFrame, summary: dict[str, Any]) -
         tagged.write_parquet(tmp)
     with atomic_path(out_dir / "results.csv") as tmp:
         tagged.write_csv(tmp)
-    atomic_write_json(out_dir / "summary.json", summary)
+    # the summary is the unit's index, written last: it names the tables' digests (see mrdib_cli.publish)
+    write_index(out_dir / "summary.json", summary, [out_dir / "results.parquet", out_dir / "results.csv"])
 
 
 def run_sweep(ws: Workspace, study: Study, *, select_on: str = "valid", metric: str | None = None,

@@ -98,12 +98,12 @@ def test_sharded_eval_equals_single_process(ws):
                                                "dataset_digest": h.digest, "train": {"seed": 0}}))
     ref = evaluate_split(h, user, item, "test", mask="train", ks=(5, 10))
     _cli(ws.root, "eval", "--run", "emb", "--split", "test", "--k", "5", "--k", "10", "--nproc", "2")
-    got = pl.read_parquet(d / "per_user-test.parquet")
+    got = pl.read_parquet(d / "per_user-test.k-5-10.parquet")
     assert got.equals(ref.per_user)
-    topk = pl.read_parquet(d / "topk-test.parquet")
+    topk = pl.read_parquet(d / "topk-test.k-5-10.parquet")
     assert np.array_equal(topk["items"].to_numpy(), ref.topk)
     assert np.array_equal(topk["user_idx"].to_numpy(), ref.users)
-    saved = json.loads((d / "eval-test.json").read_text())
+    saved = json.loads((d / "eval-test.k-5-10.json").read_text())
     assert saved["metrics"] == ref.metrics  # the merged macro averages are bit-identical
     assert not any(p.name.startswith(".shards") for p in d.iterdir())
 

@@ -44,9 +44,11 @@ def test_eval_latest_run_table_json_and_saved_files(cli, runs) -> None:
     assert payload["split"] == "test" and payload["n_users"] == 40
     assert payload["metrics"]["recall@10"] == pytest.approx(1.0)  # the oracle ranks all test items first
     assert payload["protocol"]["mask"] == "train" and payload["protocol"]["index"] == "flat"
-    pu = pl.read_parquet(runs / "runs" / "oracle" / "per_user-test.parquet")
+    # other cut-offs than the default (10, 20) are saved under their own tag, beside the trainer's files
+    pu = pl.read_parquet(runs / "runs" / "oracle" / "per_user-test.k-5-10.parquet")
     assert pu.height == 40 and pu["ndcg@5"].min() == pytest.approx(1.0)
-    tk = pl.read_parquet(runs / "runs" / "oracle" / "topk-test.parquet")
+    assert not (runs / "runs" / "oracle" / "per_user-test.parquet").exists()
+    tk = pl.read_parquet(runs / "runs" / "oracle" / "topk-test.k-5-10.parquet")
     assert tk.height == 40 and tk["items"].dtype.size == 10
 
 

@@ -41,10 +41,40 @@ def env_for(workdir: Path, fault: dict | list | None = None, **extra: str) -> di
 
 
 def mrdib_proc(workdir: Path, *args: str, fault: dict | list | None = None, timeout: float = 300,
-               **extra_env: str) -> subprocess.CompletedProcess:
-    """Run ``mrdib ARGS`` in a fresh interpreter (through the injector when ``fault`` is given)."""
+               fsize_limit: int | None = None, **extra_env: str) -> subprocess.CompletedProcess:
+    """Run ``mrdib ARGS`` in a fresh interpreter (through the injector when ``fault`` is given).
+
+    ``fsize_limit`` (bytes) is the process's RLIMIT_FSIZE (``ulimit -f``): a write past it fails with a real
+    EFBIG inside whichever library writes (Python ignores SIGXFSZ, so the error is returned, not a signal).
+    """
+    def limit() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize_limit, fsize_limit))
+
     return subprocess.run([sys.executable, str(INJECT), *args], capture_output=True, text=True,
-                          env=env_for(workdir, fault, **extra_env), cwd=str(ROOT), timeout=timeout)
+                          env=env_for(workdir, fault, **extra_env), cwd=str(ROOT), timeout=timeout,
+                          preexec_fn=limit if fsize_limit is not None else None)
+
+
+def at_rename(n: int, action: str = "kill", match: str | None = None, when: str = "before",
+              target: str = "os.replace") -> dict:
+    """A fault at the ``n``-th ``os.replace`` (or ``os.rename``) whose arguments mention ``match``."""
+    spec = {"target": target, "nth": n, "action": action, "when": when}
+    return spec if match is None else {**spec, "match": match}
+
+
+def mmrec_folder(d: Path, feat: np.ndarray | None = None, n_users: int = 6, n_items: int = 5) -> Path:
+    """An MMRec-format folder (``<name>.inter`` with x_label splits, optional ``image_feat.npy``)."""
+    d.mkdir(parents=True, exist_ok=True)
+    rows = ["userID\titemID\trating\ttimestamp\tx_label"]
+    for u in range(n_users):
+        for i in range(n_items):
+            rows.append(f"{u}\t{i}\t5\t{1000 + i}\t{0 if i < 3 else (1 if i == 3 else 2)}")
+    (d / f"{d.name}.inter").write_text("\n".join(rows) + "\n")
+    if feat is not None:
+        np.save(d / "image_feat.npy", feat, allow_pickle=True)
+    return d
 
 
 def spawn(workdir: Path, *args: str, fault: dict | list | None = None, **extra_env: str) -> subprocess.Popen:

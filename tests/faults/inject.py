@@ -7,7 +7,9 @@
      "match": "items.parquet",  # only calls whose repr(args) contains this text count (optional)
      "when": "before",        # act before or after the real call
      "action": "kill"}        # kill (SIGKILL itself), enospc, eacces, sleep:<s>, oom, raise:<Module.Exc>,
-                              # nan (multiply the returned dict of loss tensors by NaN)
+                              # nan (multiply the returned dict of loss tensors by NaN),
+                              # devfull (the path a tempfile.mkstemp call returns becomes a link to /dev/full,
+                              # so the real writer that follows fails with a genuine ENOSPC)
 
 The wrapper replaces the attribute on its module, so it catches every call that looks the name up through
 that module (``os.replace`` everywhere; module-level helpers called from their own module). Nothing in
@@ -83,12 +85,15 @@ def install(spec: dict) -> None:
         if match is None or match in repr(args) + repr(kwargs):
             seen["n"] += 1
             hit = seen["n"] == nth
-        if hit and when == "before" and action != "nan":
+        if hit and when == "before" and action not in ("nan", "devfull"):
             _act(action, args)
         result = real(*args, **kwargs)
         if hit and action == "nan":  # poison a returned dict of loss tensors
             return {k: v * float("nan") for k, v in result.items()}
-        if hit and when == "after":
+        if hit and action == "devfull":  # (fd, path) of mkstemp: the writer will open /dev/full
+            os.unlink(result[1])
+            os.symlink("/dev/full", result[1])
+        if hit and when == "after" and action != "devfull":
             _act(action, args)
         return result
 

@@ -12,7 +12,7 @@ import pytest
 
 from mrdib_cli.errors import DataError
 from tests.evaluation.helpers import write_dataset, write_run
-from tests.faults.helpers import leftovers, mrdib, one_line_error, snapshot, assert_intact
+from tests.faults.helpers import assert_intact, leftovers, mmrec_folder, mrdib, one_line_error, snapshot
 
 N_USERS, N_ITEMS = 40, 30
 
@@ -61,18 +61,6 @@ def test_bad_feature_table_is_refused(run_wd: Path, case: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- MMRec import
-def _mmrec_folder(d: Path, feat: np.ndarray | None = None, n_users: int = 6, n_items: int = 5) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    rows = ["userID\titemID\trating\ttimestamp\tx_label"]
-    for u in range(n_users):
-        for i in range(n_items):
-            rows.append(f"{u}\t{i}\t5\t{1000 + i}\t{0 if i < 3 else (1 if i == 3 else 2)}")
-    (d / f"{d.name}.inter").write_text("\n".join(rows) + "\n")
-    if feat is not None:
-        np.save(d / "image_feat.npy", feat, allow_pickle=True)
-    return d
-
-
 @pytest.mark.parametrize("case,needle", [("nan", "NaN"), ("rows", "rows"), ("strings", "dtype")])
 def test_import_bad_feature_npy(workdir: Path, tmp_path: Path, case: str, needle: str) -> None:
     feat = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
@@ -82,7 +70,7 @@ def test_import_bad_feature_npy(workdir: Path, tmp_path: Path, case: str, needle
         feat = feat[:3]
     else:
         feat = np.array([["a"] * 4] * 5)
-    src = _mmrec_folder(tmp_path / "toy", feat)
+    src = mmrec_folder(tmp_path / "toy", feat)
     one_line_error(mrdib(workdir, "import", "mmrec", str(src), "--name", "toy"), needle)
     assert not (workdir / "datasets" / "toy").exists() and leftovers(workdir) == []
 

@@ -108,6 +108,13 @@ def test_resume_with_other_options_is_refused(demo_wd: Path) -> None:
     ("train:\n  epochs: ten\n", "epochs"),
     ("train:\n  lr: [1, 2]\n", "lr"),
     ("train: [1, 2\n", "cannot parse"),
+    # values of the right syntax but the wrong kind are usage errors too (they used to exit 1 or be accepted)
+    ("train: [1, 2]\n", "train"),
+    ("hparams: 3\n", "hparams"),
+    ("train:\n  ks: [ten]\n", "ks"),
+    ("train:\n  epochs: true\n", "epochs"),
+    ("hparams:\n  n_layers: -3\n", "n_layers"),
+    ("hparams:\n  n_layers: true\n", "n_layers"),
 ])
 def test_bad_config_file(demo_wd: Path, tmp_path: Path, content: str, needle: str) -> None:
     cfg = tmp_path / "run.yaml"
