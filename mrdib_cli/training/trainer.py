@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import torch
 import torch.utils.deterministic
 
 from mrdib_cli import __version__
+from mrdib_cli.cpu import auto_threads, choose_threads
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
@@ -111,11 +111,26 @@ def configure_cpu(threads: int | None) -> dict[str, Any]:
     at Baby scale moved by under 3% either way (plain 86.0 -> 88.9 ms, with MRdIB 118.6 -> 116.5 ms).
     Uninitialised memory is not NaN-filled (that only helps find reads of it, at a cost per tensor).
     """
-    n = threads or max(1, os.cpu_count() or 1)
+    n = threads or auto_threads()
     torch.set_num_threads(n)
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     return {"threads": n, "flush_denormal": bool(torch.set_flush_denormal(True)), "deterministic": True}
+
+
+def train_threads(requested: int | None, stored: int | None = None) -> tuple[int, str]:
+    """(threads, why) for a training run: ``--threads`` if given, else a resumed run's stored count, else
+    the free cores (:func:`mrdib_cli.cpu.auto_threads`).
+
+    A resumed run keeps its count because the thread count decides how float reductions are split, so a
+    run resumed on another count continues with values that differ in the last bits from an uninterrupted
+    one; bit-identical resume needs the same count (and device and code).
+    """
+    if requested:
+        return int(requested), "--threads"
+    if stored:
+        return int(stored), "the run's stored count, for a bit-identical resume; --threads N overrides"
+    return choose_threads(None)
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -293,7 +308,6 @@ class Trainer:
             self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
         atomic_write_json(path, conf)
-        self.ws.set_latest_run(self.handle.name, self.cfg.run_name)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
