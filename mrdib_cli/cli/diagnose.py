@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, warn, ws
+from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, target_run, warn, ws
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -28,8 +28,9 @@ def diagnose_cmd(
     attributes each representation carries. Writes diagnose.json and diagnose.png into the run folder."""
     from mrdib_cli.mrdib.diagnostics import diagnose
 
+    name = target_run("diagnose", run)
     with status("diagnosing (rebuilding the model, fitting a fresh MINE critic)..."):
-        report, jpath, ppath = diagnose(ws(), run, baseline, mi_steps=mi_steps, seed=seed, device=device)
+        report, jpath, ppath = diagnose(ws(), name, baseline, mi_steps=mi_steps, seed=seed, device=device)
     if as_json:
         import json
 

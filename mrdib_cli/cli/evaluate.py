@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, warn, ws
+from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, target_run, warn,
+                                  ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
@@ -109,7 +110,7 @@ def eval_cmd(
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":
         raise UsageError("--verify-exact checks an approximate index; use it with --index ivf or hnsw")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), target_run("eval", run))
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
@@ -257,7 +258,7 @@ def recommend_cmd(
     tokens = [t for v in [*user, *(extra or [])] for t in v.replace(",", " ").split()]
     if not tokens and out_path is None:
         raise UsageError("name users with --user ID (reviewer id or index), or pass --out FILE for all users")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), target_run("recommend", run))
     if out_path is not None and out_path.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out_path}: use a .parquet or .csv file name")
     users = resolve_users(r, tokens) if tokens else None

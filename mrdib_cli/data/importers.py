@@ -383,5 +383,5 @@ def import_dataset(ws: Workspace, fmt: str, directory: Path, name: str, *, force
 
     with discard_if_unpublished(ds_dir):
         res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
-    ws.set_active_dataset(name)
+    ws.set_active_dataset(name, by=f"mrdib import {fmt}")
     return res, read_json(ds_dir / "dataset.json")

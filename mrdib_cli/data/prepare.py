@@ -58,7 +58,8 @@ def locate_raw(cat: AmazonCategory, raw_dir: Path) -> dict[str, Path]:
 
 
 def fetch_raw(ws: Workspace, cat: AmazonCategory, url: str | None = None,
-              on_file: Callable[[str], Callable[[int, int | None], None] | None] | None = None) -> dict[str, Path]:
+              on_file: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
+              log: Log = lambda s: None) -> dict[str, Path]:
     """Download the two files into ``<workdir>/raw/amazon2014`` unless already complete there."""
     dest_dir = ws.raw_dir / "amazon2014"
     base = base_url(url)
@@ -69,7 +70,7 @@ def fetch_raw(ws: Workspace, cat: AmazonCategory, url: str | None = None,
             hint = (f"the server is unreachable; download {cat.reviews_file} and {cat.meta_file} elsewhere and "
                     f"run 'mrdib prepare {cat.name} --raw-dir DIR', or set --base-url to a mirror")
             download(f"{base}/{fname}", dest, expected_sha256=KNOWN_DIGESTS.get(fname),
-                     on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint)
+                     on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint, on_retry=log)
         paths[key] = dest
     return paths
 
@@ -150,7 +151,7 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
             paths = locate_raw(cat, raw_dir)
             source = {"kind": "amazon2014", "category": cat.category, "raw_dir": str(Path(raw_dir).resolve())}
         else:
-            paths = fetch_raw(ws, cat, url, on_file)
+            paths = fetch_raw(ws, cat, url, on_file, log)
             source = {"kind": "amazon2014", "category": cat.category,
                       "urls": [f"{base_url(url)}/{f}" for f in cat.files]}
     name = name or cat.name
@@ -167,5 +168,5 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
     force = force or (ds_dir / PUBLISHING).exists()
     with discard_if_unpublished(ds_dir):
         res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force)
-    ws.set_active_dataset(name)
+    ws.set_active_dataset(name, by=f"mrdib prepare {dataset.strip().lower()}")
     return res, read_json(ds_dir / "dataset.json")
