@@ -102,14 +102,15 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
             continue
         if held is None:
             held = {s: _held_out_only(handle, s) for s in ("valid", "test")}
+            n_repeat = {s: len(handle.pairs(s)[0]) - len(held[s][0]) for s in held}
         block = m[:nu, nu:]
         for split, (u, i) in held.items():
             n_leak = int(np.count_nonzero(np.asarray(block[u, i]).ravel())) if len(u) else 0
             if n_leak:
                 out.append(Finding(
                     "graph-leak", "error", label,
-                    f"{adj_path.name} of dataset '{handle.name}' contains {n_leak} of its {len(u)} {split}-only "
-                    "interactions as edges",
+                    f"{adj_path.name} of dataset '{handle.name}' contains {n_leak} of its {len(u)} {split} "
+                    "interactions as edges" + (" (repeats of train pairs left out)" if n_repeat[split] else ""),
                     f"Message passing over {split} edges lets the model see the answers it is evaluated on. Build "
                     "graphs from train interactions only: 'mrdib build-graph --force'."))
     mdir = dataset_dir / "manifests"
