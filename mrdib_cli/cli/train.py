@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.table import Table
@@ -179,10 +180,19 @@ def train_cmd(
     with progress:
         task = progress.add_task("training", total=None, visible=False)
 
-        def batches(total: int):
-            # one bar, reset at every epoch
-            progress.reset(task, total=total, visible=True)
-            return lambda: progress.advance(task)
+        def batches(total: int) -> Callable[..., None]:
+            """One bar, reset at every epoch: batches done, the running loss (read twice a second, so a GPU
+            is not stalled every step), elapsed time and the epoch's ETA."""
+            head = f"epoch {trainer.epoch + 1}/{cfg.train.epochs}"
+            progress.reset(task, total=total, visible=True, description=head)
+            shown = [time.monotonic()]
+
+            def advance(loss: object = None) -> None:
+                progress.advance(task)
+                if loss is not None and time.monotonic() - shown[0] > 0.5:
+                    shown[0] = time.monotonic()
+                    progress.update(task, description=f"{head} loss {float(loss):.4f}")  # type: ignore[arg-type]
+            return advance
 
         trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
                               on_warn=warn, progress=batches if progress_enabled_() else None)

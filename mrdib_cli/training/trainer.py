@@ -177,7 +177,7 @@ class Trainer:
                on_epoch: Callable[[EpochRecord], None] | None = None,
                on_info: Callable[[str], None] | None = None,
                on_warn: Callable[[str], None] | None = None,
-               progress: Callable[[int], Any] | None = None) -> None:
+               progress: Callable[[int], Callable[..., None]] | None = None) -> None:
         self.ws, self.cfg = ws, cfg
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_info = on_info or (lambda s: None)
@@ -415,7 +415,7 @@ class Trainer:
             sums["total"] = sums.get("total", 0.0) + loss.detach().double()
             n += 1
             if task:
-                task()
+                task(loss.detach())
         return {k: float(v) / max(n, 1) for k, v in sums.items()}
 
     def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
