@@ -201,6 +201,7 @@ def train_cmd(
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
+            _say_features(trainer.feature_tables(), cfg.features)
         finished = False
         try:
             result = trainer.fit()
@@ -268,6 +269,19 @@ def _announce(cfg, threads: int | None, old: dict, resume: bool, single: bool) -
             cfg.train.threads = n
             line += f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
     info(line)
+
+
+def _say_features(tables: dict[str, Path], named: dict[str, str]) -> None:
+    """Which feature table each modality uses: "newest wins" would otherwise silently pick up a leftover
+    smoke-test table, so random-weight tables are also warned about."""
+    from mrdib_cli.features.store import read_meta
+
+    for modality, path in tables.items():
+        how = "named" if named.get(modality) else f"newest; --{modality}-features NAME picks another"
+        info(f"{modality} features: {path.name} ({how})")
+        if read_meta(path).get("random_weights"):
+            warn(f"{path.name} comes from RANDOM model weights (a smoke-test table): these results say nothing "
+                 f"about the {modality} modality")
 
 
 def progress_enabled_() -> bool:

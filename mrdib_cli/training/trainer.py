@@ -244,8 +244,7 @@ class Trainer:
 
     def _config_dict(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
-        features = {m: p.name for m in self.backbone_cls_modalities()
-                    if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
+        features = {m: p.name for m, p in self.feature_tables().items()}
         return {
             "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
             "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
@@ -253,6 +252,11 @@ class Trainer:
             "runtime": self.runtime, "version": __version__, "code": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def feature_tables(self) -> dict[str, Path]:
+        """The feature table each modality of the backbone reads: the named one, else the newest."""
+        return {m: p for m in self.backbone_cls_modalities()
+                if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
 
     def backbone_cls_modalities(self) -> tuple[str, ...]:
         return get_backbone(self.cfg.backbone).modalities
