@@ -23,6 +23,10 @@ from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, resul
 from mrdib_cli.workspace import Workspace, read_json
 
 
+# training options that change how fast or on which random draw a run trains, not which setting it is
+NOT_SETTINGS = ("seed", "device", "threads", "num_workers", "eval_batch_users")
+
+
 @dataclass
 class Run:
     """A trained run folder: its config, dataset and embeddings (loaded lazily)."""
@@ -89,8 +93,7 @@ class Run:
 
         cfg = {k: v for k, v in self.config.items()
                if k not in ("run_name", "created", "version", "code", "runtime", "dataset_dir")}
-        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
-                        if k not in ("seed", "device", "threads", "num_workers", "eval_batch_users")}
+        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items() if k not in NOT_SETTINGS}
         return digest_obj(cfg)
 
     def label(self) -> str:

@@ -166,3 +166,16 @@ def test_recommend(cli, runs) -> None:
     assert rc == 2 and "larger than the catalogue" in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
     rc, _, err = cli("recommend", "--run", "oracle")
     assert rc == 2 and "--user" in err
+
+
+def test_two_settings_of_one_backbone_are_told_apart_in_compare(cli, runs) -> None:
+    """Two LightGCN settings must not share the label 'lightgcn' (the report's legend used it)."""
+    h = DatasetHandle(runs / "datasets" / "tiny")
+    rng = np.random.default_rng(7)
+    write_run(runs, "deep", "tiny", rng.standard_normal((40, 30)), rng.standard_normal((30, 30)), seed=1,
+              backbone="lightgcn", hparams={"embedding_dim": 30, "n_layers": 3})
+    assert h.n_items == 30
+    rc, out, err = cli("compare", "rand-s1", "rand-s2", "deep", "--json", "-")
+    assert rc == 0, err
+    systems = [g["system"] for g in json.loads(out)["groups"]]
+    assert systems == ["lightgcn (n_layers=unset)", "lightgcn (n_layers=3)"]
