@@ -222,12 +222,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [r for r in (report["run"], report.get("baseline")) if r]
-    labels = [f"{r['run']}\n({'+' + r['plugin'] if r['plugin'] else 'baseline'})" for r in runs]
+    # the narrow left panel gets the short role as tick label (two long run names overlapped there); the
+    # full names are in the right panel's legend, in the same colours
+    roles = ["+" + r["plugin"] if r["plugin"] else "baseline" for r in runs]
+    labels = [f"{r['run']} ({role})" for r, role in zip(runs, roles)]
     colors = ["#d62728", "#7f7f7f"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     mis = [r["mi"].get("mi") or 0.0 for r in runs]
     ax1.bar(range(len(runs)), mis, color=colors[:len(runs)])
-    ax1.set_xticks(range(len(runs)), labels, fontsize=8)
+    ax1.set_xticks(range(len(runs)), roles, fontsize=9)
     pair = " ; ".join(runs[0]["mi"].get("pair", []))
     ax1.set_ylabel(f"I({pair}) estimate [nats]")
     ax1.set_title("Redundancy (MINE, held-out items)")
@@ -238,7 +241,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for k, r in enumerate(runs):
         vals = [(r["ranking"].get(g) or {}).get("recall@20", 0.0) for g in groups]
         xs = np.arange(len(groups)) + (k - (len(runs) - 1) / 2) * width
-        ax2.bar(xs, vals, width, color=colors[k], label=labels[k].replace("\n", " "))
+        ax2.bar(xs, vals, width, color=colors[k], label=labels[k])
         for x, v in zip(xs, vals):
             ax2.text(x, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
     ax2.set_xticks(range(len(groups)), [f"{g} alone" if g != "fused" else "fused" for g in groups])
