@@ -196,6 +196,17 @@ def compare_cmd(
     for p in cmp.mismatches:
         warn(f"protocols differ ({p}); compared anyway because of --force")
     console: Console = err if json_path == "-" else out
+    print_comparison(console, cmp, split)
+    payload = cmp.to_dict()
+    if json_path == "-":
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    elif json_path:
+        atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        info(f"comparison written to {json_path}")
+
+
+def print_comparison(console: Console, cmp: Any, split: str) -> None:  # cmp: Comparison
+    """The protocol line, the metrics table (mean ± std, change vs the first run) and the paired tests."""
     console.print(f"[bold]Protocol:[/bold] {escape(cmp.protocol.describe())}", highlight=False)
     t = Table(title=f"{split} metrics (mean ± std over seeds; change vs {cmp.summary[0]['label']})",
               title_justify="left")
@@ -228,12 +239,6 @@ def compare_cmd(
         console.print(st)
     elif len(cmp.groups) == 1:
         info("all runs share one configuration (seeds of one system): no paired test to run")
-    payload = cmp.to_dict()
-    if json_path == "-":
-        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    elif json_path:
-        atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-        info(f"comparison written to {json_path}")
 
 
 # --------------------------------------------------------------------------------------------- recommend
