@@ -95,7 +95,8 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME,
                              help="Seed of the --verify-exact user sample and of IVF training."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
-                                          help="FAISS threads \\[default: all cores]; 1 can be faster on a busy machine."),
+                                          help="FAISS threads \\[default: the free cores: cores minus the 1-minute "
+                                               "load, at least 1]."),
     no_save: bool = typer.Option(False, "--no-save", rich_help_panel=PANEL_RUNTIME,
                                  help="Do not write per-user metrics and top-K lists into the run folder."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,

@@ -206,7 +206,7 @@ def register(app: typer.Typer) -> None:
         from mrdib_cli.data.handle import DatasetHandle
         from mrdib_cli.features.store import list_tables, read_meta
 
-        handle = DatasetHandle.open(ws(), dataset)
+        handle = DatasetHandle.open(ws(), target_dataset("features ls", dataset))
         tables = list_tables(handle.dir)
         if not tables:
             info(f"dataset '{handle.name}' has no feature tables; run 'mrdib extract-features'")
