@@ -18,6 +18,7 @@ The model is rebuilt from the run folder (config.json + checkpoints/best.pt): no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,9 +116,14 @@ def _rank(handle: DatasetHandle, user: Tensor | np.ndarray, item: Tensor | np.nd
     return {k: float(v) for k, v in res.metrics.items()}
 
 
-def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[str, Any]:
+STAGES_PER_RUN = 4  # rebuild, MINE critic, ranking, probes: what ``on_stage`` announces per run
+
+
+def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0,
+                 on_stage: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """MI between the modality representations and the per-modality / fused ranking quality of one run."""
     z, items, emb = modality_views(lr)
+    on_stage(f"{lr.name}: fitting a fresh MINE critic ({mi_steps} steps)")
     mask = _test_mask(lr)
     out: dict[str, Any] = {"run": lr.name, "backbone": lr.conf["backbone"],
                            "plugin": (lr.conf.get("plugin") or {}).get("name"), "mask": mask,
@@ -128,6 +134,7 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
         out["mi"] = {"pair": [a, b], **estimate_mi(z[a], z[b], steps=mi_steps, seed=seed)}
     else:
         out["mi"] = {"pair": mods, "mi": None, "reason": "fewer than two modalities"}
+    on_stage(f"{lr.name}: ranking with each representation")
     ranking: dict[str, Any] = {}
     for m in mods:
         user = emb.views.get(f"user_{m}", emb.user)
@@ -142,6 +149,7 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
     with np.load(emb_path, allow_pickle=False) as f:
         ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
     out["ranking"] = ranking
+    on_stage(f"{lr.name}: planted-attribute probes (demo datasets only)")
     probes = planted_probes(lr, z, seed, item=emb.item)
     if probes is not None:
         out["probes"] = probes
@@ -194,19 +202,25 @@ def _test_mask(lr: LoadedRun) -> str:
 
 
 def diagnose(ws: Workspace, run: str | None, baseline: str | None = None, *, mi_steps: int = 2000,
-             seed: int = 0, device: str = "cpu") -> tuple[dict[str, Any], Path, Path]:
-    """Diagnose ``run`` (and ``baseline``); write diagnose.json and diagnose.png into the run folder."""
+             seed: int = 0, device: str = "cpu",
+             on_stage: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], Path, Path]:
+    """Diagnose ``run`` (and ``baseline``); write diagnose.json and diagnose.png into the run folder.
+    ``on_stage`` hears of each stage as it starts (:data:`STAGES_PER_RUN` per run, minutes each at Baby
+    scale), so a caller can show where a long diagnosis is."""
+    on_stage(f"{run or 'run'}: rebuilding the model")
     main = load_run(ws, run, device)
-    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed), "baseline": None,
+    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed, on_stage=on_stage),
+                              "baseline": None,
                               "mi_steps": mi_steps, "seed": seed,
                               "method": "MINE/DV bound with a fresh critic: fit on 80% of the items, "
                                         "evaluated on the held-out 20%; ranking on the test split"}
     if baseline:
+        on_stage(f"{baseline}: rebuilding the model")
         base = load_run(ws, baseline, device)
         if base.handle.digest != main.handle.digest:
             raise ProtocolMismatchError(f"baseline '{base.name}' was trained on another dataset "
                                         f"('{base.handle.name}') than '{main.name}' ('{main.handle.name}')")
-        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed)
+        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed, on_stage=on_stage)
     check_finite(report)
     jpath, ppath = main.dir / "diagnose.json", main.dir / "diagnose.png"
     atomic_write_json(jpath, report)
