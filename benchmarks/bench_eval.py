@@ -152,7 +152,8 @@ def baby(repeats: int, threads: int | None, synthetic_only: bool = False, device
     import faiss
     import torch
 
-    from mrdib_cli.evaluation.engine import Prepared, auto_threads, evaluate
+    from mrdib_cli.cpu import auto_threads
+    from mrdib_cli.evaluation.engine import Prepared, evaluate
 
     ours_threads = threads or auto_threads(faiss.omp_get_max_threads())
     torch.set_num_threads(ours_threads)  # same threads on both sides

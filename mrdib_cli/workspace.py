@@ -9,7 +9,7 @@ previous good result stays in place.
 Layout::
 
     <workdir>/
-      state.json                  active dataset, latest run per dataset
+      state.json                  active dataset and the command that made it active
       raw/                        downloads (Amazon files, images)
       datasets/<name>/            interactions.parquet, items.parquet, users.parquet, dataset.json
         features/                 <modality>-<model-slug>.parquet
@@ -43,6 +43,26 @@ TMP_PREFIX = ".tmp-"
 
 
 # --------------------------------------------------------------------------------------------- atomic IO
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (``os.umask`` can only be read by
+    setting it, which another thread could observe)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give a file or folder made by ``mkstemp``/``mkdtemp`` (always private, 0600/0700) the permissions a
+    plain ``open``/``mkdir`` would have had, so that colleagues can read runs and reports as the user's
+    umask intends."""
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~current_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success rename it onto ``path``, on failure delete it.
@@ -55,6 +75,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        honour_umask(tmp_path)
         yield tmp_path
         os.replace(tmp_path, path)
     except BaseException:
@@ -302,7 +323,7 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 class Workspace:
-    """The workdir and its small state file (active dataset, latest run)."""
+    """The workdir and its small state file (the active dataset and what made it active)."""
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root or os.environ.get("MRDIB_HOME") or DEFAULT_WORKDIR).expanduser().resolve()
@@ -349,14 +370,23 @@ class Workspace:
             st.update(changes)
             atomic_write_json(self.state_path, st)
 
-    def set_active_dataset(self, name: str) -> None:
-        self._update_state(active_dataset=check_name(name, "dataset name"))
+    def set_active_dataset(self, name: str, by: str) -> None:
+        """Make ``name`` the dataset later commands use; ``by`` (the command that did it) is kept so that
+        those commands can say why they act on it."""
+        self._update_state(active_dataset=check_name(name, "dataset name"),
+                           active_by={"command": by, "at": time.strftime("%Y-%m-%d %H:%M")})
 
-    def set_latest_run(self, dataset: str, run: str) -> None:
-        st = self.state()
-        latest = dict(st.get("latest_run", {}))
-        latest[dataset] = run
-        self._update_state(latest_run=latest, last_run=run)
+    def active_dataset_note(self) -> str:
+        """What the next command without ``--dataset`` would use, in words (for errors and first lines)."""
+        name = self.state().get("active_dataset")
+        if name is None:
+            return f"no dataset is active in {self.root}"
+        return f"the active dataset is '{name}'{self.active_by()}"
+
+    def active_by(self) -> str:
+        """", set by 'COMMAND' at TIME" for the active dataset, or "" when not recorded."""
+        by = self.state().get("active_by") or {}
+        return f", set by '{by['command']}' at {by.get('at', '?')}" if by.get("command") else ""
 
     def datasets(self) -> list[str]:
         if not self.datasets_dir.exists():
@@ -377,18 +407,51 @@ class Workspace:
         return name
 
     def resolve_run(self, name: str | None, dataset: str | None = None) -> str:
-        """The run to work on: the explicit one, else the latest run of the (active) dataset."""
-        if name is None:
-            st = self.state()
-            ds = dataset or st.get("active_dataset")
-            name = st.get("latest_run", {}).get(ds) if ds else None
-            if name is None:
-                name = st.get("last_run")
-            if name is None:
-                raise MissingInputError("no run found; train one first with 'mrdib train --backbone NAME'")
-        if not (self.run_dir(name) / "config.json").exists():
-            raise MissingInputError(f"run '{name}' not found in {self.runs_dir}")
-        return name
+        """The run to work on: the explicit one, else the newest finished run of the (active) dataset."""
+        return self.pick_run(name, dataset)[0]
+
+    def pick_run(self, name: str | None, dataset: str | None = None) -> tuple[str, str]:
+        """(run, why): the explicit run, else the newest *finished* run of ``dataset`` (default: the active
+        one). A run still training, interrupted or failed is never picked silently: its numbers are not the
+        ones a user means by "the latest result"."""
+        if name is not None:
+            if not (self.run_dir(name) / "config.json").exists():
+                raise MissingInputError(f"run '{name}' not found in {self.runs_dir}")
+            return name, "given"
+        ds = dataset or self.state().get("active_dataset")
+        if ds is None:
+            raise MissingInputError(f"no run given and no dataset is active in {self.root}; pass --run NAME "
+                                    "('mrdib runs' lists them)")
+        done = [(self._run_created(r), r) for r in self.runs()
+                if self.run_dataset(r) == ds and self.run_status(r) == "finished"]
+        if not done:
+            raise MissingInputError(f"no finished run of dataset '{ds}' in {self.runs_dir}; train one with "
+                                    "'mrdib train --backbone NAME' or pass --run NAME ('mrdib runs' lists them)")
+        src = "given" if dataset else "active"
+        return max(done)[1], f"newest finished run of the {src} dataset '{ds}'"
+
+    def run_dataset(self, name: str) -> str | None:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            return read_json(self.run_dir(name) / "config.json").get("dataset")
+        return None
+
+    def _run_created(self, name: str) -> float:
+        """When a run last wrote its results (finish time orders runs; names need not)."""
+        p = self.run_dir(name) / "results.json"
+        return p.stat().st_mtime if p.exists() else (self.run_dir(name) / "config.json").stat().st_mtime
+
+    def run_status(self, name: str) -> str:
+        """finished / stopped / failed from results.json; else interrupted (a checkpoint but no results: a
+        crash or kill) or created (nothing trained yet)."""
+        d = self.run_dir(name)
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            return str(read_json(d / "results.json").get("status") or "created")
+        return "interrupted" if (d / "checkpoints" / "last.pt").exists() else "created"
+
+    def interrupted_runs(self) -> list[str]:
+        """Runs that ``train --resume`` can continue: stopped with Ctrl-C or killed after a checkpoint."""
+        return [r for r in self.runs() if self.run_status(r) in ("stopped", "interrupted")
+                and (self.run_dir(r) / "checkpoints" / "last.pt").exists()]
 
     def runs(self) -> list[str]:
         if not self.runs_dir.exists():

@@ -81,6 +81,45 @@ def status(msg: str) -> Iterator[None]:
         yield
 
 
+def dataset_target(command: str, name: str | None) -> tuple[str, str]:
+    """(dataset, why) for the dataset ``command`` acts on.
+
+    A dataset named with ``-d`` becomes the active one, so the next commands follow the user's last
+    explicit choice rather than whatever a previous (or concurrent) command left active.
+    """
+    w = ws()
+    resolved = w.resolve_dataset(name)
+    if name is None:
+        return resolved, f"the active dataset{w.active_by()}; -d NAME picks another"
+    if w.state().get("active_dataset") != resolved:
+        w.set_active_dataset(resolved, by=f"mrdib {command} -d {resolved}")
+    return resolved, "given with -d; now the active dataset"
+
+
+def target_dataset(command: str, name: str | None) -> str:
+    """The dataset ``command`` acts on, announced on its first line with the reason."""
+    resolved, why = dataset_target(command, name)
+    info(f"{command}: dataset '{resolved}' ({why})")
+    return resolved
+
+
+def target_run(command: str, name: str | None) -> str:
+    """The run ``command`` acts on, announced on its first line with the reason; a run named with ``--run``
+    makes its dataset active (as ``-d`` does)."""
+    w = ws()
+    resolved, why = w.pick_run(name)
+    ds = w.run_dataset(resolved)
+    if name is not None and ds and w.state().get("active_dataset") != ds:
+        w.set_active_dataset(ds, by=f"mrdib {command} --run {resolved}")
+        why = "given with --run; its dataset is now the active one"
+    elif name is not None:
+        why = "given with --run"
+    else:
+        why += "; --run NAME picks another"
+    info(f"{command}: run '{resolved}' of dataset '{ds}' ({why})")
+    return resolved
+
+
 DeviceOption = typer.Option("auto", "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                             help="auto|cpu|cuda[:N]")
 SeedOption = typer.Option(999, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, out, status, warn, ws
+from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, make_progress, out, target_run, warn, ws
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
@@ -26,10 +26,21 @@ def diagnose_cmd(
     """Check MRdIB's claims on a trained run: I(Z_v;Z_t) on held-out items (fresh critic) and ranking with
     z_v alone, z_t alone and fused, for the run and its --baseline; on a demo dataset also which planted
     attributes each representation carries. Writes diagnose.json and diagnose.png into the run folder."""
-    from mrdib_cli.mrdib.diagnostics import diagnose
+    from mrdib_cli.mrdib.diagnostics import STAGES_PER_RUN, diagnose
 
-    with status("diagnosing (rebuilding the model, fitting a fresh MINE critic)..."):
-        report, jpath, ppath = diagnose(ws(), run, baseline, mi_steps=mi_steps, seed=seed, device=device)
+    name = target_run("diagnose", run)
+    with make_progress() as prog:
+        task = prog.add_task("diagnose", total=STAGES_PER_RUN * (2 if baseline else 1))
+        started = [False]
+
+        def stage(msg: str) -> None:
+            if started[0]:  # a stage starting means the one before it is done
+                prog.advance(task)
+            started[0] = True
+            prog.update(task, description=msg)
+
+        report, jpath, ppath = diagnose(ws(), name, baseline, mi_steps=mi_steps, seed=seed, device=device,
+                                        on_stage=stage)
     if as_json:
         import json
 

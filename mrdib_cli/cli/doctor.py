@@ -7,7 +7,7 @@ from typing import List
 
 import typer
 
-from mrdib_cli.cli.common import info, out, ws
+from mrdib_cli.cli.common import info, out, target_run, ws
 
 STYLE = {"error": "red", "warning": "yellow", "info": "cyan"}
 
@@ -21,7 +21,7 @@ def doctor_cmd(
     from mrdib_cli.workflow.doctor import check_runs
 
     w = ws()
-    names = w.runs() if all_runs else (list(runs) if runs else [w.resolve_run(None)])
+    names = w.runs() if all_runs else (list(runs) if runs else [target_run("doctor", None)])
     findings = check_runs(w, names)
     n_err = sum(f.severity == "error" for f in findings)
     if as_json:

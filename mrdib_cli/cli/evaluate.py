@@ -13,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, warn, ws
+from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, target_run, warn,
+                                  ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
@@ -94,7 +95,8 @@ def eval_cmd(
     seed: int = typer.Option(0, "--seed", rich_help_panel=PANEL_RUNTIME,
                              help="Seed of the --verify-exact user sample and of IVF training."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
-                                          help="FAISS threads \\[default: all cores]; 1 can be faster on a busy machine."),
+                                          help="FAISS threads \\[default: the free cores: cores minus the 1-minute "
+                                               "load, at least 1]."),
     no_save: bool = typer.Option(False, "--no-save", rich_help_panel=PANEL_RUNTIME,
                                  help="Do not write per-user metrics and top-K lists into the run folder."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
@@ -109,7 +111,7 @@ def eval_cmd(
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":
         raise UsageError("--verify-exact checks an approximate index; use it with --index ivf or hnsw")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), target_run("eval", run))
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
@@ -195,6 +197,17 @@ def compare_cmd(
     for p in cmp.mismatches:
         warn(f"protocols differ ({p}); compared anyway because of --force")
     console: Console = err if json_path == "-" else out
+    print_comparison(console, cmp, split)
+    payload = cmp.to_dict()
+    if json_path == "-":
+        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    elif json_path:
+        atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        info(f"comparison written to {json_path}")
+
+
+def print_comparison(console: Console, cmp: Any, split: str) -> None:  # cmp: Comparison
+    """The protocol line, the metrics table (mean ± std, change vs the first run) and the paired tests."""
     console.print(f"[bold]Protocol:[/bold] {escape(cmp.protocol.describe())}", highlight=False)
     t = Table(title=f"{split} metrics (mean ± std over seeds; change vs {cmp.summary[0]['label']})",
               title_justify="left")
@@ -227,12 +240,6 @@ def compare_cmd(
         console.print(st)
     elif len(cmp.groups) == 1:
         info("all runs share one configuration (seeds of one system): no paired test to run")
-    payload = cmp.to_dict()
-    if json_path == "-":
-        sys.stdout.write(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    elif json_path:
-        atomic_write_text(json_path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-        info(f"comparison written to {json_path}")
 
 
 # --------------------------------------------------------------------------------------------- recommend
@@ -257,7 +264,7 @@ def recommend_cmd(
     tokens = [t for v in [*user, *(extra or [])] for t in v.replace(",", " ").split()]
     if not tokens and out_path is None:
         raise UsageError("name users with --user ID (reviewer id or index), or pass --out FILE for all users")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), target_run("recommend", run))
     if out_path is not None and out_path.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out_path}: use a .parquet or .csv file name")
     users = resolve_users(r, tokens) if tokens else None

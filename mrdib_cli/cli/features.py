@@ -15,7 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, DeviceOption,
-                                  ForceOption, SeedOption, err, info, out, progress_enabled, warn, ws)
+                                  ForceOption, SeedOption, err, info, out, progress_enabled, target_dataset,
+                                  warn, ws)
 from mrdib_cli.errors import UsageError
 
 PANEL_IMAGE = "Image encoder (open_clip)"
@@ -165,7 +166,7 @@ def register(app: typer.Typer) -> None:
         if mods is None:
             raise UsageError(f"--modality must be image, text or all (got '{modality}')")
         w = ws()
-        handle = DatasetHandle.open(w, dataset)
+        handle = DatasetHandle.open(w, target_dataset("extract-features", dataset))
         ro = RunOptions(device=device, batch_size=batch_size, shard_size=shard_size, workers=workers,
                         normalize=normalize, seed=seed, force=force)
         io = ImageOptions(model=image_model, pretrained=image_pretrained, checkpoint=image_checkpoint,
@@ -218,7 +219,7 @@ def register(app: typer.Typer) -> None:
         from mrdib_cli.data.handle import DatasetHandle
         from mrdib_cli.features.store import list_tables, read_meta
 
-        handle = DatasetHandle.open(ws(), dataset)
+        handle = DatasetHandle.open(ws(), target_dataset("features ls", dataset))
         tables = list_tables(handle.dir)
         if not tables:
             info(f"dataset '{handle.name}' has no feature tables; run 'mrdib extract-features'")

@@ -7,7 +7,7 @@ from typing import List
 import typer
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_DATA, DatasetOption, ForceOption, out, status, ws
+from mrdib_cli.cli.common import PANEL_DATA, DatasetOption, ForceOption, out, status, target_dataset, ws
 from mrdib_cli.data.handle import DatasetHandle
 
 
@@ -39,7 +39,7 @@ def build_graph(
     for a in adj:
         if a not in ADJ_VARIANTS:
             raise UsageError(f"unknown adjacency variant '{a}' (choose from {', '.join(ADJ_VARIANTS)})")
-    handle = DatasetHandle.open(ws(), dataset)
+    handle = DatasetHandle.open(ws(), target_dataset("build-graph", dataset))
     with status(f"building graphs of {handle.name}"):
         infos = build_graphs(handle, knn_k=knn_k, knn_norms=tuple(knn_norm), adj_variants=tuple(adj),
                              cooccurrence=cooccurrence or None, force=force)

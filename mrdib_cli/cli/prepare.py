@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from mrdib_cli.cli._summary import print_dataset, report_step
 from mrdib_cli.cli.common import PANEL_DATA, ForceOption, SeedOption, err, info, out, progress_enabled, ws
-from mrdib_cli.errors import UsageError
+from mrdib_cli.errors import MrdibError, UsageError
 
 
 def _list() -> None:
@@ -41,6 +42,19 @@ def _list_2023() -> None:
     out.print(t)
     info(f"2023 files are fetched from {Category2023('Baby_Products').url_for('X').rsplit('/', 2)[0]} "
          f"(override with --base-url or {BASE_URL_ENV}; --raw-dir also accepts the uncompressed .jsonl files)")
+
+
+@contextmanager
+def _keeps_active_dataset() -> Iterator[None]:
+    """A failed prepare leaves the active dataset as it was; its error says what the next commands use, so
+    that nobody trains on a previous dataset believing the new one is there."""
+    try:
+        yield
+    except MrdibError as e:
+        note = ws().active_dataset_note()
+        nxt = ("the next commands without -d would use it" if note.startswith("the active")
+               else "the next commands will refuse until a dataset is prepared or imported")
+        raise type(e)(f"{e}; {note} ({nxt})", exit_code=e.exit_code) from None
 
 
 def register(app: typer.Typer) -> None:
@@ -94,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 progress.update(task, completed=done, total=total)
             return cb
 
-        with progress:
+        with progress, _keeps_active_dataset():
             res, card = prepare(ws(), dataset, opts, name=name, raw_dir=raw_dir, url=base_url, force=force,
                                 demo=demo if dataset.strip().lower() == "demo" else None, log=info,
                                 on_file=on_file)

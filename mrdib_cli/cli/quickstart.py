@@ -44,12 +44,21 @@ def quickstart_cmd(
         out.print_json(json.dumps({**res.to_dict(), "wall_s": round(wall, 1), "report_md": str(report)}))
         return
     out.print(steps_table(res.steps, f"quickstart: {res.n_ran} step(s) ran in {wall:.0f}s"))
+    pair = [run_name(study.name, study.datasets[0].name, study.backbones[0].name, m, seed) for m in (False, True)]
+    _results_table(pair if has_mrdib else pair[:1])
     out.print(f"[bold]report:[/bold] {report}")
     info("next: 'mrdib doctor --all', 'mrdib compare " + " ".join(res.runs) + "'")
     if has_mrdib:
-        pair = [run_name(study.name, study.datasets[0].name, study.backbones[0].name, m, seed) for m in (True, False)]
-        info(f"      'mrdib diagnose {pair[0]} --baseline {pair[1]}' (redundancy, per-modality ranking, and which "
+        info(f"      'mrdib diagnose {pair[1]} --baseline {pair[0]}' (redundancy, per-modality ranking, and which "
              "planted attributes pass the bottleneck)")
+
+
+def _results_table(runs: list[str]) -> None:
+    """The runs' test metrics and, with two, the paired per-user tests: what 'mrdib compare' prints."""
+    from mrdib_cli.cli.evaluate import print_comparison
+    from mrdib_cli.evaluation.compare import compare, load_evals
+
+    print_comparison(out, compare(load_evals(ws(), runs), metrics=["recall@20", "ndcg@20"]), "test")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,13 +13,16 @@ from mrdib_cli.cli.common import PANEL_RUNTIME, err, info, out, progress_enabled
 STATE_STYLE = {"cached": "green", "ran": "yellow", "will run": "yellow", "pending": "dim"}
 
 
-def steps_table(steps, title: str) -> Table:  # noqa: ANN001
+def steps_table(steps, title: str, values: dict[str, str] | None = None) -> Table:  # noqa: ANN001
+    """The steps of a study; ``values`` (run name -> "key=value, ...") adds a sweep's grid point per run."""
     t = Table(title=title)
-    for col in ("#", "step", "target", "state", "why", "s"):
+    cols = ("#", "step", "target", *(("values",) if values else ()), "state", "why", "s")
+    for col in cols:
         t.add_column(col, justify="right" if col in ("#", "s") else "left", overflow="fold")
     for i, s in enumerate(steps, 1):
         st = STATE_STYLE.get(s.state, "")
-        t.add_row(str(i), s.kind, s.target, f"[{st}]{s.state}[/{st}]" if st else s.state,
+        point = ((values or {}).get(s.run or "", "") if s.kind == "train" else "",) if values else ()
+        t.add_row(str(i), s.kind, s.target, *point, f"[{st}]{s.state}[/{st}]" if st else s.state,
                   s.reason if len(s.reason) <= 60 else s.reason[:57] + "...",
                   f"{s.seconds:.1f}" if s.seconds else "")
     return t

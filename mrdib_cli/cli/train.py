@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich.table import Table
 
-from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, err,
-                                  info, make_progress, out, warn, ws)
-from mrdib_cli.errors import UsageError
+from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption,
+                                  dataset_target, err, info, make_progress, out, warn, ws)
+from mrdib_cli.errors import MissingInputError, UsageError
 from mrdib_cli.workspace import read_json
 
 SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
@@ -72,7 +73,8 @@ def train_cmd(
     device: Optional[str] = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                          help="auto|cpu|cuda[:N] [auto]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
-                                          help="CPU threads for torch [all cores]."),
+                                          help="CPU threads for torch [free cores: cores minus the "
+                                               "1-minute load, at least 1; a resumed run: its stored count]."),
     eval_gumbel: bool = typer.Option(False, "--eval-gumbel", rich_help_panel=PANEL_EVAL,
                                      help="LGMRec: sample Gumbel noise at evaluation as the reference does "
                                           "(stochastic); default is deterministic."),
@@ -91,7 +93,8 @@ def train_cmd(
     text_features: Optional[str] = typer.Option(None, "--text-features", rich_help_panel=PANEL_DATA,
                                                 help="Text feature table to use [newest]."),
     resume: bool = typer.Option(False, "--resume", rich_help_panel=PANEL_RUNTIME,
-                                help="Continue the run --run-name (or the latest run) from its checkpoint."),
+                                help="Continue the run --run-name (or the only interrupted run) from its "
+                                     "checkpoint."),
     force: bool = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
                                help="Overwrite an existing run folder of the same name."),
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
@@ -108,8 +111,9 @@ def train_cmd(
     w = ws()
     cfg = RunConfig()
     cfg.train.patience = PATIENCE_UNSET  # resolved against the backbone below unless given
+    old: dict = {}
     if resume:
-        name = w.resolve_run(run_name)
+        name = _run_to_resume(run_name)
         old = read_json(w.run_dir(name) / "config.json")
         merge(cfg, {k: old[k] for k in ("backbone", "dataset", "train", "hparams", "plugin", "features")
                     if old.get(k) is not None}, "stored config.json")
@@ -159,6 +163,8 @@ def train_cmd(
 
     from mrdib_cli.training import distributed
 
+    if not distributed.launched():
+        _announce(cfg, threads, old, resume, single=not (nproc and nproc > 1))
     if nproc and nproc > 1 and not distributed.launched():
         raise typer.Exit(distributed.launch(nproc))
     trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
@@ -174,10 +180,19 @@ def train_cmd(
     with progress:
         task = progress.add_task("training", total=None, visible=False)
 
-        def batches(total: int):
-            # one bar, reset at every epoch
-            progress.reset(task, total=total, visible=True)
-            return lambda: progress.advance(task)
+        def batches(total: int) -> Callable[..., None]:
+            """One bar, reset at every epoch: batches done, the running loss (read twice a second, so a GPU
+            is not stalled every step), elapsed time and the epoch's ETA."""
+            head = f"epoch {trainer.epoch + 1}/{cfg.train.epochs}"
+            progress.reset(task, total=total, visible=True, description=head)
+            shown = [time.monotonic()]
+
+            def advance(loss: object = None) -> None:
+                progress.advance(task)
+                if loss is not None and time.monotonic() - shown[0] > 0.5:
+                    shown[0] = time.monotonic()
+                    progress.update(task, description=f"{head} loss {float(loss):.4f}")  # type: ignore[arg-type]
+            return advance
 
         trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
                               on_warn=warn, progress=batches if progress_enabled_() else None)
@@ -186,6 +201,7 @@ def train_cmd(
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
+            _say_features(trainer.feature_tables(), cfg.features)
         finished = False
         try:
             result = trainer.fit()
@@ -214,6 +230,60 @@ def train_cmd(
         raise typer.Exit(130)
 
 
+def _run_to_resume(run_name: str | None) -> str:
+    """The run ``--resume`` continues: the named one, else the only interrupted run; with several a guess
+    could continue someone else's sweep run, so they are listed instead."""
+    w = ws()
+    if run_name is not None:
+        return w.resolve_run(run_name)
+    cands = w.interrupted_runs()
+    if len(cands) == 1:
+        return cands[0]
+    if not cands:
+        raise MissingInputError(f"no interrupted run to resume in {w.runs_dir}; 'mrdib runs' lists the runs")
+    raise UsageError(f"{len(cands)} runs are interrupted ({', '.join(cands)}); choose one with "
+                     "--resume --run-name NAME")
+
+
+def _announce(cfg, threads: int | None, old: dict, resume: bool, single: bool) -> None:  # noqa: ANN001
+    """The first line: which run, on which dataset and why, and the CPU threads (fixed here so that the
+    line tells the truth; a resumed run keeps its stored count, see docs/training.md)."""
+    from mrdib_cli.training.trainer import default_run_name, resolve_device, train_threads
+
+    if resume:
+        ds, why = cfg.dataset, "the resumed run's dataset"
+        if ws().state().get("active_dataset") != ds:
+            ws().set_active_dataset(ds, by=f"mrdib train --resume --run-name {cfg.run_name}")
+            why += "; now the active dataset"
+    else:
+        ds, why = dataset_target("train", cfg.dataset)
+    cfg.dataset = ds
+    line = f"train: {'resuming ' if resume else ''}run "
+    if single:
+        cfg.run_name = cfg.run_name or default_run_name(cfg.backbone, ds)
+        line += f"'{cfg.run_name}' "
+    line += f"on dataset '{ds}' ({why})"
+    if resolve_device(cfg.train.device).type == "cpu":
+        n, how = train_threads(threads, (old.get("runtime") or {}).get("threads") if resume else None)
+        if single:
+            cfg.train.threads = n
+            line += f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
+    info(line)
+
+
+def _say_features(tables: dict[str, Path], named: dict[str, str]) -> None:
+    """Which feature table each modality uses: "newest wins" would otherwise silently pick up a leftover
+    smoke-test table, so random-weight tables are also warned about."""
+    from mrdib_cli.features.store import read_meta
+
+    for modality, path in tables.items():
+        how = "named" if named.get(modality) else f"newest; --{modality}-features NAME picks another"
+        info(f"{modality} features: {path.name} ({how})")
+        if read_meta(path).get("random_weights"):
+            warn(f"{path.name} comes from RANDOM model weights (a smoke-test table): these results say nothing "
+                 f"about the {modality} modality")
+
+
 def progress_enabled_() -> bool:
     from mrdib_cli.cli.common import progress_enabled
 
@@ -233,8 +303,7 @@ def runs_cmd(
         res = read_json(d / "results.json") if (d / "results.json").exists() else {}
         if dataset and conf.get("dataset") != dataset:
             continue
-        status = res.get("status") or ("running/interrupted" if (d / "checkpoints" / "last.pt").exists()
-                                       else "created")
+        status = w.run_status(name)
         rows.append({"run": name, "dataset": conf.get("dataset"), "backbone": conf.get("backbone"),
                      "plugin": (conf.get("plugin") or {}).get("name"), "status": status,
                      "best_epoch": res.get("best_epoch"), "valid": res.get("valid", {}),
@@ -243,7 +312,8 @@ def runs_cmd(
         out.print_json(json.dumps(rows))
         return
     if not rows:
-        info("no runs yet; train one with 'mrdib train --backbone NAME'")
+        info(f"no runs yet in {w.runs_dir}" + (f" for dataset '{dataset}'" if dataset else "")
+             + "; train one with 'mrdib train --backbone NAME'")
         return
     t = Table(title=f"runs in {w.runs_dir}")
     numeric = ("best ep", "valid R@20", "test R@20", "test N@20")

@@ -24,7 +24,7 @@ from mrdib_cli import __version__
 from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, PUBLISHING, SPLITS, USERS
 from mrdib_cli.errors import DataError
 from mrdib_cli.features.store import table_path, write_feature_table
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text, old_copy_prefix
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text, honour_umask, old_copy_prefix
 
 ITEM_TEXT_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")
 SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
@@ -136,6 +136,7 @@ def publish_dataset(ds_dir: Path, inter: pl.DataFrame, items: pl.DataFrame, user
     check_interactions(inter, card["n_users"], card["n_items"], str(ds_dir))
     ds_dir.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{ds_dir.name}.", dir=ds_dir.parent))
+    honour_umask(stage)
     try:
         _write_parquet(inter, stage / INTERACTIONS)
         _write_parquet(items, stage / ITEMS)

@@ -29,7 +29,7 @@ import numpy as np
 
 from mrdib_cli.data.rawfmt import write_meta, write_reviews
 from mrdib_cli.errors import UsageError
-from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj, file_lock
+from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, digest_obj, file_lock, honour_umask
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (240, 210, 30),
            "purple": (140, 50, 190), "orange": (245, 140, 20)}
@@ -238,6 +238,7 @@ def _generate_locked(cfg: DemoConfig, out_dir: Path, log: Callable[[str], None])
     if marker.exists() and json.loads(marker.read_text()) == cfg.to_dict():
         return out_dir
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + out_dir.name + ".", dir=out_dir.parent))
+    honour_umask(tmp)
     try:
         rng = np.random.default_rng(cfg.seed)
         a = sample_items(cfg, rng)

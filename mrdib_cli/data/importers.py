@@ -418,5 +418,5 @@ def publish_import(ws: Workspace, name: str, inputs: dict[str, str], params: dic
     with discard_if_unpublished(ds_dir):
         res = cached_step("import", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
                           lock_path=ws.lock("dataset", name))
-    ws.set_active_dataset(name)
+    ws.set_active_dataset(name, by=f"mrdib import {params['format']}")
     return res, read_json(ds_dir / "dataset.json")

@@ -75,7 +75,8 @@ def locate_raw(cat: Category, raw_dir: Path) -> dict[str, Path]:
 
 
 def fetch_raw(ws: Workspace, cat: Category, url: str | None = None,
-              on_file: Callable[[str], Callable[[int, int | None], None] | None] | None = None) -> dict[str, Path]:
+              on_file: Callable[[str], Callable[[int, int | None], None] | None] | None = None,
+              log: Log = lambda s: None) -> dict[str, Path]:
     """Download the two files into ``<workdir>/raw/<release>`` unless already complete there."""
     dest_dir = ws.raw_dir / cat.release
     paths = {}
@@ -85,7 +86,7 @@ def fetch_raw(ws: Workspace, cat: Category, url: str | None = None,
             hint = (f"the server is unreachable; download {cat.reviews_file} and {cat.meta_file} elsewhere and "
                     f"run 'mrdib prepare {cat.name} --raw-dir DIR', or set --base-url to a mirror")
             download(cat.url_for(fname, url), dest, expected_sha256=KNOWN_DIGESTS.get(fname),
-                     on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint)
+                     on_progress=on_file(fname) if on_file else None, raw_dir_hint=hint, on_retry=log)
         paths[key] = dest
     return paths
 
@@ -168,7 +169,7 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
             paths = locate_raw(cat, raw_dir)
             source = {"kind": cat.release, "category": cat.category, "raw_dir": str(Path(raw_dir).resolve())}
         else:
-            paths = fetch_raw(ws, cat, url, on_file)
+            paths = fetch_raw(ws, cat, url, on_file, log)
             source = {"kind": cat.release, "category": cat.category, "urls": [cat.url_for(f, url) for f in cat.files]}
         if cat.release == "amazon2023":
             extra = {"timestamp_unit": "ms"}
@@ -188,5 +189,5 @@ def prepare(ws: Workspace, dataset: str, opts: PrepareOptions, *, name: str | No
     with discard_if_unpublished(ds_dir):
         res = cached_step("prepare", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
                           lock_path=ws.lock("dataset", name))
-    ws.set_active_dataset(name)
+    ws.set_active_dataset(name, by=f"mrdib prepare {dataset.strip().lower()}")
     return res, read_json(ds_dir / "dataset.json")

@@ -58,5 +58,5 @@ def resplit(ws: Workspace, source: str | None, new_name: str, scheme: str, seed:
     with discard_if_unpublished(ds_dir):
         res = cached_step("resplit", ds_dir, inputs, params, run, outputs=list(CORE_FILES), force=force,
                           lock_path=ws.lock("dataset", new_name))
-    ws.set_active_dataset(new_name)
+    ws.set_active_dataset(new_name, by=f"mrdib resplit {src.name}")
     return res, read_json(ds_dir / "dataset.json")

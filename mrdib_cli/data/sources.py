@@ -178,11 +178,14 @@ def _fetch_once(url: str, part: Path, timeout: float, on_progress: ProgressCb | 
 
 def download(url: str, dest: Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
              retries: int | None = None, backoff: float | None = None, timeout: float = 30.0,
-             on_progress: ProgressCb | None = None, raw_dir_hint: str = "") -> Path:
+             on_progress: ProgressCb | None = None, raw_dir_hint: str = "",
+             on_retry: Callable[[str], None] | None = None) -> Path:
     """Download ``url`` to ``dest``: resume, retry with backoff, verify, then rename into place.
 
     The partial file ``<dest>.part`` survives failures, so the next call resumes where this one stopped.
     ``retries``/``backoff`` default to ``MRDIB_DOWNLOAD_RETRIES`` (5) and ``MRDIB_DOWNLOAD_BACKOFF`` (1 s).
+    A host name that does not resolve fails at once (retrying cannot help); other network errors are retried,
+    each wait announced through ``on_retry``.
     """
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):  # urllib would also read file:, ftp: and data: URLs
@@ -204,9 +207,17 @@ def download(url: str, dest: Path, *, expected_size: int | None = None, expected
         except MissingInputError:
             raise
         except RETRYABLE as e:
-            last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            reason = getattr(e, "reason", e)
+            if isinstance(reason, socket.gaierror):  # no DNS answer will come by waiting: offline or a typo
+                host = urllib.parse.urlsplit(url).hostname
+                raise MissingInputError(f"cannot resolve host '{host}' (offline, or a wrong --base-url); "
+                                        f"{raw_dir_hint or 'pass the files with --raw-dir DIR'}") from None
+            last = f"{type(e).__name__}: {reason}"
         if attempt < retries:
-            time.sleep(min(backoff * 2 ** attempt, 30.0))
+            wait = min(backoff * 2 ** attempt, 30.0)
+            if on_retry:
+                on_retry(f"{dest.name}: {last}; retry {attempt + 1} of {retries} in {wait:.0f} s")
+            time.sleep(wait)
     else:
         hint = raw_dir_hint or f"download {dest.name} yourself and pass its folder with --raw-dir DIR"
         raise MissingInputError(f"cannot download {url} after {retries + 1} attempts ({last}); {hint}")

@@ -20,7 +20,7 @@ import polars as pl
 
 from mrdib_cli.errors import DataError, ProtocolMismatchError, UsageError
 from mrdib_cli.evaluation.engine import Protocol
-from mrdib_cli.evaluation.runs import Run, evaluate_run, result_tag
+from mrdib_cli.evaluation.runs import NOT_SETTINGS, Run, evaluate_run, result_tag
 from mrdib_cli.evaluation.significance import paired_tests
 from mrdib_cli.workspace import Workspace
 
@@ -70,6 +70,32 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol.to_dict(), "metrics": self.metrics, "groups": self.summary,
                 "tests": self.tests, "forced_mismatches": self.mismatches}
+
+
+def _settings(run: Run) -> dict[str, Any]:
+    """A run's hyper-parameters, training options and plug-in options, flat (``n_layers``, ``train.lr``)."""
+    c = run.config
+    flat = {k: v for k, v in (c.get("hparams") or {}).items()}
+    flat.update({f"train.{k}": v for k, v in (c.get("train") or {}).items() if k not in NOT_SETTINGS})
+    flat.update({f"plugin.{k}": v for k, v in (c.get("plugin") or {}).items() if k != "name"})
+    return flat
+
+
+def systems(groups: list[Group]) -> list[str]:
+    """A name per group: backbone(+plug-in), plus the settings that tell apart groups sharing that name
+    (two LightGCN settings must not appear as one "lightgcn" in a table or a figure legend)."""
+    names = [g.members[0].run.label() for g in groups]
+    out = list(names)
+    for name in set(names):
+        same = [i for i, n in enumerate(names) if n == name]
+        if len(same) < 2:
+            continue
+        flats = [_settings(groups[i].members[0].run) for i in same]
+        keys = sorted({k for f in flats for k in f if any(g.get(k) != f.get(k) for g in flats)})
+        for i, f in zip(same, flats):
+            extra = ", ".join(f"{k}={f.get(k, 'unset')}" for k in keys)
+            out[i] = f"{name} ({extra})" if extra else f"{name} [{groups[i].label}]"
+    return out
 
 
 def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str = "train", index: str = "flat",
@@ -163,6 +189,8 @@ def compare(evals: list[RunEval], metrics: list[str] | None = None, force: bool 
             rel = (mean - base_means[m]) / base_means[m] if base_means[m] else float("nan")
             row["metrics"][m] = {"mean": mean, "std": std, "n": int(len(vals)), "rel_change": rel}
         summary.append(row)
+    for row, system in zip(summary, systems(glist)):
+        row["system"] = system
     tests = []
     if len(glist) > 1:
         base_pu = glist[0].per_user_mean(metrics)

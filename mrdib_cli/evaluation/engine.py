@@ -9,7 +9,6 @@ every result, and its fingerprint is what ``mrdib compare`` checks before puttin
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from mrdib_cli.cpu import auto_threads
 from mrdib_cli.errors import DataError, UsageError
 from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average, metric_names,
                                           parse_ks, per_user_metrics)
@@ -257,22 +257,6 @@ def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask
                          verify_exact, seed, overfetch_cap, metrics, on_batch)
     finally:
         faiss.omp_set_num_threads(before)
-
-
-def auto_threads(max_threads: int) -> int:
-    """FAISS threads for this call: the cores not already busy (1-minute load average), at least 1.
-
-    OpenMP teams spin at barriers; on an oversubscribed machine (shared CI runners, several jobs per box)
-    two spinning threads on two busy cores were measured 2x slower *and* 2x more CPU than one thread
-    (Baby-sized evaluation: 2.3 s vs 1.1 s wall at load 15 on 2 cores). On an idle machine this returns
-    all cores. Only speed depends on it: results are identical for any thread count (tested).
-    """
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return max_threads
-    cores = os.cpu_count() or max_threads
-    return max(1, min(max_threads, int(round(cores - load)) + 1))
 
 
 def _evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask: sp.csr_matrix | None,

@@ -24,6 +24,10 @@ from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, read_json
 
 
+# training options that change how fast or on which random draw a run trains, not which setting it is
+NOT_SETTINGS = ("seed", "device", "threads", "num_workers", "eval_batch_users")
+
+
 @dataclass
 class Run:
     """A trained run folder: its config, dataset and embeddings (loaded lazily)."""
@@ -104,8 +108,7 @@ class Run:
 
         cfg = {k: v for k, v in self.config.items()
                if k not in ("run_name", "created", "version", "code", "runtime", "dataset_dir")}
-        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items()
-                        if k not in ("seed", "device", "threads", "num_workers", "eval_batch_users")}
+        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items() if k not in NOT_SETTINGS}
         return digest_obj(cfg)
 
     def label(self) -> str:

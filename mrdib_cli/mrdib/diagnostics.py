@@ -18,6 +18,7 @@ The model is rebuilt from the run folder (config.json + checkpoints/best.pt): no
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,14 @@ def _rank(handle: DatasetHandle, user: Tensor | np.ndarray, item: Tensor | np.nd
     return {k: float(v) for k, v in res.metrics.items()}
 
 
-def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[str, Any]:
+STAGES_PER_RUN = 4  # rebuild, MINE critic, ranking, probes: what ``on_stage`` announces per run
+
+
+def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0,
+                 on_stage: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """MI between the modality representations and the per-modality / fused ranking quality of one run."""
     z, items, emb = modality_views(lr)
+    on_stage(f"{lr.name}: fitting a fresh MINE critic ({mi_steps} steps)")
     mask = _test_mask(lr)
     out: dict[str, Any] = {"run": lr.name, "backbone": lr.conf["backbone"],
                            "plugin": (lr.conf.get("plugin") or {}).get("name"), "mask": mask,
@@ -146,6 +152,7 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
         out["mi"] = {"pair": [a, b], **estimate_mi(z[a], z[b], steps=mi_steps, seed=seed)}
     else:
         out["mi"] = {"pair": mods, "mi": None, "reason": "fewer than two modalities"}
+    on_stage(f"{lr.name}: ranking with each representation")
     ranking: dict[str, Any] = {}
     for m in mods:
         user = emb.views.get(f"user_{m}", emb.user)
@@ -160,6 +167,7 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0) -> dict[
     with np.load(emb_path, allow_pickle=False) as f:
         ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
     out["ranking"] = ranking
+    on_stage(f"{lr.name}: planted-attribute probes (demo datasets only)")
     probes = planted_probes(lr, z, seed, item=emb.item)
     if probes is not None:
         out["probes"] = probes
@@ -212,19 +220,25 @@ def _test_mask(lr: LoadedRun) -> str:
 
 
 def diagnose(ws: Workspace, run: str | None, baseline: str | None = None, *, mi_steps: int = 2000,
-             seed: int = 0, device: str = "cpu") -> tuple[dict[str, Any], Path, Path]:
-    """Diagnose ``run`` (and ``baseline``); write diagnose.json and diagnose.png into the run folder."""
+             seed: int = 0, device: str = "cpu",
+             on_stage: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], Path, Path]:
+    """Diagnose ``run`` (and ``baseline``); write diagnose.json and diagnose.png into the run folder.
+    ``on_stage`` hears of each stage as it starts (:data:`STAGES_PER_RUN` per run, minutes each at Baby
+    scale), so a caller can show where a long diagnosis is."""
+    on_stage(f"{run or 'run'}: rebuilding the model")
     main = load_run(ws, run, device)
-    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed), "baseline": None,
+    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed, on_stage=on_stage),
+                              "baseline": None,
                               "mi_steps": mi_steps, "seed": seed,
                               "method": "MINE/DV bound with a fresh critic: fit on 80% of the items, "
                                         "evaluated on the held-out 20%; ranking on the test split"}
     if baseline:
+        on_stage(f"{baseline}: rebuilding the model")
         base = load_run(ws, baseline, device)
         if base.handle.digest != main.handle.digest:
             raise ProtocolMismatchError(f"baseline '{base.name}' was trained on another dataset "
                                         f"('{base.handle.name}') than '{main.name}' ('{main.handle.name}')")
-        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed)
+        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed, on_stage=on_stage)
     check_finite(report)
     jpath, ppath = main.dir / "diagnose.json", main.dir / "diagnose.png"
     atomic_write_json(jpath, report)
@@ -240,12 +254,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = [r for r in (report["run"], report.get("baseline")) if r]
-    labels = [f"{r['run']}\n({'+' + r['plugin'] if r['plugin'] else 'baseline'})" for r in runs]
+    # the narrow left panel gets the short role as tick label (two long run names overlapped there); the
+    # full names are in the right panel's legend, in the same colours
+    roles = ["+" + r["plugin"] if r["plugin"] else "baseline" for r in runs]
+    labels = [f"{r['run']} ({role})" for r, role in zip(runs, roles)]
     colors = ["#d62728", "#7f7f7f"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 2]})
     mis = [r["mi"].get("mi") or 0.0 for r in runs]
     ax1.bar(range(len(runs)), mis, color=colors[:len(runs)])
-    ax1.set_xticks(range(len(runs)), labels, fontsize=8)
+    ax1.set_xticks(range(len(runs)), roles, fontsize=9)
     pair = " ; ".join(runs[0]["mi"].get("pair", []))
     ax1.set_ylabel(f"I({pair}) estimate [nats]")
     ax1.set_title("Redundancy (MINE, held-out items)")
@@ -256,7 +273,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for k, r in enumerate(runs):
         vals = [(r["ranking"].get(g) or {}).get("recall@20", 0.0) for g in groups]
         xs = np.arange(len(groups)) + (k - (len(runs) - 1) / 2) * width
-        ax2.bar(xs, vals, width, color=colors[k], label=labels[k].replace("\n", " "))
+        ax2.bar(xs, vals, width, color=colors[k], label=labels[k])
         for x, v in zip(xs, vals):
             ax2.text(x, v, f"{v:.4f}", ha="center", va="bottom", fontsize=8)
     ax2.set_xticks(range(len(groups)), [f"{g} alone" if g != "fused" else "fused" for g in groups])

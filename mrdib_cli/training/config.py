@@ -34,7 +34,7 @@ class TrainConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
     eval_batch_users: int = 4096
     test_mask: str = "train"  # MMRec masks only train items at test time; "train+valid" also masks valid
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    threads: int = 0  # torch CPU threads; 0 = the free cores (cores minus the 1-minute load)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):

@@ -39,6 +39,7 @@ import torch
 import torch.utils.deterministic
 
 from mrdib_cli import __version__
+from mrdib_cli.cpu import auto_threads, choose_threads
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
@@ -114,11 +115,26 @@ def configure_cpu(threads: int | None) -> dict[str, Any]:
     at Baby scale moved by under 3% either way (plain 86.0 -> 88.9 ms, with MRdIB 118.6 -> 116.5 ms).
     Uninitialised memory is not NaN-filled (that only helps find reads of it, at a cost per tensor).
     """
-    n = threads or max(1, os.cpu_count() or 1)
+    n = threads or auto_threads()
     torch.set_num_threads(n)
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     return {"threads": n, "flush_denormal": bool(torch.set_flush_denormal(True)), "deterministic": True}
+
+
+def train_threads(requested: int | None, stored: int | None = None) -> tuple[int, str]:
+    """(threads, why) for a training run: ``--threads`` if given, else a resumed run's stored count, else
+    the free cores (:func:`mrdib_cli.cpu.auto_threads`).
+
+    A resumed run keeps its count because the thread count decides how float reductions are split, so a
+    run resumed on another count continues with values that differ in the last bits from an uninterrupted
+    one; bit-identical resume needs the same count (and device and code).
+    """
+    if requested:
+        return int(requested), "--threads"
+    if stored:
+        return int(stored), "the run's stored count, for a bit-identical resume; --threads N overrides"
+    return choose_threads(None)
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -165,7 +181,7 @@ class Trainer:
                on_epoch: Callable[[EpochRecord], None] | None = None,
                on_info: Callable[[str], None] | None = None,
                on_warn: Callable[[str], None] | None = None,
-               progress: Callable[[int], Any] | None = None) -> None:
+               progress: Callable[[int], Callable[..., None]] | None = None) -> None:
         self.ws, self.cfg = ws, cfg
         self.on_epoch = on_epoch or (lambda r: None)
         self.on_info = on_info or (lambda s: None)
@@ -235,8 +251,7 @@ class Trainer:
 
     def _config_dict(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
-        paths = {m: p for m in self.backbone_cls_modalities()
-                 if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
+        paths = self.feature_tables()
         features = {m: p.name for m, p in paths.items()}
         # content, not names: a table re-extracted under the same name is another input (graphs are built
         # from the dataset and these tables, so their digests follow)
@@ -248,6 +263,11 @@ class Trainer:
             "feature_digests": digests, "runtime": self.runtime, "version": __version__, "code": code_version(),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
+
+    def feature_tables(self) -> dict[str, Path]:
+        """The feature table each modality of the backbone reads: the named one, else the newest."""
+        return {m: p for m in self.backbone_cls_modalities()
+                if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
 
     def backbone_cls_modalities(self) -> tuple[str, ...]:
         return get_backbone(self.cfg.backbone).modalities
@@ -304,7 +324,6 @@ class Trainer:
             self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
         atomic_write_json(path, conf)
-        self.ws.set_latest_run(self.handle.name, self.cfg.run_name)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -439,7 +458,7 @@ class Trainer:
             sums["total"] = sums.get("total", 0.0) + loss.detach().double()
             n += 1
             if task:
-                task()
+                task(loss.detach())
         return {k: float(v) / max(n, 1) for k, v in sums.items()}
 
     def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,10 @@ Checks (severity in brackets):
   stored adjacency itself, vectorised), or a graph manifest says it was built from non-train interactions.
 - ``stale-graph`` [warning]: a graph was built from a different version of the interactions (e.g. before a
   resplit); some of its edges may be today's valid/test interactions.
+- ``repeat-interactions`` [info]: test pairs that repeat a train pair of the same user (repeat purchases kept
+  by a published split); masked at test, so a bounded pessimistic bias, never a leak (and never counted as
+  graph edges that leak).
+- ``random-features`` [warning]: a run trained on a feature table extracted with random model weights.
 - ``feature-leak`` [error]: a feature table's provenance says it was computed from valid/test interactions.
 - ``valid-unmasked`` [info]: test-time ranking masked only train items, so a user's validation items compete
   with the test items (MMRec does this; numbers are comparable to MMRec but slightly pessimistic).
@@ -85,6 +89,7 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
     handle = DatasetHandle(dataset_dir)
     gdir = dataset_dir / "graphs"
     held = None
+    out += check_repeats(handle, label)
     for adj_path in sorted(gdir.glob("adj-*.npz")) if gdir.is_dir() else []:
         import scipy.sparse as sp
 
@@ -96,7 +101,8 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
                                "dataset; rebuild it with 'mrdib build-graph --force'."))
             continue
         if held is None:
-            held = {s: handle.pairs(s) for s in ("valid", "test")}
+            held = {s: _held_out_only(handle, s) for s in ("valid", "test")}
+            n_repeat = {s: len(handle.pairs(s)[0]) - len(held[s][0]) for s in held}
         block = m[:nu, nu:]
         for split, (u, i) in held.items():
             n_leak = int(np.count_nonzero(np.asarray(block[u, i]).ravel())) if len(u) else 0
@@ -104,7 +110,7 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
                 out.append(Finding(
                     "graph-leak", "error", label,
                     f"{adj_path.name} of dataset '{handle.name}' contains {n_leak} of its {len(u)} {split} "
-                    "interactions as edges",
+                    "interactions as edges" + (" (repeats of train pairs left out)" if n_repeat[split] else ""),
                     f"Message passing over {split} edges lets the model see the answers it is evaluated on. Build "
                     "graphs from train interactions only: 'mrdib build-graph --force'."))
     mdir = dataset_dir / "manifests"
@@ -124,6 +130,63 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
                 f"graph step '{man.get('step')}' was built from different interactions than the dataset now holds",
                 "If the dataset was resplit after the graph was built, some graph edges may be current valid/test "
                 "interactions. Rebuild with 'mrdib build-graph --force' (training rebuilds stale graphs itself)."))
+    return out
+
+
+def _held_out_only(handle: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``split`` pairs that are not also train pairs: a repeat purchase is a train edge by right, so only
+    these can show that held-out interactions leaked into a graph."""
+    u, i = handle.pairs(split)
+    if not len(u):
+        return u, i
+    fresh = np.asarray(handle.csr("train")[u, i]).ravel() == 0
+    return u[fresh], i[fresh]
+
+
+def check_repeats(handle: Any, label: str) -> list[Finding]:
+    """Test pairs that repeat a train pair of the same user (published splits keep repeat purchases).
+
+    Not a leak: the test ranking masks train items, so such an item can never be ranked and counts as a
+    miss. The bias is pessimistic and bounded by the mean, over test users, of the share of their test
+    items that are repeats (the most Recall@K can lose).
+    """
+    u, i = handle.pairs("test")
+    if not len(u):
+        return []
+    rep = np.asarray(handle.csr("train")[u, i]).ravel() != 0
+    n_rep = int(rep.sum())
+    if not n_rep:
+        return []
+    per_user = np.bincount(u, minlength=handle.n_users)
+    seen = per_user > 0
+    share = np.bincount(u, weights=rep.astype(np.float64), minlength=handle.n_users)[seen] / per_user[seen]
+    return [Finding(
+        "repeat-interactions", "info", label,
+        f"{n_rep} of the {len(u)} test interactions of dataset '{handle.name}' repeat a train interaction of the "
+        f"same user; Recall@K is lower by at most {share.mean():.4f} ({int((share > 0).sum())} users affected)",
+        "Repeat purchases are masked at test time as train items, so they can never be ranked: a small, "
+        "pessimistic bias, not a leak. 'mrdib resplit' makes a split without repeated pairs (it keeps each "
+        "pair's earliest interaction) if you want them gone.")]
+
+
+def check_random_features(run: str, dataset_dir: Path, conf: dict[str, Any]) -> list[Finding]:
+    """Feature tables the run used that were extracted with random weights (a smoke-test leftover)."""
+    from mrdib_cli.features.store import read_meta
+
+    out = []
+    for modality, table in (conf.get("features") or {}).items():
+        path = dataset_dir / "features" / str(table)
+        try:
+            meta = read_meta(path)
+        except Exception:  # noqa: BLE001 - a missing or unreadable table is the data checks' business
+            continue
+        if meta.get("random_weights"):
+            out.append(Finding(
+                "random-features", "warning", run,
+                f"its {modality} features ({table}) come from RANDOM model weights",
+                "Random-weight features (--image-pretrained none --allow-random-weights) are for smoke tests; "
+                "numbers trained on them say nothing about the modality. Extract features with real weights "
+                "and retrain with --image-features/--text-features naming that table."))
     return out
 
 
@@ -256,6 +319,7 @@ def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
         findings += check_resume(name, rdir)
         proto_rows.append((name, ds, results))
         ds_dir = Path(conf["dataset_dir"]) if conf.get("dataset_dir") else ws.dataset_dir(ds)
+        findings += check_random_features(name, ds_dir, conf)
         if str(ds_dir) not in seen_ds:
             seen_ds.add(str(ds_dir))
             findings += check_graphs(ws, ds_dir, f"dataset {ds}")

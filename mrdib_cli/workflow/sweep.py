@@ -13,6 +13,7 @@ Outputs in ``<workdir>/sweeps/<name>-sweep/`` (``<name>-sweep-selected-on-test/`
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +23,9 @@ import polars as pl
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workflow.config import Study
-from mrdib_cli.workflow.pipeline import RunSpec, StepRecord, run_name, run_pipeline
+from mrdib_cli.workflow.pipeline import RunSpec, StepRecord, run_pipeline
 from mrdib_cli.publish import write_index
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, digest_obj, read_json
+from mrdib_cli.workspace import Workspace, atomic_path, check_name, digest_obj, read_json
 
 PARITY_LABEL = "SELECTED ON TEST (MMRec parity only; test metrics are optimistically biased)"
 
@@ -47,7 +48,25 @@ def point_id(point: dict[str, Any]) -> str:
     return digest_obj(point)[len("sha256:"):][:8]
 
 
+def short_key(key: str) -> str:
+    """``n_layers`` -> ``nl``, ``train.lr`` -> ``lr``: the initials of the key's last part."""
+    words = key.rsplit(".", 1)[-1].split("_")
+    return words[0] if len(words) == 1 else "".join(w[:1] for w in words)
+
+
+def short_values(point: dict[str, Any]) -> str:
+    """A grid point as run-name text (``nl2-lr0.001``) so that a run list says which point each run is;
+    the point's digest when that text would not be a valid, unambiguous name part."""
+    keys = [short_key(k) for k in point]
+    text = "-".join(f"{k}{re.sub(r'[^A-Za-z0-9_.]+', '_', str(v))}" for k, v in zip(keys, point.values()))
+    if len(set(keys)) < len(keys) or len(text) > 60:
+        return point_id(point)
+    return text
+
+
 def sweep_specs(study: Study) -> list[RunSpec]:
+    """Runs named ``<sweep>-<backbone>[-mrdib]-<short values>-s<seed>`` (the dataset too when a study has
+    several)."""
     if study.sweep is None:
         raise UsageError(f"{study.path.name if study.path else 'config'}: no 'sweep' section (sweep: {{grid: "
                          "{n_layers: [1, 2], train.lr: [0.001, 0.0001]}}})")
@@ -57,9 +76,22 @@ def sweep_specs(study: Study) -> list[RunSpec]:
             for m in study.mrdib:
                 for point in grid_points(study.sweep["grid"]):
                     for s in study.seeds:
-                        name = run_name(f"{study.name}-sweep", d.name, b.name, m, s, point_id(point))
-                        specs.append(RunSpec(d.name, b, s, m, name, dict(point)))
+                        ds = f"-{d.name}" if len(study.datasets) > 1 else ""
+                        name = (f"{study.name}{ds}-{b.name}{'-mrdib' if m else ''}-{short_values(point)}"
+                                f"-s{s}")
+                        specs.append(RunSpec(d.name, b, s, m, check_name(name, "run name"), dict(point)))
     return specs
+
+
+def hit_epoch_cap(run_dir: Path, res: dict[str, Any]) -> bool:
+    """The run trained to its ``train.epochs`` limit without early stopping: its validation curve may still
+    have been rising, so its point's score (and a sweep's choice) can be an underestimate."""
+    conf = run_dir / "config.json"
+    if res.get("status") != "finished" or not conf.exists():
+        return False
+    cap = (read_json(conf).get("train") or {}).get("epochs")
+    return cap is not None and int(res.get("epochs_run") or 0) >= int(cap) \
+        and not str(res.get("message", "")).startswith("early stopping")
 
 
 def collect(ws: Workspace, specs: list[RunSpec]) -> pl.DataFrame:
@@ -69,7 +101,8 @@ def collect(ws: Workspace, specs: list[RunSpec]) -> pl.DataFrame:
         res = read_json(ws.run_dir(rs.run_name) / "results.json")
         row: dict[str, Any] = {"run": rs.run_name, "dataset": rs.dataset, "backbone": rs.backbone.name,
                                "mrdib": rs.mrdib, "point": point_id(rs.overrides), "seed": rs.seed,
-                               "status": res.get("status"), "best_epoch": res.get("best_epoch")}
+                               "status": res.get("status"), "best_epoch": res.get("best_epoch"),
+                               "epoch_cap": hit_epoch_cap(ws.run_dir(rs.run_name), res)}
         row.update({f"param:{k}": str(v) for k, v in rs.overrides.items()})
         row.update({f"valid_{k}": float(v) for k, v in (res.get("valid") or {}).items()})
         row.update({f"test_{k}": float(v) for k, v in (res.get("test") or {}).items()})
@@ -151,6 +184,7 @@ def run_sweep(ws: Workspace, study: Study, *, select_on: str = "valid", metric: 
     name = f"{study.name}-sweep" + ("-selected-on-test" if select_on == "test" else "")
     summary.update({"name": name, "grid": study.sweep["grid"], "seeds": study.seeds,
                     "runs": [s.run_name for s in specs],
+                    "epoch_cap_runs": table.filter(pl.col("epoch_cap"))["run"].to_list(),
                     "winner_runs": [r for w in summary["winners"] for r in w["runs"]]})
     out_dir = ws.root / "sweeps" / name
     write_outputs(out_dir, table, summary)

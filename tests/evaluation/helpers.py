@@ -64,8 +64,9 @@ def write_dataset(workdir: Path, name: str = "tiny", n_users: int = 40, n_items:
 
 
 def write_run(workdir: Path, run: str, dataset: str, user: np.ndarray, item: np.ndarray, seed: int = 999,
-              backbone: str = "lightgcn", hparams: dict | None = None, latest: bool = True) -> Path:
-    """A run folder as the trainer writes it: config.json + embeddings.npz."""
+              backbone: str = "lightgcn", hparams: dict | None = None) -> Path:
+    """A finished run folder as the trainer writes it: config.json, embeddings.npz, results.json (the run
+    written last is the newest finished one, which commands without --run take)."""
     from mrdib_cli.data.handle import DatasetHandle
 
     dsdir = workdir / "datasets" / dataset
@@ -79,10 +80,5 @@ def write_run(workdir: Path, run: str, dataset: str, user: np.ndarray, item: np.
            "plugin": None, "features": {}, "version": "test", "created": f"2026-01-01T00:00:{seed % 60:02d}"}
     (rd / "config.json").write_text(json.dumps(cfg))
     np.savez(rd / "embeddings.npz", user=user.astype(np.float32), item=item.astype(np.float32))
-    if latest:
-        state = workdir / "state.json"
-        st = json.loads(state.read_text()) if state.exists() else {}
-        st.setdefault("latest_run", {})[dataset] = run
-        st["last_run"] = run
-        state.write_text(json.dumps(st))
+    (rd / "results.json").write_text(json.dumps({"status": "finished"}))
     return rd

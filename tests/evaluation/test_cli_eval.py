@@ -67,7 +67,7 @@ def test_eval_options_and_errors(cli, runs) -> None:
                             (("--verify-exact", "0.5"), 2, "approximate index")]:
         rc, out, err = cli("eval", *args)
         assert rc == code, (args, err)
-        assert msg in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert msg in err and "Traceback" not in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
 
 
 def test_eval_refuses_changed_dataset(cli, runs) -> None:
@@ -141,7 +141,7 @@ def test_compare_refuses_protocol_mismatch_unless_forced(cli, runs) -> None:
     # a second dataset: same shapes, different interactions
     write_dataset(runs, name="other", n_users=40, n_items=30, seed=9, activate=False)
     u, i = np.random.default_rng(0).standard_normal((40, 4)), np.random.default_rng(1).standard_normal((30, 4))
-    write_run(runs, "elsewhere", "other", u, i, latest=False)
+    write_run(runs, "elsewhere", "other", u, i)
     rc, _, err = cli("compare", "rand-s1", "elsewhere")
     assert rc == 4 and "different protocols" in err and "dataset_digest" in err
     assert "--force" in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
@@ -163,8 +163,21 @@ def test_recommend(cli, runs) -> None:
     assert set(df.filter(pl.col("user_idx") == 3)["item_idx"].to_list()) == test3
     assert df.columns[:5] == ["user_idx", "reviewer_id", "rank", "item_idx", "asin"]
     rc, _, err = cli("recommend", "--run", "oracle", "--user", "ghost")
-    assert rc == 2 and "unknown user 'ghost'" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "unknown user 'ghost'" in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
     rc, _, err = cli("recommend", "--run", "oracle", "--user", "3", "--k", "100")
-    assert rc == 2 and "larger than the catalogue" in err and len(err.strip().splitlines()) == 1
+    assert rc == 2 and "larger than the catalogue" in err and sum(ln.startswith("error:") for ln in err.splitlines()) == 1
     rc, _, err = cli("recommend", "--run", "oracle")
     assert rc == 2 and "--user" in err
+
+
+def test_two_settings_of_one_backbone_are_told_apart_in_compare(cli, runs) -> None:
+    """Two LightGCN settings must not share the label 'lightgcn' (the report's legend used it)."""
+    h = DatasetHandle(runs / "datasets" / "tiny")
+    rng = np.random.default_rng(7)
+    write_run(runs, "deep", "tiny", rng.standard_normal((40, 30)), rng.standard_normal((30, 30)), seed=1,
+              backbone="lightgcn", hparams={"embedding_dim": 30, "n_layers": 3})
+    assert h.n_items == 30
+    rc, out, err = cli("compare", "rand-s1", "rand-s2", "deep", "--json", "-")
+    assert rc == 0, err
+    systems = [g["system"] for g in json.loads(out)["groups"]]
+    assert systems == ["lightgcn (n_layers=unset)", "lightgcn (n_layers=3)"]

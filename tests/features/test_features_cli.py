@@ -24,7 +24,8 @@ def test_extract_and_ls(cli, run_cli, awkward_dataset) -> None:
 
 
 def one_line(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    """The one error line (the command's first line, naming its dataset, may come before it)."""
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]

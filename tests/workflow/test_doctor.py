@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 
 from mrdib_cli.workflow.doctor import check_runs
@@ -64,6 +65,45 @@ def test_graph_built_with_test_edges_is_an_error(workdir):
     assert "80 of its 80 test interactions" in f[0].message  # write_dataset: two test items per user
 
 
+def test_repeat_purchases_are_information_not_a_leak(workdir):
+    """A test pair also in train (a published split's repeat purchase) is a train edge by right: reported as
+    information with its count and Recall bound, never as a graph leak (the Scientific import has 19)."""
+    ws = _setup(workdir)
+    _results(ws, "r1", mask="train")
+    d = ws.dataset_dir("tiny")
+    inter = pl.read_parquet(d / "interactions.parquet")
+    tests = (inter.filter(pl.col("split") == "test").unique("user_idx", keep="first", maintain_order=True)
+             .head(3))  # three users, one repeated test item each
+    inter.vstack(tests.with_columns(pl.lit("train").alias("split"))).write_parquet(d / "interactions.parquet")
+    _adj(ws, ["train"])
+    f = check_runs(ws, ["r1"])
+    assert "graph-leak" not in codes(f) and not [x for x in f if x.severity == "error"]
+    (rep,) = [x for x in f if x.code == "repeat-interactions"]
+    assert rep.severity == "info" and "3 of the 80 test interactions" in rep.message
+    # each affected user has 2 test items, one a repeat: at most 1/2 of their recall, over 40 test users
+    assert f"at most {3 * 0.5 / 40:.4f} (3 users affected)" in rep.message
+    assert "mrdib resplit" in rep.explanation
+    # a real leak beside the repeats is still an error, counted without them
+    _adj(ws, ["train", "test"])
+    (leak,) = [x for x in check_runs(ws, ["r1"]) if x.code == "graph-leak"]
+    assert leak.severity == "error" and "77 of its 77 test interactions" in leak.message
+
+
+def test_random_weight_features_used_by_a_run_are_flagged(workdir):
+    from mrdib_cli.features.store import write_feature_table
+
+    ws = _setup(workdir)
+    table = ws.dataset_dir("tiny") / "features" / "image-vit-random.parquet"
+    write_feature_table(table, np.zeros((30, 4), np.float32), ["ok"] * 30,
+                        {"modality": "image", "model": "vit", "random_weights": True})
+    conf_path = ws.run_dir("r1") / "config.json"
+    conf = json.loads(conf_path.read_text())
+    assert "random-features" not in codes(check_runs(ws, ["r1"]))  # present but not used by the run
+    conf_path.write_text(json.dumps({**conf, "features": {"image": table.name}}))
+    (f,) = [x for x in check_runs(ws, ["r1"]) if x.code == "random-features"]
+    assert f.severity == "warning" and "RANDOM" in f.message and table.name in f.message
+
+
 def test_stale_graph_manifest_is_flagged(workdir):
     ws = _setup(workdir)
     _adj(ws, ["train"])
@@ -114,7 +154,8 @@ def test_resumed_run_without_restored_rng(workdir):
     (rd / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2, 3, 2, 3)))
     f = [x for x in check_runs(ws, ["r1"]) if x.code == "rng-not-restored"]
     assert len(f) == 1 and f[0].severity == "error"
-    # an interrupted run whose checkpoint cannot restore the RNG
+    # an interrupted run (no results.json) whose checkpoint cannot restore the RNG
+    (rd / "results.json").unlink()
     (rd / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in (1, 2)))
     (rd / "checkpoints").mkdir(exist_ok=True)
     torch.save({"epoch": 2, "model": {}}, rd / "checkpoints" / "last.pt")

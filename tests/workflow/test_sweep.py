@@ -97,3 +97,30 @@ def test_end_to_end_sweep_on_tiny_demo(tiny_ws):
     # cached: a second sweep trains nothing
     again = run_sweep(ws, study)
     assert all(s.state == "cached" for s in again.steps if s.kind == "train")
+
+
+def test_sweep_cli_names_values_cap_warning_and_test_for_the_winner_only(cli, workdir, tmp_path):
+    import yaml
+
+    d = copy.deepcopy(TINY)
+    d.update(name="sw", seeds=[1], sweep={"grid": {"n_layers": [1, 2]}})
+    d["train"].update(epochs=1, patience=20)  # one epoch and no early stop: every run ends at the cap
+    d.pop("report")
+    cfg = tmp_path / "sw.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    rc, out, err = cli("sweep", str(cfg), "--dry-run")
+    assert rc == 0, err
+    assert "n_layers=1" in out and "n_layers=2" in out
+    rc, out, err = cli("sweep", str(cfg))
+    assert rc == 0, err
+    assert "sweep: run 1 of 2 done (1 left)" in err and "sweep: run 2 of 2 done (0 left)" in err
+    names = ["sw-lightgcn-nl1-s1", "sw-lightgcn-nl2-s1"]
+    warning = " ".join(err.split())
+    assert "2 of 2 runs stopped at the epoch cap" in warning and all(n in warning for n in names), err
+    rows = [ln for ln in out.splitlines() if ln.startswith("│") and "lightgcn" in ln]
+    assert len(rows) == 2
+    (winner,) = [r for r in rows if "selected" in r]
+    (other,) = [r for r in rows if "selected" not in r]
+    assert " - " in other and " - " not in winner  # test is shown for the winner only
+    summary = json.loads((workdir / "sweeps" / "sw-sweep" / "summary.json").read_text())
+    assert summary["runs"] == names and summary["epoch_cap_runs"] == names
