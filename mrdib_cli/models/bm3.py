@@ -76,7 +76,7 @@ class BM3(Backbone):
         u_on, i_on = self._online()
         views = {"u_online": u_on, "i_online": i_on}
         for m in self.feat:
-            views[f"item_{m}"] = self.modality_hook(m, self.trs[m](self.feat[m]))
+            views[f"item_{m}"] = self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m])))
         return Embeddings(self.predictor(u_on), self.predictor(i_on), views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

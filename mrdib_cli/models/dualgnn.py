@@ -118,7 +118,7 @@ class DualGNN(Backbone):
             self.pre_epoch(0, None)
         reps = {}
         for m in MODS:
-            item_repr = self.modality_hook(m, self.gcn[m].project(getattr(self, f"{m}_feat")))
+            item_repr = self.modality_hook(m, self.gcn[m].project(self.modality_input(m, getattr(self, f"{m}_feat"))))
             reps[m] = self.gcn[m](item_repr, self.adj)
         v, t = reps["image"], reps["text"]
         nu = self.n_users

@@ -109,7 +109,8 @@ class FREEDOM(Backbone):
             self.pre_epoch(0, None)  # used outside the trainer: draw a graph with the global RNG
         adj = self.masked_adj if (self.training and self.masked_adj is not None) else self.norm_adj
         u, i = self._forward(adj)
-        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.feat[m])) for m in self.feat}
+        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m])))
+                 for m in self.feat}
         return Embeddings(u, i, views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

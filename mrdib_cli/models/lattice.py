@@ -123,7 +123,7 @@ class LATTICE(Backbone):
 
     # forward --------------------------------------------------------------------------------
     def propagate(self) -> Embeddings:
-        feats = {m: self.modality_hook(m, self.trs[m](self.feat[m])) for m in self.mods}
+        feats = {m: self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m]))) for m in self.mods}
         if self._build or not self.training or self._item_adj is None:
             item_adj = self._build_item_graph(feats)
             if self.training:

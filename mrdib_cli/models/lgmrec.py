@@ -152,7 +152,7 @@ class LGMRec(Backbone):
     # ------------------------------------------------------------------------------ parts
     def _mge(self, m: str) -> tuple[Tensor, Tensor]:
         """Modality graph embedding M^m (last layer) and the user mean F_u^m."""
-        f_i = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.trs[m])  # [I, d]
+        f_i = self.modality_hook(m, self.modality_input(m, getattr(self, f"feat_{m}")) @ self.trs[m])  # [I, d]
         f_u = spmm(self.r, f_i, self.r_t) * self.inv_deg_u  # [U, d]
         h = torch.cat([f_u, f_i], dim=0)
         for _ in range(self.n_mm_layers):

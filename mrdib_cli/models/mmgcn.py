@@ -103,7 +103,7 @@ class MMGCN(Backbone):
     def propagate(self) -> Embeddings:
         reps = {}
         for m in self.mods:
-            item_repr = self.modality_hook(m, self.gcn[m].project(getattr(self, f"{m}_feat")))
+            item_repr = self.modality_hook(m, self.gcn[m].project(self.modality_input(m, getattr(self, f"{m}_feat"))))
             reps[m] = self.gcn[m](item_repr, self.id_embedding, lambda x: prop(self, "mean_adj", x))
         rep = sum(reps.values()) / len(reps)
         u, i = torch.split(rep, [self.n_users, self.n_items])

@@ -56,7 +56,7 @@ class VBPR(Backbone):
         f = self.bias
         theta = self.u_embedding[:, self.d:]  # the user's content-preference part
         for m in self.present:
-            h = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.proj[m])  # [I, d]
+            h = self.modality_hook(m, self.modality_input(m, getattr(self, f"feat_{m}")) @ self.proj[m])  # [I, d]
             views[f"item_{m}"] = h
             views[f"user_{m}"] = theta
             f = f + h
