@@ -88,6 +88,9 @@ class Backbone(nn.Module):
     training_mode: ClassVar[str] = "bpr"
     #: hyper-parameter defaults (MMRec's, Baby where per-dataset)
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the grid a fair baseline is tuned over on validation (keys: hyper-parameters or ``train.lr``), from
+    #: MMRec's model configs; examples/sweeps/mmrec-<name>.yaml sweeps it
+    mmrec_grid: ClassVar[dict[str, list[Any]]] = {}
     #: per-dataset overrides of ``defaults`` keyed by dataset name (e.g. LGMRec's Sports/Clothing)
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: names of the modality hook points this backbone calls (default: its modalities)

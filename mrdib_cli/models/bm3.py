@@ -47,6 +47,9 @@ class BM3(Backbone):
         "reg_weight": 0.1,
         "cl_weight": 2.0,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-bm3.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2], "reg_weight": [0.1, 0.01], "dropout": [0.3, 0.5]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:

@@ -49,6 +49,9 @@ class FREEDOM(Backbone):
         "dropout": 0.8,
         "reg_weight": 1e-3,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-freedom.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:

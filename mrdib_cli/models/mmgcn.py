@@ -78,6 +78,10 @@ class MMGCN(Backbone):
         "reg_weight": 1e-4,
         "train_id_embeddings": False,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-mmgcn.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                                          "train.lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
