@@ -339,8 +339,18 @@ class MRdIB(Plugin):
 
     # ---------------------------------------------------------------------------------- objectives
     def item_view(self, name: str, z: Tensor) -> Tensor:
-        """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree)."""
-        return self._aligned(name, self.bottlenecks[name].decode(z))
+        """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree, and
+        with independent decoders). With ``placement="input"`` z lives in the input's space, and the item side
+        is the backbone's projection of it as observed at the hook in the last forward (``z`` = that forward's)."""
+        side = self._proj[name] if self.cfg.placement == "input" else self.bottlenecks[name].decode(z)
+        return side if name in self.user_tables else self._aligned(name, side)
+
+    def unique_users(self, name: str, emb: Embeddings) -> Tensor:
+        """Every user's vector in modality ``name``'s own score (the unique term's decoder)."""
+        if name in self.user_tables:
+            return self.user_tables[name].weight
+        view = f"user_{name}"
+        return emb.views[view] if view in emb.views else emb.user
 
     def _aligned(self, name: str, x: Tensor) -> Tensor:
         """A_m x for a decoded representation x (what the backbone received)."""
