@@ -279,6 +279,11 @@ def _opts(o: dict[str, Any]) -> str:
     return ", ".join(f"{k.replace('alpha_', 'α_')} {v:g}" for k, v in sorted(o.items())) or "defaults"
 
 
+def _ordered(d: dict[str, Any], order: list[str]) -> list[tuple[str, Any]]:
+    """``d``'s items in ``order`` (the stored JSON has sorted keys), unknown keys last."""
+    return sorted(d.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order))
+
+
 def render(res: dict[str, Any]) -> str:
     from mrdib_cli.evaluation.selection import bias_table
 
@@ -289,15 +294,15 @@ def render(res: dict[str, Any]) -> str:
              "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
     parts.append(md_table(["backbone", "grid points", "selected", "valid R@20"],
                           [[bb, p["grid_size"], _opts(p["hp"]), f"{p['valid_recall@20']:.4f}"]
-                           for bb, p in res["plain"].items()]))
+                           for bb, p in _ordered(res["plain"], BACKBONES)]))
     parts += ["", "### Alphas selected on validation, per reading", ""]
     rows = [[bb, name, _opts(a["selected"]), f"{a['valid_recall@20']:.4f}"]
-            for bb, per in res["alphas"].items() for name, a in per.items()]
+            for bb, per in _ordered(res["alphas"], BACKBONES) for name, a in _ordered(per, list(READINGS))]
     parts += [md_table(["backbone", "reading", "selected alphas", "valid R@20"], rows), ""]
     parts += ["### Tuned plain vs each reading (pooled per-user paired tests on R@20)", ""]
-    for bb, rows_bb in res["test"].items():
+    for bb, rows_bb in _ordered(res["test"], BACKBONES):
         rows = []
-        for name, r in rows_bb.items():
+        for name, r in _ordered(rows_bb, ["plain", "--mrdib", *READINGS]):
             cells = [name] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
             if name == "plain":
                 cells += ["", "", "", ""]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class MRdIBConfig:
     red_gate: str = "positive"  # encoders get the MINE gradient "positive" (only while the estimate > 0) or "always"
 
     #: option -> allowed values, for the readings chosen by name
-    CHOICES = {"synergy_head": ("none", "mlp"), "critic": ("separable", "concat"), "minmax": ("reverse", "step"),
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"synergy_head": ("none", "mlp"), "critic": ("separable", "concat"), "minmax": ("reverse", "step"),
                "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
                "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
 
