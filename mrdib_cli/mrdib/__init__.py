@@ -23,7 +23,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--no-unique": ("no_unique", bool),
     "--mib-only": ("mib_only", bool),
     "--centre-logvar": ("centre_logvar", bool),
-    # the readings the paper leaves open (docs/mrdib.md, "Readings"); a preset names a set of them
+    # the readings the paper leaves open (docs/mrdib.md, "Readings the paper leaves open"); a preset names a set
     "--mrdib-preset": ("preset", str),
     "--kl-reduction": ("kl_reduction", str),
     "--prior-std": ("prior_std", float),

@@ -59,7 +59,7 @@ class MRdIBConfig:
     critic_steps: int = 1  # only for minmax="step"
     init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
     centre_logvar: bool = False  # the log-variance head sees the hook input minus the items' mean
-    # the readings the paper leaves open (docs/mrdib.md, "Readings"); the defaults are today's reading
+    # the readings the paper leaves open (docs/mrdib.md, "Readings the paper leaves open"); defaults: today's
     preset: str = "current"  # a named set of the readings below (PRESETS); explicit options override it
     kl_reduction: str = "sum"  # "sum" over the bottleneck's dimensions, or "mean" over every element (/ dim)
     prior_std: float = 1.0  # the prior N(0, prior_std^2 I) of the KL
@@ -70,9 +70,10 @@ class MRdIBConfig:
     red_gate: str = "positive"  # encoders get the MINE gradient "positive" (only while the estimate > 0) or "always"
 
     #: option -> allowed values, for the readings chosen by name
-    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {"synergy_head": ("none", "mlp"), "critic": ("separable", "concat"), "minmax": ("reverse", "step"),
-               "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
-               "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "synergy_head": ("none", "mlp"), "critic": ("separable", "concat"), "minmax": ("reverse", "step"),
+        "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
+        "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
 
     def validate(self) -> None:
         for f in fields(self):
