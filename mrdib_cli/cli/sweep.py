@@ -26,6 +26,11 @@ def sweep_cmd(
     device: str = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                help="Override train.device (auto|cpu|cuda[:N])."),
     as_json: bool = typer.Option(False, "--json", rich_help_panel=PANEL_RUNTIME, help="Print JSON on stdout."),
+    select_on_test_bias: bool = typer.Option(
+        False, "--select-on-test-bias", rich_help_panel=PANEL_EVAL,
+        help="Also report what MMRec's select-on-test rule would have reported over this grid, and the null "
+             "control over the winner's seeds (labelled; written to selection-bias.md). Selection stays on "
+             "--select-on."),
 ) -> None:
     """Train a grid of hyper-parameters x seeds (cached) and select the winner on the validation split; writes results.parquet/.csv and summary.json under <workdir>/sweeps/<name>/."""  # noqa: E501
     from mrdib_cli.workflow.config import load_study
@@ -82,6 +87,13 @@ def sweep_cmd(
                   highlight=False)
     if select_on == "test":
         warn(PARITY_LABEL)
+    if select_on_test_bias:
+        from mrdib_cli.workflow.sweep import selection_bias_report
+        from mrdib_cli.workspace import atomic_write_text
+
+        md = selection_bias_report(res.table, s, m, select_on_test=True)
+        atomic_write_text(res.dir / "selection-bias.md", md + "\n")
+        out.print(md, highlight=False, markup=False)
     info(f"results: {res.dir / 'results.parquet'}, {res.dir / 'results.csv'}, {res.dir / 'summary.json'}")
 
 

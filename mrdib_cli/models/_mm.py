@@ -83,6 +83,7 @@ def gated_modality_views(module: nn.Module, feats: dict[str, Tensor], n_layers: 
     graph ``<m>_adj``, users as ``R`` times the items. Returns [users; items] per modality."""
     mm: dict[str, Tensor] = {}
     for m, x in feats.items():
+        x = module.modality_input(m, x)
         h = module.modality_hook(m, module.item_id_embedding.weight * module.gate[m](module.trs[m](x)))
         for _ in range(n_layers):
             h = prop(module, f"{m}_adj", h)

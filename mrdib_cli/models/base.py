@@ -12,6 +12,8 @@ MRdIB attach through :meth:`Backbone.modality_hook`, never through backbone-spec
 
 Hook points: wherever a per-modality, item-level representation h_m [n_items, d_m] is formed before
 fusion, a backbone writes ``h = self.modality_hook("image", h)``. Without plug-ins this is the identity.
+Where the frozen modality features enter, before the backbone's own projection, it writes
+``x = self.modality_input("image", x)``, so a plug-in can work on the modality input itself instead.
 A backbone whose hook rows stay with their item (``item_local_hooks = True``, VBPR) lets a plug-in transform
 only the rows of the training batch's items.
 A backbone that exposes a modality-specific *user* representation for modality m puts it in
@@ -88,6 +90,9 @@ class Backbone(nn.Module):
     training_mode: ClassVar[str] = "bpr"
     #: hyper-parameter defaults (MMRec's, Baby where per-dataset)
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the grid a fair baseline is tuned over on validation (keys: hyper-parameters or ``train.lr``), from
+    #: MMRec's model configs; examples/sweeps/mmrec-<name>.yaml sweeps it
+    mmrec_grid: ClassVar[dict[str, list[Any]]] = {}
     #: per-dataset overrides of ``defaults`` keyed by dataset name (e.g. LGMRec's Sports/Clothing)
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: names of the modality hook points this backbone calls (default: its modalities)
@@ -100,6 +105,7 @@ class Backbone(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self._hooks: dict[str, HookFn] = {}
+        self._input_hooks: dict[str, HookFn] = {}
 
     # hooks ----------------------------------------------------------------------------------
     def modality_hook(self, name: str, h: Tensor) -> Tensor:
@@ -107,11 +113,18 @@ class Backbone(nn.Module):
         fn = self._hooks.get(name)
         return h if fn is None else fn(name, h)
 
-    def install_hook(self, name: str, fn: HookFn) -> None:
+    def modality_input(self, name: str, x: Tensor) -> Tensor:
+        """Pass modality ``name``'s input features [n_items, d_x] through the installed input plug-in (identity
+        if none), before the backbone's own projection."""
+        fn = self._input_hooks.get(name)
+        return x if fn is None else fn(name, x)
+
+    def install_hook(self, name: str, fn: HookFn, *, on_input: bool = False) -> None:
+        """Install ``fn`` at hook point ``name`` (``on_input``: at that modality's input features instead)."""
         if name not in self.get_hook_points():
             raise UsageError(f"backbone '{self.name}' has no modality hook point '{name}' "
                              f"(it has: {', '.join(self.get_hook_points()) or 'none'})")
-        self._hooks[name] = fn
+        (self._input_hooks if on_input else self._hooks)[name] = fn
 
     @classmethod
     def get_hook_points(cls) -> tuple[str, ...]:

@@ -47,6 +47,9 @@ class BM3(Backbone):
         "reg_weight": 0.1,
         "cl_weight": 2.0,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-bm3.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2], "reg_weight": [0.1, 0.01], "dropout": [0.3, 0.5]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -76,7 +79,7 @@ class BM3(Backbone):
         u_on, i_on = self._online()
         views = {"u_online": u_on, "i_online": i_on}
         for m in self.feat:
-            views[f"item_{m}"] = self.modality_hook(m, self.trs[m](self.feat[m]))
+            views[f"item_{m}"] = self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m])))
         return Embeddings(self.predictor(u_on), self.predictor(i_on), views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

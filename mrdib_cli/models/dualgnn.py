@@ -84,6 +84,10 @@ class DualGNN(Backbone):
         "k": 40,
         "reg_weight": 1e-4,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-dualgnn.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"train.lr": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
+                                          "reg_weight": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -118,7 +122,7 @@ class DualGNN(Backbone):
             self.pre_epoch(0, None)
         reps = {}
         for m in MODS:
-            item_repr = self.modality_hook(m, self.gcn[m].project(getattr(self, f"{m}_feat")))
+            item_repr = self.modality_hook(m, self.gcn[m].project(self.modality_input(m, getattr(self, f"{m}_feat"))))
             reps[m] = self.gcn[m](item_repr, self.adj)
         v, t = reps["image"], reps["text"]
         nu = self.n_users

@@ -49,6 +49,9 @@ class FREEDOM(Backbone):
         "dropout": 0.8,
         "reg_weight": 1e-3,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-freedom.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -109,7 +112,8 @@ class FREEDOM(Backbone):
             self.pre_epoch(0, None)  # used outside the trainer: draw a graph with the global RNG
         adj = self.masked_adj if (self.training and self.masked_adj is not None) else self.norm_adj
         u, i = self._forward(adj)
-        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.feat[m])) for m in self.feat}
+        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m])))
+                 for m in self.feat}
         return Embeddings(u, i, views)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

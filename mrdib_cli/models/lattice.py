@@ -53,6 +53,9 @@ class LATTICE(Backbone):
         "item_graph": "dense",
         "max_dense_gib": 8.0,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-lattice.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3], "train.lr": [1e-4, 5e-4, 1e-3, 5e-3]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -123,7 +126,7 @@ class LATTICE(Backbone):
 
     # forward --------------------------------------------------------------------------------
     def propagate(self) -> Embeddings:
-        feats = {m: self.modality_hook(m, self.trs[m](self.feat[m])) for m in self.mods}
+        feats = {m: self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m]))) for m in self.mods}
         if self._build or not self.training or self._item_adj is None:
             item_adj = self._build_item_graph(feats)
             if self.training:

@@ -110,6 +110,11 @@ class LGMRec(Backbone):
         "embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
         "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4, "reg_weight": 1e-6, "eval_gumbel": False,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (LGMRec's own search space for its
+    #: two loss weights: MMRec's LGMRec grid is a single point);
+    #: examples/sweeps/mmrec-lgmrec.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"cl_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
+                                          "reg_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]}
     dataset_defaults = {
         # the official Sports log (the only source tied to reported numbers; reference notes §2.4)
         "sports": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 4, "hyper_num": 4,
@@ -152,7 +157,7 @@ class LGMRec(Backbone):
     # ------------------------------------------------------------------------------ parts
     def _mge(self, m: str) -> tuple[Tensor, Tensor]:
         """Modality graph embedding M^m (last layer) and the user mean F_u^m."""
-        f_i = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.trs[m])  # [I, d]
+        f_i = self.modality_hook(m, self.modality_input(m, getattr(self, f"feat_{m}")) @ self.trs[m])  # [I, d]
         f_u = spmm(self.r, f_i, self.r_t) * self.inv_deg_u  # [U, d]
         h = torch.cat([f_u, f_i], dim=0)
         for _ in range(self.n_mm_layers):

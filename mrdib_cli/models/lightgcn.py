@@ -38,6 +38,9 @@ def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
 class LightGCN(Backbone):
     modalities = ()
     defaults: dict[str, Any] = {"embedding_size": 64, "n_layers": 1, "reg_weight": 1e-2}
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-lightgcn.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:

@@ -78,6 +78,10 @@ class MMGCN(Backbone):
         "reg_weight": 1e-4,
         "train_id_embeddings": False,
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-mmgcn.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                                          "train.lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
@@ -103,7 +107,7 @@ class MMGCN(Backbone):
     def propagate(self) -> Embeddings:
         reps = {}
         for m in self.mods:
-            item_repr = self.modality_hook(m, self.gcn[m].project(getattr(self, f"{m}_feat")))
+            item_repr = self.modality_hook(m, self.gcn[m].project(self.modality_input(m, getattr(self, f"{m}_feat"))))
             reps[m] = self.gcn[m](item_repr, self.id_embedding, lambda x: prop(self, "mean_adj", x))
         rep = sum(reps.values()) / len(reps)
         u, i = torch.split(rep, [self.n_users, self.n_items])

@@ -59,6 +59,9 @@ class SOIL(Backbone):
         "cl_loss2": 0.01,
         "r2_norm": "as_released",
     }
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (SOIL's released grid);
+    #: examples/sweeps/mmrec-soil.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"cl_loss": [0.001, 0.01, 0.1], "cl_loss2": [0.001, 0.01, 0.1]}
     dataset_defaults = {
         "sports": {"knn_i": 5, "knn_a": 6, "cl_loss": 0.1, "cl_loss2": 0.01},
         "clothing": {"knn_i": 5, "knn_a": 3, "cl_loss": 0.01, "cl_loss2": 0.001},

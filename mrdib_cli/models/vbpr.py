@@ -31,6 +31,9 @@ from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 class VBPR(Backbone):
     modalities = ("image", "text")
     defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 2.0}  # first point of MMRec's grid
+    #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
+    #: examples/sweeps/mmrec-vbpr.yaml runs it
+    mmrec_grid: dict[str, list[Any]] = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
     item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
@@ -56,7 +59,7 @@ class VBPR(Backbone):
         f = self.bias
         theta = self.u_embedding[:, self.d:]  # the user's content-preference part
         for m in self.present:
-            h = self.modality_hook(m, getattr(self, f"feat_{m}") @ self.proj[m])  # [I, d]
+            h = self.modality_hook(m, self.modality_input(m, getattr(self, f"feat_{m}")) @ self.proj[m])  # [I, d]
             views[f"item_{m}"] = h
             views[f"user_{m}"] = theta
             f = f + h

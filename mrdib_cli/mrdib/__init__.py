@@ -23,6 +23,19 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--no-unique": ("no_unique", bool),
     "--mib-only": ("mib_only", bool),
     "--centre-logvar": ("centre_logvar", bool),
+    # the readings the paper leaves open (docs/mrdib.md, "Readings the paper leaves open"); a preset names a set
+    "--mrdib-preset": ("preset", str),
+    "--kl-reduction": ("kl_reduction", str),
+    "--prior-std": ("prior_std", float),
+    "--placement": ("placement", str),
+    "--bottleneck-units": ("units", str),
+    "--dual-path": ("dual_path", bool),
+    "--unique-decoders": ("unique_decoders", str),
+    "--red-gate": ("red_gate", str),
+    "--critic": ("critic", str),
+    "--critic-steps": ("critic_steps", int),
+    "--minmax": ("minmax", str),
+    "--mine-items": ("mine_items", int),
 }
 
 

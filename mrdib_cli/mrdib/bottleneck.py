@@ -33,9 +33,12 @@ import torch
 from torch import Tensor, nn
 
 
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) per row: 0.5 * sum_d (mu^2 + sigma^2 - log sigma^2 - 1)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=-1)
+def gaussian_kl(mu: Tensor, logvar: Tensor, prior_var: float = 1.0) -> Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, p^2 I)) per row, p^2 = ``prior_var``:
+    0.5 * sum_d ((mu^2 + sigma^2) / p^2 - log sigma^2 + log p^2 - 1)."""
+    if prior_var == 1.0:
+        return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0).sum(dim=-1)
+    return 0.5 * ((mu.pow(2) + logvar.exp()) / prior_var - logvar + math.log(prior_var) - 1.0).sum(dim=-1)
 
 
 def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -79,10 +82,11 @@ class _SampleAndKL(torch.autograd.Function):
     """The training-time bottleneck in one hand-written pass each way (the hot path of every MRdIB step).
 
     Inputs: the hook representation ``h`` [N, d], the head's ``weight`` [2k, d] and ``bias`` [2k], the
-    factor ``f`` and the hook scale ``s`` (Python floats). With ``mu = W_mu h / s + b_mu`` and
-    ``logvar = clamp(W_lv h / s + b_lv)``, the outputs are ``f * (mu + sigma * eps)`` (eps ~ N(0, I)), the
-    per-row KL of N(mu, sigma^2) to N(0, I), and the raw head output ``[f * mu | logvar before clamping]``
-    (no gradient; for diagnostics).
+    factor ``f``, the hook scale ``s`` and the prior's variance ``pv`` (Python floats). With
+    ``mu = W_mu h / s + b_mu`` and ``logvar = clamp(W_lv h / s + b_lv)``, the outputs are
+    ``f * (mu + sigma * eps)`` (eps ~ N(0, I)), the per-row KL of N(mu, sigma^2) to N(0, pv I), and the raw
+    head output ``[f * mu | logvar before clamping]`` (no gradient; for diagnostics). With ``pv = 1`` no
+    prior operation runs at all, so the default prior is bit-identical to the unit-prior code.
 
     The clamp of the log-variance is a numerical guard (exp() must not overflow), not part of the model, so
     the KL's gradient passes through it: the sample's gradient stops at a bound, as with ``torch.clamp``, but
@@ -100,7 +104,7 @@ class _SampleAndKL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, bias: Tensor, f: float, s: float, lo: float,
-                hi: float) -> tuple[Tensor, Tensor, Tensor]:
+                hi: float, pv: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
         k = weight.shape[0] // 2
         w, b = _fold(weight, bias, k, f / s, 1.0 / s, f)
         head = torch.addmm(b, h, w.t())  # [f * mu | raw logvar]
@@ -111,16 +115,19 @@ class _SampleAndKL(torch.autograd.Function):
         std = lv.mul_(0.5).exp_()
         noise = torch.randn_like(std).mul_(std)  # sigma * eps
         out = torch.add(m, noise, alpha=f)
-        kl = 0.5 * (_sq_norm(m) * (1.0 / (f * f)) + _sq_norm(std) - lv_sum - k)
+        if pv == 1.0:
+            kl = 0.5 * (_sq_norm(m) * (1.0 / (f * f)) + _sq_norm(std) - lv_sum - k)
+        else:
+            kl = 0.5 * ((_sq_norm(m) * (1.0 / (f * f)) + _sq_norm(std)) / pv - lv_sum + k * (math.log(pv) - 1.0))
         ctx.save_for_backward(h, w, m, std, noise, clamped)
-        ctx.consts = (k, f, s)
+        ctx.consts = (k, f, s, pv)
         ctx.mark_non_differentiable(head)
         return out, kl, head
 
     @staticmethod
     def backward(ctx, g_out: Tensor | None, g_kl: Tensor | None, _g_head: Tensor | None):
         h, w, m, std, noise, clamped = ctx.saved_tensors
-        k, f, s = ctx.consts
+        k, f, s, pv = ctx.consts
         if g_kl is None:
             g_kl = torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
         if g_out is None:
@@ -128,16 +135,18 @@ class _SampleAndKL(torch.autograd.Function):
         gk = g_kl.unsqueeze(-1)
         g_head = torch.empty(m.shape[0], 2 * k, dtype=m.dtype, device=m.device)
         g_mu, g_lv = g_head[:, :k], g_head[:, k:]  # gradients w.r.t. f * mu and logvar
-        # d out / d (f mu) = 1; d kl / d (f mu) = mu / f = (f mu) / f^2
-        torch.addcmul(g_out, m, gk, value=1.0 / (f * f), out=g_mu)
-        # d kl / d logvar = 0.5 (sigma^2 - 1), passed through the clamp (it always points back into the range);
-        # d out / d logvar = 0.5 f sigma eps, stopped where clamped (as torch.clamp would)
+        # d out / d (f mu) = 1; d kl / d (f mu) = mu / (f pv) = (f mu) / (f^2 pv)
+        torch.addcmul(g_out, m, gk, value=1.0 / (f * f) if pv == 1.0 else 1.0 / (f * f * pv), out=g_mu)
+        # d kl / d logvar = 0.5 (sigma^2 / pv - 1), passed through the clamp (it always points back into the
+        # range); d out / d logvar = 0.5 f sigma eps, stopped where clamped (as torch.clamp would)
         torch.mul(std, std, out=g_lv)
+        if pv != 1.0:
+            g_lv.div_(pv)
         g_lv.sub_(1.0).mul_(gk * 0.5)
         g_lv.addcmul_(g_out, noise if clamped is None else noise.masked_fill(clamped, 0.0), value=0.5 * f)
         g_h = g_head @ w if ctx.needs_input_grad[0] else None
         g_w, g_b = _fold(g_head.t() @ h, g_head.sum(0), k, f / s, 1.0 / s, f)
-        return g_h, g_w, g_b, None, None, None, None
+        return g_h, g_w, g_b, None, None, None, None, None
 
 
 @dataclass
@@ -150,6 +159,7 @@ class BottleneckOut:
     mu_f: Tensor  # factor * mu (no gradient in training: for diagnostics)
     logvar_raw: Tensor  # the head's log sigma^2 before clamping (likewise)
     kl: Tensor | None  # per-row KL (computed with the sample; None at evaluation)
+    prior_var: float = 1.0  # the prior N(0, prior_var I) the KL is measured against
 
     @property
     def logvar(self) -> Tensor:
@@ -157,7 +167,8 @@ class BottleneckOut:
 
     def detach(self) -> BottleneckOut:
         return BottleneckOut(self.out.detach(), self.z.detach(), self.factor, self.mu_f.detach(),
-                             self.logvar_raw.detach(), None if self.kl is None else self.kl.detach())
+                             self.logvar_raw.detach(), None if self.kl is None else self.kl.detach(),
+                             self.prior_var)
 
     @property
     def mu(self) -> Tensor:
@@ -169,7 +180,7 @@ class BottleneckOut:
         return self.z.index_select(0, rows) / self.factor
 
     def kl_rows(self) -> Tensor:
-        return self.kl if self.kl is not None else gaussian_kl(self.mu, self.logvar)
+        return self.kl if self.kl is not None else gaussian_kl(self.mu, self.logvar, self.prior_var)
 
 
 class GaussianBottleneck(nn.Module):
@@ -185,9 +196,12 @@ class GaussianBottleneck(nn.Module):
     LOGVAR_RANGE = (-20.0, 10.0)
 
     def __init__(self, in_dim: int, z_dim: int | None = None, init_noise: float = 0.1,
-                 h_var: float = 1.0, centre_logvar: bool = False) -> None:
+                 h_var: float = 1.0, centre_logvar: bool = False, prior_var: float = 1.0,
+                 raw_units: bool = False) -> None:
         super().__init__()
         self.in_dim = in_dim
+        self.prior_var = prior_var
+        self.raw_units = raw_units  # the heads see h itself, not h / scale (scale is then only a reference)
         self.centre_logvar = centre_logvar
         self.z_dim = z_dim or in_dim
         # one Linear for both heads ([mu | logvar]): one matmul instead of two on the full item set
@@ -219,7 +233,14 @@ class GaussianBottleneck(nn.Module):
             self.head.bias[k:].fill_(math.log(max(init_noise, 1e-6) ** 2))
 
     def _scale_value(self) -> float:
-        """The scale as a Python float, read from the buffer once (not per step: on a GPU a read is a sync)."""
+        """The unit the heads work in as a Python float: the hook's std at attach, read from the buffer once
+        (not per step: on a GPU a read is a sync), or 1 in raw units."""
+        if self.raw_units:
+            return 1.0
+        return self.attach_std()
+
+    def attach_std(self) -> float:
+        """The hook input's std over items measured at attach (the health figures' reference)."""
         if self._scale_float is None:
             self._scale_float = float(self.scale)
         return self._scale_float
@@ -248,10 +269,11 @@ class GaussianBottleneck(nn.Module):
         f, s, k = self._factor(), self._scale_value(), self.z_dim
         bias = self._head_bias(h, centre)
         if sample:
-            z, kl, head = _SampleAndKL.apply(h, self.head.weight, bias, f, s, *self.LOGVAR_RANGE)
+            z, kl, head = _SampleAndKL.apply(h, self.head.weight, bias, f, s, *self.LOGVAR_RANGE, self.prior_var)
         else:  # mu only (evaluation): the same folded head, left to autograd
             w, b = _fold(self.head.weight, bias, k, f / s, 1.0 / s, f)
             head = torch.addmm(b, h, w.t())
             z, kl = head[:, :k].contiguous(), None
         out = z if self.identity_decoder else self.decode(z)
-        return BottleneckOut(out=out, z=z, factor=f, mu_f=head[:, :k], logvar_raw=head[:, k:], kl=kl)
+        return BottleneckOut(out=out, z=z, factor=f, mu_f=head[:, :k], logvar_raw=head[:, k:], kl=kl,
+                             prior_var=self.prior_var)

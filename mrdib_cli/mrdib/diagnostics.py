@@ -155,7 +155,7 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0,
     on_stage(f"{lr.name}: ranking with each representation")
     ranking: dict[str, Any] = {}
     for m in mods:
-        user = emb.views.get(f"user_{m}", emb.user)
+        user = lr.plugin.unique_users(m, emb) if lr.plugin is not None else emb.views.get(f"user_{m}", emb.user)
         if user.shape[-1] != items[m].shape[-1]:
             ranking[m] = {"skipped": f"user dim {user.shape[-1]} != item dim {items[m].shape[-1]} and the run "
                                      f"has no trained alignment map"}

@@ -168,12 +168,14 @@ class _SeparableDV(torch.autograd.Function):
         return torch.addcmul(w @ b, b, gj), torch.addcmul(w.T @ a, a, gj)
 
 
-def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minmax: str = "reverse") -> Tensor:
+def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minmax: str = "reverse",
+                    gate: str = "positive") -> Tensor:
     """The MRdIB redundancy estimate for the min-max, on standardised inputs (a scalar, unweighted).
 
-    - the encoders (x, y) receive the gradient of the bound only while the estimate is positive: MI >= 0,
-      so a negative DV value is pure critic error, and descending it would only chase a lagging critic
-      (in practice the encoders then drive the bound to -inf and the representation diverges);
+    - with ``gate="positive"`` the encoders (x, y) receive the gradient of the bound only while the estimate
+      is positive: MI >= 0, so a negative DV value is pure critic error, and descending it would only chase a
+      lagging critic (in practice the encoders then drive the bound to -inf and the representation
+      diverges); ``gate="always"`` passes it every step (for a critic kept tight, e.g. several ascent steps);
     - the critic ascends the bound: through gradient reversal (``minmax="reverse"``, scale 1/weight so the
       critic sees the bound's own gradient whatever ``weight`` the caller multiplies the term by), or not at
       all here (``"step"``: the critic is a constant and takes its own optimiser step elsewhere).
@@ -183,7 +185,8 @@ def redundancy_term(critic: nn.Module, x: Tensor, y: Tensor, weight: float, minm
     ys = standardise(_GradGate.apply(y, holder))
     grad = "reverse" if minmax == "reverse" else "detach"
     dv = dv_bound(critic, xs, ys, critic_grad=grad, reverse_scale=1.0 / weight if weight > 0 else 1.0)
-    holder["gate"] = (dv.detach() > 0).to(dv.dtype)  # a tensor: no host-device sync per step on a GPU
+    if gate == "positive":
+        holder["gate"] = (dv.detach() > 0).to(dv.dtype)  # a tensor: no host-device sync per step on a GPU
     return dv
 
 

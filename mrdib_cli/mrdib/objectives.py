@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,21 @@ class MRdIBConfig:
     critic_steps: int = 1  # only for minmax="step"
     init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
     centre_logvar: bool = False  # the log-variance head sees the hook input minus the items' mean
+    # the readings the paper leaves open (docs/mrdib.md, "Readings the paper leaves open"); defaults: today's
+    preset: str = "current"  # a named set of the readings below (PRESETS); explicit options override it
+    kl_reduction: str = "sum"  # "sum" over the bottleneck's dimensions, or "mean" over every element (/ dim)
+    prior_std: float = 1.0  # the prior N(0, prior_std^2 I) of the KL
+    placement: str = "projection"  # bottleneck on the backbone's projected hook ("projection") or its "input"
+    units: str = "scaled"  # "scaled": heads see h / std(h at attach); "raw": h itself
+    dual_path: bool = False  # the backbone's BPR also scores the clean (z = mu) representation
+    unique_decoders: str = "shared"  # unique BPR's user side: the backbone's ("shared") or one table per modality
+    red_gate: str = "positive"  # encoders get the MINE gradient "positive" (only while the estimate > 0) or "always"
+
+    #: option -> allowed values, for the readings chosen by name
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "synergy_head": ("none", "mlp"), "critic": ("separable", "concat"), "minmax": ("reverse", "step"),
+        "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
+        "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
 
     def validate(self) -> None:
         for f in fields(self):
@@ -69,12 +84,14 @@ class MRdIBConfig:
                 raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
         if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
             raise UsageError(f"--bottleneck-dim must be a positive integer, got {self.bottleneck_dim}")
-        if self.synergy_head not in ("none", "mlp"):
-            raise UsageError(f"--synergy-head must be 'none' or 'mlp', got '{self.synergy_head}'")
-        if self.critic not in ("separable", "concat"):
-            raise UsageError(f"critic must be 'separable' or 'concat', got '{self.critic}'")
-        if self.minmax not in ("reverse", "step"):
-            raise UsageError(f"minmax must be 'reverse' or 'step', got '{self.minmax}'")
+        for key, allowed in self.CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise UsageError(f"--{key.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got '{getattr(self, key)}'")
+        if self.preset not in PRESETS:
+            raise UsageError(f"--mrdib-preset must be one of {', '.join(PRESETS)}, got '{self.preset}'")
+        if not self.prior_std > 0:
+            raise UsageError(f"--prior-std must be > 0, got {self.prior_std}")
         if self.mine_items < 0 or self.mine_items == 1:
             raise UsageError(f"mine_items must be 0 (all) or >= 2, got {self.mine_items}")
         if self.critic_steps < 1:
@@ -104,6 +121,28 @@ class MRdIBConfig:
             raise UsageError(f"unknown MRdIB option(s): {', '.join(unknown)} (valid: {', '.join(sorted(names))})")
         return cls(**d)
 
+    @classmethod
+    def resolve(cls, options: dict[str, Any], base: MRdIBConfig | None = None) -> MRdIBConfig:
+        """``base`` (default: the defaults), then the preset named in ``options`` (or base's), then ``options``.
+
+        So ``{"preset": "paper", "alpha_kl": 1e-3}`` is the paper's reading with one alpha changed, and a
+        config.json's plug-in section (the preset plus every resolved value) resolves to itself.
+        """
+        start = asdict(base or cls())
+        preset = options.get("preset", start["preset"])
+        if preset not in PRESETS:
+            raise UsageError(f"--mrdib-preset must be one of {', '.join(PRESETS)}, got '{preset}'")
+        return cls.from_dict({**start, **PRESETS[preset], **options})
+
+
+#: named readings: "current" is today's defaults; "paper" the conventions of the paper's lab (docs/mrdib.md)
+PRESETS: dict[str, dict[str, Any]] = {
+    "current": {"kl_reduction": "sum", "prior_std": 1.0, "placement": "projection", "units": "scaled",
+                "dual_path": False, "unique_decoders": "shared", "red_gate": "positive"},
+    "paper": {"kl_reduction": "mean", "prior_std": 0.5, "placement": "input", "units": "raw",
+              "dual_path": True, "unique_decoders": "independent", "red_gate": "positive"},
+}
+
 
 def bpr(pos: Tensor, neg: Tensor) -> Tensor:
     """BPR(s) = -mean log sigmoid(s+ - s-), in the numerically stable softplus form."""
@@ -123,12 +162,15 @@ class MRdIB(Plugin):
         super().__init__()
         cfg = config or MRdIBConfig()
         if overrides:
-            cfg = MRdIBConfig.from_dict({**asdict(cfg), **overrides})
+            cfg = MRdIBConfig.resolve(overrides, cfg)
         cfg.validate()
         self.cfg = cfg
         self.bottlenecks = nn.ModuleDict()
         self.unique_maps = nn.ModuleDict()  # item-side alignment A_m (only where dims differ)
         self.critics = nn.ModuleDict()  # one per modality pair, key "a__b"
+        self.user_tables = nn.ModuleDict()  # unique_decoders="independent": modality m's own user vectors
+        self._proj: dict[str, Tensor] = {}  # placement="input": the projected hook of the last forward
+        self._clean = False  # inside the dual path's clean forward (z = mu, nothing stored)
         self.synergy = None  # optional explicit fusion head
         self.hooks: tuple[str, ...] = ()
         self.pairs: tuple[tuple[str, str], ...] = ()
@@ -151,21 +193,25 @@ class MRdIB(Plugin):
         if not points:
             raise UsageError(f"backbone '{backbone.name}' has no modality hook points: --mrdib needs a multimodal "
                              f"backbone (e.g. vbpr, lgmrec)")
-        dims, emb = self._probe(backbone, points)
+        cfg = self.cfg
+        if cfg.dual_path and backbone.training_mode != "bpr":
+            raise UsageError(f"--dual-path scores the backbone's BPR twice, and '{backbone.name}' trains without "
+                             f"a BPR term: drop --dual-path for it")
+        dims, inputs, emb = self._probe(backbone, points)
         if not dims:
             raise UsageError(f"backbone '{backbone.name}' formed no modality representation (no image/text "
                              f"features loaded?): --mrdib needs at least one modality")
+        on_input = cfg.placement == "input"
+        if on_input and set(inputs) != set(dims):
+            raise UsageError(f"backbone '{backbone.name}' does not pass its modality inputs through "
+                             f"modality_input(): use --placement projection with it")
         device = next(iter(dims.values()))[2]
         self.hooks = tuple(m for m in points if m in dims)
         for m in self.hooks:
-            d_in, h_var, _ = dims[m]
-            self.bottlenecks[m] = GaussianBottleneck(d_in, self.cfg.bottleneck_dim, self.cfg.init_noise, h_var,
-                                                     self.cfg.centre_logvar)
-            d_user = emb.views.get(f"user_{m}", emb.user).shape[-1]
-            if d_user != d_in:
-                lin = nn.Linear(d_in, d_user, bias=False)
-                nn.init.xavier_uniform_(lin.weight)
-                self.unique_maps[m] = lin
+            d_in, h_var, _ = inputs[m] if on_input else dims[m]
+            self.bottlenecks[m] = GaussianBottleneck(d_in, cfg.bottleneck_dim, cfg.init_noise, h_var,
+                                                     cfg.centre_logvar, cfg.prior_std ** 2, cfg.units == "raw")
+            self._unique_side(m, dims[m][0], emb)
         self.pairs = tuple(itertools.combinations(self.hooks, 2))
         for a, b in self.pairs:
             self.critics[f"{a}__{b}"] = make_critic(self.cfg.critic, self.bottlenecks[a].z_dim,
@@ -184,20 +230,43 @@ class MRdIB(Plugin):
                                      for k, c in self.critics.items()}
         self._backbone = [backbone]
         for m in self.hooks:
-            backbone.install_hook(m, self._hook)
+            backbone.install_hook(m, self._hook, on_input=on_input)
+            if on_input:
+                backbone.install_hook(m, self._observe)
+
+    def _unique_side(self, m: str, d_item: int, emb: Embeddings) -> None:
+        """The unique term's parameters for modality ``m`` whose item side has ``d_item`` columns: an
+        independent user table (``unique_decoders="independent"``), or the alignment A_m to the backbone's
+        user side when the dimensions differ."""
+        if self.cfg.unique_decoders == "independent":
+            table = nn.Embedding(emb.user.shape[0], d_item)
+            nn.init.xavier_uniform_(table.weight)
+            self.user_tables[m] = table
+            return
+        d_user = emb.views.get(f"user_{m}", emb.user).shape[-1]
+        if d_user != d_item:
+            lin = nn.Linear(d_item, d_user, bias=False)
+            nn.init.xavier_uniform_(lin.weight)
+            self.unique_maps[m] = lin
 
     @staticmethod
-    def _probe(backbone: Backbone, points: tuple[str, ...]) -> tuple[dict[str, tuple[int, float, Any]], Embeddings]:
-        """One eval-mode forward with recording hooks; the RNG state is restored so seeding is unaffected."""
+    def _probe(backbone: Backbone, points: tuple[str, ...]) -> tuple[dict[str, tuple[int, float, Any]],
+                                                                      dict[str, tuple[int, float, Any]], Embeddings]:
+        """One eval-mode forward recording the hooks and the modality inputs (dimension, variance over items,
+        device); the RNG state is restored so seeding is unaffected."""
         seen: dict[str, tuple[int, float, Any]] = {}
+        seen_in: dict[str, tuple[int, float, Any]] = {}
 
-        def record(name: str, h: Tensor) -> Tensor:
-            seen[name] = (int(h.shape[-1]), float(h.detach().float().var(dim=0).mean()), h.device)
-            return h
+        def recorder(into: dict[str, tuple[int, float, Any]]):
+            def record(name: str, h: Tensor) -> Tensor:
+                into[name] = (int(h.shape[-1]), float(h.detach().float().var(dim=0).mean()), h.device)
+                return h
+            return record
 
-        saved = dict(backbone._hooks)
+        saved, saved_in = dict(backbone._hooks), dict(backbone._input_hooks)
         for m in points:
-            backbone._hooks[m] = record
+            backbone._hooks[m] = recorder(seen)
+            backbone._input_hooks[m] = recorder(seen_in)
         was = backbone.training
         devices = [d for d in {p.device for p in backbone.parameters()} if d.type == "cuda"]
         try:
@@ -206,14 +275,16 @@ class MRdIB(Plugin):
                 emb = backbone.propagate()
         finally:
             backbone.train(was)
-            backbone._hooks.clear()
-            backbone._hooks.update(saved)
-        return seen, emb
+            for table, old in ((backbone._hooks, saved), (backbone._input_hooks, saved_in)):
+                table.clear()
+                table.update(old)
+        return seen, seen_in, emb
 
     # ---------------------------------------------------------------------------------- the hook
     def _sampling(self) -> bool:
-        """Sample z only when both the plug-in and the backbone train (eval embeddings always use mu)."""
-        return self.training and bool(self._backbone) and self._backbone[0].training
+        """Sample z only when both the plug-in and the backbone train (eval embeddings always use mu), and not
+        in the dual path's clean forward."""
+        return self.training and bool(self._backbone) and self._backbone[0].training and not self._clean
 
     def before_step(self, batch: Batch) -> None:
         """On an item-local backbone (VBPR), on CPU: note the batch's distinct items for :meth:`_hook`.
@@ -226,12 +297,20 @@ class MRdIB(Plugin):
         self._rows = self._inv = None
         backbone = self._backbone[0] if self._backbone else None
         if (backbone is None or not backbone.item_local_hooks or not self._sampling()
-                or batch.pos.device.type != "cpu"):
+                or batch.pos.device.type != "cpu" or self.cfg.placement == "input"):
             return
         idx = batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg])
         self._rows, self._inv = torch.unique(idx, return_inverse=True)
 
+    def _observe(self, name: str, h: Tensor) -> Tensor:
+        """With ``placement="input"``: the projected hook, left as it is, is the unique term's item side."""
+        if not self._clean:
+            self._proj[name] = h
+        return h
+
     def _hook(self, name: str, h: Tensor) -> Tensor:
+        if self._clean:  # the dual path's clean forward: z = mu with gradients, and nothing is recorded
+            return self.bottlenecks[name](h, sample=False).out
         sample = self._sampling()
         if not sample:  # evaluation only (once per epoch): the scale and offset the backbone gives this hook now
             var, mean = torch.var_mean(h.detach().float(), dim=0)
@@ -261,8 +340,18 @@ class MRdIB(Plugin):
 
     # ---------------------------------------------------------------------------------- objectives
     def item_view(self, name: str, z: Tensor) -> Tensor:
-        """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree)."""
-        return self._aligned(name, self.bottlenecks[name].decode(z))
+        """The item side of modality ``name``'s own score: A_m dec(z_m) (A_m = identity when dims agree, and
+        with independent decoders). With ``placement="input"`` z lives in the input's space, and the item side
+        is the backbone's projection of it as observed at the hook in the last forward (``z`` = that forward's)."""
+        side = self._proj[name] if self.cfg.placement == "input" else self.bottlenecks[name].decode(z)
+        return side if name in self.user_tables else self._aligned(name, side)
+
+    def unique_users(self, name: str, emb: Embeddings) -> Tensor:
+        """Every user's vector in modality ``name``'s own score (the unique term's decoder)."""
+        if name in self.user_tables:
+            return self.user_tables[name].weight
+        view = f"user_{name}"
+        return emb.views[view] if view in emb.views else emb.user
 
     def _aligned(self, name: str, x: Tensor) -> Tensor:
         """A_m x for a decoded representation x (what the backbone received)."""
@@ -298,11 +387,13 @@ class MRdIB(Plugin):
         for m in self.hooks:
             st = self._state[m]
             if cfg.use_uni and has_neg:
-                out_b[m] = st.out.index_select(0, idx)
+                out_b[m] = (self._proj[m] if cfg.placement == "input" else st.out).index_select(0, idx)
             # KL per item over the item set (computed with the sample), then averaged over the batch's items:
             # the same value as KL of the gathered rows, but only a vector is gathered/scattered in backward
             kl_m = st.kl_rows().index_select(0, idx).mean()
-            logs[f"kl_{m}"] = kl_m.detach()
+            logs[f"kl_{m}"] = kl_m.detach()  # nats per item whatever the reduction: a health figure
+            if cfg.kl_reduction == "mean":  # the mean over every element: the sum over dimensions / dimension
+                kl_m = kl_m / self.bottlenecks[m].z_dim
             kl_sum = kl_m if kl_sum is None else kl_sum + kl_m
         if cfg.use_kl and kl_sum is not None:
             terms["kl"] = cfg.alpha_kl * kl_sum
@@ -310,8 +401,10 @@ class MRdIB(Plugin):
         if cfg.use_uni and has_neg:
             uni = None
             for m in self.hooks:
-                p = self.user_rows(m, emb, batch.users)
-                s_i = self._aligned(m, out_b[m])
+                if m in self.user_tables:  # an independent decoder: modality m's own user vectors
+                    p, s_i = self.user_tables[m](batch.users), out_b[m]
+                else:
+                    p, s_i = self.user_rows(m, emb, batch.users), self._aligned(m, out_b[m])
                 l_m = bpr((p * s_i[:n_pos]).sum(-1), (p * s_i[n_pos:]).sum(-1))
                 logs[f"uni_{m}"] = l_m.detach()
                 uni = l_m if uni is None else uni + l_m
@@ -338,14 +431,31 @@ class MRdIB(Plugin):
             zr = {m: self._state[m].unit_z(red_items) for m in self.hooks}
             red = None
             for a, b in self.pairs:
-                mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax)
+                mi = redundancy_term(self.critics[f"{a}__{b}"], zr[a], zr[b], cfg.alpha_red, cfg.minmax,
+                                     gate=cfg.red_gate)
                 red = mi if red is None else red + mi
             assert red is not None
             logs["mine"] = red.detach()
             terms["red"] = cfg.alpha_red * red
             self._last_z = {m: v.detach() for m, v in zr.items()} if cfg.minmax == "step" else None
+        if cfg.dual_path and self._sampling():
+            terms["bpr_clean"] = self._clean_bpr(batch)
         self.logs = logs
         return terms
+
+    def _clean_bpr(self, batch: Batch) -> Tensor:
+        """The dual path's second term: the backbone's own BPR with every bottleneck passing z = mu.
+
+        Why a second forward: the backbone's BPR already scores the noisy sample; scoring the clean mean as well
+        (the paper's lab's convention) keeps the ranking signal of mu even while the noise is large. It costs
+        one more backbone forward per step.
+        """
+        backbone = self._backbone[0]
+        self._clean = True
+        try:
+            return backbone.loss(batch, backbone.propagate())["bpr"]
+        finally:
+            self._clean = False
 
     def after_step(self, batch: Batch, emb: Embeddings) -> None:
         """With ``minmax="step"``: the critic's ascent step on the batch's detached z (the max side)."""
@@ -389,7 +499,8 @@ class MRdIB(Plugin):
             nats = float(st.kl_rows().mean())  # closed form: an evaluation forward stores no sampled KL
             clamped = float(((raw < lo) | (raw > hi)).float().mean())
             var, mean_sq = (max(float(v), 0.0) for v in moments)
-            spread, offset = math.sqrt(var) / bn._scale_value(), math.sqrt(mean_sq) / bn._scale_value()
+            ref = bn.attach_std()
+            spread, offset = math.sqrt(var) / ref, math.sqrt(mean_sq) / ref
             figures.update({f"nats_{m}": nats, f"clamped_{m}": clamped, f"spread_{m}": spread,
                             f"offset_{m}": offset})
             where = f"MRdIB {m} bottleneck ({nats:,.0f} nats per item pass)"

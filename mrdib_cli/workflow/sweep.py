@@ -149,6 +149,28 @@ def select(table: pl.DataFrame, metric: str, on: str = "valid") -> dict[str, Any
             .to_dicts(), "winners": winners}
 
 
+def selection_bias_report(table: pl.DataFrame, summary: dict[str, Any], metric: str, *,
+                          select_on_test: bool = False) -> str:
+    """What MMRec's select-on-test rule would report over this sweep's grid, per dataset/backbone/plug-in,
+    and the null control over the seeds of the validation winner (labelled Markdown; refuses unless asked)."""
+    from mrdib_cli.evaluation.selection import bias_table, null_control, selection_bias
+
+    results: dict[str, dict[str, Any]] = {}
+    for w in summary["winners"]:
+        g = table.filter((pl.col("dataset") == w["dataset"]) & (pl.col("backbone") == w["backbone"])
+                         & (pl.col("mrdib") == w["mrdib"]))
+        rows = [{"run": r["run"], "config": r["point"], "seed": r["seed"],
+                 "valid": {metric: r[f"valid_{metric}"]}, "test": {metric: r[f"test_{metric}"]}}
+                for r in g.iter_rows(named=True)]
+        name = f"{w['dataset']}/{w['backbone']}{'+mrdib' if w['mrdib'] else ''}"
+        results[f"{name}: grid"] = selection_bias(rows, metric, select_on_test=select_on_test)
+        seeds = [r for r in rows if r["config"] == w["point"]]
+        if len(seeds) >= 2:
+            results[f"{name}: null control (its seeds as configurations)"] = null_control(
+                seeds, metric, select_on_test=select_on_test)
+    return bias_table(results)
+
+
 def write_outputs(out_dir: Path, table: pl.DataFrame, summary: dict[str, Any]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tagged = table.with_columns(pl.lit(summary["selected_on"]).alias("selected_on"))

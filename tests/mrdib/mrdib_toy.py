@@ -32,8 +32,9 @@ class ToyMM(Backbone):
         self.dropout = nn.Dropout(0.2)  # so eval determinism is a real property, not an accident
 
     def propagate(self) -> Embeddings:
-        h_v = self.modality_hook("image", self.proj_v(self.dropout(self.feat_v)))
-        h_t = self.modality_hook("text", self.proj_t(self.dropout(self.feat_t)))
+        x_v, x_t = self.modality_input("image", self.feat_v), self.modality_input("text", self.feat_t)
+        h_v = self.modality_hook("image", self.proj_v(self.dropout(x_v)))
+        h_t = self.modality_hook("text", self.proj_t(self.dropout(x_t)))
         user = torch.cat([self.gamma_u, self.theta_u, self.gamma_u], dim=1)
         item = torch.cat([self.gamma_i, h_v, h_t], dim=1)
         return Embeddings(user=user, item=item, views={"user_image": self.theta_u})

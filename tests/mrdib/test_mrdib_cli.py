@@ -106,3 +106,19 @@ def test_diagnose_tables_keep_long_run_names_whole_on_a_narrow_terminal():
     # every cell of the run column, read top to bottom and joined, spells the full names in order
     first_col = "".join(line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│"))
     assert first_col.count(names[0]) == 2 and first_col.count(names[1]) == 2
+
+
+def test_the_paper_preset_is_resolved_and_stored_in_the_run_config(workdir, cli):
+    make_dataset(workdir, n_users=40, n_items=30)
+    rc, _, err = cli("train", "-b", "vbpr", "-n", "paper", "--mrdib", "--mrdib-preset", "paper",
+                     "--alpha-kl", "0.001", *FAST)
+    assert rc == 0, err
+    plug = json.loads((workdir / "runs" / "paper" / "config.json").read_text())["plugin"]
+    assert plug["preset"] == "paper" and plug["alpha_kl"] == 0.001  # an explicit option beats the preset
+    assert (plug["kl_reduction"], plug["prior_std"], plug["placement"], plug["units"], plug["dual_path"],
+            plug["unique_decoders"]) == ("mean", 0.5, "input", "raw", True, "independent")
+    rows = [json.loads(ln) for ln in (workdir / "runs" / "paper" / "metrics.jsonl").read_text().splitlines()]
+    assert "bpr_clean" in rows[-1]["loss"]  # the dual path ran
+    rc, _, err = cli("train", "-b", "vbpr", "-n", "bad", "--mrdib", "--mrdib-preset", "lab", *FAST)
+    assert rc == 2 and "--mrdib-preset must be one of current, paper" in err and "Traceback" not in err
+    assert not (workdir / "runs" / "bad").exists()

@@ -40,10 +40,11 @@ def test_attach_builds_heads_from_probed_dims_and_keeps_rng(toy: ToyMM) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    dims, _ = MRdIB._probe(toy, ("image", "text"))
+    dims, inputs, _ = MRdIB._probe(toy, ("image", "text"))
     assert torch.equal(torch.rand(3), expected)  # the probe forward consumed no random numbers
-    assert toy.training and not toy._hooks  # mode and hooks restored
+    assert toy.training and not toy._hooks and not toy._input_hooks  # mode and hooks restored
     assert {m: d[0] for m, d in dims.items()} == {"image": 8, "text": 8}
+    assert {m: d[0] for m, d in inputs.items()} == {"image": 12, "text": 10}  # the features' own dims
     plugin = _attached(toy)
     assert plugin.hooks == ("image", "text")
     assert plugin.pairs == (("image", "text"),)
