@@ -34,7 +34,7 @@ def sweep_cmd(
         raise UsageError(f"--select-on must be 'valid' or 'test', got '{select_on}'")
     study = load_study(config)
     if device:
-        study.train.device = device
+        study.train["device"] = device
     if select_on == "test":
         warn(PARITY_LABEL)
     res = run_sweep(ws(), study, select_on=select_on, metric=metric, dry_run=dry_run, log=info,

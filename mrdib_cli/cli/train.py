@@ -38,6 +38,19 @@ def _extra_hparams(args: list[str]) -> dict[str, object]:
     return out_
 
 
+def _plugin_opts(items: list[str], selected: str | None) -> dict[str, object]:
+    """``--plugin-opt key=value`` items (they need a plug-in chosen by --plugin, a switch or the config)."""
+    from mrdib_cli.training.config import parse_value
+
+    opts: dict[str, object] = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or selected is None:
+            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
+        opts[k.strip()] = parse_value(v)
+    return opts
+
+
 def _fmt_losses(loss: dict[str, float]) -> str:
     return "  ".join(f"{k} {v:.4f}" if abs(v) >= 1e-3 or v == 0 else f"{k} {v:.2e}"
                      for k, v in loss.items() if k != "total")
@@ -100,61 +113,33 @@ def train_cmd(
 ) -> None:
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
-    from mrdib_cli.models.base import get_backbone, resolve_hparams
-    from mrdib_cli.training.config import (PATIENCE_UNSET, RunConfig, apply_sets, load_config_file, merge,
-                                           parse_value, resolve_patience)
+    from mrdib_cli.training.config import load_config_file
+    from mrdib_cli.training.plugin import claim_plugin_args
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import EpochRecord, Trainer
 
     w = ws()
-    cfg = RunConfig()
-    cfg.train.patience = PATIENCE_UNSET  # resolved against the backbone below unless given
+    stored = None
     if resume:
-        name = w.resolve_run(run_name)
-        old = read_json(w.run_dir(name) / "config.json")
-        merge(cfg, {k: old[k] for k in ("backbone", "dataset", "train", "hparams", "plugin", "features")
-                    if old.get(k) is not None}, "stored config.json")
-        cfg.run_name = name
-    if config:
-        merge(cfg, load_config_file(config), str(config))
-    for attr, val in (("backbone", backbone), ("dataset", dataset), ("run_name", run_name)):
-        if val is not None:
-            setattr(cfg, attr, val)
-    for attr, val in (("epochs", epochs), ("patience", patience), ("lr", lr), ("batch_size", batch_size),
-                      ("seed", seed), ("device", device), ("threads", threads), ("test_mask", test_mask)):
-        if val is not None:
-            setattr(cfg.train, attr, val)
-    if not cfg.backbone:
-        raise UsageError("no backbone given: use --backbone NAME (or 'backbone:' in --config)")
-    cls = get_backbone(cfg.backbone)
-    from mrdib_cli.training.plugin import claim_plugin_args
-
-    claimed, extra = claim_plugin_args(list(ctx.args), plugin or (cfg.plugin or {}).get("name"))
-    if claimed:
-        cfg.plugin = {**(cfg.plugin or {}), **claimed}
-    cfg.hparams.update(_extra_hparams(extra))
+        run_name = w.resolve_run(run_name)
+        stored = read_json(w.run_dir(run_name) / "config.json")
+    file = load_config_file(config) if config else None
+    train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
+                   "device": device, "threads": threads, "test_mask": test_mask}
+    selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
+    claimed, extra = claim_plugin_args(list(ctx.args), selected)
+    plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}
+    hparams = _extra_hparams(extra)
     if eval_gumbel:
-        cfg.hparams["eval_gumbel"] = True
-    if plugin:
-        cfg.plugin = {**(cfg.plugin or {}), "name": plugin}
-    for item in plugin_opt:
-        k, eq, v = item.partition("=")
-        if not eq or cfg.plugin is None:
-            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
-        cfg.plugin[k.strip()] = parse_value(v)
-    if image_features:
-        cfg.features["image"] = image_features
-    if text_features:
-        cfg.features["text"] = text_features
-    apply_sets(cfg, list(sets), set(cls.defaults))
-    resolve_patience(cfg.train, cls)
-    cfg.train.validate()
+        hparams["eval_gumbel"] = True
+    flags = {"backbone": backbone, "dataset": dataset, "run_name": run_name,
+             "train": {k: v for k, v in train_flags.items() if v is not None}, "hparams": hparams,
+             "features": {m: t for m, t in (("image", image_features), ("text", text_features)) if t}}
+    cfg = resolve_run(w, stored=stored, file=file, file_source=str(config), flags=flags, plugin=plug or None,
+                      sets=sets)
 
     if print_config:
-        ds = w.resolve_dataset(cfg.dataset)
-        resolved = cfg.to_dict()
-        resolved["dataset"] = ds
-        resolved["hparams"] = resolve_hparams(cls, ds, cfg.hparams)
-        out.print_json(json.dumps(resolved))
+        out.print_json(json.dumps(cfg.with_sources()))
         return
 
     from mrdib_cli.training import distributed
@@ -182,7 +167,7 @@ def train_cmd(
         trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
                               on_warn=warn, progress=batches if progress_enabled_() else None)
         if main:
-            info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
+            info(f"run '{trainer.run_name}': {cfg.backbone} on {trainer.handle.name} "
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))

@@ -242,12 +242,13 @@ class DistributedTrainer(Trainer):
     """:class:`Trainer` for one rank of a torchrun job (see the module docstring for the scheme)."""
 
     def __init__(self, ws: Any, cfg: Any, **kwargs: Any) -> None:
+        from dataclasses import replace
+
         tc = cfg.train
         init(tc.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        tc.device = worker_device(tc.device)
-        if not tc.threads:
-            tc.threads = default_threads()
+        # this rank's own copy: its device, and its share of the cores when none were given
+        cfg = replace(cfg, train=replace(tc, device=worker_device(tc.device), threads=tc.threads or default_threads()))
         if self.rank != 0:  # one voice: progress, epoch lines and notices come from rank 0
             kwargs = {**kwargs, "on_epoch": None, "on_info": None, "on_warn": None, "progress": None}
         self._collective = True
@@ -256,8 +257,10 @@ class DistributedTrainer(Trainer):
             from mrdib_cli.models.base import get_backbone
             from mrdib_cli.training.trainer import default_run_name
 
-            cfg.run_name = rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
-                                                                DatasetHandle.open(ws, cfg.dataset).name))
+            from mrdib_cli.training.resolve import with_run_name
+
+            cfg = with_run_name(cfg, rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
+                                                                          DatasetHandle.open(ws, cfg.dataset).name)))
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
@@ -383,5 +386,5 @@ class DistributedTrainer(Trainer):
             return super()._finish(status, message)
         if self.best_emb is not None and self._collective:
             self._evaluate(*self.best_emb, "test")  # this rank's share of the collective test evaluation
-        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+        return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, {}, message, self.history)

@@ -38,10 +38,10 @@ import torch.utils.deterministic
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
-from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
+from mrdib_cli.models.base import Backbone, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.config import RunConfig
+from mrdib_cli.training.resolve import RunConfig
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
 from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
@@ -173,17 +173,14 @@ class Trainer:
         self.warnings: list[dict[str, Any]] = []
         self.progress = progress
         tc = cfg.train
-        tc.validate()
         cls = get_backbone(cfg.backbone)
-        cfg.backbone = cls.name
         self.handle = DatasetHandle.open(ws, cfg.dataset)
-        cfg.dataset = self.handle.name
-        self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
-        cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
-        self.run_dir = ws.run_dir(cfg.run_name)
+        self.hparams = dict(cfg.hparams)
+        self.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
+        self.run_dir = ws.run_dir(self.run_name)
         if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
-            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
-                                               what=f"run '{cfg.run_name}'"))
+            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{self.run_name}.lock", wait=False,
+                                               what=f"run '{self.run_name}'"))
         self.device = resolve_device(tc.device)
         self.runtime: dict[str, Any] = {"device": str(self.device)}
         if self.device.type == "cpu":
@@ -232,7 +229,7 @@ class Trainer:
         features = {m: p.name for m in self.backbone_cls_modalities()
                     if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
         return {
-            "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
+            "run_name": self.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
             "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
             "train": cfg["train"], "plugin": self.plugin_config(), "features": features,
             "runtime": self.runtime, "version": __version__, "code": code_version(),
@@ -261,14 +258,14 @@ class Trainer:
         exists = (self.run_dir / "config.json").exists()
         if resume and not (self.ckpt_dir / "last.pt").exists():
             if not exists:
-                raise UsageError(f"cannot resume run '{self.cfg.run_name}': no checkpoint in {self.ckpt_dir}")
+                raise UsageError(f"cannot resume run '{self.run_name}': no checkpoint in {self.ckpt_dir}")
             # stopped before its first epoch ended: nothing to lose, start it again from epoch 0
-            self.on_info(f"run '{self.cfg.run_name}' has no checkpoint yet; starting it from epoch 0")
+            self.on_info(f"run '{self.run_name}' has no checkpoint yet; starting it from epoch 0")
             self._check_identity(self._config_dict())
             resume, overwrite = False, True
         if exists and not resume:
             if not overwrite:
-                raise UsageError(f"run '{self.cfg.run_name}' already exists; use --resume to continue it, "
+                raise UsageError(f"run '{self.run_name}' already exists; use --resume to continue it, "
                                  "--force to overwrite it, or choose another --run-name")
             import shutil
 
@@ -282,7 +279,7 @@ class Trainer:
         if conf is None or not path.exists():
             return
         if self._identity(read_json(path)) != self._identity(conf):
-            raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration or "
+            raise UsageError(f"run '{self.run_name}' was started with a different configuration or "
                              "dataset; resume it with the same options, or start a new --run-name")
 
     def _write_config(self) -> None:
@@ -293,7 +290,7 @@ class Trainer:
             self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
         atomic_write_json(path, conf)
-        self.ws.set_latest_run(self.handle.name, self.cfg.run_name)
+        self.ws.set_latest_run(self.handle.name, self.run_name)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -341,7 +338,7 @@ class Trainer:
             self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
                                            if k in EpochRecord.__dataclass_fields__}) for ln in kept]
             self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
-        self.on_info(f"resumed run '{self.cfg.run_name}' after epoch {self.epoch} "
+        self.on_info(f"resumed run '{self.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
 
     @staticmethod
@@ -473,7 +470,7 @@ class Trainer:
         except KeyboardInterrupt:
             status = "stopped"
             message = (f"interrupted after epoch {self.epoch}; the checkpoint is saved, continue with "
-                       f"'mrdib train --resume --run-name {self.cfg.run_name}'")
+                       f"'mrdib train --resume --run-name {self.run_name}'")
         except TrainingDiverged as e:
             status, message = "failed", str(e)
         except torch.cuda.OutOfMemoryError:
@@ -499,7 +496,7 @@ class Trainer:
         if self.warnings:
             results["warnings"] = list(self.warnings)
         atomic_write_json(self.run_dir / "results.json", results)
-        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+        return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
 
 
