@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperOption
 from rich.markup import escape
 
 try:  # typer >= 0.20 vendors click as typer._click
@@ -50,6 +51,15 @@ _WRITE_ERRNOS = {
 # Help lists commands (and their panels) in pipeline order; modules not named here follow alphabetically.
 _ORDER = ["quickstart", "run", "prepare", "importers", "features", "graph", "train", "evaluate", "diagnose",
           "sweep", "report", "doctor", "backbones", "cache"]
+
+
+def _flag_type(self: TyperOption, ctx: object) -> str | None:
+    """A flag takes no value, so its help shows no metavar (typer would print ``<bool>``)."""
+    return None if self.is_flag and not self.count else _TYPER_DISPLAY_TYPE(self, ctx)
+
+
+_TYPER_DISPLAY_TYPE = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def _version(value: bool) -> None:

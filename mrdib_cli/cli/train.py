@@ -6,34 +6,49 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+import click
 import typer
+from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Table
+from typer.core import TyperCommand
 
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, err,
                                   info, make_progress, out, warn, ws)
 from mrdib_cli.errors import UsageError
+from mrdib_cli.options import Option
 from mrdib_cli.workspace import read_json
 
 SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
-def _extra_hparams(args: list[str]) -> dict[str, object]:
-    """Backbone hyper-parameters given as ``--n-layers 2`` / ``--reg-weight=1e-4`` (checked later)."""
+def _extra_hparams(args: list[str], backbone: str | None) -> dict[str, object]:
+    """Backbone hyper-parameters given as options (``--n-layers 2``, ``--reg-weight=1e-4``; a boolean one
+    as a switch, ``--eval-gumbel``); an option the backbone does not declare is a one-line error."""
+    from mrdib_cli.models.base import get_backbone
     from mrdib_cli.training.config import parse_value
 
+    if args and not backbone:
+        raise UsageError(f"unexpected option {args[0]!r} (backbone options need --backbone NAME)")
+    declared = {o.flag: o for o in get_backbone(backbone).options()} if backbone else {}
     out_: dict[str, object] = {}
     i = 0
     while i < len(args):
         a = args[i]
-        if not a.startswith("--"):
-            raise UsageError(f"unexpected argument {a!r}")
-        key, eq, val = a[2:].partition("=")
-        if not eq:
+        flag, eq, val = a.partition("=")
+        opt = declared.get(flag)
+        if opt is None:
+            known = ", ".join(declared) or "none"
+            raise UsageError(f"unknown option {flag!r} for {backbone} (its options: {known}; "
+                             f"see 'mrdib train --backbone {backbone} --help')")
+        if opt.is_switch and not eq:
+            val = "true"
+        elif not eq:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise UsageError(f"option --{key} needs a value (backbone hyper-parameter options take one)")
+                raise UsageError(f"option {flag} needs a value ({opt.type.__name__})")
             val = args[i + 1]
             i += 1
-        out_[key.replace("-", "_")] = parse_value(val)
+        out_[opt.name] = parse_value(val)
         i += 1
     return out_
 
@@ -59,8 +74,8 @@ def _fmt_losses(loss: dict[str, float]) -> str:
 def train_cmd(
     ctx: typer.Context,
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", rich_help_panel=PANEL_MODEL,
-                                           help="Backbone: lightgcn, vbpr, lgmrec, ... Any backbone "
-                                                "hyper-parameter is also an option, e.g. --n-layers 2."),
+                                           help="Backbone: lightgcn, vbpr, lgmrec, ... Its hyper-parameters "
+                                                "are options too: mrdib train --backbone NAME --help."),
     dataset: Optional[str] = DatasetOption,
     run_name: Optional[str] = typer.Option(None, "--run-name", "-n", rich_help_panel=PANEL_RUNTIME,
                                            help="Run folder name [default: <backbone>-<dataset>-<time>]."),
@@ -86,17 +101,11 @@ def train_cmd(
                                          help="auto|cpu|cuda[:N] [auto]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
                                           help="CPU threads for torch [all cores]."),
-    eval_gumbel: bool = typer.Option(False, "--eval-gumbel", rich_help_panel=PANEL_EVAL,
-                                     help="LGMRec: sample Gumbel noise at evaluation as the reference does "
-                                          "(stochastic); default is deterministic."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
-                                         help="Plug-in objective to add (e.g. mrdib). Plug-ins also have their own flags: "
-                                              "--mrdib [--alpha-kl F --alpha-red F --alpha-uni F "
-                                              "--bottleneck-dim N --synergy-head none|mlp --no-kl "
-                                              "--no-redundancy --no-unique --mib-only --centre-logvar] "
-                                              "(docs/mrdib.md)."),
+                                         help="Plug-in objective to add (e.g. mrdib); its own switch and "
+                                              "options are listed below (docs/mrdib.md)."),
     plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
                                          help="Plug-in option key=value. Repeatable."),
     image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,
@@ -129,9 +138,8 @@ def train_cmd(
     selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
     claimed, extra = claim_plugin_args(list(ctx.args), selected)
     plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}
-    hparams = _extra_hparams(extra)
-    if eval_gumbel:
-        hparams["eval_gumbel"] = True
+    chosen = backbone or (file or {}).get("backbone") or (stored or {}).get("backbone")
+    hparams = _extra_hparams(extra, chosen)
     flags = {"backbone": backbone, "dataset": dataset, "run_name": run_name,
              "train": {k: v for k, v in train_flags.items() if v is not None}, "hparams": hparams,
              "features": {m: t for m, t in (("image", image_features), ("text", text_features)) if t}}
@@ -242,7 +250,61 @@ def runs_cmd(
     out.print(t)
 
 
+class TrainCommand(TyperCommand):
+    """``mrdib train``: its help also lists the declared backbone and plug-in options, which are parsed
+    from the extra arguments (so click itself does not know them)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["train_args"] = list(args)  # --help is eager: --backbone is not parsed yet when help prints
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        print_declared_options(_backbone_in(ctx.meta.get("train_args", [])))
+
+
+def _backbone_in(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a in ("--backbone", "-b") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--backbone="):
+            return a.partition("=")[2]
+    return None
+
+
+def _options_panel(title: str, options: tuple[Option, ...], lead: tuple[str, str] | None = None) -> Panel:
+    t = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+    t.add_column(style="bold cyan", no_wrap=True)
+    t.add_column(style="yellow", no_wrap=True)
+    t.add_column()
+    if lead:
+        t.add_row(lead[0], "", lead[1])
+    for o in options:
+        default = "" if o.is_switch or o.default is None else f" [default: {o.default}]"
+        t.add_row(o.flag, "" if o.is_switch else f"<{o.type.__name__}>", escape(f"{o.help}{default}".strip()))
+    return Panel(t, title=title, title_align="left", border_style="dim")
+
+
+def print_declared_options(backbone: str | None) -> None:
+    """The backbone's hyper-parameters (or how to see them) and every plug-in's switch and options."""
+    from mrdib_cli.errors import MrdibError
+    from mrdib_cli.models.base import available, get_backbone
+    from mrdib_cli.training.plugin import plugin_switches
+
+    try:
+        cls = get_backbone(backbone) if backbone else None
+    except MrdibError as e:
+        out.print(f"[red]{e}[/red]")
+        cls = None
+    if cls is None:
+        out.print(f"Backbone options: mrdib train --backbone NAME --help ({', '.join(available())}).")
+    else:
+        out.print(_options_panel(f"Backbone options ({cls.name})", cls.options()))
+    for name, (switch, declared) in plugin_switches().items():
+        out.print(_options_panel(f"Plug-in options ({name})", declared, (switch, f"Add the {name} plug-in.")))
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train", rich_help_panel="Pipeline",
+    app.command("train", rich_help_panel="Pipeline", cls=TrainCommand,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cmd)
     app.command("runs", rich_help_panel="Results")(runs_cmd)

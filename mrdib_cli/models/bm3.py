@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
 from mrdib_cli.models._mm import add_graph, lightgcn_mean, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -47,14 +46,14 @@ class BM3(Backbone):
         "reg_weight": 0.1,
         "cl_weight": 2.0,
     }
+    hparam_help = {"dropout": "Dropout rate of the contrastive views."}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "bm3")
+        feats = self.load_features(data, features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.predictor = nn.Linear(d, d)

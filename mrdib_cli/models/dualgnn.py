@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_cooccurrence, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities, spmm
+from mrdib_cli.models._common import spmm
 from mrdib_cli.models._mm import add_graph
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -84,14 +84,14 @@ class DualGNN(Backbone):
         "k": 40,
         "reg_weight": 1e-4,
     }
+    hparam_help = {"k": "User-user co-occurrence neighbours per user."}
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, "dualgnn")
+        feats = self.load_features(data, features)
         for m in MODS:
             self.register_buffer(f"{m}_feat", feats[m], persistent=False)
         self.gcn = nn.ModuleDict({m: DualGCN(self.n_users, feats[m].shape[1], d) for m in MODS})

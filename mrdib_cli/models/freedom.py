@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from mrdib_cli.graphs.ops import bipartite_edges
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities, spmm
+from mrdib_cli.models._common import spmm
 from mrdib_cli.models._mm import add_graph, bpr, prop, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -49,15 +49,17 @@ class FREEDOM(Backbone):
         "dropout": 0.8,
         "reg_weight": 1e-3,
     }
+    hparam_help = {
+        "mm_image_weight": "Weight of the image kNN graph in the mixed item-item graph (text: 1 - it).",
+        "dropout": "Fraction of user-item edges pruned each epoch (degree-sensitive).",
+    }
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        hp = {**self.defaults, **hparams}
-        self.hp = hp
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "freedom")
+        feats = self.load_features(data, features)
         train = data.csr("train")
 
         self.user_embedding = xavier_embedding(self.n_users, d)

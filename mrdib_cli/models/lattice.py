@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.graphs.latent import EdgeGraph, check_dense_budget, dense_knn, dense_laplacian, sparse_knn
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
 from mrdib_cli.models._mm import add_graph, bpr, half_sq_reg, lightgcn_mean, xavier_embedding
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -53,19 +52,23 @@ class LATTICE(Backbone):
         "item_graph": "dense",
         "max_dense_gib": 8.0,
     }
+    hparam_help = {
+        "lambda_coeff": "Weight of the frozen feature graph against the learned one.",
+        "item_graph": "dense or sparse item-item graphs.",
+        "max_dense_gib": "Refuse dense item graphs larger than this (GiB).",
+    }
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
+        super().__init__(data, hparams)
+        hp = self.hp
         if hp["item_graph"] not in ("dense", "sparse"):
             raise UsageError(f"lattice: item_graph must be 'dense' or 'sparse', got {hp['item_graph']!r}")
         self.dense = hp["item_graph"] == "dense"
-        self.n_users, self.n_items = data.n_users, data.n_items
         if self.dense:
             check_dense_budget(self.n_items, hp["max_dense_gib"])
         d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lattice")
+        feats = self.load_features(data, features)
         self.mods = tuple(feats)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, load_modalities, spmm, xavier_uniform
+from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, spmm, xavier_uniform
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 from mrdib_cli.models.lightgcn import light_propagate
 
@@ -110,6 +110,13 @@ class LGMRec(Backbone):
         "embedding_size": 64, "n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 1, "hyper_num": 4,
         "keep_rate": 0.5, "alpha": 0.3, "cl_weight": 1e-4, "reg_weight": 1e-6, "eval_gumbel": False,
     }
+    hparam_help = {
+        "n_hyper_layer": "Hypergraph propagation layers.",
+        "hyper_num": "Number of hyperedges.",
+        "keep_rate": "Dropout keep rate on the hypergraph embeddings.",
+        "alpha": "Weight of the global (hypergraph) embeddings added to the local ones.",
+        "eval_gumbel": "Sample Gumbel noise at evaluation as the reference does (stochastic).",
+    }
     dataset_defaults = {
         # the official Sports log (the only source tied to reported numbers; reference notes §2.4)
         "sports": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 4, "hyper_num": 4,
@@ -120,8 +127,7 @@ class LGMRec(Backbone):
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
         h = hparams
         self.n_ui_layers, self.n_mm_layers = int(h["n_ui_layers"]), int(h["n_mm_layers"])
         self.n_hyper_layer, self.hyper_num = int(h["n_hyper_layer"]), int(h["hyper_num"])
@@ -129,7 +135,7 @@ class LGMRec(Backbone):
         self.cl_weight, self.reg_weight = float(h["cl_weight"]), float(h["reg_weight"])
         self.eval_gumbel = bool(h["eval_gumbel"])
         d = int(h["embedding_size"])
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lgmrec")
+        feats = self.load_features(data, features)
 
         adj, _ = ensure_norm_adj(data, "sym")
         r = data.csr("train")

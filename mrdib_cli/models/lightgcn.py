@@ -41,8 +41,7 @@ class LightGCN(Backbone):
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
         self.n_layers = int(hparams["n_layers"])
         self.reg_weight = float(hparams["reg_weight"])
         d = int(hparams["embedding_size"])

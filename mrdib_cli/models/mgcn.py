@@ -29,7 +29,6 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
 from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, half_sq_reg, info_nce, lightgcn_mean,
                                   xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
@@ -71,11 +70,10 @@ class MGCN(Backbone):
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, self.name or "mgcn")
+        feats = self.load_features(data, features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(feats[m].clone()) for m in MODS})

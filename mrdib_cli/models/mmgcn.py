@@ -27,7 +27,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.ops import mean_adjacency
-from mrdib_cli.models._common import load_modalities
 from mrdib_cli.models._mm import add_graph, prop
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
@@ -78,14 +77,17 @@ class MMGCN(Backbone):
         "reg_weight": 1e-4,
         "train_id_embeddings": False,
     }
+    hparam_help = {
+        "dim_latent_image": "Width of the image projection before the graph layers.",
+        "train_id_embeddings": "Train the ID embeddings (the reference keeps them frozen).",
+    }
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "mmgcn")
+        feats = self.load_features(data, features)
         self.mods = tuple(feats)
         for m, x in feats.items():
             self.register_buffer(f"{m}_feat", x, persistent=False)

@@ -33,7 +33,6 @@ from torch import Tensor, nn
 
 from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs, to_scipy
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
 from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, info_nce, lightgcn_mean,
                                   xavier_embedding)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
@@ -59,6 +58,12 @@ class SOIL(Backbone):
         "cl_loss2": 0.01,
         "r2_norm": "as_released",
     }
+    hparam_help = {
+        "knn_i": "Neighbours per item in the interest-aware item graphs.",
+        "knn_a": "Neighbours per user in the second-order user-item graph.",
+        "cl_loss2": "Weight of the cross-view InfoNCE terms.",
+        "r2_norm": "Normalisation of the second-order graph R2 (as_released).",
+    }
     dataset_defaults = {
         "sports": {"knn_i": 5, "knn_a": 6, "cl_loss": 0.1, "cl_loss2": 0.01},
         "clothing": {"knn_i": 5, "knn_a": 3, "cl_loss": 0.01, "cl_loss2": 0.001},
@@ -66,11 +71,10 @@ class SOIL(Backbone):
 
     def __init__(self, data: Any, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
+        hp = self.hp
         d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, "soil")
+        feats = self.load_features(data, features)
         self.user_embedding = xavier_embedding(self.n_users, d)
         self.item_id_embedding = xavier_embedding(self.n_items, d)
         for m in MODS:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models._common import bpr_loss, emb_norm_loss, load_modalities, xavier_uniform
+from mrdib_cli.models._common import bpr_loss, emb_norm_loss, xavier_uniform
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
 
 
@@ -35,11 +35,10 @@ class VBPR(Backbone):
 
     def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
                  features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+        super().__init__(data, hparams)
         self.reg_weight = float(hparams["reg_weight"])
         d = self.d = int(hparams["embedding_size"])
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "vbpr")
+        feats = self.load_features(data, features)
         self.present = tuple(feats)
         self.u_embedding = xavier_uniform(self.n_users, 2 * d)
         self.i_embedding = xavier_uniform(self.n_items, d)

@@ -8,22 +8,38 @@ from __future__ import annotations
 
 from typing import Any
 
+from mrdib_cli.options import Option, options_from_dataclass
 from mrdib_cli.training.plugin import Plugin, register_plugin
 
-#: ``mrdib train`` flags of the plug-in -> (option, type)
-FLAGS: dict[str, tuple[str, type]] = {
-    "--alpha-kl": ("alpha_kl", float),
-    "--alpha-red": ("alpha_red", float),
-    "--alpha-uni": ("alpha_uni", float),
-    "--alpha-syn": ("alpha_syn", float),
-    "--bottleneck-dim": ("bottleneck_dim", int),
-    "--synergy-head": ("synergy_head", str),
-    "--no-kl": ("no_kl", bool),
-    "--no-redundancy": ("no_redundancy", bool),
-    "--no-unique": ("no_unique", bool),
-    "--mib-only": ("mib_only", bool),
-    "--centre-logvar": ("centre_logvar", bool),
+#: one help line per option for ``mrdib train --help`` (docs/mrdib.md explains them). The options themselves
+#: are the fields of :class:`~mrdib_cli.mrdib.objectives.MRdIBConfig`: a new field is a new flag.
+HELP: dict[str, str] = {
+    "alpha_kl": "alpha1: weight of the per-modality KL (bottleneck) terms.",
+    "alpha_red": "alpha2: weight of the MINE redundancy penalty.",
+    "alpha_uni": "alpha3: weight of the per-modality unique-information BPR terms.",
+    "alpha_syn": "Weight of the explicit synergy head's BPR (with --synergy-head mlp).",
+    "bottleneck_dim": "Bottleneck width [the hook's dimension].",
+    "synergy_head": "none (the backbone's fused BPR is the synergy term) or mlp.",
+    "no_kl": "Drop the KL terms.",
+    "no_redundancy": "Drop the redundancy penalty.",
+    "no_unique": "Drop the unique-information terms.",
+    "mib_only": "Bottleneck (+KL) only: no redundancy, unique or synergy terms.",
+    "critic": "MINE critic: separable g(x)^T h(y) or concat MLP([x, y]).",
+    "critic_hidden": "Hidden width of the MINE critic.",
+    "mine_items": "At most this many distinct positive items per MINE estimate (0: all).",
+    "minmax": "reverse (gradient reversal, one pass) or step (the critic's own optimiser step).",
+    "critic_lr": "Critic learning rate (minmax step only).",
+    "critic_steps": "Critic steps per training step (minmax step only).",
+    "init_noise": "Initial sigma as a fraction of the hook representation's std.",
+    "centre_logvar": "The log-variance head sees the hook input minus the items' mean.",
 }
+
+
+def options() -> tuple[Option, ...]:
+    """The plug-in's declared options: MRdIBConfig's fields (name, type, default) with their help lines."""
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
+
+    return options_from_dataclass(MRdIBConfig, HELP)
 
 
 def create(options: dict[str, Any]) -> Plugin:
@@ -34,4 +50,4 @@ def create(options: dict[str, Any]) -> Plugin:
     return MRdIB(**{k: v for k, v in options.items() if k != "resolved"})
 
 
-register_plugin("mrdib", create, switch="--mrdib", flags=FLAGS)
+register_plugin("mrdib", create, switch="--mrdib", options=options)
