@@ -39,7 +39,7 @@ ALL = "lightgcn,vbpr,lgmrec," + DEFAULT  # every registered backbone
 def prepare(workdir: Path) -> None:
     """Import Baby and attach random 4096-d / 384-d feature tables (once per workdir)."""
     from mrdib_cli.data.handle import DatasetHandle
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     ds = workdir / "datasets" / "baby"
     if not (ds / "dataset.json").exists():

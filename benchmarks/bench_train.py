@@ -36,7 +36,7 @@ def prepare(workdir: Path) -> None:
     import numpy as np
 
     from mrdib_cli.data.handle import DatasetHandle
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     d = workdir / "datasets" / "baby"
     if not (d / "dataset.json").exists():

@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _in_worker() -> bool:
-    """True in a worker of a multi-process job (the distributed module is imported only by such commands)."""
-    dist_mod = sys.modules.get("mrdib_cli.training.distributed")
+    """True in a worker of a multi-process job (mrdib_cli.launch is imported only by commands that can be one)."""
+    dist_mod = sys.modules.get("mrdib_cli.launch")
     return dist_mod is not None and dist_mod.launched()
 
 

@@ -104,7 +104,7 @@ def eval_cmd(
 ) -> None:
     """Full-ranking evaluation of a trained run (exact FAISS search over all items, MMRec's metrics)."""
     from mrdib_cli.evaluation.runs import Run, evaluate_run
-    from mrdib_cli.training import distributed
+    from mrdib_cli import launch as distributed
 
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":

@@ -150,11 +150,14 @@ def train_cmd(
         out.print_json(json.dumps(cfg.with_sources()))
         return
 
-    from mrdib_cli.training import distributed
+    from mrdib_cli import launch as distributed
 
     if nproc and nproc > 1 and not distributed.launched():
         raise typer.Exit(distributed.launch(nproc))
-    trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
+    if distributed.launched():
+        from mrdib_cli.training.distributed import DistributedTrainer as trainer_cls
+    else:
+        trainer_cls = Trainer
     main = distributed.is_main()
 
     def on_epoch(rec: EpochRecord) -> None:

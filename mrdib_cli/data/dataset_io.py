@@ -22,7 +22,7 @@ import polars as pl
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, PUBLISHING, SPLITS, USERS
 from mrdib_cli.errors import DataError
-from mrdib_cli.features.store import table_path, write_feature_table
+from mrdib_cli.data.feature_store import table_path, write_feature_table
 from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text
 
 ITEM_TEXT_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")

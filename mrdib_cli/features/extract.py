@@ -35,7 +35,7 @@ import numpy as np
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import ITEMS, DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError
-from mrdib_cli.features import store
+from mrdib_cli.data import feature_store as store
 from mrdib_cli.features.images_io import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, fetch_images,
                                           image_dir_fingerprint, refs_from_dir)
 from mrdib_cli.features.resolve import (DEFAULT_TEXT_MODEL, register_model_config, resolve_image_weights,

@@ -217,7 +217,7 @@ def feature_steps(ws: Workspace, spec: DatasetSpec, study: Study, execute: bool,
 
 
 def _feature_dry(ws: Workspace, ds: str, modality: str, opts: Any) -> StepRecord:
-    from mrdib_cli.features import store
+    from mrdib_cli.data import feature_store as store
     from mrdib_cli.features.resolve import resolve_image_weights
 
     if modality == "image":

@@ -45,7 +45,7 @@ def _cli(*args: str) -> None:
 
 
 def _write_features(workdir: Path) -> None:
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     d = workdir / "datasets" / "demo"
     n_items = json.loads((d / "dataset.json").read_text())["n_items"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import scipy.sparse as sp
 
-from mrdib_cli.workflow.doctor import check_runs
+from mrdib_cli.reporting.doctor import check_runs
 from mrdib_cli.workspace import Workspace
 from tests.evaluation.helpers import write_dataset, write_run
 
@@ -75,7 +75,7 @@ def test_stale_graph_manifest_is_flagged(workdir):
 
 
 def test_features_from_held_out_interactions_are_flagged(workdir):
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     ws = _setup(workdir)
     d = ws.dataset_dir("tiny")

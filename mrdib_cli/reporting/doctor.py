@@ -128,7 +128,7 @@ def check_graphs(ws: Workspace, dataset_dir: Path, label: str) -> list[Finding]:
 
 
 def check_features(dataset_dir: Path, label: str) -> list[Finding]:
-    from mrdib_cli.features.store import list_tables, read_meta
+    from mrdib_cli.data.feature_store import list_tables, read_meta
 
     out = []
     if not (dataset_dir / "features").is_dir():
