@@ -73,9 +73,6 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                         "again, or pass a complete copy with --raw-dir") from None
 
 
-REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
-
-
 def parse_reviews(path: Path, report: ParseReport | None = None) -> tuple[pl.DataFrame, ParseReport]:
     """Reviews as a DataFrame (reviewer_id, asin, rating, timestamp) in file order.
 

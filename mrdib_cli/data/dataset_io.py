@@ -80,11 +80,6 @@ def split_sizes(inter: pl.DataFrame) -> dict[str, int]:
     return {s: int(got.get(s, 0)) for s in SPLITS}
 
 
-def duplicate_pairs(inter: pl.DataFrame) -> int:
-    """Rows whose (user, item) pair already occurred (kept by importers, reported in the summary)."""
-    return int(inter.height - inter.select(["user_idx", "item_idx"]).unique().height)
-
-
 def check_interactions(inter: pl.DataFrame, n_users: int, n_items: int, what: str) -> None:
     """Refuse tables that would break consumers: bad splits, out-of-range ids, users with no train row."""
     bad = set(inter["split"].unique().to_list()) - set(SPLITS)

@@ -21,7 +21,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from mrdib_cli.errors import DataError, UsageError
-from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average, metric_names,
+from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average,
                                           parse_ks, per_user_metrics)
 from mrdib_cli.evaluation.topk import INDEX_KINDS, ItemIndex, RowKeys, exact_rows, masked_topk
 from mrdib_cli.workspace import atomic_path, atomic_write_json, digest_obj
@@ -378,7 +378,3 @@ def evaluate_split(handle: DatasetHandle, user_emb: Any, item_emb: Any, split: s
     proto = Protocol(split=split, mask=mask, dataset=handle.name, dataset_digest=handle.digest)
     return evaluate(user_emb, item_emb, prep, None, ks=ks, batch_users=batch_users, index=index,
                     protocol=proto, **kw)
-
-
-def metric_columns(ks: tuple[int, ...], metrics: tuple[str, ...] = METRICS) -> list[str]:
-    return metric_names(ks, metrics)

@@ -30,6 +30,8 @@ from mrdib_cli.errors import UsageError
 from mrdib_cli.options import Option, options_from_defaults
 
 HookFn = Callable[[str, Tensor], Tensor]
+#: a backbone's ``features`` argument: the feature table to use per modality (None: the newest)
+FeatureTables = Mapping[str, "str | None"] | None
 
 #: help lines of hyper-parameters that several backbones share
 HPARAM_HELP: dict[str, str] = {
@@ -118,6 +120,8 @@ class Backbone(nn.Module):
         super().__init__()
         self._hooks: dict[str, HookFn] = {}
         self.hp: dict[str, Any] = dict(hparams or {})
+        #: the embedding width, which every backbone declares as ``embedding_size``
+        self.dim = int(self.hp.get("embedding_size", 0))
         if data is not None:
             self.n_users, self.n_items = data.n_users, data.n_items
 

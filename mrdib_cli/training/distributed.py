@@ -97,7 +97,7 @@ class DistributedTrainer(Trainer):
                 # plug-ins (e.g. MRdIB's critics) own parameters that the batch loss does not touch
                 find_unused_parameters=self.plugin is not None)
 
-    # ------------------------------------------------------------------ run folder: rank 0 writes
+    # ------------------------------------------------------------------ run folder: rank 0 writes (RunFolder)
     def _setup(self, ws: Any, cfg: Any, **kwargs: Any) -> None:
         if self.rank != 0:  # rank 0 holds the run's lock for the whole job
             self._lock = _NoLock()
@@ -116,22 +116,6 @@ class DistributedTrainer(Trainer):
         conf["distributed"] = {"world_size": self.world, "backend": dist.get_backend(),
                                "scheme": "DDP over slices of each global batch; sampler seeded by the run seed"}
         return conf
-
-    def _atomic_text(self, path: Any, text: str) -> None:  # type: ignore[override]
-        if self.rank == 0:
-            Trainer._atomic_text(path, text)
-
-    def _append_metrics(self, rec: Any) -> None:
-        if self.rank == 0:
-            super()._append_metrics(rec)
-
-    def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
-        if self.rank == 0:
-            super()._save_best(user, item)
-
-    def _save_last(self) -> None:
-        if self.rank == 0:
-            super()._save_last()
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self) -> dict[str, float]:
@@ -208,9 +192,7 @@ class DistributedTrainer(Trainer):
 
     def _finish(self, status: str, message: str) -> TrainResult:
         self._collective = status != "stopped"
-        if self.rank == 0:
-            return super()._finish(status, message)
-        if self.best_emb is not None and self._collective:
-            self._evaluate(*self.best_emb, "test")  # this rank's share of the collective test evaluation
-        return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
-                           self.best_valid, {}, message, self.history)
+        if self.rank != 0 and not self._collective:  # after Ctrl-C only rank 0 evaluates the test split
+            return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+                               self.best_valid, {}, message, self.history)
+        return super()._finish(status, message)  # the test evaluation is collective; rank 0's folder writes

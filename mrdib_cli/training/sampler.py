@@ -1,6 +1,6 @@
 """Vectorised BPR sampling: one uniform negative per positive, reshuffled every epoch.
 
-MMRec (reference notes §1.6) shuffles the train interactions each epoch, cuts them into batches of 2048 and,
+MMRec shuffles the train interactions each epoch, cuts them into batches of 2048 and,
 for each positive (u, i), draws a negative uniformly from the items **seen in train**, redrawing while it is
 in u's train history. MMRec does this with Python ``random`` one interaction at a time; here the whole
 epoch is drawn at once:

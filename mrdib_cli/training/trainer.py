@@ -1,6 +1,6 @@
 """The training engine: BPR epochs, validation every epoch, early stopping, checkpoints, resume.
 
-One epoch (MMRec's loop, reference notes §1.6, minus its test-set peeking)::
+One epoch (MMRec's loop, minus its test-set peeking)::
 
     backbone.pre_epoch(epoch, generator)
     for batch in sampler.epoch():            # reshuffled interactions, vectorised negatives
@@ -42,10 +42,10 @@ from mrdib_cli.models.base import Backbone, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.resolve import RunConfig
+from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import (Workspace, atomic_path, atomic_write_json, check_name, digest_obj, file_lock,
-                                 read_json)
+from mrdib_cli.workspace import Workspace, check_name, digest_obj, file_lock, read_json
 
 
 class TrainingDiverged(MrdibError):
@@ -177,7 +177,8 @@ class Trainer:
         self.handle = DatasetHandle.open(ws, cfg.dataset)
         self.hparams = dict(cfg.hparams)
         self.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
-        self.run_dir = ws.run_dir(self.run_name)
+        self.folder = RunFolder(ws, self.run_name, writes=getattr(self, "rank", 0) == 0)
+        self.run_dir = self.folder.path
         if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
             self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{self.run_name}.lock", wait=False,
                                                what=f"run '{self.run_name}'"))
@@ -222,7 +223,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ run folder
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.folder.ckpt_dir
 
     def _config_dict(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
@@ -289,8 +290,7 @@ class Trainer:
             old = read_json(path)
             self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
-        atomic_write_json(path, conf)
-        self.ws.set_latest_run(self.handle.name, self.run_name)
+        self.folder.write_config(conf, self.handle.name)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -337,28 +337,9 @@ class Trainer:
             kept = [ln for ln in lines if _epoch_of(ln) <= self.epoch]
             self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
                                            if k in EpochRecord.__dataclass_fields__}) for ln in kept]
-            self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
+            self.folder.keep_metrics(kept)
         self.on_info(f"resumed run '{self.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
-
-    @staticmethod
-    def _atomic_text(path: Path, text: str) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
-
-    def _append_metrics(self, rec: EpochRecord) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
-
-    def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
-        with atomic_path(self.run_dir / "embeddings.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, user=user, item=item)
-        ckpt.save(self.ckpt_dir / "best.pt", {"epoch": self.epoch, "model": self.backbone.state_dict(),
-                                              "plugin": self.plugin.state_dict() if self.plugin else None})
-
-    def _save_last(self) -> None:
-        ckpt.save(self.ckpt_dir / "last.pt", self._state())
 
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:
@@ -454,13 +435,14 @@ class Trainer:
                 improved = self.stopper.update(self.epoch, valid[tc.valid_metric])
                 if improved:
                     self.best_valid, self.best_emb = dict(valid), (u, i)
-                    self._save_best(u, i)
+                    self.folder.save_best(u, i, {"epoch": self.epoch, "model": self.backbone.state_dict(),
+                                                 "plugin": self.plugin.state_dict() if self.plugin else None})
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved,
                                   health)
                 self.history.append(rec)
-                self._append_metrics(rec)
-                self._save_last()
+                self.folder.append_metrics(rec.to_dict())
+                self.folder.save_last(self._state())
                 self.on_epoch(rec)
             if self.stopper.should_stop:
                 message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
@@ -486,16 +468,16 @@ class Trainer:
     def _finish(self, status: str, message: str) -> TrainResult:
         test: dict[str, float] = {}
         protocol: dict[str, Any] = {}
+        res = None
         if self.best_emb is not None:
             res = self._evaluate(*self.best_emb, "test")
-            res.save(self.run_dir, "test")
             test, protocol = dict(res.metrics), res.protocol.to_dict()
         results = {"status": status, "message": message, "best_epoch": self.stopper.best_epoch,
                    "epochs_run": self.epoch, "valid": self.best_valid, "test": test, "protocol": protocol,
                    "valid_metric": self.cfg.train.valid_metric}
         if self.warnings:
             results["warnings"] = list(self.warnings)
-        atomic_write_json(self.run_dir / "results.json", results)
+        self.folder.write_results(results, res)
         return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
 

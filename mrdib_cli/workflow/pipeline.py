@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from mrdib_cli.errors import MrdibError, UsageError
 from mrdib_cli.workflow.config import BackboneSpec, DatasetSpec, Study
-from mrdib_cli.workspace import (Manifest, StepResult, Workspace, cached_step, digest_obj, file_digest,
+from mrdib_cli.workspace import (Manifest, StepResult, Workspace, cached_step, file_digest,
                                  read_json)
 
 Log = Callable[[str], None]
@@ -444,7 +444,3 @@ def report_inputs(ws: Workspace, runs: list[str]) -> dict[str, str]:
             p = ws.run_dir(r) / f
             inputs[f"{r}/{f}"] = file_digest(p) if p.exists() else "absent"
     return inputs
-
-
-def study_digest(study: Study) -> str:
-    return digest_obj(study.raw)
