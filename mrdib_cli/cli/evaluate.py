@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mrdib_cli.cli.common import PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, warn, ws
+from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, DatasetOption, err, info, make_progress, out, warn,
+                                  ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
 RunOption = typer.Option(None, "--run", "-r", rich_help_panel=PANEL_EVAL,
-                         help="Run name \\[default: the latest run of the active dataset].")
+                         help="Run name \\[default: the latest run of --dataset, else of the active dataset].")
 SplitOption = typer.Option("test", "--split", rich_help_panel=PANEL_EVAL, help="test|valid.")
 MaskOption = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                           help="Items removed from the ranking: 'train' (MMRec's protocol, the published "
@@ -77,6 +78,7 @@ def _metrics_table(metrics: dict[str, float], title: str, caption: str | None = 
 # --------------------------------------------------------------------------------------------- eval
 def eval_cmd(
     run: Optional[str] = RunOption,
+    dataset: Optional[str] = DatasetOption,
     split: str = SplitOption,
     k: List[str] = typer.Option([], "--k", rich_help_panel=PANEL_EVAL,
                                 help="Cut-offs, e.g. --k 10 20 \\[default: 10 20]."),
@@ -109,7 +111,7 @@ def eval_cmd(
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":
         raise UsageError("--verify-exact checks an approximate index; use it with --index ivf or hnsw")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), run, dataset)
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
@@ -241,6 +243,7 @@ def recommend_cmd(
                                    help="Reviewer id or user index; repeatable, or several after one --user."),
     k: int = typer.Option(10, "--k", min=1, rich_help_panel=PANEL_EVAL, help="List length."),
     run: Optional[str] = RunOption,
+    dataset: Optional[str] = DatasetOption,
     mask: str = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                              help="Items never recommended: train (as in evaluation; held-out hits are marked), "
                                   "train+valid, all (everything the user interacted with), none."),
@@ -257,7 +260,7 @@ def recommend_cmd(
     tokens = [t for v in [*user, *(extra or [])] for t in v.replace(",", " ").split()]
     if not tokens and out_path is None:
         raise UsageError("name users with --user ID (reviewer id or index), or pass --out FILE for all users")
-    r = Run.open(ws(), run)
+    r = Run.open(ws(), run, dataset)
     if out_path is not None and out_path.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out_path}: use a .parquet or .csv file name")
     users = resolve_users(r, tokens) if tokens else None

@@ -41,6 +41,9 @@ class Run:
             cfg = read_json(d / "config.json")
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"run '{name}': cannot read config.json ({type(e).__name__})") from None
+        if dataset is not None and cfg.get("dataset") != dataset:
+            raise UsageError(f"run '{name}' was trained on dataset '{cfg.get('dataset')}', not '{dataset}'; "
+                             f"train one on '{dataset}' or name the run with --run")
         return cls(name=name, dir=d, config=cfg, workspace=ws)
 
     @cached_property

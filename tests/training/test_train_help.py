@@ -46,3 +46,4 @@ def test_flags_render_without_a_metavar(capsys, monkeypatch, workdir):
     text = _help(capsys, monkeypatch)
     assert "<bool>" not in text
     assert "--resume" in text and "<int>" in text  # options with values keep theirs
+
