@@ -70,9 +70,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", envvar="MRDIB_HOME",
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w",
                                            help="Working directory for data, features, graphs and runs "
-                                                "[default: ./mrdib-data]."),
+                                                "[default: $MRDIB_HOME, else ./mrdib-data]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print results; no progress."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug output."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,

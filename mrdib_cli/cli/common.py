@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.workspace import Workspace
 
 # Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
@@ -83,8 +84,8 @@ def status(msg: str) -> Iterator[None]:
 
 DeviceOption = typer.Option("auto", "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                             help="auto|cpu|cuda[:N]")
-SeedOption = typer.Option(999, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
-                          help="Random seed (MMRec's default 999).")
+SeedOption = typer.Option(SEED, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
+                          help=f"Random seed (MMRec's default {SEED}).")
 DatasetOption = typer.Option(None, "--dataset", "-d", rich_help_panel=PANEL_DATA,
                              help="Dataset name (default: the active dataset).")
 ForceOption = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,

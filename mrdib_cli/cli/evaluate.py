@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, DatasetOption, err, info, make_progress, out, warn,
                                   ws)
 from mrdib_cli.errors import UsageError
@@ -24,23 +25,23 @@ SplitOption = typer.Option("test", "--split", rich_help_panel=PANEL_EVAL, help="
 MaskOption = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                           help="Items removed from the ranking: 'train' (MMRec's protocol, the published "
                                "numbers) or 'train+valid' (stricter; test only).")
-BatchOption = typer.Option(4096, "--batch-users", min=1, rich_help_panel=PANEL_RUNTIME,
+BatchOption = typer.Option(EVAL_BATCH_USERS, "--batch-users", min=1, rich_help_panel=PANEL_RUNTIME,
                            help="Users per search batch: memory is bounded by it, never by users x items.")
 IndexOption = typer.Option("flat", "--index", rich_help_panel=PANEL_EVAL,
                            help="flat (exact, default) | ivf | hnsw (approximate, for huge catalogues).")
 
 
 def _parse_ks(values: list[str], extra: list[str] | None) -> tuple[int, ...]:
-    """``--k 10 20``, ``--k 10 --k 20`` and ``--k 10,20`` all mean K in {10, 20}."""
+    """``--k 10 20``, ``--k 10 --k 20`` and ``--k 10,20`` all mean K in {10, 20}; the values are checked by
+    the evaluation's own parse_ks, once."""
+    from mrdib_cli.evaluation.metrics import parse_ks
+
     toks = [t for v in values for t in v.replace(",", " ").split()] + list(extra or [])
-    ks = []
-    for t in toks:
-        if not t.lstrip("-").isdigit():
-            raise UsageError(f"unexpected argument '{t}' (--k takes integers, e.g. --k 10 20)")
-        ks.append(int(t))
-    if any(k < 1 for k in ks):
-        raise UsageError(f"--k values must be positive integers, got {ks}")
-    return tuple(sorted(set(ks))) or (10, 20)
+    bad = [t for t in toks if not t.lstrip("-").isdigit()]
+    if bad:
+        raise UsageError(f"unexpected argument '{bad[0]}' (--k takes integers, e.g. --k 10 20)")
+    ks = [int(t) for t in toks]
+    return parse_ks(ks) if ks else KS
 
 
 def _index_params(values: list[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from typer.core import TyperCommand
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, err,
                                   info, make_progress, out, warn, ws)
 from mrdib_cli.errors import UsageError
@@ -96,7 +97,7 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, rich_help_panel=PANEL_MODEL,
                                              help="Training batch size [2048]."),
     seed: Optional[int] = typer.Option(None, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
-                                       help="Random seed [999]."),
+                                       help=f"Random seed [{SEED}]."),
     device: Optional[str] = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                          help="auto|cpu|cuda[:N] [auto]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.errors import DataError, UsageError
 from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average,
                                           parse_ks, per_user_metrics)
@@ -60,7 +61,7 @@ class Protocol:
 
     split: str | None = None
     mask: str = "train"
-    ks: tuple[int, ...] = (10, 20)
+    ks: tuple[int, ...] = KS
     metrics: tuple[str, ...] = METRICS
     index: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +224,7 @@ def _check_shapes(u: np.ndarray, i: np.ndarray, prep: Prepared) -> None:
 
 
 def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask: sp.csr_matrix | None = None,
-             ks: tuple[int, ...] | list[int] = (10, 20), batch_users: int = 4096, index: str = "flat", *,
+             ks: tuple[int, ...] | list[int] = KS, batch_users: int = EVAL_BATCH_USERS, index: str = "flat", *,
              protocol: Protocol | None = None, index_params: dict[str, Any] | None = None,
              verify_exact: float = 0.0, seed: int = 0, overfetch_cap: int = 1024,
              metrics: tuple[str, ...] = METRICS, on_batch: Callable[[int], None] | None = None,
@@ -371,7 +372,7 @@ def prepare_split(handle: DatasetHandle, split: str = "valid", mask: str = "trai
 
 
 def evaluate_split(handle: DatasetHandle, user_emb: Any, item_emb: Any, split: str = "valid",
-                   mask: str = "train", ks: tuple[int, ...] | list[int] = (10, 20), batch_users: int = 4096,
+                   mask: str = "train", ks: tuple[int, ...] | list[int] = KS, batch_users: int = EVAL_BATCH_USERS,
                    index: str = "flat", **kw: Any) -> EvalResult:
     """Evaluate embeddings on a dataset split with the named masking rule (truth/mask built from the handle)."""
     prep = prepare_split(handle, split, mask)

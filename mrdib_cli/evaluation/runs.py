@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
@@ -113,8 +114,8 @@ class Run:
             return None
 
 
-def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
-                 batch_users: int = 4096, index: str = "flat", index_params: dict[str, Any] | None = None,
+def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = KS,
+                 batch_users: int = EVAL_BATCH_USERS, index: str = "flat", index_params: dict[str, Any] | None = None,
                  verify_exact: float = 0.0, seed: int = 0, save: bool = True, threads: int | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Evaluate a run's saved embeddings; save per-user metrics and top-K lists in the run folder."""

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.errors import UsageError
 from mrdib_cli.training.config import TrainConfig, load_config_file, train_value
 
@@ -62,7 +63,7 @@ class Study:
     name: str
     datasets: list[DatasetSpec]
     backbones: list[BackboneSpec]
-    seeds: list[int] = field(default_factory=lambda: [999])
+    seeds: list[int] = field(default_factory=lambda: [SEED])
     mrdib: list[bool] = field(default_factory=lambda: [False])
     mrdib_options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # the train options given; see train_config
@@ -315,7 +316,7 @@ def parse_study(data: dict[str, Any], where: str = "config", path: Path | None =
     if bb_raw is None:
         c.fail("backbones", "is missing (e.g. backbones: [lightgcn, lgmrec])")
     backbones = c.list_of(bb_raw, "backbones", lambda x, k: _backbone(c, x, k))
-    seeds = c.list_of(data.get("seeds", data.get("seed", [999])), "seeds", c.int_)
+    seeds = c.list_of(data.get("seeds", data.get("seed", [SEED])), "seeds", c.int_)
     mrdib = c.list_of(data.get("mrdib", [False]), "mrdib", c.bool_)
     opts = c.keys(data.get("mrdib_options"), "mrdib_options",
                   tuple(str(k) for k in (data.get("mrdib_options") or {})))
