@@ -39,7 +39,7 @@ ALL = "lightgcn,vbpr,lgmrec," + DEFAULT  # every registered backbone
 def prepare(workdir: Path) -> None:
     """Import Baby and attach random 4096-d / 384-d feature tables (once per workdir)."""
     from mrdib_cli.data.handle import DatasetHandle
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     ds = workdir / "datasets" / "baby"
     if not (ds / "dataset.json").exists():
@@ -62,20 +62,18 @@ def child(workdir: Path, name: str, epochs: int, threads: int, device: str) -> d
 
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.evaluation.engine import evaluate_split
-    from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
+    from mrdib_cli.models.base import Batch, get_backbone
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import configure_cpu
 
     configure_cpu(threads)  # as the trainer: threads, denormals flushed
-    torch.manual_seed(999)
+    cfg = resolve_run(flags={"backbone": name, "dataset": "baby"})  # the hyper-parameters a run would use
+    torch.manual_seed(cfg.train.seed)
     dev = torch.device(device)
     h = DatasetHandle(workdir / "datasets" / "baby")
     cls = get_backbone(name)
     t0 = time.perf_counter()
-    try:
-        model = cls(h, resolve_hparams(cls, h.name, {}), None)
-    except TypeError:  # constructors without the feature-table argument
-        model = cls(h, resolve_hparams(cls, h.name, {}))
-    model = model.to(dev)
+    model = cls(h, cfg.hparams, None).to(dev)
     build_s = time.perf_counter() - t0
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     users, items = h.pairs("train")

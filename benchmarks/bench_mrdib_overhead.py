@@ -19,8 +19,9 @@ import time
 import torch
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models.base import Batch, get_backbone, resolve_hparams
+from mrdib_cli.models.base import Batch, get_backbone
 from mrdib_cli.training.plugin import create_plugin, forward_terms
+from mrdib_cli.training.resolve import resolve_run
 from mrdib_cli.training.trainer import configure_cpu
 from mrdib_cli.workspace import Workspace
 
@@ -47,7 +48,7 @@ def main() -> None:
     models = []
     for opts in [None, *variants]:
         torch.manual_seed(0)
-        bb = cls(h, resolve_hparams(cls, h.name, {}), None).to(dev)
+        bb = cls(h, resolve_run(flags={"backbone": cls.name, "dataset": h.name}).hparams, None).to(dev)
         pl = None if opts is None else create_plugin("mrdib", opts)
         if pl is not None:
             pl.attach(bb)

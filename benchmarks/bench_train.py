@@ -36,7 +36,7 @@ def prepare(workdir: Path) -> None:
     import numpy as np
 
     from mrdib_cli.data.handle import DatasetHandle
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     d = workdir / "datasets" / "baby"
     if not (d / "dataset.json").exists():
@@ -57,12 +57,12 @@ def run_one(workdir: Path, backbone: str, epochs: int, device: str, threads: int
     """Train ``epochs`` epochs (no early stopping) and report the per-epoch times and peak memory."""
     import torch
 
-    from mrdib_cli.training.config import RunConfig, TrainConfig
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import Trainer
     from mrdib_cli.workspace import Workspace
 
-    cfg = RunConfig(backbone=backbone, dataset="baby", run_name=f"bench-{backbone}-{device}",
-                    train=TrainConfig(epochs=epochs, patience=10**6, device=device, threads=threads))
+    cfg = resolve_run(flags={"backbone": backbone, "dataset": "baby", "run_name": f"bench-{backbone}-{device}",
+                             "train": {"epochs": epochs, "patience": 10**6, "device": device, "threads": threads}})
     t0 = time.perf_counter()
     tr = Trainer(Workspace(workdir), cfg, overwrite=True)
     setup = time.perf_counter() - t0
@@ -96,15 +96,15 @@ def reference_style(workdir: Path, threads: int) -> dict:
     import torch
 
     import mrdib_cli.models.lgmrec as lg
-    from mrdib_cli.training.config import RunConfig, TrainConfig
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import Trainer
     from mrdib_cli.workspace import Workspace
 
     def plain(ids, anchor_all, pos_all, assign, lam, tau=lg.TAU):
         return lg.info_nce_sum(anchor_all[ids], pos_all[ids], pos_all, tau)
 
-    cfg = RunConfig(backbone="lgmrec", dataset="baby", run_name="bench-refstyle",
-                    train=TrainConfig(epochs=1, patience=10**6, device="cpu", threads=threads))
+    cfg = resolve_run(flags={"backbone": "lgmrec", "dataset": "baby", "run_name": "bench-refstyle",
+                             "train": {"epochs": 1, "patience": 10**6, "device": "cpu", "threads": threads}})
     tr = Trainer(Workspace(workdir), cfg, overwrite=True)
     fast = lg.info_nce_sum_lowrank
     t0 = time.perf_counter()

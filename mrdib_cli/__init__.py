@@ -1,7 +1,7 @@
 """mrdib: multimodal recommendation from raw Amazon reviews to evaluated models.
 
-The package is organised by pipeline stage (see docs/architecture.md):
-data -> features -> graphs -> models (+ mrdib objectives) -> training -> evaluation -> reporting.
+The package is organised in layers, each importing only the ones below it (docs/architecture.md):
+data -> features -> graphs -> models -> evaluation -> training -> mrdib -> reporting -> workflow -> cli.
 """
 
 __version__ = "0.1.0"

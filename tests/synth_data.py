@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from mrdib_cli.features.store import table_path, write_feature_table
+from mrdib_cli.data.feature_store import table_path, write_feature_table
 
 
 def make_dataset(workdir: Path, name: str = "tiny", n_users: int = 80, n_items: int = 50,

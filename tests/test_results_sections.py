@@ -368,7 +368,7 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
     from mrdib_cli.data.demo import BRANDS, FILLERS, NOUNS
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.data.prepare import PrepareOptions, prepare
-    from mrdib_cli.features.store import read_feature_table, table_path, write_feature_table
+    from mrdib_cli.data.feature_store import read_feature_table, table_path, write_feature_table
     from mrdib_cli.workspace import Workspace
 
     ctx = _ctx(tmp_path, None, [1, 2], "full")
@@ -424,7 +424,7 @@ def test_demo_feature_ceilings_train_plain_backbones_on_cleaner_tables_of_a_same
             for sp in mr} == {("true-attributes", "text-all-minilm-l6-v2.parquet")}
     assert len({sp.name for sp in seen}) == len(seen)
     assert {tuple(sp.args[:2]) for sp in seen if sp.backbone == "vbpr"} == {("--reg-weight", "1")}
-    from mrdib_cli.features.store import select_table
+    from mrdib_cli.data.feature_store import select_table
 
     for sp in seen:  # every table a run asks for is there (as `mrdib train` would look it up)
         for flag, modality in (("--image-features", "image"), ("--text-features", "text")):

@@ -243,7 +243,7 @@ def _feature_tables(ctx: Context) -> dict[str, Any]:
     from mrdib_cli.data.demo_truth import PlantedTruth
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.features.resolve import resolve_text_model
-    from mrdib_cli.features.store import list_tables, select_table, table_path, write_feature_table
+    from mrdib_cli.data.feature_store import list_tables, select_table, table_path, write_feature_table
     from mrdib_cli.features.text import TextEncoder, encode_text_shard
 
     src, ds_dir = DatasetHandle(ctx.ws / "datasets" / DATASET), ctx.ws / "datasets" / FEATURE_DATASET

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperOption
 from rich.markup import escape
 
 try:  # typer >= 0.20 vendors click as typer._click
@@ -56,6 +57,15 @@ _ORDER = ["quickstart", "run", "prepare", "importers", "features", "graph", "tra
           "sweep", "report", "doctor", "backbones", "cache"]
 
 
+def _flag_type(self: TyperOption, ctx: object) -> str | None:
+    """A flag takes no value, so its help shows no metavar (typer would print ``<bool>``)."""
+    return None if self.is_flag and not self.count else _TYPER_DISPLAY_TYPE(self, ctx)
+
+
+_TYPER_DISPLAY_TYPE = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mrdib {__version__}")
@@ -64,9 +74,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", envvar="MRDIB_HOME",
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w",
                                            help="Working directory for data, features, graphs and runs "
-                                                "[default: ./mrdib-data]."),
+                                                "[default: $MRDIB_HOME, else ./mrdib-data]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print results; no progress."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks and debug output."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
@@ -117,8 +127,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _in_worker() -> bool:
-    """True in a worker of a multi-process job (the distributed module is imported only by such commands)."""
-    dist_mod = sys.modules.get("mrdib_cli.training.distributed")
+    """True in a worker of a multi-process job (mrdib_cli.launch is imported only by commands that can be one)."""
+    dist_mod = sys.modules.get("mrdib_cli.launch")
     return dist_mod is not None and dist_mod.launched()
 
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.workspace import Workspace
 
 # Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
@@ -103,12 +104,16 @@ def target_dataset(command: str, name: str | None) -> str:
     return resolved
 
 
-def target_run(command: str, name: str | None) -> str:
+def target_run(command: str, name: str | None, dataset: str | None = None) -> str:
     """The run ``command`` acts on, announced on its first line with the reason; a run named with ``--run``
-    makes its dataset active (as ``-d`` does)."""
+    makes its dataset active (as ``-d`` does), and ``-d`` alone picks that dataset's newest finished run."""
     w = ws()
-    resolved, why = w.pick_run(name)
+    if dataset is not None and name is None:
+        dataset, _ = dataset_target(command, dataset)
+    resolved, why = w.pick_run(name, dataset)
     ds = w.run_dataset(resolved)
+    if dataset is not None and ds != dataset:
+        return resolved  # refused by Run.open with both names, before anything becomes active
     if name is not None and ds and w.state().get("active_dataset") != ds:
         w.set_active_dataset(ds, by=f"mrdib {command} --run {resolved}")
         why = "given with --run; its dataset is now the active one"
@@ -122,8 +127,8 @@ def target_run(command: str, name: str | None) -> str:
 
 DeviceOption = typer.Option("auto", "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                             help="auto|cpu|cuda[:N]")
-SeedOption = typer.Option(999, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
-                          help="Random seed (MMRec's default 999).")
+SeedOption = typer.Option(SEED, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
+                          help=f"Random seed (MMRec's default {SEED}).")
 DatasetOption = typer.Option(None, "--dataset", "-d", rich_help_panel=PANEL_DATA,
                              help="Dataset name (default: the active dataset).")
 ForceOption = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,

@@ -18,7 +18,7 @@ def doctor_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
 ) -> None:
     """Check runs for evaluation leakage and protocol traps: hyper-parameters selected on test, graphs or features built from valid/test interactions, valid items unmasked at test, runs compared across protocols, resumed runs whose RNG state was not restored. Exit code 1 when an error is found."""  # noqa: E501
-    from mrdib_cli.workflow.doctor import check_runs
+    from mrdib_cli.reporting.doctor import check_runs
 
     w = ws()
     names = w.runs() if all_runs else (list(runs) if runs else [target_run("doctor", None)])

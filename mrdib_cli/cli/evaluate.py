@@ -13,34 +13,36 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, err, info, make_progress, out, target_run, warn,
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
+from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, DatasetOption, err, info, make_progress, out,
+                                  target_run, warn,
                                   ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
 RunOption = typer.Option(None, "--run", "-r", rich_help_panel=PANEL_EVAL,
-                         help="Run name \\[default: the latest run of the active dataset].")
+                         help="Run name \\[default: the latest run of --dataset, else of the active dataset].")
 SplitOption = typer.Option("test", "--split", rich_help_panel=PANEL_EVAL, help="test|valid.")
 MaskOption = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                           help="Items removed from the ranking: 'train' (MMRec's protocol, the published "
                                "numbers) or 'train+valid' (stricter; test only).")
-BatchOption = typer.Option(4096, "--batch-users", min=1, rich_help_panel=PANEL_RUNTIME,
+BatchOption = typer.Option(EVAL_BATCH_USERS, "--batch-users", min=1, rich_help_panel=PANEL_RUNTIME,
                            help="Users per search batch: memory is bounded by it, never by users x items.")
 IndexOption = typer.Option("flat", "--index", rich_help_panel=PANEL_EVAL,
                            help="flat (exact, default) | ivf | hnsw (approximate, for huge catalogues).")
 
 
 def _parse_ks(values: list[str], extra: list[str] | None) -> tuple[int, ...]:
-    """``--k 10 20``, ``--k 10 --k 20`` and ``--k 10,20`` all mean K in {10, 20}."""
+    """``--k 10 20``, ``--k 10 --k 20`` and ``--k 10,20`` all mean K in {10, 20}; the values are checked by
+    the evaluation's own parse_ks, once."""
+    from mrdib_cli.evaluation.metrics import parse_ks
+
     toks = [t for v in values for t in v.replace(",", " ").split()] + list(extra or [])
-    ks = []
-    for t in toks:
-        if not t.lstrip("-").isdigit():
-            raise UsageError(f"unexpected argument '{t}' (--k takes integers, e.g. --k 10 20)")
-        ks.append(int(t))
-    if any(k < 1 for k in ks):
-        raise UsageError(f"--k values must be positive integers, got {ks}")
-    return tuple(sorted(set(ks))) or (10, 20)
+    bad = [t for t in toks if not t.lstrip("-").isdigit()]
+    if bad:
+        raise UsageError(f"unexpected argument '{bad[0]}' (--k takes integers, e.g. --k 10 20)")
+    ks = [int(t) for t in toks]
+    return parse_ks(ks) if ks else KS
 
 
 def _index_params(values: list[str]) -> dict[str, Any]:
@@ -78,6 +80,7 @@ def _metrics_table(metrics: dict[str, float], title: str, caption: str | None = 
 # --------------------------------------------------------------------------------------------- eval
 def eval_cmd(
     run: Optional[str] = RunOption,
+    dataset: Optional[str] = DatasetOption,
     split: str = SplitOption,
     k: List[str] = typer.Option([], "--k", rich_help_panel=PANEL_EVAL,
                                 help="Cut-offs, e.g. --k 10 20 \\[default: 10 20]."),
@@ -106,12 +109,12 @@ def eval_cmd(
 ) -> None:
     """Full-ranking evaluation of a trained run (exact FAISS search over all items, MMRec's metrics)."""
     from mrdib_cli.evaluation.runs import Run, evaluate_run
-    from mrdib_cli.training import distributed
+    from mrdib_cli import launch as distributed
 
     ks = _parse_ks(k, extra)
     if verify_exact and index == "flat":
         raise UsageError("--verify-exact checks an approximate index; use it with --index ivf or hnsw")
-    r = Run.open(ws(), target_run("eval", run))
+    r = Run.open(ws(), target_run("eval", run, dataset), dataset)
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
@@ -248,6 +251,7 @@ def recommend_cmd(
                                    help="Reviewer id or user index; repeatable, or several after one --user."),
     k: int = typer.Option(10, "--k", min=1, rich_help_panel=PANEL_EVAL, help="List length."),
     run: Optional[str] = RunOption,
+    dataset: Optional[str] = DatasetOption,
     mask: str = typer.Option("train", "--mask", rich_help_panel=PANEL_EVAL,
                              help="Items never recommended: train (as in evaluation; held-out hits are marked), "
                                   "train+valid, all (everything the user interacted with), none."),
@@ -264,7 +268,7 @@ def recommend_cmd(
     tokens = [t for v in [*user, *(extra or [])] for t in v.replace(",", " ").split()]
     if not tokens and out_path is None:
         raise UsageError("name users with --user ID (reviewer id or index), or pass --out FILE for all users")
-    r = Run.open(ws(), target_run("recommend", run))
+    r = Run.open(ws(), target_run("recommend", run, dataset), dataset)
     if out_path is not None and out_path.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out_path}: use a .parquet or .csv file name")
     users = resolve_users(r, tokens) if tokens else None

@@ -177,7 +177,7 @@ def register(app: typer.Typer) -> None:
         to = TextOptions(model=text_model, template=text_template)
         # Resolve everything that can fail cheaply (weights, model names, template) before any work.
         _preflight(mods, io, to)
-        from mrdib_cli.training import distributed
+        from mrdib_cli import launch as distributed
 
         if nproc and nproc > 1 and not distributed.launched():
             raise typer.Exit(distributed.launch(nproc))
@@ -217,7 +217,7 @@ def register(app: typer.Typer) -> None:
     def features_ls(dataset: Optional[str] = DatasetOption) -> None:
         """List the dataset's feature tables, newest first, with provenance and coverage."""
         from mrdib_cli.data.handle import DatasetHandle
-        from mrdib_cli.features.store import list_tables, read_meta
+        from mrdib_cli.data.feature_store import list_tables, read_meta
 
         handle = DatasetHandle.open(ws(), target_dataset("features ls", dataset))
         tables = list_tables(handle.dir)

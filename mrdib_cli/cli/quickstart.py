@@ -7,6 +7,7 @@ import time
 
 import typer
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.cli.common import PANEL_RUNTIME, info, out, warn, ws
 from mrdib_cli.cli.run import on_epoch_printer, on_step_printer, steps_table
 
@@ -18,7 +19,7 @@ def quickstart_cmd(
     items: int = typer.Option(500, "--items", min=10, rich_help_panel="Demo", help="Demo items."),
     interactions: int = typer.Option(10000, "--interactions", min=100, rich_help_panel="Demo",
                                      help="Demo interactions."),
-    seed: int = typer.Option(999, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME),
+    seed: int = typer.Option(SEED, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME),
     device: str = typer.Option("auto", "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                help="auto|cpu|cuda[:N]"),
     as_json: bool = typer.Option(False, "--json", help="Print the steps and report path as JSON."),

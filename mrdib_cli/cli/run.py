@@ -56,7 +56,7 @@ def run_cmd(
 
     study = load_study(config)
     if device:
-        study.train.device = device
+        study.train["device"] = device
         study.features["device"] = device
     res = run_pipeline(ws(), study, dry_run=dry_run, log=info, on_step=None if dry_run else on_step_printer,
                        on_epoch=on_epoch_printer)

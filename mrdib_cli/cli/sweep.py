@@ -40,7 +40,7 @@ def sweep_cmd(
         raise UsageError(f"--select-on must be 'valid' or 'test', got '{select_on}'")
     study = load_study(config)
     if device:
-        study.train.device = device
+        study.train["device"] = device
     if select_on == "test":
         warn(PARITY_LABEL)
     specs = sweep_specs(study)

@@ -4,39 +4,73 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable, List, Optional
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Callable, List, Optional
 
+import click
 import typer
+from rich.markup import escape
+from rich.panel import Panel
 from rich.table import Table
+from typer.core import TyperCommand
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption,
                                   dataset_target, err, info, make_progress, out, warn, ws)
 from mrdib_cli.errors import MissingInputError, UsageError
+from mrdib_cli.options import Option
 from mrdib_cli.workspace import read_json
+
+if TYPE_CHECKING:
+    from mrdib_cli.training.resolve import RunConfig
 
 SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
 
 
-def _extra_hparams(args: list[str]) -> dict[str, object]:
-    """Backbone hyper-parameters given as ``--n-layers 2`` / ``--reg-weight=1e-4`` (checked later)."""
+def _extra_hparams(args: list[str], backbone: str | None) -> dict[str, object]:
+    """Backbone hyper-parameters given as options (``--n-layers 2``, ``--reg-weight=1e-4``; a boolean one
+    as a switch, ``--eval-gumbel``); an option the backbone does not declare is a one-line error."""
+    from mrdib_cli.models.base import get_backbone
     from mrdib_cli.training.config import parse_value
 
+    if args and not backbone:
+        raise UsageError(f"unexpected option {args[0]!r} (backbone options need --backbone NAME)")
+    declared = {o.flag: o for o in get_backbone(backbone).options()} if backbone else {}
     out_: dict[str, object] = {}
     i = 0
     while i < len(args):
         a = args[i]
-        if not a.startswith("--"):
-            raise UsageError(f"unexpected argument {a!r}")
-        key, eq, val = a[2:].partition("=")
-        if not eq:
+        flag, eq, val = a.partition("=")
+        opt = declared.get(flag)
+        if opt is None:
+            known = ", ".join(declared) or "none"
+            raise UsageError(f"unknown option {flag!r} for {backbone} (its options: {known}; "
+                             f"see 'mrdib train --backbone {backbone} --help')")
+        if opt.is_switch and not eq:
+            val = "true"
+        elif not eq:
             if i + 1 >= len(args) or args[i + 1].startswith("--"):
-                raise UsageError(f"option --{key} needs a value (backbone hyper-parameter options take one)")
+                raise UsageError(f"option {flag} needs a value ({opt.type.__name__})")
             val = args[i + 1]
             i += 1
-        out_[key.replace("-", "_")] = parse_value(val)
+        out_[opt.name] = parse_value(val)
         i += 1
     return out_
+
+
+def _plugin_opts(items: list[str], selected: str | None) -> dict[str, object]:
+    """``--plugin-opt key=value`` items (they need a plug-in chosen by --plugin, a switch or the config)."""
+    from mrdib_cli.training.config import parse_value
+
+    opts: dict[str, object] = {}
+    for item in items:
+        k, eq, v = item.partition("=")
+        if not eq or selected is None:
+            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
+        opts[k.strip()] = parse_value(v)
+    return opts
 
 
 def _fmt_losses(loss: dict[str, float]) -> str:
@@ -47,8 +81,8 @@ def _fmt_losses(loss: dict[str, float]) -> str:
 def train_cmd(
     ctx: typer.Context,
     backbone: Optional[str] = typer.Option(None, "--backbone", "-b", rich_help_panel=PANEL_MODEL,
-                                           help="Backbone: lightgcn, vbpr, lgmrec, ... Any backbone "
-                                                "hyper-parameter is also an option, e.g. --n-layers 2."),
+                                           help="Backbone: lightgcn, vbpr, lgmrec, ... Its hyper-parameters "
+                                                "are options too: mrdib train --backbone NAME --help."),
     dataset: Optional[str] = DatasetOption,
     run_name: Optional[str] = typer.Option(None, "--run-name", "-n", rich_help_panel=PANEL_RUNTIME,
                                            help="Run folder name [default: <backbone>-<dataset>-<time>]."),
@@ -69,23 +103,17 @@ def train_cmd(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, rich_help_panel=PANEL_MODEL,
                                              help="Training batch size [2048]."),
     seed: Optional[int] = typer.Option(None, "--seed", envvar="MRDIB_SEED", rich_help_panel=PANEL_RUNTIME,
-                                       help="Random seed [999]."),
+                                       help=f"Random seed [{SEED}]."),
     device: Optional[str] = typer.Option(None, "--device", envvar="MRDIB_DEVICE", rich_help_panel=PANEL_RUNTIME,
                                          help="auto|cpu|cuda[:N] [auto]."),
     threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
                                           help="CPU threads for torch [free cores: cores minus the "
                                                "1-minute load, at least 1; a resumed run: its stored count]."),
-    eval_gumbel: bool = typer.Option(False, "--eval-gumbel", rich_help_panel=PANEL_EVAL,
-                                     help="LGMRec: sample Gumbel noise at evaluation as the reference does "
-                                          "(stochastic); default is deterministic."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
-                                         help="Plug-in objective to add (e.g. mrdib). Plug-ins also have their own flags: "
-                                              "--mrdib [--alpha-kl F --alpha-red F --alpha-uni F "
-                                              "--bottleneck-dim N --synergy-head none|mlp --no-kl "
-                                              "--no-redundancy --no-unique --mib-only --centre-logvar] "
-                                              "(docs/mrdib.md)."),
+                                         help="Plug-in objective to add (e.g. mrdib); its own switch and "
+                                              "options are listed below (docs/mrdib.md)."),
     plugin_opt: List[str] = typer.Option([], "--plugin-opt", rich_help_panel=PANEL_MODEL,
                                          help="Plug-in option key=value. Repeatable."),
     image_features: Optional[str] = typer.Option(None, "--image-features", rich_help_panel=PANEL_DATA,
@@ -103,71 +131,44 @@ def train_cmd(
 ) -> None:
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
-    from mrdib_cli.models.base import get_backbone, resolve_hparams
-    from mrdib_cli.training.config import (PATIENCE_UNSET, RunConfig, apply_sets, load_config_file, merge,
-                                           parse_value, resolve_patience)
+    from mrdib_cli.training.config import load_config_file
+    from mrdib_cli.training.plugin import claim_plugin_args
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import EpochRecord, Trainer
 
     w = ws()
-    cfg = RunConfig()
-    cfg.train.patience = PATIENCE_UNSET  # resolved against the backbone below unless given
-    old: dict = {}
+    stored = None
     if resume:
-        name = _run_to_resume(run_name)
-        old = read_json(w.run_dir(name) / "config.json")
-        merge(cfg, {k: old[k] for k in ("backbone", "dataset", "train", "hparams", "plugin", "features")
-                    if old.get(k) is not None}, "stored config.json")
-        cfg.run_name = name
-    if config:
-        merge(cfg, load_config_file(config), str(config))
-    for attr, val in (("backbone", backbone), ("dataset", dataset), ("run_name", run_name)):
-        if val is not None:
-            setattr(cfg, attr, val)
-    for attr, val in (("epochs", epochs), ("patience", patience), ("lr", lr), ("batch_size", batch_size),
-                      ("seed", seed), ("device", device), ("threads", threads), ("test_mask", test_mask)):
-        if val is not None:
-            setattr(cfg.train, attr, val)
-    if not cfg.backbone:
-        raise UsageError("no backbone given: use --backbone NAME (or 'backbone:' in --config)")
-    cls = get_backbone(cfg.backbone)
-    from mrdib_cli.training.plugin import claim_plugin_args
-
-    claimed, extra = claim_plugin_args(list(ctx.args), plugin or (cfg.plugin or {}).get("name"))
-    if claimed:
-        cfg.plugin = {**(cfg.plugin or {}), **claimed}
-    cfg.hparams.update(_extra_hparams(extra))
-    if eval_gumbel:
-        cfg.hparams["eval_gumbel"] = True
-    if plugin:
-        cfg.plugin = {**(cfg.plugin or {}), "name": plugin}
-    for item in plugin_opt:
-        k, eq, v = item.partition("=")
-        if not eq or cfg.plugin is None:
-            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
-        cfg.plugin[k.strip()] = parse_value(v)
-    if image_features:
-        cfg.features["image"] = image_features
-    if text_features:
-        cfg.features["text"] = text_features
-    apply_sets(cfg, list(sets), set(cls.defaults))
-    resolve_patience(cfg.train, cls)
-    cfg.train.validate()
+        run_name = _run_to_resume(run_name)
+        stored = read_json(w.run_dir(run_name) / "config.json")
+    file = load_config_file(config) if config else None
+    train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
+                   "device": device, "threads": threads, "test_mask": test_mask}
+    selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
+    claimed, extra = claim_plugin_args(list(ctx.args), selected)
+    plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}
+    chosen = backbone or (file or {}).get("backbone") or (stored or {}).get("backbone")
+    hparams = _extra_hparams(extra, chosen)
+    flags = {"backbone": backbone, "dataset": dataset, "run_name": run_name,
+             "train": {k: v for k, v in train_flags.items() if v is not None}, "hparams": hparams,
+             "features": {m: t for m, t in (("image", image_features), ("text", text_features)) if t}}
+    cfg = resolve_run(w, stored=stored, file=file, file_source=str(config), flags=flags, plugin=plug or None,
+                      sets=sets)
 
     if print_config:
-        ds = w.resolve_dataset(cfg.dataset)
-        resolved = cfg.to_dict()
-        resolved["dataset"] = ds
-        resolved["hparams"] = resolve_hparams(cls, ds, cfg.hparams)
-        out.print_json(json.dumps(resolved))
+        out.print_json(json.dumps(cfg.with_sources()))
         return
 
-    from mrdib_cli.training import distributed
+    from mrdib_cli import launch as distributed
 
     if not distributed.launched():
-        _announce(cfg, threads, old, resume, single=not (nproc and nproc > 1))
+        cfg = _announce(cfg, threads, stored, single=not (nproc and nproc > 1))
     if nproc and nproc > 1 and not distributed.launched():
         raise typer.Exit(distributed.launch(nproc))
-    trainer_cls = distributed.DistributedTrainer if distributed.launched() else Trainer
+    if distributed.launched():
+        from mrdib_cli.training.distributed import DistributedTrainer as trainer_cls
+    else:
+        trainer_cls = Trainer
     main = distributed.is_main()
 
     def on_epoch(rec: EpochRecord) -> None:
@@ -197,7 +198,7 @@ def train_cmd(
         trainer = trainer_cls(w, cfg, resume=resume, overwrite=force, on_epoch=on_epoch, on_info=info,
                               on_warn=warn, progress=batches if progress_enabled_() else None)
         if main:
-            info(f"run '{cfg.run_name}': {cfg.backbone} on {trainer.handle.name} "
+            info(f"run '{trainer.run_name}': {cfg.backbone} on {trainer.handle.name} "
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
@@ -245,36 +246,43 @@ def _run_to_resume(run_name: str | None) -> str:
                      "--resume --run-name NAME")
 
 
-def _announce(cfg, threads: int | None, old: dict, resume: bool, single: bool) -> None:  # noqa: ANN001
-    """The first line: which run, on which dataset and why, and the CPU threads (fixed here so that the
-    line tells the truth; a resumed run keeps its stored count, see docs/training.md)."""
+def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: bool) -> RunConfig:
+    """The first line: which run, on which dataset and why, and the CPU threads. The dataset, default run name
+    and thread count are fixed here, in a copy of ``cfg``, so that the line tells the truth; a resumed run
+    keeps its stored count (see docs/training.md)."""
+    from mrdib_cli.training.resolve import DEFAULT
     from mrdib_cli.training.trainer import default_run_name, resolve_device, train_threads
 
+    resume = stored is not None
     if resume:
         ds, why = cfg.dataset, "the resumed run's dataset"
         if ws().state().get("active_dataset") != ds:
             ws().set_active_dataset(ds, by=f"mrdib train --resume --run-name {cfg.run_name}")
             why += "; now the active dataset"
     else:
-        ds, why = dataset_target("train", cfg.dataset)
-    cfg.dataset = ds
+        given = cfg.dataset if cfg.sources.get("dataset") not in (None, DEFAULT) else None
+        ds, why = dataset_target("train", given)
+    run_name, tc, sources = cfg.run_name, cfg.train, dict(cfg.sources)
     line = f"train: {'resuming ' if resume else ''}run "
     if single:
-        cfg.run_name = cfg.run_name or default_run_name(cfg.backbone, ds)
-        line += f"'{cfg.run_name}' "
+        if run_name is None:
+            run_name, sources["run_name"] = default_run_name(cfg.backbone, ds), DEFAULT
+        line += f"'{run_name}' "
     line += f"on dataset '{ds}' ({why})"
     if resolve_device(cfg.train.device).type == "cpu":
-        n, how = train_threads(threads, (old.get("runtime") or {}).get("threads") if resume else None)
+        n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
         if single:
-            cfg.train.threads = n
-            line += f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
+            tc = replace(cfg.train, threads=n)
+            sources["train.threads"] = sources.get("train.threads", DEFAULT) if threads else how
+        line += f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
     info(line)
+    return replace(cfg, dataset=ds, run_name=run_name, train=tc, sources=MappingProxyType(sources))
 
 
 def _say_features(tables: dict[str, Path], named: dict[str, str]) -> None:
     """Which feature table each modality uses: "newest wins" would otherwise silently pick up a leftover
     smoke-test table, so random-weight tables are also warned about."""
-    from mrdib_cli.features.store import read_meta
+    from mrdib_cli.data.feature_store import read_meta
 
     for modality, path in tables.items():
         how = "named" if named.get(modality) else f"newest; --{modality}-features NAME picks another"
@@ -327,7 +335,61 @@ def runs_cmd(
     out.print(t)
 
 
+class TrainCommand(TyperCommand):
+    """``mrdib train``: its help also lists the declared backbone and plug-in options, which are parsed
+    from the extra arguments (so click itself does not know them)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["train_args"] = list(args)  # --help is eager: --backbone is not parsed yet when help prints
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        print_declared_options(_backbone_in(ctx.meta.get("train_args", [])))
+
+
+def _backbone_in(args: list[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a in ("--backbone", "-b") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--backbone="):
+            return a.partition("=")[2]
+    return None
+
+
+def _options_panel(title: str, options: tuple[Option, ...], lead: tuple[str, str] | None = None) -> Panel:
+    t = Table(box=None, show_header=False, padding=(0, 1), pad_edge=False)
+    t.add_column(style="bold cyan", no_wrap=True)
+    t.add_column(style="yellow", no_wrap=True)
+    t.add_column()
+    if lead:
+        t.add_row(lead[0], "", lead[1])
+    for o in options:
+        default = "" if o.is_switch or o.default is None else f" [default: {o.default}]"
+        t.add_row(o.flag, "" if o.is_switch else f"<{o.type.__name__}>", escape(f"{o.help}{default}".strip()))
+    return Panel(t, title=title, title_align="left", border_style="dim")
+
+
+def print_declared_options(backbone: str | None) -> None:
+    """The backbone's hyper-parameters (or how to see them) and every plug-in's switch and options."""
+    from mrdib_cli.errors import MrdibError
+    from mrdib_cli.models.base import available, get_backbone
+    from mrdib_cli.training.plugin import plugin_switches
+
+    try:
+        cls = get_backbone(backbone) if backbone else None
+    except MrdibError as e:
+        out.print(f"[red]{e}[/red]")
+        cls = None
+    if cls is None:
+        out.print(f"Backbone options: mrdib train --backbone NAME --help ({', '.join(available())}).")
+    else:
+        out.print(_options_panel(f"Backbone options ({cls.name})", cls.options()))
+    for name, (switch, declared) in plugin_switches().items():
+        out.print(_options_panel(f"Plug-in options ({name})", declared, (switch, f"Add the {name} plug-in.")))
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train", rich_help_panel="Pipeline",
+    app.command("train", rich_help_panel="Pipeline", cls=TrainCommand,
                 context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(train_cmd)
     app.command("runs", rich_help_panel="Results")(runs_cmd)

@@ -73,7 +73,6 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                         "again, or pass a complete copy with --raw-dir") from None
 
 
-REVIEW_FIELDS = ("reviewerID", "asin", "overall", "unixReviewTime")
 ReviewRow = tuple[str, str, float | None, int]
 
 

@@ -92,7 +92,7 @@ def list_artefacts(ws: Workspace) -> list[Artefact]:
 def _table_source(p: Path) -> str:
     if p.suffix == ".parquet":
         with contextlib.suppress(Exception):
-            from mrdib_cli.features.store import read_meta
+            from mrdib_cli.data.feature_store import read_meta
 
             m = read_meta(p)
             return f"{m.get('model')} ({m.get('source', '')})"[:80]

@@ -23,7 +23,7 @@ import polars as pl
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import CARD, INTERACTIONS, ITEMS, PUBLISHING, SPLITS, USERS
 from mrdib_cli.errors import DataError
-from mrdib_cli.features.store import table_path, write_feature_table
+from mrdib_cli.data.feature_store import table_path, write_feature_table
 from mrdib_cli.workspace import TMP_PREFIX, atomic_write_json, atomic_write_text, honour_umask, old_copy_prefix
 
 ITEM_TEXT_COLUMNS = ("asin", "title", "brand", "categories", "description", "image_url")
@@ -79,11 +79,6 @@ def split_sizes(inter: pl.DataFrame) -> dict[str, int]:
     counts = inter.group_by("split").len()
     got = dict(zip(counts["split"].to_list(), counts["len"].to_list()))
     return {s: int(got.get(s, 0)) for s in SPLITS}
-
-
-def duplicate_pairs(inter: pl.DataFrame) -> int:
-    """Rows whose (user, item) pair already occurred (kept by importers, reported in the summary)."""
-    return int(inter.height - inter.select(["user_idx", "item_idx"]).unique().height)
 
 
 def check_interactions(inter: pl.DataFrame, n_users: int, n_items: int, what: str) -> None:

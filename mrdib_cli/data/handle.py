@@ -19,7 +19,7 @@ import scipy.sparse as sp
 from polars.exceptions import PanicException
 
 from mrdib_cli.errors import DataError, MissingInputError
-from mrdib_cli.features.store import FeatureTable, read_feature_table, select_table
+from mrdib_cli.data.feature_store import FeatureTable, read_feature_table, select_table
 from mrdib_cli.workspace import Workspace, file_digest, read_json
 
 SPLITS = ("train", "valid", "test")

@@ -19,7 +19,7 @@ import polars as pl
 from mrdib_cli.data.dataset_io import (CORE_FILES, ImportedFeature, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
-from mrdib_cli.features.store import check_vectors
+from mrdib_cli.data.feature_store import check_vectors
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
 
 FORMATS = ("mmrec", "lattice", "recbole")

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.data import amazon, amazon2023
 from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, interactions_frame, items_frame,
                                        make_card, publish_dataset, users_frame)
@@ -33,7 +34,7 @@ class PrepareOptions:
     """Parameters of ``prepare`` that change the result (stored in the manifest and the card)."""
 
     k_core: int = 5
-    seed: int = 999
+    seed: int = SEED
     split: str = "mmrec"
     max_malformed: float = 0.01
 

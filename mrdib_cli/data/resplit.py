@@ -16,7 +16,7 @@ from mrdib_cli.data.dataset_io import (CORE_FILES, discard_if_unpublished, inter
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.data.split import LABELS, SCHEMES, assign_split
 from mrdib_cli.errors import UsageError
-from mrdib_cli.features.store import list_tables
+from mrdib_cli.data.feature_store import list_tables
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest, read_json
 
 CARRIED = ("image_dir", "timestamp_kind", "timestamp_unit", "items_attached", "demo")

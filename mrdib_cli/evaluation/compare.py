@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.errors import DataError, ProtocolMismatchError, UsageError
 from mrdib_cli.evaluation.engine import Protocol
 from mrdib_cli.evaluation.runs import NOT_SETTINGS, Run, evaluate_run, result_tag
@@ -99,7 +100,7 @@ def systems(groups: list[Group]) -> list[str]:
 
 
 def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str = "train", index: str = "flat",
-               ks: tuple[int, ...] = (10, 20), batch_users: int = 4096,
+               ks: tuple[int, ...] = KS, batch_users: int = EVAL_BATCH_USERS,
                on_info: Callable[[str], None] | None = None) -> list[RunEval]:
     """Saved results of each run under the protocol tag; runs without them are evaluated (and saved) now."""
     if len(set(names)) != len(names):

@@ -20,8 +20,9 @@ import polars as pl
 import scipy.sparse as sp
 
 from mrdib_cli.cpu import auto_threads
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.errors import DataError, UsageError
-from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average, metric_names,
+from mrdib_cli.evaluation.metrics import (DEFINITIONS, DEFINITIONS_VERSION, METRICS, average,
                                           parse_ks, per_user_metrics)
 from mrdib_cli.evaluation.topk import INDEX_KINDS, ItemIndex, RowKeys, exact_rows, masked_topk
 from mrdib_cli.publish import write_index
@@ -34,10 +35,7 @@ MASKS: dict[str, tuple[str, ...]] = {"train": ("train",), "train+valid": ("train
 SPLITS = ("valid", "test")
 
 
-DEFAULT_KS = (10, 20)
-
-
-def result_tag(split: str, mask: str = "train", index: str = "flat", ks: tuple[int, ...] | list[int] = DEFAULT_KS
+def result_tag(split: str, mask: str = "train", index: str = "flat", ks: tuple[int, ...] | list[int] = KS
                ) -> str:
     """File tag of saved results: the bare split for the default protocol, else e.g. ``test.mask-train+valid``
     or ``test.k-5-50``.
@@ -50,7 +48,7 @@ def result_tag(split: str, mask: str = "train", index: str = "flat", ks: tuple[i
         tag += f".mask-{mask}"
     if index != "flat":
         tag += f".index-{index}"
-    if tuple(sorted(ks)) != DEFAULT_KS:
+    if tuple(sorted(ks)) != KS:
         tag += ".k-" + "-".join(str(k) for k in sorted(ks))
     return tag
 
@@ -68,7 +66,7 @@ class Protocol:
 
     split: str | None = None
     mask: str = "train"
-    ks: tuple[int, ...] = DEFAULT_KS
+    ks: tuple[int, ...] = KS
     metrics: tuple[str, ...] = METRICS
     index: str = "flat"
     index_params: dict[str, Any] = field(default_factory=dict)
@@ -234,7 +232,7 @@ def _check_shapes(u: np.ndarray, i: np.ndarray, prep: Prepared) -> None:
 
 
 def evaluate(user_emb: Any, item_emb: Any, truth: sp.csr_matrix | Prepared, mask: sp.csr_matrix | None = None,
-             ks: tuple[int, ...] | list[int] = (10, 20), batch_users: int = 4096, index: str = "flat", *,
+             ks: tuple[int, ...] | list[int] = KS, batch_users: int = EVAL_BATCH_USERS, index: str = "flat", *,
              protocol: Protocol | None = None, index_params: dict[str, Any] | None = None,
              verify_exact: float = 0.0, seed: int = 0, overfetch_cap: int = 1024,
              metrics: tuple[str, ...] = METRICS, on_batch: Callable[[int], None] | None = None,
@@ -366,14 +364,10 @@ def prepare_split(handle: DatasetHandle, split: str = "valid", mask: str = "trai
 
 
 def evaluate_split(handle: DatasetHandle, user_emb: Any, item_emb: Any, split: str = "valid",
-                   mask: str = "train", ks: tuple[int, ...] | list[int] = (10, 20), batch_users: int = 4096,
+                   mask: str = "train", ks: tuple[int, ...] | list[int] = KS, batch_users: int = EVAL_BATCH_USERS,
                    index: str = "flat", **kw: Any) -> EvalResult:
     """Evaluate embeddings on a dataset split with the named masking rule (truth/mask built from the handle)."""
     prep = prepare_split(handle, split, mask)
     proto = Protocol(split=split, mask=mask, dataset=handle.name, dataset_digest=handle.digest)
     return evaluate(user_emb, item_emb, prep, None, ks=ks, batch_users=batch_users, index=index,
                     protocol=proto, **kw)
-
-
-def metric_columns(ks: tuple[int, ...], metrics: tuple[str, ...] = METRICS) -> list[str]:
-    return metric_names(ks, metrics)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS
 from mrdib_cli.errors import MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import as_float32
 from mrdib_cli.evaluation.runs import Run
@@ -44,7 +45,7 @@ def resolve_users(run: Run, tokens: list[str]) -> np.ndarray:
 
 
 def topk_for_users(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray, mask, k: int,
-                   batch_users: int = 4096) -> TopK:
+                   batch_users: int = EVAL_BATCH_USERS) -> TopK:
     """Masked top-k for ``users`` (in that order); batches sorted by mask count for a small over-fetch."""
     u = as_float32(user_emb, "user embeddings")
     it = as_float32(item_emb, "item embeddings")
@@ -62,7 +63,7 @@ def topk_for_users(user_emb: np.ndarray, item_emb: np.ndarray, users: np.ndarray
 
 
 def recommend(run: Run, users: np.ndarray | None, k: int = 10, mask: str = "train",
-              batch_users: int = 4096, with_titles: bool = True) -> pl.DataFrame:
+              batch_users: int = EVAL_BATCH_USERS, with_titles: bool = True) -> pl.DataFrame:
     """Long table: user_idx, reviewer_id, rank, item_idx, asin, title, score, held_out (all users if None)."""
     if mask not in RECOMMEND_MASKS:
         raise UsageError(f"unknown mask '{mask}' (choose from {', '.join(RECOMMEND_MASKS)})")

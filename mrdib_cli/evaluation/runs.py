@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
@@ -46,6 +47,9 @@ class Run:
             cfg = read_json(d / "config.json")
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"run '{name}': cannot read config.json ({type(e).__name__})") from None
+        if dataset is not None and cfg.get("dataset") != dataset:
+            raise UsageError(f"run '{name}' was trained on dataset '{cfg.get('dataset')}', not '{dataset}'; "
+                             f"train one on '{dataset}' or name the run with --run")
         return cls(name=name, dir=d, config=cfg, workspace=ws)
 
     @cached_property
@@ -123,8 +127,8 @@ class Run:
         return read_index(self.dir / f"eval-{tag}.json")
 
 
-def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
-                 batch_users: int = 4096, index: str = "flat", index_params: dict[str, Any] | None = None,
+def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = KS,
+                 batch_users: int = EVAL_BATCH_USERS, index: str = "flat", index_params: dict[str, Any] | None = None,
                  verify_exact: float = 0.0, seed: int = 0, save: bool = True, threads: int | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[EvalResult, dict[str, Path]]:
     """Evaluate a run's saved embeddings; save per-user metrics and top-K lists in the run folder."""

@@ -26,6 +26,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
 from mrdib_cli.evaluation.engine import (MASKS, EvalResult, Prepared, Protocol, evaluate, prepare_split,
                                          result_tag)
 from mrdib_cli.evaluation.metrics import average
@@ -139,8 +140,8 @@ def read_shards(run_dir: Path, tag: str, n_shards: int) -> list[dict[str, Any]]:
     return parts
 
 
-def evaluate_run_sharded(run: Any, split: str = "test", mask: str = "train", ks: tuple[int, ...] = (10, 20),
-                         batch_users: int = 4096, save: bool = True, threads: int | None = None
+def evaluate_run_sharded(run: Any, split: str = "test", mask: str = "train", ks: tuple[int, ...] = KS,
+                         batch_users: int = EVAL_BATCH_USERS, save: bool = True, threads: int | None = None
                          ) -> tuple[EvalResult | None, dict[str, Path]]:
     """One rank's part of ``mrdib eval --nproc N``: evaluate a shard, write it, rank 0 merges and saves.
 

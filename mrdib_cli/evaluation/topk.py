@@ -24,6 +24,7 @@ import faiss
 import numpy as np
 import scipy.sparse as sp
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS
 from mrdib_cli.errors import UsageError
 
 INDEX_KINDS = ("flat", "ivf", "hnsw")
@@ -178,7 +179,7 @@ def exact_rows(user_vecs: np.ndarray, rows: np.ndarray, items: np.ndarray, mask:
 
 
 def masked_topk(user_vecs: np.ndarray, rows: np.ndarray, index: ItemIndex, mask: RowKeys, k: int,
-                batch_users: int = 4096, overfetch_cap: int = 1024,
+                batch_users: int = EVAL_BATCH_USERS, overfetch_cap: int = 1024,
                 on_batch: Callable[[int], None] | None = None) -> TopK:
     """Top-k unmasked items for users ``rows`` (indices into ``user_vecs``), in the order of ``rows``.
 

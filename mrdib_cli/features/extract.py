@@ -33,9 +33,10 @@ from typing import Any
 import numpy as np
 
 from mrdib_cli import __version__
+from mrdib_cli.defaults import SEED
 from mrdib_cli.data.handle import ITEMS, DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError
-from mrdib_cli.features import store
+from mrdib_cli.data import feature_store as store
 from mrdib_cli.features.images_io import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageRef, fetch_images,
                                           image_dir_fingerprint, refs_from_dir)
 from mrdib_cli.features.resolve import (DEFAULT_TEXT_MODEL, register_model_config, resolve_image_weights,
@@ -56,7 +57,7 @@ class RunOptions:
     shard_size: int = 2048
     workers: int = 2
     normalize: bool = True
-    seed: int = 999
+    seed: int = SEED
     force: bool = False
     # Sharded extraction (features.sharded): encode only shards k with k % shard_world == shard_rank, write
     # them and stop (no table, no manifest); a final merge pass then finds every shard done. Not cache params:

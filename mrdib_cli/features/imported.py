@@ -23,7 +23,7 @@ from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.data.importers import read_npy
 from mrdib_cli.data.items import item_keys
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
-from mrdib_cli.features import store
+from mrdib_cli.data import feature_store as store
 from mrdib_cli.features.extract import FILL, finalise_vectors
 from mrdib_cli.workspace import StepResult, Workspace, cached_step, file_digest
 

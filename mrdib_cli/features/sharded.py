@@ -19,7 +19,7 @@ import torch
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.features.extract import RunOptions
-from mrdib_cli.training import distributed
+from mrdib_cli import launch as distributed
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""User-item adjacency matrices built from **train** interactions only (reference notes §4.1).
+"""User-item adjacency matrices built from **train** interactions only.
 
 Symmetric variant (LightGCN, LGMRec, FREEDOM, BM3, MGCN)::
 

@@ -1,4 +1,4 @@
-"""User-user co-occurrence graph (DualGNN, DRAGON; reference notes §4.4).
+"""User-user co-occurrence graph (DualGNN, DRAGON).
 
 For every user, the top ``max_neighbours`` (default 200) other users by the number of **train** items they
 share, with the counts. Computed as R R^T in sparse blocks of users (memory O(block x U) at worst, never a

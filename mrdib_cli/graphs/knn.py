@@ -1,4 +1,4 @@
-"""Item-item kNN modality graphs (reference notes §4.2).
+"""Item-item kNN modality graphs.
 
 Every variant starts from the row-L2-normalised features X̄ and the cosine similarity Sim = X̄ X̄^T, taking
 the top-k per row **including the item itself** (its own similarity of 1 is maximal) and **without

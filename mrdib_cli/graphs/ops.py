@@ -28,12 +28,6 @@ def to_sparse(rows: Tensor, cols: Tensor, vals: Tensor, shape: tuple[int, int]) 
     return torch.sparse_coo_tensor(idx, vals.float(), shape, check_invariants=False).coalesce()
 
 
-def scipy_to_sparse(m: sp.spmatrix) -> Tensor:
-    coo = m.tocoo()
-    return to_sparse(torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64)),
-                     torch.from_numpy(coo.data.astype(np.float32)), coo.shape)
-
-
 def bipartite_edges(train: sp.csr_matrix) -> tuple[Tensor, Tensor]:
     """(users, items) int64 tensors of the binary train matrix (duplicates collapsed)."""
     coo = sp.csr_matrix(train).tocoo()

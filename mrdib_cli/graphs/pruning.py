@@ -1,4 +1,4 @@
-"""FREEDOM's degree-sensitive edge pruning of the user-item graph (reference notes §4.3).
+"""FREEDOM's degree-sensitive edge pruning of the user-item graph.
 
 1. every train edge (u, i) gets w_ui = 1 / sqrt(d_u d_i) (degrees of the full train matrix, +1e-7);
 2. each epoch, m = floor(|E| (1 - p)) edges are drawn **without replacement** with probability ∝ w_ui

@@ -1,26 +1,45 @@
-"""Small pieces shared by the backbones: MMRec's loss forms, feature loading, sparse buffers."""
+"""The backbones' shared helpers: MMRec's loss forms, feature loading, init, sparse graph buffers.
+
+Private (leading underscore: not a backbone module). Each loss states the exact form the reference code
+uses, because the backbones differ in small ways (log sigma vs log(eps + sigma), squared vs unsquared
+norms) that change results.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import MissingInputError
+from mrdib_cli.graphs.bipartite import to_torch_sparse
 
 
-def bpr_loss(pos: Tensor, neg: Tensor, gamma: float = 1e-10) -> Tensor:
-    """MMRec's ``BPRLoss``: -mean log(gamma + sigmoid(s+ - s-)) (LightGCN, VBPR)."""
-    return -torch.log(gamma + torch.sigmoid(pos - neg)).mean()
+#: epsilon of MMRec's ``BPRLoss`` (LightGCN, VBPR)
+MMREC_BPR_EPS = 1e-10
 
 
-def bpr_logsigmoid(pos: Tensor, neg: Tensor) -> Tensor:
-    """LGMRec's BPR: -mean logsigmoid(s+ - s-) (no epsilon)."""
-    return -torch.nn.functional.logsigmoid(pos - neg).mean()
+def bpr(pos: Tensor, neg: Tensor, eps: float | None = None) -> Tensor:
+    """BPR on scores: -mean log sigmoid(s+ - s-), the one form every backbone uses.
+
+    ``eps=None`` is the logsigmoid form without epsilon (FREEDOM, MGCN, LATTICE, SOIL, LGMRec, MMGCN,
+    DualGNN); ``eps=MMREC_BPR_EPS`` is MMRec's ``BPRLoss``, -mean log(eps + sigmoid(s+ - s-)) (LightGCN, VBPR). The
+    two differ in the last bits, which is why each backbone keeps the one its reference uses.
+    """
+    diff = pos - neg
+    if eps is None:
+        return -F.logsigmoid(diff).mean()
+    return -torch.log(eps + torch.sigmoid(diff)).mean()
+
+
+def dot_bpr(u: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    """:func:`bpr` of inner-product scores <u,i+> and <u,i->."""
+    return bpr((u * pos).sum(-1), (u * neg).sum(-1))
 
 
 def emb_norm_loss(*embs: Tensor) -> Tensor:
@@ -114,3 +133,77 @@ def spmm(a: Tensor, x: Tensor, a_t: Tensor | None = None) -> Tensor:
     if not x.requires_grad:
         return torch.sparse.mm(a, x)
     return _SpMM.apply(a, a if a_t is None else a_t, x)
+
+
+def xavier_embedding(n: int, d: int) -> nn.Embedding:
+    e = nn.Embedding(n, d)
+    nn.init.xavier_uniform_(e.weight)
+    return e
+
+
+def id_embeddings(n_users: int, n_items: int, d: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """User and item ID tables, xavier-uniform, drawn in that order (the order fixes a seed's values)."""
+    return xavier_embedding(n_users, d), xavier_embedding(n_items, d)
+
+
+def half_sq_reg(*embs: Tensor) -> Tensor:
+    """(1/2 sum ||e||^2) / B over the batch rows: MGCN/LATTICE's ``regularizer``."""
+    return sum(0.5 * (e ** 2).sum() for e in embs) / embs[0].shape[0]
+
+
+def info_nce(view1: Tensor, view2: Tensor, temperature: float) -> Tensor:
+    """In-batch InfoNCE: rows are L2-normalised, positives on the diagonal, mean over rows.
+
+    Written with logsumexp (same value as the reference's exp/sum/log form, without its overflow).
+    """
+    v1, v2 = F.normalize(view1, dim=1), F.normalize(view2, dim=1)
+    logits = v1 @ v2.T / temperature
+    return (torch.logsumexp(logits, dim=1) - logits.diagonal()).mean()
+
+
+def torch_csr(m: Any) -> Tensor:
+    """A scipy matrix or torch sparse tensor as a torch CSR tensor (the fastest CPU spmm layout)."""
+    if isinstance(m, Tensor):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return m.coalesce().to_sparse_csr() if m.layout == torch.sparse_coo else m
+    return to_torch_sparse(m, "csr")
+
+
+def add_graph(module: nn.Module, name: str, m: Any, symmetric: bool = False) -> None:
+    """Register a constant sparse graph (and, unless symmetric, its transpose for the backward pass) as
+    non-persistent buffers: they follow ``.to(device)`` but stay out of checkpoints."""
+    module.register_buffer(name, torch_csr(m), persistent=False)
+    if not symmetric:
+        mt = m.t() if isinstance(m, Tensor) else m.T
+        module.register_buffer(f"{name}_t", torch_csr(mt), persistent=False)
+
+
+def prop(module: nn.Module, name: str, x: Tensor) -> Tensor:
+    """G x for a graph registered with :func:`add_graph` (precomputed-transpose backward)."""
+    return spmm(getattr(module, name), x, getattr(module, f"{name}_t", None))
+
+
+def lightgcn_mean(module: nn.Module, name: str, ego: Tensor, n_layers: int) -> Tensor:
+    """mean_{l=0..L} Â^l E (LightGCN readout, layer 0 included) over the registered graph ``name``."""
+    out = [ego]
+    for _ in range(n_layers):
+        ego = prop(module, name, ego)
+        out.append(ego)
+    return torch.stack(out, dim=1).mean(dim=1)
+
+
+def gated_modality_views(module: nn.Module, feats: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """MGCN's per-modality branch, which SOIL inherits: the item ID embedding gated by the projected feature
+    (``module.trs[m]``, ``module.gate[m]``; the MRdIB hook point), ``n_layers`` propagations on the item-item
+    graph ``<m>_adj``, users as ``R`` times the items. Returns [users; items] per modality."""
+    mm: dict[str, Tensor] = {}
+    for m, x in feats.items():
+        x = module.modality_input(m, x)
+        h = module.modality_hook(m, module.item_id_embedding.weight * module.gate[m](module.trs[m](x)))
+        for _ in range(n_layers):
+            h = prop(module, f"{m}_adj", h)
+        mm[m] = torch.cat([prop(module, "R", h), h], dim=0)
+    return mm

@@ -22,17 +22,32 @@ A backbone that exposes a modality-specific *user* representation for modality m
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mrdib_cli.errors import UsageError
+from mrdib_cli.options import Option, options_from_defaults
 
 HookFn = Callable[[str, Tensor], Tensor]
+#: a backbone's ``features`` argument: the feature table to use per modality (None: the newest)
+FeatureTables = Mapping[str, "str | None"] | None
+
+#: help lines of hyper-parameters that several backbones share
+HPARAM_HELP: dict[str, str] = {
+    "embedding_size": "Width of the user and item embeddings.",
+    "feat_embed_dim": "Width of the projected modality features.",
+    "reg_weight": "Weight of the regularisation term.",
+    "n_layers": "Propagation layers (on the item-item graphs where the backbone has them).",
+    "n_ui_layers": "Propagation layers on the user-item graph.",
+    "n_mm_layers": "Propagation layers on the modality (item-item) graph.",
+    "knn_k": "Neighbours per item in the feature kNN graphs.",
+    "cl_loss": "Weight of the contrastive (InfoNCE) term.",
+    "cl_weight": "Weight of the contrastive term.",
+    "dropout": "Dropout rate.",
+}
 
 
 @dataclass
@@ -101,11 +116,31 @@ class Backbone(nn.Module):
     #: e.g. VBPR) and ``loss`` reads item rows only at the batch's items: a plug-in may then transform just the
     #: rows a training batch uses. False for graph backbones, where every row reaches every item.
     item_local_hooks: ClassVar[bool] = False
+    #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
+    hparam_help: ClassVar[dict[str, str]] = {}
 
-    def __init__(self) -> None:
+    def __init__(self, data: Any = None, hparams: Mapping[str, Any] | None = None) -> None:
+        """The preamble every backbone shares: the dataset's sizes and the hyper-parameters, resolved by
+        :func:`resolve_hparams` (complete: a backbone never merges its defaults again)."""
         super().__init__()
         self._hooks: dict[str, HookFn] = {}
         self._input_hooks: dict[str, HookFn] = {}
+        self.hp: dict[str, Any] = dict(hparams or {})
+        #: the embedding width, which every backbone declares as ``embedding_size``
+        self.dim = int(self.hp.get("embedding_size", 0))
+        if data is not None:
+            self.n_users, self.n_items = data.n_users, data.n_items
+
+    def load_features(self, data: Any, features: Mapping[str, str | None] | None) -> dict[str, Tensor]:
+        """This backbone's modality features that the dataset has (a missing required one is an error)."""
+        from mrdib_cli.models._common import load_modalities
+
+        return load_modalities(data, self.modalities, self.required_modalities, dict(features or {}), self.name)
+
+    @classmethod
+    def options(cls) -> tuple[Option, ...]:
+        """The declared hyper-parameters (name, type, default, help), as ``mrdib train --help`` lists them."""
+        return options_from_defaults(cls.defaults, {**HPARAM_HELP, **cls.hparam_help})
 
     # hooks ----------------------------------------------------------------------------------
     def modality_hook(self, name: str, h: Tensor) -> Tensor:
@@ -207,23 +242,11 @@ def resolve_hparams(cls: type[Backbone], dataset_name: str, overrides: dict[str,
                          f"(valid: {', '.join(sorted(params))})")
     for k, v in overrides.items():
         default = params[k]
-        wrong = UsageError(f"hyper-parameter '{k}' of {cls.name} must be {type(default).__name__}, got {v!r}")
-        if isinstance(v, bool) and not isinstance(default, bool):  # YAML 'true' is an int to Python
-            raise wrong
         if default is not None and not isinstance(v, type(default)):
-            if isinstance(default, float) and isinstance(v, int):
+            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
                 v = float(v)
             else:
-                raise wrong
-        _check_range(cls.name, k, v)
+                raise UsageError(f"hyper-parameter '{k}' of {cls.name} must be {type(default).__name__}, "
+                                 f"got {v!r}")
         params[k] = v
     return params
-
-
-def _check_range(backbone: str, key: str, value: Any) -> None:
-    """Values no backbone can use: layer counts and sizes below 1, non-finite numbers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UsageError(f"hyper-parameter '{key}' of {backbone} must be a finite number, got {value}")
-    counts = "layer" in key or key.endswith(("_size", "_dim")) or key == "embedding_dim"
-    if counts and isinstance(value, int) and value < 1:
-        raise UsageError(f"hyper-parameter '{key}' of {backbone} must be a positive integer, got {value}")

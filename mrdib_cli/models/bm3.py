@@ -1,6 +1,6 @@
 """BM3 (Zhou et al., WWW'23): bootstrapped multimodal latent representations, no negative sampling.
 
-Follows MMRec's ``bm3.py`` (identical to the authors' code); reference notes §3.2.
+Follows MMRec's ``bm3.py`` (identical to the authors' code).
 
     [e_u; ê_i] = mean_{l=0..n_layers} Â^l [E_u; E_i],   e_i = ê_i + E_i         (LightGCN + ego item)
     f_m  = Linear(d_m -> d)(X_m)  (xavier_normal weights; X_m trainable)               <- hook
@@ -18,16 +18,15 @@ norms divided by the row count of the last argument, n_items). Batches are (user
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import add_graph, lightgcn_mean, xavier_embedding
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import add_graph, id_embeddings, lightgcn_mean
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 def neg_cos(a: Tensor, b: Tensor) -> Tensor:
@@ -50,16 +49,13 @@ class BM3(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
     #: examples/sweeps/mmrec-bm3.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2], "reg_weight": [0.1, 0.01], "dropout": [0.3, 0.5]}
+    hparam_help = {"dropout": "Dropout rate of the contrastive views."}
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "bm3")
-        self.user_embedding = xavier_embedding(self.n_users, d)
-        self.item_id_embedding = xavier_embedding(self.n_items, d)
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp, d = self.hp, self.dim
+        feats = self.load_features(data, features)
+        self.user_embedding, self.item_id_embedding = id_embeddings(self.n_users, self.n_items, d)
         self.predictor = nn.Linear(d, d)
         nn.init.xavier_normal_(self.predictor.weight)
         self.feat = nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in feats.items()})

@@ -1,6 +1,6 @@
 """DualGNN (Wang et al., TMM'21): dual graph neural network with a user co-occurrence graph.
 
-Follows MMRec's ``dualgnn.py``; reference notes §3.11, §3.5 (shared GCN), §4.4 (user-user graph).
+Follows MMRec's ``dualgnn.py``.
 
 Per modality m:
     g_m  = Linear(256 -> 64)(leaky(Linear(d_m -> 256)(X_m)))                        <- hook
@@ -21,7 +21,7 @@ training batch's cached result (same values: the forward is deterministic within
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import math
 
@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_cooccurrence, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities, spmm
-from mrdib_cli.models._mm import add_graph
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import add_graph, dot_bpr, spmm
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 MODS = ("image", "text")
 
@@ -88,14 +87,12 @@ class DualGNN(Backbone):
     #: examples/sweeps/mmrec-dualgnn.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"train.lr": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
                                           "reg_weight": [1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
+    hparam_help = {"k": "User-user co-occurrence neighbours per user."}
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, "dualgnn")
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp, d = self.hp, self.dim
+        feats = self.load_features(data, features)
         for m in MODS:
             self.register_buffer(f"{m}_feat", feats[m], persistent=False)
         self.gcn = nn.ModuleDict({m: DualGCN(self.n_users, feats[m].shape[1], d) for m in MODS})
@@ -134,7 +131,7 @@ class DualGNN(Backbone):
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u = emb.rows("user", batch.users)
-        diff = (u * emb.item[batch.pos]).sum(-1) - (u * emb.item[batch.neg]).sum(-1)
         reg = sum((self.gcn[m].preference[batch.users] ** 2).mean() for m in MODS) \
             + (self.weight_u ** 2).mean() + (self.weight_i ** 2).mean()
-        return {"bpr": -F.logsigmoid(diff).mean() / math.log(2.0), "reg": self.hp["reg_weight"] * reg}
+        # DualGNN's reference takes log2 of the sigmoid: the natural-log BPR over ln 2
+        return {"bpr": dot_bpr(u, emb.item[batch.pos], emb.item[batch.neg]) / math.log(2.0), "reg": self.hp["reg_weight"] * reg}

@@ -1,6 +1,6 @@
 """FREEDOM (Zhou & Shen, MM'23): freeze the item-item graph, denoise the user-item graph.
 
-Follows MMRec's ``freedom.py`` (identical to the authors' code); reference notes §3.1, §4.2(a), §4.3.
+Follows MMRec's ``freedom.py`` (identical to the authors' code).
 
     S   = w_img * S_v + (1 - w_img) * S_t          frozen binary kNN graphs of the raw features (k = knn_k,
                                                    self included, entries 1/k), built once, never updated
@@ -16,13 +16,13 @@ Follows MMRec's ``freedom.py`` (identical to the authors' code); reference notes
 are trainable (``freeze=False`` in the reference) but only receive gradients through those terms; the
 kNN graph is built from the raw features before training and stays frozen.
 
-Hook points (mrdib-method §3): ``image``/``text`` = f_m(X_m), the projected features scored by the
+Hook points (docs/mrdib.md): ``image``/``text`` = f_m(X_m), the projected features scored by the
 modality BPR terms.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -30,9 +30,8 @@ from torch import Tensor, nn
 from mrdib_cli.graphs.ops import bipartite_edges
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities, spmm
-from mrdib_cli.models._mm import add_graph, bpr, prop, xavier_embedding
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, prop, spmm
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 @register("freedom")
@@ -52,19 +51,19 @@ class FREEDOM(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
     #: examples/sweeps/mmrec-freedom.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+    hparam_help = {
+        "mm_image_weight": "Weight of the image kNN graph in the mixed item-item graph (text: 1 - it).",
+        "dropout": "Fraction of user-item edges pruned each epoch (degree-sensitive).",
+        "n_mm_layers": "Propagation layers on the mixed item-item graph.",
+    }
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        hp = {**self.defaults, **hparams}
-        self.hp = hp
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "freedom")
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp, d = self.hp, self.dim
+        feats = self.load_features(data, features)
         train = data.csr("train")
 
-        self.user_embedding = xavier_embedding(self.n_users, d)
-        self.item_id_embedding = xavier_embedding(self.n_items, d)
+        self.user_embedding, self.item_id_embedding = id_embeddings(self.n_users, self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in feats.items()})
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], hp["feat_embed_dim"]) for m, x in feats.items()})
 
@@ -118,8 +117,8 @@ class FREEDOM(Backbone):
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u = emb.rows("user", batch.users)
-        terms = {"bpr": bpr(u, emb.item[batch.pos], emb.item[batch.neg])}
+        terms = {"bpr": dot_bpr(u, emb.item[batch.pos], emb.item[batch.neg])}
         for m in self.feat:
             f = emb.views[f"item_{m}"]
-            terms[f"bpr_{m}"] = self.hp["reg_weight"] * bpr(u, f[batch.pos], f[batch.neg])
+            terms[f"bpr_{m}"] = self.hp["reg_weight"] * dot_bpr(u, f[batch.pos], f[batch.neg])
         return terms

@@ -1,6 +1,6 @@
 """LATTICE (Zhang et al., MM'21): mining latent item-item structure.
 
-Follows MMRec's ``lattice.py`` with cf_model = lightgcn; reference notes §3.3, §4.2(b).
+Follows MMRec's ``lattice.py`` with cf_model = lightgcn.
 
     Â      = D~^-1 (A + I)                             row-normalised user-item graph with self loops
     S_m^o  = L(kNN_k(X_m))                             original graphs of the raw features (frozen)
@@ -23,7 +23,7 @@ top-k edge lists (same mathematics up to ties) and scales to any catalogue.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +32,8 @@ from torch import Tensor, nn
 from mrdib_cli.errors import UsageError
 from mrdib_cli.graphs.latent import EdgeGraph, check_dense_budget, dense_knn, dense_laplacian, sparse_knn
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import add_graph, bpr, half_sq_reg, lightgcn_mean, xavier_embedding
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import add_graph, dot_bpr, half_sq_reg, id_embeddings, lightgcn_mean
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 @register("lattice")
@@ -56,22 +55,24 @@ class LATTICE(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
     #: examples/sweeps/mmrec-lattice.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3], "train.lr": [1e-4, 5e-4, 1e-3, 5e-3]}
+    hparam_help = {
+        "lambda_coeff": "Weight of the frozen feature graph against the learned one.",
+        "item_graph": "dense or sparse item-item graphs.",
+        "max_dense_gib": "Refuse dense item graphs larger than this (GiB).",
+    }
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp = self.hp
         if hp["item_graph"] not in ("dense", "sparse"):
             raise UsageError(f"lattice: item_graph must be 'dense' or 'sparse', got {hp['item_graph']!r}")
         self.dense = hp["item_graph"] == "dense"
-        self.n_users, self.n_items = data.n_users, data.n_items
         if self.dense:
             check_dense_budget(self.n_items, hp["max_dense_gib"])
-        d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lattice")
+        d = self.dim
+        feats = self.load_features(data, features)
         self.mods = tuple(feats)
-        self.user_embedding = xavier_embedding(self.n_users, d)
-        self.item_id_embedding = xavier_embedding(self.n_items, d)
+        self.user_embedding, self.item_id_embedding = id_embeddings(self.n_users, self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(x.clone()) for m, x in feats.items()})
         self.trs = nn.ModuleDict({m: nn.Linear(x.shape[1], hp["feat_embed_dim"]) for m, x in feats.items()})
         self.modal_weight = nn.Parameter(torch.tensor([0.5, 0.5])[: len(feats)])
@@ -145,4 +146,4 @@ class LATTICE(Backbone):
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, p, n = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
-        return {"bpr": bpr(u, p, n), "reg": self.hp["reg_weight"] * half_sq_reg(u, p, n)}
+        return {"bpr": dot_bpr(u, p, n), "reg": self.hp["reg_weight"] * half_sq_reg(u, p, n)}

@@ -1,4 +1,4 @@
-"""LGMRec (Guo et al., AAAI'24): local and global graph learning (reference notes §2).
+"""LGMRec (Guo et al., AAAI'24): local and global graph learning.
 
 Notation: R ∈ {0,1}^{U×I} train interactions, Â = D^-1/2 A D^-1/2 (D = deg + 1e-7), X_m frozen features,
 τ = 0.2, norm(·) row-wise L2 normalisation, d = embedding_size.
@@ -33,7 +33,7 @@ hypergraph outputs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -42,8 +42,8 @@ from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr_logsigmoid, emb_norm_loss, load_modalities, spmm, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import bpr, emb_norm_loss, spmm, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 from mrdib_cli.models.lightgcn import light_propagate
 
 TAU = 0.2
@@ -115,26 +115,31 @@ class LGMRec(Backbone):
     #: examples/sweeps/mmrec-lgmrec.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"cl_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
                                           "reg_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]}
+    hparam_help = {
+        "n_hyper_layer": "Hypergraph propagation layers.",
+        "hyper_num": "Number of hyperedges.",
+        "keep_rate": "Dropout keep rate on the hypergraph embeddings.",
+        "alpha": "Weight of the global (hypergraph) embeddings added to the local ones.",
+        "eval_gumbel": "Sample Gumbel noise at evaluation as the reference does (stochastic).",
+    }
     dataset_defaults = {
-        # the official Sports log (the only source tied to reported numbers; reference notes §2.4)
+        # the official Sports log (the only source tied to reported numbers)
         "sports": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 4, "hyper_num": 4,
                    "keep_rate": 0.4, "alpha": 0.6},
         "clothing": {"n_ui_layers": 2, "n_mm_layers": 2, "n_hyper_layer": 2, "hyper_num": 64,
                      "keep_rate": 0.2, "alpha": 0.2},
     }
 
-    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+    def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
         h = hparams
         self.n_ui_layers, self.n_mm_layers = int(h["n_ui_layers"]), int(h["n_mm_layers"])
         self.n_hyper_layer, self.hyper_num = int(h["n_hyper_layer"]), int(h["hyper_num"])
         self.keep_rate, self.alpha = float(h["keep_rate"]), float(h["alpha"])
         self.cl_weight, self.reg_weight = float(h["cl_weight"]), float(h["reg_weight"])
         self.eval_gumbel = bool(h["eval_gumbel"])
-        d = int(h["embedding_size"])
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "lgmrec")
+        d = self.dim
+        feats = self.load_features(data, features)
 
         adj, _ = ensure_norm_adj(data, "sym")
         r = data.csr("train")
@@ -201,7 +206,7 @@ class LGMRec(Backbone):
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
-        bpr = bpr_logsigmoid((u * i).sum(-1), (u * j).sum(-1))
+        bpr_ = bpr((u * i).sum(-1), (u * j).sum(-1))
         v = emb.views
         # = info_nce_sum(G_u^v[u], G_u^t[u], G_u^t) + info_nce_sum(G_i^v[i], G_i^t[i], G_i^t), computed
         # through the rank-H factors G^t = H^t Λ^t (same value, ~H/d of the flops)
@@ -209,4 +214,4 @@ class LGMRec(Backbone):
                                     v["hyper_user_text"], v["hyper_lambda_text"])
                + info_nce_sum_lowrank(batch.pos, v["ghe_item_image"], v["ghe_item_text"],
                                       v["hyper_item_text"], v["hyper_lambda_text"]))
-        return {"bpr": bpr, "hcl": self.cl_weight * hcl, "reg": self.reg_weight * emb_norm_loss(u, i, j)}
+        return {"bpr": bpr_, "hcl": self.cl_weight * hcl, "reg": self.reg_weight * emb_norm_loss(u, i, j)}

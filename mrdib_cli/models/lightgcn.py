@@ -1,4 +1,4 @@
-"""LightGCN (He et al., SIGIR'20), ID only, as in MMRec (reference notes §3.7).
+"""LightGCN (He et al., SIGIR'20), ID only, as in MMRec.
 
     E^0 = [E_u^0; E_i^0]                       (U+I) x d, xavier-uniform
     E^{l+1} = Â E^l,  l = 0..L-1               Â = D^-1/2 A D^-1/2 of the train graph (+1e-7 on degrees)
@@ -14,15 +14,15 @@ No modality, so no hook points: the MRdIB plug-in refuses LightGCN.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr_loss, emb_norm_loss, spmm, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import MMREC_BPR_EPS, bpr, emb_norm_loss, spmm, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
@@ -42,13 +42,11 @@ class LightGCN(Backbone):
     #: examples/sweeps/mmrec-lightgcn.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
 
-    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+    def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
         self.n_layers = int(hparams["n_layers"])
         self.reg_weight = float(hparams["reg_weight"])
-        d = int(hparams["embedding_size"])
+        d = self.dim
         adj, _ = ensure_norm_adj(data, "sym")
         self.register_buffer("norm_adj", to_torch_sparse(adj), persistent=False)
         self.user_embedding = xavier_uniform(self.n_users, d)
@@ -65,4 +63,4 @@ class LightGCN(Backbone):
         pos, neg = (u * i).sum(-1), (u * j).sum(-1)
         reg = emb_norm_loss(self.user_embedding[batch.users], self.item_embedding[batch.pos],
                             self.item_embedding[batch.neg])
-        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * reg}
+        return {"bpr": bpr(pos, neg, MMREC_BPR_EPS), "reg": self.reg_weight * reg}

@@ -1,6 +1,6 @@
 """MGCN (Yu et al., MM'23): multi-view graph convolution with a behaviour-guided purifier.
 
-Follows MMRec's ``mgcn.py`` (identical to the authors' code); reference notes §3.4, §4.2(c).
+Follows MMRec's ``mgcn.py`` (identical to the authors' code).
 
     f_m   = Linear(d_m -> d)(X_m)                          X_m trainable (``freeze=False`` in the code)
     ĩ_m   = E_i ⊙ σ(W_g f_m + b)                          purifier (feature-gated ID embeddings)   <- hook
@@ -23,16 +23,15 @@ modality user representations u_m are exposed as ``views["user_<m>"]``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, half_sq_reg, info_nce, lightgcn_mean,
-                                  xavier_embedding)
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import (add_graph, dot_bpr, gated_modality_views, half_sq_reg, info_nce, lightgcn_mean,
+                                  id_embeddings)
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 MODS = ("image", "text")
 
@@ -40,6 +39,25 @@ MODS = ("image", "text")
 def user_item_block(adj: Any, n_users: int) -> Any:
     """The U x I block R̂ of a (U+I)^2 normalised bipartite adjacency (scipy)."""
     return adj.tocsr()[:n_users, n_users:]
+
+
+def branches(module: Backbone, ui_graph: str,
+             feats: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """MGCN's two branches, which SOIL shares: the LightGCN mean over the user-item graph ``ui_graph``
+    (content), the gated per-modality views and their attention-fused common part."""
+    ego = torch.cat([module.user_embedding.weight, module.item_id_embedding.weight], dim=0)
+    content = lightgcn_mean(module, ui_graph, ego, module.hp["n_ui_layers"])
+    mm = gated_modality_views(module, feats, module.hp["n_layers"])
+    _, common = module.fuser(mm["image"], mm["text"])
+    return content, mm, common
+
+
+def readout(module: Backbone, content: Tensor, side: Tensor, mm: dict[str, Tensor]) -> Embeddings:
+    """content + side per node, with the views the contrastive terms and plug-ins read (MGCN and SOIL)."""
+    u, i = torch.split(content + side, [module.n_users, module.n_items])
+    views = {"side": side, "content": content}
+    views.update({f"user_{m}": mm[m][: module.n_users] for m in MODS})
+    return Embeddings(u, i, views)
 
 
 class AttentionFuser(nn.Module):
@@ -72,15 +90,11 @@ class MGCN(Backbone):
     #: examples/sweeps/mmrec-mgcn.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"cl_loss": [0.001, 0.01, 0.1]}
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, self.name or "mgcn")
-        self.user_embedding = xavier_embedding(self.n_users, d)
-        self.item_id_embedding = xavier_embedding(self.n_items, d)
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp, d = self.hp, self.dim
+        feats = self.load_features(data, features)
+        self.user_embedding, self.item_id_embedding = id_embeddings(self.n_users, self.n_items, d)
         self.feat = nn.ParameterDict({m: nn.Parameter(feats[m].clone()) for m in MODS})
         self.trs = nn.ModuleDict({m: nn.Linear(feats[m].shape[1], d) for m in MODS})
         self.gate = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in MODS})
@@ -95,22 +109,15 @@ class MGCN(Backbone):
             add_graph(self, f"{m}_adj", ensure_knn(data, m, hp["knn_k"], "sym", tables.get(m))[0])
 
     def propagate(self) -> Embeddings:
-        hp = self.hp
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        content = lightgcn_mean(self, "norm_adj", ego, hp["n_ui_layers"])
-        mm = gated_modality_views(self, {m: self.feat[m] for m in MODS}, hp["n_layers"])
-        _, common = self.fuser(mm["image"], mm["text"])
+        content, mm, common = branches(self, "norm_adj", {m: self.feat[m] for m in MODS})
         sep = {m: (mm[m] - common) * self.gate_prefer[m](content) for m in MODS}
         side = (sep["image"] + sep["text"] + common) / 3
-        u, i = torch.split(content + side, [self.n_users, self.n_items])
-        views = {"side": side, "content": content}
-        views.update({f"user_{m}": mm[m][: self.n_users] for m in MODS})
-        return Embeddings(u, i, views)
+        return readout(self, content, side, mm)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, p, n = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         side, content, nu = emb.views["side"], emb.views["content"], self.n_users
         cl = info_nce(side[nu + batch.pos], content[nu + batch.pos], 0.2) \
             + info_nce(side[batch.users], content[batch.users], 0.2)
-        return {"bpr": bpr(u, p, n), "reg": self.hp["reg_weight"] * half_sq_reg(u, p, n),
+        return {"bpr": dot_bpr(u, p, n), "reg": self.hp["reg_weight"] * half_sq_reg(u, p, n),
                 "cl": self.hp["cl_loss"] * cl}

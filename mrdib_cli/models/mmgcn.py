@@ -1,6 +1,6 @@
 """MMGCN (Wei et al., MM'19): multimodal graph convolution, one GCN per modality.
 
-Follows MMRec's ``mmgcn.py``; reference notes §3.9.
+Follows MMRec's ``mmgcn.py``.
 
 Per modality m (image: MLP to 256, text: raw 384-d):
     x⁰   = normalize([P_m; g_m(X_m)])       P_m user preference [U x d_m], g_m = Linear(4096->256) or identity
@@ -20,16 +20,15 @@ All weights use xavier_normal init, as in the code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.ops import mean_adjacency
-from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import add_graph, prop
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import add_graph, dot_bpr, prop
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 def _xavier_linear(d_in: int, d_out: int) -> nn.Linear:
@@ -82,14 +81,15 @@ class MMGCN(Backbone):
     #: examples/sweeps/mmrec-mmgcn.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"reg_weight": [0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
                                           "train.lr": [1e-4, 5e-4, 1e-3, 5e-3, 1e-2]}
+    hparam_help = {
+        "dim_latent_image": "Width of the image projection before the graph layers.",
+        "train_id_embeddings": "Train the ID embeddings (the reference keeps them frozen).",
+    }
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "mmgcn")
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        feats = self.load_features(data, features)
+        hp, d = self.hp, self.dim
         self.mods = tuple(feats)
         for m, x in feats.items():
             self.register_buffer(f"{m}_feat", x, persistent=False)
@@ -115,7 +115,7 @@ class MMGCN(Backbone):
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u = emb.rows("user", batch.users)
-        score = -F.logsigmoid((u * emb.item[batch.pos]).sum(-1) - (u * emb.item[batch.neg]).sum(-1)).mean()
+        score = dot_bpr(u, emb.item[batch.pos], emb.item[batch.neg])
         idu = self.id_embedding[batch.users]
         reg = 0.5 * ((idu ** 2 + self.id_embedding[self.n_users + batch.pos] ** 2).mean()
                      + (idu ** 2 + self.id_embedding[self.n_users + batch.neg] ** 2).mean())

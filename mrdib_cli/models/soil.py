@@ -26,18 +26,15 @@ Graphs are built block-wise (no dense I x I matrices, no Python loops over users
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.soil import CLAMP, cached_soil_graphs, to_scipy
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import load_modalities
-from mrdib_cli.models._mm import (add_graph, bpr, gated_modality_views, info_nce, lightgcn_mean,
-                                  xavier_embedding)
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
-from mrdib_cli.models.mgcn import AttentionFuser, user_item_block
+from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, info_nce
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
+from mrdib_cli.models.mgcn import AttentionFuser, branches, readout, user_item_block
 
 MODS = ("image", "text")
 
@@ -62,20 +59,22 @@ class SOIL(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (SOIL's released grid);
     #: examples/sweeps/mmrec-soil.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"cl_loss": [0.001, 0.01, 0.1], "cl_loss2": [0.001, 0.01, 0.1]}
+    hparam_help = {
+        "knn_i": "Neighbours per item in the interest-aware item graphs.",
+        "knn_a": "Neighbours per user in the second-order user-item graph.",
+        "cl_loss2": "Weight of the cross-view InfoNCE terms.",
+        "r2_norm": "Normalisation of the second-order graph R2 (as_released).",
+    }
     dataset_defaults = {
         "sports": {"knn_i": 5, "knn_a": 6, "cl_loss": 0.1, "cl_loss2": 0.01},
         "clothing": {"knn_i": 5, "knn_a": 3, "cl_loss": 0.01, "cl_loss2": 0.001},
     }
 
-    def __init__(self, data: Any, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.hp = hp = {**self.defaults, **hparams}
-        self.n_users, self.n_items = data.n_users, data.n_items
-        d = hp["embedding_size"]
-        feats = load_modalities(data, MODS, MODS, features, "soil")
-        self.user_embedding = xavier_embedding(self.n_users, d)
-        self.item_id_embedding = xavier_embedding(self.n_items, d)
+    def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
+        hp, d = self.hp, self.dim
+        feats = self.load_features(data, features)
+        self.user_embedding, self.item_id_embedding = id_embeddings(self.n_users, self.n_items, d)
         for m in MODS:
             self.register_buffer(f"{m}_feat", feats[m], persistent=False)
         self.trs = nn.ModuleDict({m: nn.Linear(feats[m].shape[1], d) for m in MODS})
@@ -96,16 +95,9 @@ class SOIL(Backbone):
             add_graph(self, f"{m}_adj", g[f"interest_{m}"] + sim)  # G_m = Ŝ_m + S̃_m
 
     def propagate(self) -> Embeddings:
-        hp = self.hp
-        ego = torch.cat([self.user_embedding.weight, self.item_id_embedding.weight], dim=0)
-        content = lightgcn_mean(self, "ui_adj", ego, hp["n_ui_layers"])
-        mm = gated_modality_views(self, {m: getattr(self, f"{m}_feat") for m in MODS}, hp["n_layers"])
-        _, common = self.fuser(mm["image"], mm["text"])
-        side = (mm["image"] + mm["text"] - common) / 3
-        u, i = torch.split(content + side, [self.n_users, self.n_items])
-        views = {"side": side, "content": content}
-        views.update({f"user_{m}": mm[m][: self.n_users] for m in MODS})
-        return Embeddings(u, i, views)
+        content, mm, common = branches(self, "ui_adj", {m: getattr(self, f"{m}_feat") for m in MODS})
+        side = (mm["image"] + mm["text"] - common) / 3  # no preference gates, unlike MGCN
+        return readout(self, content, side, mm)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, p, n = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
@@ -113,4 +105,4 @@ class SOIL(Backbone):
         s_i, c_i = side[nu + batch.pos], content[nu + batch.pos]
         l_ii = info_nce(s_i, c_i, 0.2) + info_nce(side[batch.users], content[batch.users], 0.2)
         l_ui = info_nce(u, c_i, 0.2) + info_nce(u, s_i, 0.2)
-        return {"bpr": bpr(u, p, n), "cl_ii": self.hp["cl_loss"] * l_ii, "cl_ui": self.hp["cl_loss2"] * l_ui}
+        return {"bpr": dot_bpr(u, p, n), "cl_ii": self.hp["cl_loss"] * l_ii, "cl_ui": self.hp["cl_loss2"] * l_ui}

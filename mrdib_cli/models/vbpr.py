@@ -1,4 +1,4 @@
-"""VBPR (He & McAuley, AAAI'16) as in MMRec (reference notes §3.6), with per-modality projections.
+"""VBPR (He & McAuley, AAAI'16) as in MMRec, with per-modality projections.
 
     θ_u ∈ R^{2d}                               user embedding (xavier-uniform), d = embedding_size
     γ_i ∈ R^d                                  item ID embedding (xavier-uniform)
@@ -17,14 +17,14 @@ plug-in a per-modality item representation h^m to attach to. The modality-specif
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models._common import bpr_loss, emb_norm_loss, load_modalities, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, register
+from mrdib_cli.models._common import MMREC_BPR_EPS, bpr, emb_norm_loss, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
 
 
 @register("vbpr")
@@ -36,13 +36,11 @@ class VBPR(Backbone):
     mmrec_grid: dict[str, list[Any]] = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
     item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
 
-    def __init__(self, data: DatasetHandle, hparams: dict[str, Any],
-                 features: dict[str, str | None] | None = None) -> None:
-        super().__init__()
-        self.n_users, self.n_items = data.n_users, data.n_items
+    def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
+        super().__init__(data, hparams)
         self.reg_weight = float(hparams["reg_weight"])
-        d = self.d = int(hparams["embedding_size"])
-        feats = load_modalities(data, self.modalities, self.required_modalities, features, "vbpr")
+        d = self.dim
+        feats = self.load_features(data, features)
         self.present = tuple(feats)
         self.u_embedding = xavier_uniform(self.n_users, 2 * d)
         self.i_embedding = xavier_uniform(self.n_items, d)
@@ -57,17 +55,17 @@ class VBPR(Backbone):
     def propagate(self) -> Embeddings:
         views: dict[str, Tensor] = {}
         f = self.bias
-        theta = self.u_embedding[:, self.d:]  # the user's content-preference part
+        theta = self.u_embedding[:, self.dim:]  # the user's content-preference part
         for m in self.present:
             h = self.modality_hook(m, self.modality_input(m, getattr(self, f"feat_{m}")) @ self.proj[m])  # [I, d]
             views[f"item_{m}"] = h
             views[f"user_{m}"] = theta
             f = f + h
         item = torch.cat([self.i_embedding, f.expand(self.n_items, -1) if f.dim() == 1 else f], dim=1)
-        columns = {f"user_{m}": (self.d, 2 * self.d) for m in self.present}
+        columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
         return Embeddings(self.u_embedding, item, views, user_columns=columns)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         pos, neg = (u * i).sum(-1), (u * j).sum(-1)
-        return {"bpr": bpr_loss(pos, neg), "reg": self.reg_weight * emb_norm_loss(u, i, j)}
+        return {"bpr": bpr(pos, neg, MMREC_BPR_EPS), "reg": self.reg_weight * emb_norm_loss(u, i, j)}

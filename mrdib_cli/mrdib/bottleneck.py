@@ -1,7 +1,7 @@
 """Variational information bottleneck (VIB) for one modality: a Gaussian encoder and its closed-form KL.
 
 MRdIB squeezes each modality representation h_m through q(z_m | h_m) = N(mu(h_m), diag sigma^2(h_m)) so that
-detail irrelevant to the interactions is dropped (mrdib-method.md §2.1). The backbone then continues with
+detail irrelevant to the interactions is dropped (docs/mrdib.md). The backbone then continues with
 z_m in place of h_m, so what is scored really passed the bottleneck.
 
 Design decisions (the paper is silent on them; see docs/mrdib.md):

@@ -27,13 +27,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mrdib_cli.defaults import KS
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
 from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
 from mrdib_cli.mrdib.mine import estimate_mi
 from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json
 
-KS = (10, 20)
 
 
 @dataclass

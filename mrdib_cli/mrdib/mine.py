@@ -8,7 +8,7 @@ T(x, y) = g(x)^T h(y) (Poole et al., 2019) all n(n-1) off-diagonal pairs at the 
 product, which is both cheaper and lower-variance. The log-mean-exp is ``logsumexp(T) - log(#pairs)``, so
 large critic outputs never overflow.
 
-MRdIB uses it as the redundancy term L_R between the two compressed modalities (mrdib-method.md §2.4): the
+MRdIB uses it as the redundancy term L_R between the two compressed modalities (docs/mrdib.md): the
 critic *maximises* the bound (a tight estimate), the encoders *minimise* it. The min-max is explicit, in one
 of two ways (:func:`dv_bound`'s ``critic_grad``):
 

@@ -1,6 +1,6 @@
 """The MRdIB plug-in: bottleneck + unique + redundancy (+ optional explicit synergy) objectives.
 
-Total loss (paper form, mrdib-method.md §2):
+Total loss (paper form, docs/mrdib.md):
 
     L = L_backbone + alpha_kl * sum_m KL_m + alpha_red * L_R + alpha_uni * L_U  [+ alpha_syn * L_S_head]
 

@@ -162,7 +162,7 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
                          rows) + "\n")
 
     # ---- doctor
-    from mrdib_cli.workflow.doctor import check_runs
+    from mrdib_cli.reporting.doctor import check_runs
 
     findings = check_runs(ws, [r.name for r in opened])
     res.findings = [f.to_dict() for f in findings]

@@ -1,6 +1,7 @@
-"""Run configuration: defaults <- config file (YAML/TOML) <- command-line options <- ``--set key=value``.
+"""Run configuration pieces: the training options, value parsing and config files.
 
-The resolved configuration is stored in the run folder (``config.json``) and is what ``--print-config``
+:mod:`mrdib_cli.training.resolve` merges the sources (defaults <- config file <- command line <- ``--set``);
+the resolved configuration is stored in the run folder (``config.json``) and is what ``--print-config``
 shows. Unknown keys are errors everywhere (a typo must never be silently ignored). ``--set`` accepts
 ``train.lr=5e-4``, ``hparams.n_layers=2``, ``plugin.alpha_kl=0.01`` or a bare key, which is looked up
 first among the training options, then among the backbone's hyper-parameters.
@@ -10,29 +11,30 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, SEED
 from mrdib_cli.errors import MissingInputError, UsageError
 
 TOP_KEYS = ("backbone", "dataset", "run_name", "train", "hparams", "plugin", "features")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Training-loop settings; defaults are MMRec's (reference notes §1.6)."""
+    """Training-loop settings; defaults are MMRec's (its ``overall.yaml``). Frozen: the resolver builds it."""
 
     epochs: int = 1000
     patience: int = 20  # stop on the (patience+1)-th consecutive non-improving epoch, as MMRec
     lr: float = 1e-3
     weight_decay: float = 0.0
     batch_size: int = 2048
-    seed: int = 999
+    seed: int = SEED
     device: str = "auto"
     valid_metric: str = "recall@20"  # rounded to 4 decimals, strict improvement (MMRec)
-    ks: list[int] = field(default_factory=lambda: [10, 20])
-    eval_batch_users: int = 4096
+    ks: list[int] = field(default_factory=lambda: list(KS))
+    eval_batch_users: int = EVAL_BATCH_USERS
     test_mask: str = "train"  # MMRec masks only train items at test time; "train+valid" also masks valid
     threads: int = 0  # torch CPU threads; 0 = the free cores (cores minus the 1-minute load)
 
@@ -55,34 +57,6 @@ class TrainConfig:
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))
-
-PATIENCE_UNSET = -1  # placeholder while options are merged: "the user gave no patience"
-
-
-def resolve_patience(train: TrainConfig, backbone_cls: type) -> None:
-    """Fill an unset patience with the backbone's ``default_patience`` (e.g. SOIL's released code stops
-    after 10 bad epochs), else MMRec's 20. A patience from --patience, a config file, --set or a resumed
-    run's config.json is never overridden."""
-    if train.patience == PATIENCE_UNSET:
-        train.patience = int(getattr(backbone_cls, "default_patience", None) or TrainConfig.patience)
-
-
-@dataclass
-class RunConfig:
-    """Everything that defines a training run (what ``config.json`` stores besides provenance)."""
-
-    backbone: str = ""
-    dataset: str | None = None
-    run_name: str | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    hparams: dict[str, Any] = field(default_factory=dict)  # overrides; resolved against the backbone
-    plugin: dict[str, Any] | None = None  # {"name": ..., option: value, ...}
-    features: dict[str, str] = field(default_factory=dict)  # modality -> feature table name
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["train"] = asdict(self.train)
-        return d
 
 
 def parse_value(text: str) -> Any:
@@ -134,29 +108,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def merge(cfg: RunConfig, data: dict[str, Any], where: str) -> None:
-    """Merge a nested mapping (from a file) into ``cfg``; unknown keys are errors naming ``where``."""
-    unknown = sorted(set(data) - set(TOP_KEYS))
-    if unknown:
-        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)} (valid: {', '.join(TOP_KEYS)})")
-    for key in ("backbone", "dataset", "run_name"):
-        if key in data:
-            setattr(cfg, key, data[key])
-    for section in ("train", "hparams", "plugin", "features"):
-        if data.get(section) is not None and not isinstance(data[section], dict):
-            raise UsageError(f"{where}: '{section}' must be a mapping of key: value, got {data[section]!r}")
-    for k, v in (data.get("train") or {}).items():
-        set_train(cfg.train, k, v, where)
-    cfg.hparams.update(data.get("hparams") or {})
-    if data.get("plugin") is not None:
-        plug = dict(data["plugin"])
-        if "name" not in plug:
-            raise UsageError(f"{where}: plugin needs a 'name'")
-        cfg.plugin = {**(cfg.plugin or {}), **plug}
-    cfg.features.update(data.get("features") or {})
-
-
-def set_train(train: TrainConfig, key: str, value: Any, where: str) -> None:
+def train_value(key: str, value: Any, where: str) -> Any:
+    """``value`` for training option ``key``, converted like its default (int -> float, scalar -> list);
+    an unknown key or a value of the wrong type is an error naming ``where``."""
     if key not in TRAIN_KEYS:
         raise UsageError(f"{where}: unknown training option '{key}' (valid: {', '.join(TRAIN_KEYS)})")
     default = getattr(TrainConfig(), key)
@@ -173,39 +127,8 @@ def set_train(train: TrainConfig, key: str, value: Any, where: str) -> None:
             raise bad
     elif not isinstance(value, type(default)):
         raise bad
-    setattr(train, key, value)
+    return value
 
 
 def _kind(default: Any) -> str:
     return f"a list of {type(default[0]).__name__}" if isinstance(default, list) else type(default).__name__
-
-
-def apply_sets(cfg: RunConfig, sets: list[str], backbone_keys: set[str]) -> None:
-    """Apply ``--set key=value`` items (dotted or bare keys)."""
-    for item in sets:
-        key, eq, raw = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--set expects key=value, got {item!r}")
-        key, value = key.strip(), parse_value(raw)
-        section, dot, name = key.partition(".")
-        if not dot and key in ("backbone", "dataset", "run_name"):
-            setattr(cfg, key, value)
-            continue
-        if not dot:
-            section, name = ("train" if key in TRAIN_KEYS else "hparams"), key
-            if section == "hparams" and key not in backbone_keys:
-                raise UsageError(f"--set {key}: not a training option nor a hyper-parameter of "
-                                 f"{cfg.backbone} (training: {', '.join(TRAIN_KEYS)}; "
-                                 f"{cfg.backbone}: {', '.join(sorted(backbone_keys))})")
-        if section == "train":
-            set_train(cfg.train, name, value, "--set")
-        elif section == "hparams":
-            cfg.hparams[name] = value
-        elif section == "plugin":
-            if cfg.plugin is None:
-                raise UsageError(f"--set {key}: no plug-in selected (use --plugin NAME)")
-            cfg.plugin[name] = value
-        elif section == "features":
-            cfg.features[name] = str(value)
-        else:
-            raise UsageError(f"--set {key}: unknown section '{section}' (train, hparams, plugin, features)")

@@ -1,10 +1,5 @@
-"""Scale-out on PyTorch's own ``torch.distributed``: process groups, the torchrun launcher, DDP training.
-
-Nothing here is a home-made launcher or transport: ``mrdib train --nproc N`` re-invokes the same command
-line through :mod:`torch.distributed.run` (the code behind ``torchrun``), and every worker finds its rank
-in the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...). ``torchrun
---nproc-per-node N -m mrdib_cli train ...`` is therefore the same thing, and multi-node runs only add
-torchrun's ``--nnodes``/``--rdzv-*`` options (docs/scaling.md).
+"""Data-parallel training on PyTorch's own ``torch.distributed`` (DDP); ranks and the launcher are in
+:mod:`mrdib_cli.launch`.
 
 Training (:class:`DistributedTrainer`) is data-parallel over the BPR batches:
 
@@ -27,182 +22,20 @@ NCCL is used when the workers train on CUDA devices (one per local rank), gloo o
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import warnings
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from mrdib_cli.errors import UsageError
+from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_bounds, worker_device
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.plugin import forward_terms
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
-T = TypeVar("T")
-
-TIMEOUT = timedelta(minutes=int(os.environ.get("MRDIB_DIST_TIMEOUT_MIN", "30")))
-
-
-# --------------------------------------------------------------------------------------------- environment
-def world_size() -> int:
-    """Processes in the job: torchrun's WORLD_SIZE (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
-
-
-def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())) or 1)
-
-
-def launched() -> bool:
-    """True inside a worker started by torchrun (or ``--nproc``) with more than one process."""
-    return world_size() > 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
-def wants_cuda(device: str) -> bool:
-    return device != "cpu" and torch.cuda.is_available() and (device in ("auto", "cuda")
-                                                             or device.startswith("cuda"))
-
-
-def worker_device(device: str) -> str:
-    """One CUDA device per local rank (``cuda:LOCAL_RANK``) when CUDA is wanted, else ``cpu``."""
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but no CUDA device is available (use --device cpu or auto)")
-    return f"cuda:{local_rank()}" if wants_cuda(device) else "cpu"
-
-
-def init(device: str = "auto") -> bool:
-    """Join the process group torchrun describes (NCCL for CUDA workers, gloo on CPU); idempotent.
-
-    Returns False (and does nothing) outside a multi-process launch.
-    """
-    if not launched():
-        return False
-    if dist.is_initialized():
-        return True
-    cuda = wants_cuda(device)
-    if cuda:
-        torch.cuda.set_device(local_rank())
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
-    return True
-
-
-def shutdown(sync: bool = False) -> None:
-    """Leave the process group. With ``sync`` (the normal end of a job) all ranks first meet at a barrier,
-    so no rank tears gloo's connections down while another still has work in flight on them: that race
-    aborts the late rank at exit ("terminate called without an active exception"). After a failure the
-    barrier is skipped (a dead peer would make it wait until the timeout)."""
-    if dist.is_initialized():
-        try:
-            if sync:
-                dist.barrier()
-        finally:
-            dist.destroy_process_group()
-
-
-def default_threads() -> int:
-    """CPU threads per worker: the machine's cores shared by the processes on this node."""
-    return max(1, (os.cpu_count() or 1) // max(1, local_world_size()))
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def rank0_first(fn: Callable[[], T]) -> T | None:
-    """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or its error as a UsageError.
-
-    Without this a refusal on rank 0 (existing run folder, changed configuration) would leave the other
-    ranks waiting at the next collective until the timeout.
-    """
-    if not dist.is_initialized():
-        return fn()
-    shared: list[Any] = [None, None]  # [failure (message, exit code), result]
-    error: BaseException | None = None
-    if dist.get_rank() == 0:
-        try:
-            shared[1] = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
-            error = e
-            shared[0] = (str(e).splitlines()[0] if str(e) else type(e).__name__, int(getattr(e, "exit_code", 1)))
-    dist.broadcast_object_list(shared, src=0)
-    if error is not None:
-        raise error
-    if shared[0] is not None:
-        raise UsageError(shared[0][0], exit_code=shared[0][1])
-    return shared[1]
-
-
-# --------------------------------------------------------------------------------------------- launcher
-def strip_option(argv: Sequence[str], name: str) -> list[str]:
-    """``argv`` without ``--name N`` / ``--name=N`` (the workers must not launch again)."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == name:
-            skip = True
-            continue
-        if a.startswith(name + "="):
-            continue
-        out.append(a)
-    return out
-
-
-def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
-    """Re-run this command line in ``nproc`` local workers through torch.distributed.run (torchrun).
-
-    Standalone rendezvous on this machine (a free port is picked); for several machines run torchrun
-    directly (docs/scaling.md). Returns the exit code of the first failed worker, 0 on success; the workers
-    print their own one-line errors.
-    """
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    argv = strip_option(list(sys.argv[1:] if argv is None else argv), "--nproc")
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(nproc)}",
-                                         "--module", "mrdib_cli"])
-    args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
-    import logging
-
-    # the workers print their own one-line errors; the agent's warnings/tracebacks would only repeat them
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    try:
-        if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-        run(args)
-    except ChildFailedError as e:
-        codes = [f.exitcode for f in e.failures.values() if f.exitcode]
-        return int(codes[0]) if codes and codes[0] > 0 else 1
-    finally:
-        if env_threads is None:
-            os.environ.pop("OMP_NUM_THREADS", None)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- training
 class _Step(nn.Module):
     """The DDP-wrapped unit: full propagation plus the (backbone + plug-in) loss of one batch slice.
 
@@ -231,23 +64,17 @@ class _NoLock(contextlib.ExitStack):
         return None
 
 
-def slice_bounds(n: int, r: int, world: int) -> tuple[int, int]:
-    """Rank ``r``'s contiguous share of ``n`` rows (sizes differ by at most one, as np.array_split)."""
-    base, extra = divmod(n, world)
-    lo = r * base + min(r, extra)
-    return lo, lo + base + (1 if r < extra else 0)
-
-
 class DistributedTrainer(Trainer):
     """:class:`Trainer` for one rank of a torchrun job (see the module docstring for the scheme)."""
 
     def __init__(self, ws: Any, cfg: Any, **kwargs: Any) -> None:
+        from dataclasses import replace
+
         tc = cfg.train
         init(tc.device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        tc.device = worker_device(tc.device)
-        if not tc.threads:
-            tc.threads = default_threads()
+        # this rank's own copy: its device, and its share of the cores when none were given
+        cfg = replace(cfg, train=replace(tc, device=worker_device(tc.device), threads=tc.threads or default_threads()))
         if self.rank != 0:  # one voice: progress, epoch lines and notices come from rank 0
             kwargs = {**kwargs, "on_epoch": None, "on_info": None, "on_warn": None, "progress": None}
         self._collective = True
@@ -256,8 +83,10 @@ class DistributedTrainer(Trainer):
             from mrdib_cli.models.base import get_backbone
             from mrdib_cli.training.trainer import default_run_name
 
-            cfg.run_name = rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
-                                                                DatasetHandle.open(ws, cfg.dataset).name))
+            from mrdib_cli.training.resolve import with_run_name
+
+            cfg = with_run_name(cfg, rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
+                                                                          DatasetHandle.open(ws, cfg.dataset).name)))
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
@@ -268,7 +97,7 @@ class DistributedTrainer(Trainer):
                 # plug-ins (e.g. MRdIB's critics) own parameters that the batch loss does not touch
                 find_unused_parameters=self.plugin is not None)
 
-    # ------------------------------------------------------------------ run folder: rank 0 writes
+    # ------------------------------------------------------------------ run folder: rank 0 writes (RunFolder)
     def _setup(self, ws: Any, cfg: Any, **kwargs: Any) -> None:
         if self.rank != 0:  # rank 0 holds the run's lock for the whole job
             self._lock = _NoLock()
@@ -287,26 +116,6 @@ class DistributedTrainer(Trainer):
         conf["distributed"] = {"world_size": self.world, "backend": dist.get_backend(),
                                "scheme": "DDP over slices of each global batch; sampler seeded by the run seed"}
         return conf
-
-    def _atomic_text(self, path: Any, text: str) -> None:  # type: ignore[override]
-        if self.rank == 0:
-            Trainer._atomic_text(path, text)
-
-    def _append_metrics(self, rec: Any) -> None:
-        if self.rank == 0:
-            super()._append_metrics(rec)
-
-    def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
-        if self.rank == 0:
-            super()._save_best(user, item)
-
-    def _write_best(self, unit: dict[str, Any]) -> None:  # also called on resume, by every rank
-        if self.rank == 0:
-            super()._write_best(unit)
-
-    def _save_last(self) -> None:
-        if self.rank == 0:
-            super()._save_last()
 
     # ------------------------------------------------------------------ one epoch
     def _train_epoch(self) -> dict[str, float]:
@@ -383,9 +192,7 @@ class DistributedTrainer(Trainer):
 
     def _finish(self, status: str, message: str) -> TrainResult:
         self._collective = status != "stopped"
-        if self.rank == 0:
-            return super()._finish(status, message)
-        if self.best_emb is not None and self._collective:
-            self._evaluate(*self.best_emb, "test")  # this rank's share of the collective test evaluation
-        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
-                           self.best_valid, {}, message, self.history)
+        if self.rank != 0 and not self._collective:  # after Ctrl-C only rank 0 evaluates the test split
+            return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+                               self.best_valid, {}, message, self.history)
+        return super()._finish(status, message)  # the test evaluation is collective; rank 0's folder writes

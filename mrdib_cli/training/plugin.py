@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from mrdib_cli.models.base import Backbone, Batch, Embeddings
+from mrdib_cli.options import Option
 
 
 class Plugin(nn.Module):
@@ -78,34 +79,41 @@ _PLUGINS: dict[str, PluginFactory] = {}
 PLUGIN_MODULES = ("mrdib_cli.mrdib",)
 
 
-#: name -> (switch flag, {flag: (option key, type)}): the plug-in's own ``mrdib train`` flags
-_PLUGIN_FLAGS: dict[str, tuple[str, dict[str, tuple[str, type]]]] = {}
+#: name -> (switch flag, declared options): the plug-in's own ``mrdib train`` flags
+_PLUGIN_FLAGS: dict[str, tuple[str, Callable[[], tuple[Option, ...]]]] = {}
 
 
 def register_plugin(name: str, factory: PluginFactory, *, switch: str | None = None,
-                    flags: dict[str, tuple[str, type]] | None = None) -> None:
+                    options: Callable[[], tuple[Option, ...]] | None = None) -> None:
     """Make a plug-in available to ``mrdib train --plugin NAME`` (and the ``plugin:`` config section).
 
     ``factory(options)`` gets the plug-in options (the config's ``plugin`` mapping without ``name``) and
     returns a :class:`Plugin`; it raises ``UsageError`` for unknown or invalid options.
-    ``switch`` (e.g. ``"--mrdib"``) and ``flags`` (e.g. ``{"--alpha-kl": ("alpha_kl", float),
-    "--no-kl": ("no_kl", bool)}``) give the plug-in its own ``mrdib train`` flags, picked out of the extra
-    command-line arguments by :func:`claim_plugin_args`.
+    ``switch`` (e.g. ``"--mrdib"``) selects the plug-in on the command line, and ``options()`` declares its
+    options (:class:`~mrdib_cli.options.Option`): each becomes a flag (``--alpha-kl 0.01``; a boolean one a
+    switch, ``--no-kl``), picked out of the extra arguments by :func:`claim_plugin_args` and listed in
+    ``mrdib train --help``. A callable, so that declaring costs nothing until the flags are needed.
     """
     if name in _PLUGINS and _PLUGINS[name] is not factory:
         raise ValueError(f"plug-in '{name}' registered twice")
     _PLUGINS[name] = factory
     if switch:
-        _PLUGIN_FLAGS[name] = (switch, dict(flags or {}))
+        _PLUGIN_FLAGS[name] = (switch, options or (lambda: ()))
 
 
-def _convert(flag: str, raw: str, typ: type) -> Any:
+def plugin_switches() -> dict[str, tuple[str, tuple[Option, ...]]]:
+    """name -> (switch, declared options) of every plug-in with command-line flags."""
+    available_plugins()
+    return {name: (sw, opts()) for name, (sw, opts) in sorted(_PLUGIN_FLAGS.items())}
+
+
+def _convert(opt: Option, raw: str) -> Any:
     from mrdib_cli.errors import UsageError
 
     try:
-        return typ(raw)
+        return opt.convert(raw)
     except ValueError:
-        raise UsageError(f"{flag} expects a {typ.__name__}, got {raw!r}") from None
+        raise UsageError(f"{opt.flag} expects a {opt.type.__name__}, got {raw!r}") from None
 
 
 def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:
@@ -116,11 +124,10 @@ def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dic
     """
     from mrdib_cli.errors import UsageError
 
-    available_plugins()
-    owners = {sw: (name, None, None) for name, (sw, _) in _PLUGIN_FLAGS.items()}
-    for name, (_, flags) in _PLUGIN_FLAGS.items():
-        for flag, (key, typ) in flags.items():
-            owners[flag] = (name, key, typ)
+    owners: dict[str, tuple[str, Option | None]] = {}
+    for name, (sw, declared) in plugin_switches().items():
+        owners[sw] = (name, None)
+        owners.update({o.flag: (name, o) for o in declared})
     chosen, opts, seen, rest = selected, {}, {}, []
     i = 0
     while i < len(args):
@@ -129,23 +136,24 @@ def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dic
             rest.append(args[i])
             i += 1
             continue
-        name, key, typ = owners[flag]
-        if key is None or typ is bool:
+        name, opt = owners[flag]
+        key = None if opt is None else opt.name
+        if opt is None or opt.is_switch:
             if eq:
                 raise UsageError(f"{flag} is a switch and takes no value")
-            if key is None:
+            if opt is None:
                 if chosen not in (None, name):
                     raise UsageError(f"{flag} conflicts with plug-in '{chosen}' (one plug-in per run)")
                 chosen = name
             else:
-                opts[key] = True
+                opts[opt.name] = True
         else:
             if not eq:
                 if i + 1 >= len(args) or args[i + 1].startswith("--"):
                     raise UsageError(f"{flag} needs a value")
                 val = args[i + 1]
                 i += 1
-            opts[key] = _convert(flag, val, typ)
+            opts[opt.name] = _convert(opt, val)
         seen[key] = (flag, name)
         i += 1
     for key, (flag, name) in seen.items():

@@ -1,6 +1,6 @@
 """Vectorised BPR sampling: one uniform negative per positive, reshuffled every epoch.
 
-MMRec (reference notes §1.6) shuffles the train interactions each epoch, cuts them into batches of 2048 and,
+MMRec shuffles the train interactions each epoch, cuts them into batches of 2048 and,
 for each positive (u, i), draws a negative uniformly from the items **seen in train**, redrawing while it is
 in u's train history. MMRec does this with Python ``random`` one interaction at a time; here the whole
 epoch is drawn at once:
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.errors import DataError
 from mrdib_cli.models.base import Batch
 
@@ -30,7 +31,7 @@ class BPRSampler:
     """Epoch iterator over (users, pos[, neg]) batches of train interactions."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_items: int, batch_size: int = 2048,
-                 seed: int = 999, with_negatives: bool = True) -> None:
+                 seed: int = SEED, with_negatives: bool = True) -> None:
         if len(users) == 0:
             raise DataError("the dataset has no train interactions; nothing to train on")
         self.users = np.asarray(users, dtype=np.int64)

@@ -1,6 +1,6 @@
 """The training engine: BPR epochs, validation every epoch, early stopping, checkpoints, resume.
 
-One epoch (MMRec's loop, reference notes §1.6, minus its test-set peeking)::
+One epoch (MMRec's loop, minus its test-set peeking)::
 
     backbone.pre_epoch(epoch, generator)
     for batch in sampler.epoch():            # reshuffled interactions, vectorised negatives
@@ -42,14 +42,14 @@ from mrdib_cli import __version__
 from mrdib_cli.cpu import auto_threads, choose_threads
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
-from mrdib_cli.models.base import Backbone, get_backbone, resolve_hparams
+from mrdib_cli.models.base import Backbone, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.config import RunConfig
+from mrdib_cli.training.resolve import RunConfig
+from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import (TMP_PREFIX, Workspace, atomic_path, atomic_write_json, check_name, digest_obj,
-                                 file_lock, read_json)
+from mrdib_cli.workspace import TMP_PREFIX, Workspace, check_name, digest_obj, file_lock, read_json
 
 
 class TrainingDiverged(MrdibError):
@@ -192,17 +192,15 @@ class Trainer:
         self.warnings: list[dict[str, Any]] = []
         self.progress = progress
         tc = cfg.train
-        tc.validate()
         cls = get_backbone(cfg.backbone)
-        cfg.backbone = cls.name
         self.handle = DatasetHandle.open(ws, cfg.dataset)
-        cfg.dataset = self.handle.name
-        self.hparams = resolve_hparams(cls, self.handle.name, cfg.hparams)
-        cfg.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
-        self.run_dir = ws.run_dir(cfg.run_name)
+        self.hparams = dict(cfg.hparams)
+        self.run_name = check_name(cfg.run_name or default_run_name(cls.name, self.handle.name), "run name")
+        self.folder = RunFolder(ws, self.run_name, writes=getattr(self, "rank", 0) == 0)
+        self.run_dir = self.folder.path
         if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
-            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{cfg.run_name}.lock", wait=False,
-                                               what=f"run '{cfg.run_name}'"))
+            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{self.run_name}.lock", wait=False,
+                                               what=f"run '{self.run_name}'"))
         self.device = resolve_device(tc.device)
         self.runtime: dict[str, Any] = {"device": str(self.device)}
         if self.device.type == "cpu":
@@ -247,7 +245,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ run folder
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.folder.ckpt_dir
 
     def _config_dict(self) -> dict[str, Any]:
         cfg = self.cfg.to_dict()
@@ -257,7 +255,7 @@ class Trainer:
         # from the dataset and these tables, so their digests follow)
         digests = {m: self.handle.content_digest(p) for m, p in paths.items()}
         return {
-            "run_name": self.cfg.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
+            "run_name": self.run_name, "dataset": self.handle.name, "dataset_dir": str(self.handle.dir),
             "dataset_digest": self.handle.digest, "backbone": self.cfg.backbone, "hparams": self.hparams,
             "train": cfg["train"], "plugin": self.plugin_config(), "features": features,
             "feature_digests": digests, "runtime": self.runtime, "version": __version__, "code": code_version(),
@@ -293,14 +291,14 @@ class Trainer:
         exists = (self.run_dir / "config.json").exists()
         if resume and not (self.ckpt_dir / "last.pt").exists():
             if not exists:
-                raise UsageError(f"cannot resume run '{self.cfg.run_name}': no checkpoint in {self.ckpt_dir}")
+                raise UsageError(f"cannot resume run '{self.run_name}': no checkpoint in {self.ckpt_dir}")
             # stopped before its first epoch ended: nothing to lose, start it again from epoch 0
-            self.on_info(f"run '{self.cfg.run_name}' has no checkpoint yet; starting it from epoch 0")
+            self.on_info(f"run '{self.run_name}' has no checkpoint yet; starting it from epoch 0")
             self._check_identity(self._config_dict())
             resume, overwrite = False, True
         if exists and not resume:
             if not overwrite:
-                raise UsageError(f"run '{self.cfg.run_name}' already exists; use --resume to continue it, "
+                raise UsageError(f"run '{self.run_name}' already exists; use --resume to continue it, "
                                  "--force to overwrite it, or choose another --run-name")
             _discard(self.run_dir)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -312,7 +310,7 @@ class Trainer:
         if conf is None or not path.exists():
             return
         if self._identity(read_json(path)) != self._identity(conf):
-            raise UsageError(f"run '{self.cfg.run_name}' was started with a different configuration, dataset or "
+            raise UsageError(f"run '{self.run_name}' was started with a different configuration, dataset or "
                              "feature tables; resume it with the same inputs and options, start it over with "
                              "--force, or start a new --run-name")
 
@@ -323,7 +321,7 @@ class Trainer:
             old = read_json(path)
             self._check_identity(conf)
             conf["created"] = old.get("created", conf["created"])
-        atomic_write_json(path, conf)
+        self.folder.write_config(conf)
 
     # ------------------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
@@ -367,8 +365,8 @@ class Trainer:
             kept = [ln for ln in lines if _epoch_of(ln) <= self.epoch]
             self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
                                            if k in EpochRecord.__dataclass_fields__}) for ln in kept]
-            self._atomic_text(mpath, "".join(ln + "\n" for ln in kept))
-        self.on_info(f"resumed run '{self.cfg.run_name}' after epoch {self.epoch} "
+            self.folder.keep_metrics(kept)
+        self.on_info(f"resumed run '{self.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
 
     def _restore_best(self, unit: dict[str, Any] | None) -> None:
@@ -390,35 +388,15 @@ class Trainer:
         self.best_emb = (unit["user"].cpu().numpy(), unit["item"].cpu().numpy())
         if saved_epoch(self.run_dir / "embeddings.npz") != best or _ckpt_epoch(self.ckpt_dir / "best.pt") != best:
             self.on_info(f"best-epoch files were not those of epoch {best}; rewriting them from the checkpoint")
-            self._write_best(unit)
+            self.folder.save_best(unit)
 
-    @staticmethod
-    def _atomic_text(path: Path, text: str) -> None:
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
-
-    def _append_metrics(self, rec: EpochRecord) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec.to_dict(), sort_keys=True) + "\n")
-
-    def _save_best(self, user: np.ndarray, item: np.ndarray) -> None:
+    def _best_unit(self, user: np.ndarray, item: np.ndarray) -> dict[str, Any]:
+        """The best epoch as one unit (number, embeddings, model and plug-in state), kept inside every
+        last.pt and written to embeddings.npz/best.pt, each with its epoch inside."""
         clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
-        self.best_unit = {"epoch": self.epoch, "user": torch.from_numpy(user), "item": torch.from_numpy(item),
-                          "model": clone(self.backbone.state_dict()),
-                          "plugin": clone(self.plugin.state_dict()) if self.plugin else None}
-        self._write_best(self.best_unit)
-
-    def _write_best(self, unit: dict[str, Any]) -> None:
-        """embeddings.npz and best.pt of one epoch, each with that epoch inside (checked by their readers)."""
-        with atomic_path(self.run_dir / "embeddings.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, user=unit["user"].cpu().numpy(), item=unit["item"].cpu().numpy(),
-                         epoch=np.int64(unit["epoch"]))
-        ckpt.save(self.ckpt_dir / "best.pt", {"epoch": unit["epoch"], "model": unit["model"],
-                                              "plugin": unit["plugin"]})
-
-    def _save_last(self) -> None:
-        ckpt.save(self.ckpt_dir / "last.pt", self._state())
+        return {"epoch": self.epoch, "user": torch.from_numpy(user), "item": torch.from_numpy(item),
+                "model": clone(self.backbone.state_dict()),
+                "plugin": clone(self.plugin.state_dict()) if self.plugin else None}
 
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:
@@ -514,13 +492,14 @@ class Trainer:
                 improved = self.stopper.update(self.epoch, valid[tc.valid_metric])
                 if improved:
                     self.best_valid, self.best_emb = dict(valid), (u, i)
-                    self._save_best(u, i)
+                    self.best_unit = self._best_unit(u, i)
+                    self.folder.save_best(self.best_unit)
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved,
                                   health)
                 self.history.append(rec)
-                self._append_metrics(rec)
-                self._save_last()
+                self.folder.append_metrics(rec.to_dict())
+                self.folder.save_last(self._state())
                 self.on_epoch(rec)
             if self.stopper.should_stop:
                 message = (f"early stopping after epoch {self.epoch}: no {tc.valid_metric} improvement "
@@ -530,7 +509,7 @@ class Trainer:
         except KeyboardInterrupt:
             status = "stopped"
             message = (f"interrupted after epoch {self.epoch}; the checkpoint is saved, continue with "
-                       f"'mrdib train --resume --run-name {self.cfg.run_name}'")
+                       f"'mrdib train --resume --run-name {self.run_name}'")
         except TrainingDiverged as e:
             status, message = "failed", str(e)
         except torch.cuda.OutOfMemoryError:
@@ -546,17 +525,17 @@ class Trainer:
     def _finish(self, status: str, message: str) -> TrainResult:
         test: dict[str, float] = {}
         protocol: dict[str, Any] = {}
+        res = None
         if self.best_emb is not None:
             res = self._evaluate(*self.best_emb, "test")
-            res.save(self.run_dir, "test")
             test, protocol = dict(res.metrics), res.protocol.to_dict()
         results = {"status": status, "message": message, "best_epoch": self.stopper.best_epoch,
                    "epochs_run": self.epoch, "valid": self.best_valid, "test": test, "protocol": protocol,
                    "valid_metric": self.cfg.train.valid_metric}
         if self.warnings:
             results["warnings"] = list(self.warnings)
-        atomic_write_json(self.run_dir / "results.json", results)
-        return TrainResult(self.cfg.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
+        self.folder.write_results(results, res)
+        return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
 
 

@@ -3,7 +3,7 @@
 A study is datasets x backbones x seeds (x MRdIB off/on). Every key is checked: an unknown key or a value
 of the wrong type is a one-line error naming the key (``study.yaml: train.lr must be a number, got 'fast'``),
 because a typo silently ignored is a result silently wrong. The ``train`` section is the trainer's own
-:class:`~mrdib_cli.training.config.TrainConfig` (checked by the trainer's ``set_train``), and backbone
+:class:`~mrdib_cli.training.config.TrainConfig` (checked by the trainer's ``train_value``), and backbone
 hyper-parameters are checked against the backbone's declared defaults, so there is one source of truth.
 
 Schema (all sections optional except ``datasets`` and ``backbones``)::
@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.errors import UsageError
-from mrdib_cli.training.config import TrainConfig, load_config_file, set_train
+from mrdib_cli.training.config import TrainConfig, load_config_file, train_value
 
 DATASET_SOURCES_HINT = "'demo', an Amazon 2014 category (baby, sports, clothing, ...)"
 
@@ -62,10 +63,10 @@ class Study:
     name: str
     datasets: list[DatasetSpec]
     backbones: list[BackboneSpec]
-    seeds: list[int] = field(default_factory=lambda: [999])
+    seeds: list[int] = field(default_factory=lambda: [SEED])
     mrdib: list[bool] = field(default_factory=lambda: [False])
     mrdib_options: dict[str, Any] = field(default_factory=dict)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: dict[str, Any] = field(default_factory=dict)  # the train options given; see train_config
     features: dict[str, Any] = field(default_factory=dict)
     graph: dict[str, Any] = field(default_factory=lambda: {"knn_k": 10, "knn_norm": ["sym_binary"],
                                                          "adj": ["sym"]})
@@ -73,6 +74,11 @@ class Study:
     report_out: str | None = None
     sweep: dict[str, Any] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The study's train options over the defaults (a backbone's own patience is added per run)."""
+        return TrainConfig(**self.train)
 
 
 # ----------------------------------------------------------------------------------------- checking
@@ -201,22 +207,23 @@ def _check_like(c: _Checker, v: Any, default: Any, key: str) -> None:
         c.typed(v, key, (list,), "a list")
 
 
-def _train(c: _Checker, d: Any) -> TrainConfig:
-    tc = TrainConfig()
+def _train(c: _Checker, d: Any) -> dict[str, Any]:
+    """The ``train`` options given (only those: the resolver fills the rest, a backbone's patience included)."""
+    given: dict[str, Any] = {}
     for k, v in c.keys(d, "train", tuple(TrainConfig.__dataclass_fields__)).items():
         default = getattr(TrainConfig(), k)
         if isinstance(default, (int, float)) and not isinstance(default, bool):
             c.typed(v, f"train.{k}", (int, float) if isinstance(default, float) else (int,),
                     "a number" if isinstance(default, float) else "an integer")
         try:
-            set_train(tc, k, v, c.where)
+            given[k] = train_value(k, v, c.where)
         except UsageError as e:
             raise UsageError(str(e).replace("training option '", "train.").replace("' must", " must")) from None
     try:
-        tc.validate()
+        TrainConfig(**given).validate()
     except UsageError as e:
         raise UsageError(f"{c.where}: train: {e}") from None
-    return tc
+    return given
 
 
 def _features(c: _Checker, d: Any) -> dict[str, Any]:
@@ -309,7 +316,7 @@ def parse_study(data: dict[str, Any], where: str = "config", path: Path | None =
     if bb_raw is None:
         c.fail("backbones", "is missing (e.g. backbones: [lightgcn, lgmrec])")
     backbones = c.list_of(bb_raw, "backbones", lambda x, k: _backbone(c, x, k))
-    seeds = c.list_of(data.get("seeds", data.get("seed", [999])), "seeds", c.int_)
+    seeds = c.list_of(data.get("seeds", data.get("seed", [SEED])), "seeds", c.int_)
     mrdib = c.list_of(data.get("mrdib", [False]), "mrdib", c.bool_)
     opts = c.keys(data.get("mrdib_options"), "mrdib_options",
                   tuple(str(k) for k in (data.get("mrdib_options") or {})))

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from mrdib_cli.errors import MrdibError, UsageError
 from mrdib_cli.workflow.config import BackboneSpec, DatasetSpec, Study
-from mrdib_cli.workspace import (Manifest, StepResult, Workspace, cached_step, digest_obj, file_digest,
+from mrdib_cli.workspace import (Manifest, StepResult, Workspace, cached_step, file_digest,
                                  read_json)
 
 Log = Callable[[str], None]
@@ -217,7 +217,7 @@ def feature_steps(ws: Workspace, spec: DatasetSpec, study: Study, execute: bool,
 
 
 def _feature_dry(ws: Workspace, ds: str, modality: str, opts: Any) -> StepRecord:
-    from mrdib_cli.features import store
+    from mrdib_cli.data import feature_store as store
     from mrdib_cli.features.resolve import resolve_image_weights
 
     if modality == "image":
@@ -264,32 +264,27 @@ def graph_step(ws: Workspace, spec: DatasetSpec, study: Study, execute: bool) ->
 
 # ------------------------------------------------------------------------------------------ training
 def run_config(study: Study, rs: RunSpec) -> Any:
-    """The trainer's :class:`RunConfig` for one run (the trainer's own config object, not a copy)."""
-    import copy
+    """The resolved :class:`~mrdib_cli.training.resolve.RunConfig` of one run: the study entry (and a sweep's
+    grid point) is the config-file source, so ``mrdib run`` resolves exactly as ``mrdib train --config``."""
+    from mrdib_cli.training.resolve import resolve_run
 
-    from mrdib_cli.training.config import RunConfig, set_train
-
-    cfg = RunConfig(backbone=rs.backbone.name, dataset=rs.dataset, run_name=rs.run_name,
-                    train=copy.deepcopy(study.train), hparams=dict(rs.backbone.hparams))
-    cfg.train.seed = rs.seed
-    plugin = {"name": "mrdib", **study.mrdib_options} if rs.mrdib else None
+    entry: dict[str, Any] = {"backbone": rs.backbone.name, "dataset": rs.dataset, "run_name": rs.run_name,
+                             "train": {**study.train, "seed": rs.seed}, "hparams": dict(rs.backbone.hparams),
+                             "plugin": {"name": "mrdib", **study.mrdib_options} if rs.mrdib else None}
     for key, v in rs.overrides.items():
         section, _, name = key.partition(".")
-        if section == "train":
-            set_train(cfg.train, name, v, "sweep.grid")
-        elif section == "hparams":
-            cfg.hparams[name] = v
-        elif section == "mrdib_options" and plugin is not None:
-            plugin[name] = v
-    cfg.plugin = plugin
-    cfg.train.validate()
-    return cfg
+        if section == "mrdib_options":
+            if entry["plugin"] is not None:
+                entry["plugin"][name] = v
+        else:
+            entry[section][name] = v
+    return resolve_run(file=entry, file_source=str(study.path or study.name))
 
 
 def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, Any]] | None:
     """(inputs, params) of a training step, or None when the dataset does not exist yet."""
     from mrdib_cli.data.handle import DatasetHandle
-    from mrdib_cli.models.base import get_backbone, resolve_hparams
+    from mrdib_cli.models.base import get_backbone
 
     ds_dir = ws.dataset_dir(cfg.dataset)
     if not (ds_dir / "dataset.json").exists():
@@ -302,8 +297,9 @@ def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, A
         if p is not None:
             inputs[f"features:{m}"] = file_digest(p)
     train = {k: v for k, v in asdict(cfg.train).items() if k not in RUNTIME_TRAIN_KEYS}
-    params = {"backbone": cls.name, "hparams": resolve_hparams(cls, handle.name, cfg.hparams),
-              "plugin": cfg.plugin, "train": train, "features": dict(cfg.features)}
+    params = {"backbone": cls.name, "hparams": dict(cfg.hparams),
+              "plugin": None if cfg.plugin is None else dict(cfg.plugin), "train": train,
+              "features": dict(cfg.features)}
     return inputs, params
 
 
@@ -351,8 +347,6 @@ def train_step(ws: Workspace, study: Study, rs: RunSpec, execute: bool, log: Log
 
 def _resumable(ws: Workspace, cfg: Any, run_dir: Path, on_epoch: Any, log: Log) -> Any:
     """A Trainer resuming an interrupted run of the same configuration (RNG and sampler restored), or None."""
-    import copy
-
     from mrdib_cli.training.trainer import Trainer
 
     if not (run_dir / "checkpoints" / "last.pt").exists():
@@ -360,7 +354,7 @@ def _resumable(ws: Workspace, cfg: Any, run_dir: Path, on_epoch: Any, log: Log) 
     if (run_dir / "results.json").exists() and read_json(run_dir / "results.json").get("status") != "stopped":
         return None
     try:
-        return Trainer(ws, copy.deepcopy(cfg), resume=True, on_epoch=on_epoch, on_info=log)
+        return Trainer(ws, cfg, resume=True, on_epoch=on_epoch, on_info=log)
     except MrdibError as e:  # a different configuration or an unreadable checkpoint: start afresh
         log(f"not resuming '{cfg.run_name}' ({e}); training it from scratch")
         return None
@@ -391,7 +385,7 @@ def eval_steps(ws: Workspace, study: Study, rs: RunSpec, execute: bool) -> list[
         from mrdib_cli.evaluation.runs import Run, evaluate_run
 
         t0 = time.perf_counter()
-        evaluate_run(Run.open(ws, rs.run_name), split="test", mask=mask, ks=tuple(study.train.ks))
+        evaluate_run(Run.open(ws, rs.run_name), split="test", mask=mask, ks=tuple(study.train_config.ks))
         recs.append(StepRecord("eval", target, "ran", "no saved result", round(time.perf_counter() - t0, 2),
                                rs.run_name))
     return recs
@@ -450,7 +444,3 @@ def report_inputs(ws: Workspace, runs: list[str]) -> dict[str, str]:
             p = ws.run_dir(r) / f
             inputs[f"{r}/{f}"] = file_digest(p) if p.exists() else "absent"
     return inputs
-
-
-def study_digest(study: Study) -> str:
-    return digest_obj(study.raw)

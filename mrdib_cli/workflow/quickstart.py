@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mrdib_cli.defaults import SEED
 from mrdib_cli.workflow.config import Study, parse_study
 from mrdib_cli.workspace import Workspace, atomic_write_text
 
@@ -34,7 +35,7 @@ def demo_vit_config(ws: Workspace) -> Path:
     return path
 
 
-def quickstart_study(ws: Workspace, *, epochs: int = DEFAULT_EPOCHS, seed: int = 999, users: int = 1000,
+def quickstart_study(ws: Workspace, *, epochs: int = DEFAULT_EPOCHS, seed: int = SEED, users: int = 1000,
                      items: int = 500, interactions: int = 10000, mrdib: bool = True, backbone: str = "lgmrec",
                      device: str = "auto") -> Study:
     data: dict[str, Any] = {

@@ -191,8 +191,8 @@ def run_sweep(ws: Workspace, study: Study, *, select_on: str = "valid", metric: 
         raise UsageError(f"--select-on must be 'valid' or 'test', got '{select_on}'")
     specs = sweep_specs(study)
     metric = metric or study.sweep["metric"]
-    if metric.partition("@")[2] and int(metric.partition("@")[2]) not in study.train.ks:
-        raise UsageError(f"sweep metric '{metric}': K must be one of train.ks {study.train.ks}")
+    if metric.partition("@")[2] and int(metric.partition("@")[2]) not in study.train_config.ks:
+        raise UsageError(f"sweep metric '{metric}': K must be one of train.ks {study.train_config.ks}")
     res = run_pipeline(ws, study, dry_run=dry_run, log=log, on_step=on_step, on_epoch=on_epoch, specs=specs,
                        report=False)
     if dry_run:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.features.store import table_path, write_feature_table
+from mrdib_cli.data.feature_store import table_path, write_feature_table
 
 
 def make_dataset(root: Path, n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 0,

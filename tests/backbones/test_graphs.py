@@ -284,7 +284,7 @@ def test_precomputed_transpose_spmm_matches_dense_values_and_gradients():
     a dense A @ x gives, forward and backward, for a non-symmetric rectangular graph (like SOIL's R')."""
     from torch import nn
 
-    from mrdib_cli.models._mm import add_graph, prop
+    from mrdib_cli.models._common import add_graph, prop
 
     rng = np.random.default_rng(0)
     a = sp.random(7, 5, density=0.4, random_state=1, format="csr", dtype=np.float32)

@@ -47,11 +47,11 @@ def ws(tmp_path):
 
 def test_ddp_training_matches_single_process_and_resumes(ws):
     """Same seed: DDP (2 ranks) tracks the single-process run; only one set of outputs; --resume works."""
-    from mrdib_cli.training.config import RunConfig, TrainConfig
+    from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import train
 
-    train(ws, RunConfig(backbone="lightgcn", run_name="single", hparams={"reg_weight": 1e-4},
-                        train=TrainConfig(epochs=4, batch_size=128, threads=1, seed=7)))
+    train(ws, resolve_run(ws, file={"backbone": "lightgcn", "run_name": "single", "hparams": {"reg_weight": 1e-4},
+                                    "train": {"epochs": 4, "batch_size": 128, "threads": 1, "seed": 7}}))
     _cli(ws.root, "train", "-b", "lightgcn", "-n", "ddp", "--epochs", "2", "--batch-size", "128", "--seed", "7",
          "--reg-weight", "1e-4", "--device", "cpu", "--nproc", "2")
     # resume through plain torchrun (the documented multi-node entry point), not --nproc

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from mrdib_cli.training.distributed import slice_bounds, strip_option
+from mrdib_cli.launch import slice_bounds, strip_option
 from tests.synth_data import make_dataset
 
 
@@ -52,7 +52,7 @@ def test_a_worker_ends_with_os_exit_keeping_its_exit_code(monkeypatch) -> None:
     import pytest
 
     from mrdib_cli.cli import app as app_mod
-    from mrdib_cli.training import distributed
+    from mrdib_cli import launch as distributed
 
     exits: list[int] = []
 

@@ -69,7 +69,7 @@ def test_checkpoint_equals_seeded_random_and_mismatch_is_one_line(run_cli, awkwa
     assert rc == 0, err
     rc, out, err = run_cli(*base, "--image-pretrained", "none", "--allow-random-weights", "--seed", "999")
     assert rc == 0, err
-    from mrdib_cli.features.store import read_feature_table
+    from mrdib_cli.data.feature_store import read_feature_table
 
     feats = sorted((awkward_dataset[0] / "features").glob("image-*.parquet"))
     assert [p.name.split("-")[-2] for p in feats] == ["ckpt", "tiny"] or len(feats) == 2

@@ -16,7 +16,7 @@ import pytest
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.features.extract import ImageOptions, RunOptions, TextOptions, extract_image, extract_text
-from mrdib_cli.features.store import read_feature_table
+from mrdib_cli.data.feature_store import read_feature_table
 from mrdib_cli.workspace import Workspace
 from tests.features.fixtures import awkward_dataset, run_cli  # noqa: F401 - pytest fixtures
 from tests.features.helpers import TINY_CONFIG, good_image, png_bytes, write_dataset

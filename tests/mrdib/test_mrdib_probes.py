@@ -65,7 +65,7 @@ def demo_runs(tmp_path_factory) -> Path:
     from mrdib_cli.data.demo_truth import PlantedTruth
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.data.prepare import PrepareOptions, prepare
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
     from mrdib_cli.workspace import Workspace
 
     wd = tmp_path_factory.mktemp("probe-demo") / "wd"

@@ -13,7 +13,7 @@ from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.data.table import TableOptions, import_table
 from mrdib_cli.errors import DataError, UsageError
 from mrdib_cli.features.imported import ImportOptions, import_features
-from mrdib_cli.features.store import read_feature_table
+from mrdib_cli.data.feature_store import read_feature_table
 from mrdib_cli.workspace import Workspace, file_digest
 
 

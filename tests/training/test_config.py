@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import FrozenInstanceError
+
 import pytest
 
 from mrdib_cli.errors import UsageError
-from mrdib_cli.training.config import RunConfig, apply_sets, load_config_file, merge, parse_value
+from mrdib_cli.training.config import load_config_file, parse_value
+from mrdib_cli.training.resolve import resolve_run
 from mrdib_cli.training.trainer import EarlyStopping
 
 
@@ -14,40 +17,63 @@ def test_yaml_and_toml_files_merge(tmp_path):
     y.write_text("backbone: lightgcn\ntrain:\n  lr: 0.0005\n  epochs: 7\nhparams:\n  n_layers: 3\n")
     t = tmp_path / "c.toml"
     t.write_text('backbone = "vbpr"\n[train]\nbatch_size = 512\n[plugin]\nname = "mrdib"\nalpha = 0.1\n')
-    cfg = RunConfig()
-    merge(cfg, load_config_file(y), "c.yaml")
-    assert (cfg.backbone, cfg.train.lr, cfg.train.epochs, cfg.hparams) == ("lightgcn", 5e-4, 7, {"n_layers": 3})
-    merge(cfg, load_config_file(t), "c.toml")
+    cfg = resolve_run(file=load_config_file(y))
+    assert (cfg.backbone, cfg.train.lr, cfg.train.epochs, cfg.hparams["n_layers"]) == ("lightgcn", 5e-4, 7, 3)
+    # a stored config.json under a config file: the file wins where both speak, the rest is kept
+    stored = {k: v for k, v in load_config_file(y).items() if k != "hparams"}  # n_layers is not VBPR's
+    cfg = resolve_run(stored=stored, file=load_config_file(t), file_source="c.toml")
     assert cfg.backbone == "vbpr" and cfg.train.batch_size == 512 and cfg.plugin == {"name": "mrdib", "alpha": 0.1}
+    assert cfg.train.epochs == 7 and cfg.sources["train.epochs"] == "stored config.json"
+    assert cfg.sources["train.batch_size"] == "c.toml" and cfg.sources["train.seed"] == "default"
+
+
+def test_sources_in_order_and_frozen():
+    cfg = resolve_run(file={"backbone": "lightgcn", "train": {"lr": 1e-2, "epochs": 5}},
+                      flags={"train": {"lr": 2e-2}}, plugin={"name": "mrdib", "alpha_kl": 0.1},
+                      sets=["train.epochs=9", "plugin.alpha_kl=0.2"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.plugin["alpha_kl"]) == (2e-2, 9, 0.2)
+    assert cfg.sources["train.lr"] == "command line" and cfg.sources["train.epochs"] == "--set"
+    with pytest.raises(FrozenInstanceError):
+        cfg.train.lr = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.hparams["n_layers"] = 3  # type: ignore[index]
+
+
+def test_a_backbones_patience_unless_given():
+    assert resolve_run(flags={"backbone": "soil"}).train.patience == 10
+    assert resolve_run(flags={"backbone": "soil"}).sources["train.patience"] == "soil default"
+    assert resolve_run(stored={"backbone": "soil", "train": {"patience": 20}}).train.patience == 20
+    assert resolve_run(flags={"backbone": "lightgcn"}).train.patience == 20
 
 
 def test_unknown_keys_are_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("backbone: lightgcn\ntrian: {lr: 1}\n")
     with pytest.raises(UsageError, match="unknown key"):
-        merge(RunConfig(), load_config_file(bad), "bad.yaml")
+        resolve_run(file=load_config_file(bad))
     with pytest.raises(UsageError, match="unknown training option 'lrr'"):
-        merge(RunConfig(), {"train": {"lrr": 1}}, "x")
-    cfg = RunConfig(backbone="lightgcn")
+        resolve_run(file={"backbone": "lightgcn", "train": {"lrr": 1}})
     with pytest.raises(UsageError, match="not a training option nor a hyper-parameter"):
-        apply_sets(cfg, ["n_layer=2"], {"n_layers", "reg_weight"})
+        resolve_run(flags={"backbone": "lightgcn"}, sets=["n_layer=2"])
     with pytest.raises(UsageError, match="key=value"):
-        apply_sets(cfg, ["lr"], set())
+        resolve_run(flags={"backbone": "lightgcn"}, sets=["lr"])
     with pytest.raises(UsageError, match="must be int"):
-        apply_sets(cfg, ["epochs=abc"], set())
+        resolve_run(flags={"backbone": "lightgcn"}, sets=["epochs=abc"])
+    with pytest.raises(UsageError, match="unknown hyper-parameter"):
+        resolve_run(flags={"backbone": "lightgcn", "hparams": {"n_layer": 2}})
+    with pytest.raises(UsageError, match="no backbone"):
+        resolve_run()
 
 
 def test_set_values_and_sections():
-    cfg = RunConfig(backbone="lightgcn")
-    apply_sets(cfg, ["lr=5e-4", "train.epochs=3", "n_layers=2", "hparams.reg_weight=1e-3", "ks=[5,10]",
-                     "valid_metric=recall@10"], {"n_layers", "reg_weight"})
+    cfg = resolve_run(flags={"backbone": "lightgcn"},
+                      sets=["lr=5e-4", "train.epochs=3", "n_layers=2", "hparams.reg_weight=1e-3", "ks=[5,10]",
+                            "valid_metric=recall@10"])
     assert cfg.train.lr == 5e-4 and cfg.train.epochs == 3 and cfg.train.ks == [5, 10]
-    assert cfg.hparams == {"n_layers": 2, "reg_weight": 1e-3}
-    cfg.train.validate()
+    assert cfg.hparams["n_layers"] == 2 and cfg.hparams["reg_weight"] == 1e-3
     assert parse_value("1e-3") == 1e-3 and parse_value("true") is True and parse_value("abc") == "abc"
-    cfg.train.valid_metric = "recall@50"
     with pytest.raises(UsageError, match="valid_metric"):
-        cfg.train.validate()
+        resolve_run(flags={"backbone": "lightgcn"}, sets=["valid_metric=recall@50"])
 
 
 def test_early_stopping_is_mmrecs_rule():

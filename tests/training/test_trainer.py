@@ -11,7 +11,7 @@ import torch
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.config import RunConfig, TrainConfig
+from mrdib_cli.training.resolve import resolve_run
 from mrdib_cli.training.plugin import Plugin, create_plugin, register_plugin
 from mrdib_cli.training.trainer import Trainer, train
 from mrdib_cli.workspace import Workspace
@@ -24,9 +24,10 @@ def ws(tmp_path):
     return Workspace(tmp_path)
 
 
-def _cfg(name, backbone="lightgcn", epochs=6, patience=20, **hp):
-    return RunConfig(backbone=backbone, run_name=name, hparams=hp,
-                     train=TrainConfig(epochs=epochs, patience=patience, batch_size=64, threads=1))
+def _cfg(name, backbone="lightgcn", epochs=6, patience=20, plugin=None, train=None, **hp):
+    return resolve_run(file={"backbone": backbone, "dataset": "tiny", "run_name": name, "hparams": hp,
+                             "plugin": plugin, "train": {"epochs": epochs, "patience": patience, "batch_size": 64,
+                                                         "threads": 1, **(train or {})}})
 
 
 def _emb(ws, name):
@@ -75,8 +76,7 @@ def test_same_seed_is_bit_identical(ws, backbone):
     for a, b in zip(_emb(ws, "s1"), _emb(ws, "s2")):
         assert np.array_equal(a, b)
     assert [m["loss"] for m in _metrics(ws, "s1")] == [m["loss"] for m in _metrics(ws, "s2")]
-    cfg = _cfg("s3", backbone, epochs=2)
-    cfg.train.seed = 1
+    cfg = _cfg("s3", backbone, epochs=2, train={"seed": 1})
     train(ws, cfg)
     assert not np.array_equal(_emb(ws, "s1")[0], _emb(ws, "s3")[0])
 
@@ -87,8 +87,7 @@ def test_same_seed_is_bit_identical_on_two_threads(tmp_path):
     make_dataset(tmp_path, n_users=400, n_items=300, per_user=20)
     w = Workspace(tmp_path)
     for name in ("t1", "t2"):
-        cfg = _cfg(name, "lgmrec", epochs=2)
-        cfg.train.threads, cfg.train.batch_size = 2, 4096
+        cfg = _cfg(name, "lgmrec", epochs=2, train={"threads": 2, "batch_size": 4096})
         train(w, cfg)
         assert json.loads((w.run_dir(name) / "config.json").read_text())["runtime"]["deterministic"] is True
     for a, b in zip(_emb(w, "t1"), _emb(w, "t2")):
@@ -161,8 +160,7 @@ register_plugin("poison-test", _Poison)
 
 
 def test_plugin_terms_are_trained_logged_and_checkpointed(ws):
-    cfg = _cfg("p", epochs=2)
-    cfg.plugin = {"name": "poison-test"}
+    cfg = _cfg("p", epochs=2, plugin={"name": "poison-test"})
     train(ws, cfg)
     m = _metrics(ws, "p")
     assert "poison" in m[0]["loss"] and "w" in m[0]["loss"]
@@ -188,8 +186,7 @@ register_plugin("worried-test", _Worried)
 
 
 def test_plugin_health_is_logged_per_epoch_and_each_problem_warned_once(ws):
-    cfg = _cfg("h", epochs=4)
-    cfg.plugin = {"name": "worried-test"}
+    cfg = _cfg("h", epochs=4, plugin={"name": "worried-test"})
     warnings: list[str] = []
     Trainer(ws, cfg, on_warn=warnings.append).fit()
     assert [r["health"] for r in _metrics(ws, "h")] == [{"checks": float(e)} for e in (1, 2, 3, 4)]
@@ -203,13 +200,11 @@ def test_plugin_health_is_logged_per_epoch_and_each_problem_warned_once(ws):
 
 
 def test_a_resumed_run_does_not_repeat_warnings_it_already_gave(ws):
-    cfg = _cfg("hr", epochs=2)
-    cfg.plugin = {"name": "worried-test"}
+    cfg = _cfg("hr", epochs=2, plugin={"name": "worried-test"})
     first: list[str] = []
     Trainer(ws, cfg, on_warn=first.append).fit()
     assert first == ["epoch 1: drifting (check 1)"]
-    cfg = _cfg("hr", epochs=5)
-    cfg.plugin = {"name": "worried-test"}
+    cfg = _cfg("hr", epochs=5, plugin={"name": "worried-test"})
     later: list[str] = []
     Trainer(ws, cfg, resume=True, on_warn=later.append).fit()
     # the fresh plug-in counts its checks from 1 again (epochs 3-5): the drift, warned about before the resume,
@@ -220,8 +215,7 @@ def test_a_resumed_run_does_not_repeat_warnings_it_already_gave(ws):
 
 
 def test_mrdib_health_figures_reach_metrics(ws):
-    cfg = _cfg("ib", backbone="vbpr", epochs=2)
-    cfg.plugin = {"name": "mrdib"}
+    cfg = _cfg("ib", backbone="vbpr", epochs=2, plugin={"name": "mrdib"})
     train(ws, cfg)
     for rec in _metrics(ws, "ib"):
         assert set(rec["health"]) == {f"{k}_{m}" for k in ("nats", "clamped", "spread", "offset")
@@ -230,8 +224,7 @@ def test_mrdib_health_figures_reach_metrics(ws):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
-    cfg = _cfg("nan", epochs=5)
-    cfg.plugin = {"name": "poison-test", "nan_at": 10}  # 6 batches per epoch: NaN in epoch 2
+    cfg = _cfg("nan", epochs=5, plugin={"name": "poison-test", "nan_at": 10})  # 6 batches per epoch: NaN in epoch 2
     res = train(ws, cfg)
     assert res.status == "failed" and "non-finite" in res.message
     d = ws.run_dir("nan")

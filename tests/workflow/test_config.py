@@ -17,8 +17,8 @@ def parse(**extra):
 def test_valid_minimal_config_resolves_defaults():
     s = parse(seeds=[1, 2], mrdib=[False], train={"epochs": 3, "lr": 1})
     assert [b.name for b in s.backbones] == ["lightgcn"]
-    assert s.seeds == [1, 2] and s.train.epochs == 3
-    assert s.train.lr == 1.0 and isinstance(s.train.lr, float)  # ints accepted for floats
+    assert s.seeds == [1, 2] and s.train_config.epochs == 3
+    assert s.train["lr"] == 1.0 and isinstance(s.train["lr"], float)  # ints accepted for floats
 
 
 @pytest.mark.parametrize("extra, key", [
@@ -65,7 +65,7 @@ def test_toml_and_yaml_files_load_alike(tmp_path):
     t = tmp_path / "s.toml"
     t.write_text('datasets = ["demo"]\nbackbones = ["lightgcn"]\nseeds = [3]\n[train]\nepochs = 2\n')
     a, b = load_study(y), load_study(t)
-    assert (a.seeds, a.train.epochs, a.datasets[0].name) == (b.seeds, b.train.epochs, b.datasets[0].name)
+    assert (a.seeds, a.train_config.epochs, a.datasets[0].name) == (b.seeds, b.train_config.epochs, b.datasets[0].name)
 
 
 def test_cli_bad_key_one_line_exit_2(cli, tmp_path):

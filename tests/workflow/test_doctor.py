@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
-from mrdib_cli.workflow.doctor import check_runs
+from mrdib_cli.reporting.doctor import check_runs
 from mrdib_cli.workspace import Workspace
 from tests.evaluation.helpers import write_dataset, write_run
 
@@ -90,7 +90,7 @@ def test_repeat_purchases_are_information_not_a_leak(workdir):
 
 
 def test_random_weight_features_used_by_a_run_are_flagged(workdir):
-    from mrdib_cli.features.store import write_feature_table
+    from mrdib_cli.data.feature_store import write_feature_table
 
     ws = _setup(workdir)
     table = ws.dataset_dir("tiny") / "features" / "image-vit-random.parquet"
@@ -115,7 +115,7 @@ def test_stale_graph_manifest_is_flagged(workdir):
 
 
 def test_features_from_held_out_interactions_are_flagged(workdir):
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
 
     ws = _setup(workdir)
     d = ws.dataset_dir("tiny")

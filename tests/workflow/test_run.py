@@ -97,7 +97,7 @@ def test_mrdib_on_off_runs_and_report(tiny_ws, tmp_path):
     import pytest
 
     from mrdib_cli.errors import UsageError
-    from mrdib_cli.features.store import table_path, write_feature_table
+    from mrdib_cli.data.feature_store import table_path, write_feature_table
     from mrdib_cli.workspace import Workspace
 
     ws0, _, _ = tiny_ws

@@ -171,7 +171,7 @@ def check_repeats(handle: Any, label: str) -> list[Finding]:
 
 def check_random_features(run: str, dataset_dir: Path, conf: dict[str, Any]) -> list[Finding]:
     """Feature tables the run used that were extracted with random weights (a smoke-test leftover)."""
-    from mrdib_cli.features.store import read_meta
+    from mrdib_cli.data.feature_store import read_meta
 
     out = []
     for modality, table in (conf.get("features") or {}).items():
@@ -191,7 +191,7 @@ def check_random_features(run: str, dataset_dir: Path, conf: dict[str, Any]) -> 
 
 
 def check_features(dataset_dir: Path, label: str) -> list[Finding]:
-    from mrdib_cli.features.store import list_tables, read_meta
+    from mrdib_cli.data.feature_store import list_tables, read_meta
 
     out = []
     if not (dataset_dir / "features").is_dir():

@@ -1,0 +1,188 @@
+"""Process groups and the torchrun launcher: which rank this process is, and how to start N of them.
+
+Nothing here is a home-made launcher or transport: ``--nproc N`` re-invokes the same command line through
+:mod:`torch.distributed.run` (the code behind ``torchrun``), and every worker finds its rank in the
+environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ...). ``torchrun --nproc-per-node N -m
+mrdib_cli train ...`` is therefore the same thing, and multi-node runs only add torchrun's
+``--nnodes``/``--rdzv-*`` options (docs/scaling.md). Feature extraction, evaluation and training all use
+these helpers, so they sit below all three.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from mrdib_cli.errors import UsageError
+
+T = TypeVar("T")
+
+TIMEOUT = timedelta(minutes=int(os.environ.get("MRDIB_DIST_TIMEOUT_MIN", "30")))
+
+
+# --------------------------------------------------------------------------------------------- environment
+def world_size() -> int:
+    """Processes in the job: torchrun's WORLD_SIZE (1 when not launched by torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())) or 1)
+
+
+def launched() -> bool:
+    """True inside a worker started by torchrun (or ``--nproc``) with more than one process."""
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def wants_cuda(device: str) -> bool:
+    return device != "cpu" and torch.cuda.is_available() and (device in ("auto", "cuda")
+                                                             or device.startswith("cuda"))
+
+
+def worker_device(device: str) -> str:
+    """One CUDA device per local rank (``cuda:LOCAL_RANK``) when CUDA is wanted, else ``cpu``."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda requested but no CUDA device is available (use --device cpu or auto)")
+    return f"cuda:{local_rank()}" if wants_cuda(device) else "cpu"
+
+
+def init(device: str = "auto") -> bool:
+    """Join the process group torchrun describes (NCCL for CUDA workers, gloo on CPU); idempotent.
+
+    Returns False (and does nothing) outside a multi-process launch.
+    """
+    if not launched():
+        return False
+    if dist.is_initialized():
+        return True
+    cuda = wants_cuda(device)
+    if cuda:
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    return True
+
+
+def shutdown(sync: bool = False) -> None:
+    """Leave the process group. With ``sync`` (the normal end of a job) all ranks first meet at a barrier,
+    so no rank tears gloo's connections down while another still has work in flight on them: that race
+    aborts the late rank at exit ("terminate called without an active exception"). After a failure the
+    barrier is skipped (a dead peer would make it wait until the timeout)."""
+    if dist.is_initialized():
+        try:
+            if sync:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def default_threads() -> int:
+    """CPU threads per worker: the machine's cores shared by the processes on this node."""
+    return max(1, (os.cpu_count() or 1) // max(1, local_world_size()))
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rank0_first(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or its error as a UsageError.
+
+    Without this a refusal on rank 0 (existing run folder, changed configuration) would leave the other
+    ranks waiting at the next collective until the timeout.
+    """
+    if not dist.is_initialized():
+        return fn()
+    shared: list[Any] = [None, None]  # [failure (message, exit code), result]
+    error: BaseException | None = None
+    if dist.get_rank() == 0:
+        try:
+            shared[1] = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            error = e
+            shared[0] = (str(e).splitlines()[0] if str(e) else type(e).__name__, int(getattr(e, "exit_code", 1)))
+    dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    if shared[0] is not None:
+        raise UsageError(shared[0][0], exit_code=shared[0][1])
+    return shared[1]
+
+
+# --------------------------------------------------------------------------------------------- launcher
+def strip_option(argv: Sequence[str], name: str) -> list[str]:
+    """``argv`` without ``--name N`` / ``--name=N`` (the workers must not launch again)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
+    """Re-run this command line in ``nproc`` local workers through torch.distributed.run (torchrun).
+
+    Standalone rendezvous on this machine (a free port is picked); for several machines run torchrun
+    directly (docs/scaling.md). Returns the exit code of the first failed worker, 0 on success; the workers
+    print their own one-line errors.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv = strip_option(list(sys.argv[1:] if argv is None else argv), "--nproc")
+    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(nproc)}",
+                                         "--module", "mrdib_cli"])
+    args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
+    import logging
+
+    # the workers print their own one-line errors; the agent's warnings/tracebacks would only repeat them
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    try:
+        if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        run(args)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values() if f.exitcode]
+        return int(codes[0]) if codes and codes[0] > 0 else 1
+    finally:
+        if env_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def slice_bounds(n: int, r: int, world: int) -> tuple[int, int]:
+    """Rank ``r``'s contiguous share of ``n`` rows (sizes differ by at most one, as np.array_split)."""
+    base, extra = divmod(n, world)
+    lo = r * base + min(r, extra)
+    return lo, lo + base + (1 if r < extra else 0)

@@ -1,0 +1,49 @@
+"""Declared options are visible: ``mrdib train --help`` lists the backbone's and the plug-ins' options."""
+
+from __future__ import annotations
+
+import pytest
+
+from mrdib_cli.cli.app import main
+from mrdib_cli.models.base import available
+
+
+def _help(capsys, monkeypatch, *args: str) -> str:
+    monkeypatch.setenv("COLUMNS", "200")
+    try:
+        main(["train", *args, "--help"])
+    except SystemExit as e:
+        assert not e.code
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backbone", sorted(available()))
+def test_backbone_help_lists_every_declared_hyper_parameter(capsys, monkeypatch, workdir, backbone):
+    cls = available()[backbone]
+    text = _help(capsys, monkeypatch, "--backbone", backbone)
+    assert f"Backbone options ({backbone})" in text
+    for opt in cls.options():
+        assert opt.flag in text
+        if not opt.is_switch and opt.default is not None:
+            assert f"[default: {opt.default}]" in text
+
+
+def test_plugin_options_come_from_one_declaration(capsys, monkeypatch, workdir):
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
+    from mrdib_cli.training.plugin import claim_plugin_args
+
+    text = _help(capsys, monkeypatch)
+    assert "mrdib train --backbone NAME --help" in text and "--mrdib" in text
+    for name in MRdIBConfig.__dataclass_fields__:  # every field is a flag, shown and accepted
+        flag = "--" + name.replace("_", "-")
+        assert flag in text
+        value = [] if isinstance(getattr(MRdIBConfig(), name), bool) else ["2"]
+        claimed, rest = claim_plugin_args(["--mrdib", flag, *value])
+        assert name in claimed and rest == []
+
+
+def test_flags_render_without_a_metavar(capsys, monkeypatch, workdir):
+    text = _help(capsys, monkeypatch)
+    assert "<bool>" not in text
+    assert "--resume" in text and "<int>" in text  # options with values keep theirs
+
