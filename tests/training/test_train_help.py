@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mrdib_cli.cli.app import main
@@ -34,8 +36,12 @@ def test_plugin_options_come_from_one_declaration(capsys, monkeypatch, workdir):
 
     text = _help(capsys, monkeypatch)
     assert "mrdib train --backbone NAME --help" in text and "--mrdib" in text
-    for name in MRdIBConfig.__dataclass_fields__:  # every field is a flag, shown and accepted
-        flag = "--" + name.replace("_", "-")
+    from mrdib_cli.mrdib import options
+
+    flags = {o.name: o.flag for o in options()}
+    assert flags["preset"] == "--mrdib-preset" and flags["units"] == "--bottleneck-units"  # spelt apart
+    for name in (f.name for f in dataclasses.fields(MRdIBConfig)):  # every field is a flag, shown and accepted
+        flag = flags[name]
         assert flag in text
         value = [] if isinstance(getattr(MRdIBConfig(), name), bool) else ["2"]
         claimed, rest = claim_plugin_args(["--mrdib", flag, *value])
