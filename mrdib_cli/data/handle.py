@@ -33,7 +33,7 @@ PUBLISHING = ".publishing"
 
 # the steps that write a dataset's core files, and what a user runs to rebuild them
 BUILD_STEPS = {"prepare": "re-run the prepare command that built it", "import": "re-run the import",
-               "resplit": "re-run the resplit"}
+               "resplit": "re-run the resplit", "items": "re-run 'mrdib items attach'"}
 _REBUILD = {"features": "re-run 'mrdib extract-features' with --force", "graph": "re-run 'mrdib build-graph --force'",
             **BUILD_STEPS}
 

@@ -22,6 +22,7 @@ A backbone that exposes a modality-specific *user* representation for modality m
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping
 
@@ -242,11 +243,23 @@ def resolve_hparams(cls: type[Backbone], dataset_name: str, overrides: dict[str,
                          f"(valid: {', '.join(sorted(params))})")
     for k, v in overrides.items():
         default = params[k]
+        wrong = UsageError(f"hyper-parameter '{k}' of {cls.name} must be {type(default).__name__}, got {v!r}")
+        if isinstance(v, bool) and not isinstance(default, bool):  # YAML 'true' is an int to Python
+            raise wrong
         if default is not None and not isinstance(v, type(default)):
-            if isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool):
+            if isinstance(default, float) and isinstance(v, int):
                 v = float(v)
             else:
-                raise UsageError(f"hyper-parameter '{k}' of {cls.name} must be {type(default).__name__}, "
-                                 f"got {v!r}")
+                raise wrong
+        _check_range(cls.name, k, v)
         params[k] = v
     return params
+
+
+def _check_range(backbone: str, key: str, value: Any) -> None:
+    """Values no backbone can use: layer counts and sizes below 1, non-finite numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"hyper-parameter '{key}' of {backbone} must be a finite number, got {value}")
+    counts = "layer" in key or key.endswith(("_size", "_dim")) or key == "embedding_dim"
+    if counts and isinstance(value, int) and value < 1:
+        raise UsageError(f"hyper-parameter '{key}' of {backbone} must be a positive integer, got {value}")
