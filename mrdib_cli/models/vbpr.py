@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models._common import MMREC_BPR_EPS, bpr, emb_norm_loss, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
+from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, table_rows,
+                                      xavier_uniform)
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 
 
 @register("vbpr")
@@ -32,6 +33,7 @@ class VBPR(Backbone):
     modalities = ("image", "text")
     defaults: dict[str, Any] = {"embedding_size": 64, "reg_weight": 2.0}  # first point of MMRec's grid
     item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
+    sparse_tables = ("u_embedding", "i_embedding")
 
     def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)
@@ -61,6 +63,22 @@ class VBPR(Backbone):
         item = torch.cat([self.i_embedding, f.expand(self.n_items, -1) if f.dim() == 1 else f], dim=1)
         columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
         return Embeddings(self.u_embedding, item, views, user_columns=columns)
+
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """The batch's distinct users and items only: VBPR has no graph, so this is the full model's loss
+        exactly (no sampling), at the cost of the batch instead of the catalogue."""
+        users = torch.unique(batch.users)
+        items = torch.unique(batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg]))
+        theta = table_rows(self.u_embedding, users)
+        f = self.bias
+        views: dict[str, Tensor] = {}
+        for m in self.present:
+            h = self.modality_hook(m, getattr(self, f"feat_{m}").index_select(0, items) @ self.proj[m])
+            views[f"item_{m}"], views[f"user_{m}"] = h, theta[:, self.dim:]
+            f = f + h
+        item = torch.cat([table_rows(self.i_embedding, items), f.expand(len(items), -1)], dim=1)
+        columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
+        return Embeddings(theta, item, views, user_columns=columns), local_batch(batch, users, items)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]

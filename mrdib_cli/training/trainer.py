@@ -38,7 +38,7 @@ import torch.utils.deterministic
 from mrdib_cli import __version__
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
-from mrdib_cli.models.base import Backbone, get_backbone
+from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone, sampled_backbones
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.resolve import RunConfig
@@ -195,6 +195,7 @@ class Trainer:
         import random
 
         random.seed(tc.seed)
+        check_minibatch(cfg)
         self.backbone: Backbone = cls(self.handle, self.hparams, cfg.features or None).to(self.device)
         self.plugin: Plugin | None = None
         if cfg.plugin:
@@ -204,9 +205,7 @@ class Trainer:
             self.plugin.to(self.device)
         # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
         resume = self._prepare_run_dir(resume, overwrite)
-        params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
-        self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=tc.lr,
-                                          weight_decay=tc.weight_decay)
+        self.optimizer = self._make_optimizer()
         users, items = self.handle.pairs("train")
         self.sampler = BPRSampler(users, items, self.handle.n_items, tc.batch_size, tc.seed,
                                   with_negatives=cls.training_mode == "bpr")
@@ -219,6 +218,22 @@ class Trainer:
             self._check_identity(self._config_dict())
             self._restore()
         self._write_config()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over every parameter; in ``--minibatch sampled`` mode the embedding tables (sparse gradients)
+        get a lazy Adam, so that a step costs the rows it touched rather than the whole table."""
+        tc = self.cfg.train
+        params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
+        params = [p for p in params if p.requires_grad]
+        if tc.minibatch == "full":
+            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        tables = {id(getattr(self.backbone, n)) for n in self.backbone.sparse_tables}
+        return LazyTablesAdam([p for p in params if id(p) in tables],
+                              [p for p in params if id(p) not in tables], tc.lr)
+
+    def _minibatch(self, generator: torch.Generator) -> MiniBatch | None:
+        tc = self.cfg.train
+        return MiniBatch(tuple(tc.fanout), generator) if tc.minibatch == "sampled" else None
 
     # ------------------------------------------------------------------------------ run folder
     @property
@@ -360,9 +375,10 @@ class Trainer:
         sums: dict[str, Any] = {}
         n = 0
         task = self.progress(len(self.sampler)) if self.progress else None
+        minibatch = self._minibatch(gen)
         for batch in self.sampler.epoch():
             batch = batch.to(self.device)
-            emb, terms = forward_terms(self.backbone, self.plugin, batch)
+            emb, terms = forward_terms(self.backbone, self.plugin, batch, minibatch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise TrainingDiverged.at(self.epoch, terms)
@@ -480,6 +496,51 @@ class Trainer:
         self.folder.write_results(results, res)
         return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
                            self.best_valid, test, message, self.history)
+
+
+def check_minibatch(cfg: RunConfig) -> None:
+    """Refuse a ``--minibatch sampled`` run this version cannot train, before anything is written."""
+    tc = cfg.train
+    if tc.minibatch == "full":
+        return
+    supported = sampled_backbones()
+    if cfg.backbone not in supported:
+        raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
+                         f"{', '.join(supported)}); use --minibatch full")
+    if cfg.plugin:
+        raise UsageError("--minibatch sampled does not take a plug-in yet; drop the plug-in or use --minibatch full")
+    if tc.weight_decay:
+        raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
+                         "set weight_decay to 0 or use --minibatch full")
+
+
+class LazyTablesAdam(torch.optim.Optimizer):
+    """Adam on the dense parameters and lazy Adam (``SparseAdam``: moments of a row advance only when the
+    row is used) on the embedding tables, driven as one optimiser (``zero_grad``, ``step``, ``state_dict``)."""
+
+    def __init__(self, tables: list[torch.Tensor], dense: list[torch.Tensor], lr: float) -> None:
+        self.parts = [torch.optim.SparseAdam(tables, lr=lr)] if tables else []
+        if dense:
+            self.parts.append(torch.optim.Adam(dense, lr=lr))
+        super().__init__([p for o in self.parts for g in o.param_groups for p in g["params"]], {"lr": lr})
+        self.param_groups = [g for o in self.parts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for o in self.parts:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
+        if len(state.get("parts", ())) != len(self.parts):
+            raise ValueError("optimiser state of another layout")
+        for o, s in zip(self.parts, state["parts"]):
+            o.load_state_dict(s)
 
 
 def _epoch_of(line: str) -> float:
