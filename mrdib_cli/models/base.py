@@ -177,6 +177,11 @@ class Backbone(nn.Module):
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def propagate_step(self, batch: Batch) -> Embeddings:
+        """The training step's forward (``--minibatch full``): :meth:`propagate` unless a backbone can give
+        the same values, bit for bit, with less work for this batch (VBPR projects only its items)."""
+        return self.propagate()
+
     def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
         """Forward for the rows ``batch`` reads only (``--minibatch sampled``), from sampled neighbourhoods.
 

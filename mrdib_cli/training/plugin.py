@@ -71,7 +71,7 @@ def forward_terms(backbone: Backbone, plugin: Plugin | None, batch: Batch,
         return emb, backbone.loss(batch, emb)
     if plugin is not None:
         plugin.before_step(batch)
-    emb = backbone.propagate()
+    emb = backbone.propagate_step(batch)
     terms = backbone.loss(batch, emb)
     if plugin is not None:
         terms.update(plugin.loss(batch, emb))

@@ -124,3 +124,19 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert not (workdir / "runs" / "m").exists()
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "tiny", "-n", "t")
     assert code == 2 and "minibatch must be" in err
+
+
+def test_vbpr_step_forward_is_bit_identical_to_the_full_forward(handle):
+    """The default mode's saving (only the batch's items projected) moves no bit of the loss or gradients."""
+    batch = _batch(handle, n=64, seed=3)
+    out = []
+    for step in (True, False):
+        model = _build("vbpr", handle)
+        model.train()
+        emb = model.propagate_step(batch) if step else model.propagate()
+        terms = model.loss(batch, emb)
+        sum(terms.values()).backward()
+        out.append(({k: v.detach() for k, v in terms.items()}, _dense_grads(model)))
+    (ta, ga), (tb, gb) = out
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
