@@ -50,9 +50,9 @@ class _Step(nn.Module):
         self.last_emb: Any = None
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
-                contributes: bool = True) -> dict[str, Any]:
+                contributes: bool = True, minibatch: Any = None) -> dict[str, Any]:
         with batch_split_across_ranks(contributes):  # batch-level norms over the global batch, not the slice
-            emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg))
+            emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg), minibatch)
         self.last_emb = emb
         return terms
 
@@ -90,8 +90,11 @@ class DistributedTrainer(Trainer):
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
-            self.ddp = nn.parallel.DistributedDataParallel(
-                _Step(self.backbone, self.plugin),
+            self.step = step = _Step(self.backbone, self.plugin)
+            # sampled mode: the tables' gradients are sparse, which DDP would send dense; _reduce_sampled
+            # averages them itself (every rank built the same initial parameters from the run seed)
+            self.ddp = step if cfg.train.minibatch == "sampled" else nn.parallel.DistributedDataParallel(
+                step,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # buffers (graphs, frozen features) are built identically per rank
                 # plug-ins (e.g. MRdIB's critics) own parameters that the batch loss does not touch
@@ -130,6 +133,8 @@ class DistributedTrainer(Trainer):
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
         task = self.progress(len(self.sampler)) if self.progress else None
+        # sampled mode: each rank samples the neighbourhoods of its own slice only (its own stream)
+        minibatch = self._minibatch(torch.Generator().manual_seed(int(gen.initial_seed()) + self.rank))
         for batch in self.sampler.epoch():  # the global batch: identical on every rank
             n = len(batch.users)
             lo, hi = slice_bounds(n, self.rank, self.world)
@@ -138,7 +143,7 @@ class DistributedTrainer(Trainer):
                 lo, hi = 0, 1
             part = Batch(batch.users[lo:hi], batch.pos[lo:hi],
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
-            terms = self.ddp(part.users, part.pos, part.neg, weight > 0)
+            terms = self.ddp(part.users, part.pos, part.neg, weight > 0, minibatch)
             loss = sum(terms.values()) * weight
             check = loss.detach().clone()
             dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
@@ -146,10 +151,11 @@ class DistributedTrainer(Trainer):
                 raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._reduce_sampled()
             self.optimizer.step()
             share = weight / self.world  # n_r / n: rank shares of a term add up to its global-batch mean
             if self.plugin:
-                self.plugin.after_step(part, self.ddp.module.last_emb)
+                self.plugin.after_step(part, self.step.last_emb)
                 for k, v in self.plugin.logs.items():
                     self._acc(sums, names, k, float(v) * share)
             for k, v in terms.items():
@@ -158,10 +164,28 @@ class DistributedTrainer(Trainer):
             # ranks, and _reduce_logs sums again)
             self._acc(sums, names, "total", float(loss.detach()) / self.world)
             n_steps += 1
-            self.ddp.module.last_emb = None
+            self.step.last_emb = None
             if task:
                 task()
         return self._reduce_logs(sums, names, n_steps)
+
+    def _reduce_sampled(self) -> None:
+        """Sampled mode: average every gradient over the ranks, the tables' as sparse tensors (only the rows
+        the ranks touched travel, where DDP would send the whole tables)."""
+        if self.cfg.train.minibatch != "sampled":
+            return
+        tables = {id(getattr(self.backbone, n)) for n in self.backbone.sparse_tables}
+        for p in self.backbone.parameters():
+            if not p.requires_grad:
+                continue
+            if id(p) in tables:
+                grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(
+                    torch.empty(1, 0, dtype=torch.int64), torch.empty(0, *p.shape[1:]), p.shape)
+                grad = grad.coalesce()
+            else:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            dist.all_reduce(grad)
+            p.grad = grad.coalesce() / self.world if grad.is_sparse else grad / self.world
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:
