@@ -169,6 +169,12 @@ class DistributedTrainer(Trainer):
                 task()
         return self._reduce_logs(sums, names, n_steps)
 
+    def _job_cpu_s(self, seconds: float) -> float:
+        """The epoch's training CPU seconds summed over the ranks (does scale-out add work?)."""
+        total = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total)
+
     def _reduce_sampled(self) -> None:
         """Sampled mode: average every gradient over the ranks, the tables' as sparse tensors (only the rows
         the ranks touched travel, where DDP would send the whole tables)."""

@@ -398,6 +398,10 @@ class Trainer:
                 task()
         return {k: float(v) / max(n, 1) for k, v in sums.items()}
 
+    def _job_cpu_s(self, seconds: float) -> float:
+        """CPU seconds the epoch's training took in the whole job (one process here; all ranks under DDP)."""
+        return seconds
+
     def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         self.backbone.eval()
         if self.plugin:
@@ -440,9 +444,9 @@ class Trainer:
         status, message = "finished", ""
         try:
             while self.epoch < tc.epochs and not self.stopper.should_stop:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 losses = self._train_epoch()
-                t1 = time.perf_counter()
+                t1, cpu = time.perf_counter(), self._job_cpu_s(time.process_time() - c0)
                 u, i = self._eval_embeddings()
                 health = self._plugin_health()
                 valid = self._evaluate(u, i, "valid").metrics
@@ -454,7 +458,8 @@ class Trainer:
                     self.folder.save_best(u, i, {"epoch": self.epoch, "model": self.backbone.state_dict(),
                                                  "plugin": self.plugin.state_dict() if self.plugin else None})
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
-                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved,
+                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3),
+                                   "train_cpu_s": round(cpu, 3)}, improved,
                                   health)
                 self.history.append(rec)
                 self.folder.append_metrics(rec.to_dict())
