@@ -140,3 +140,26 @@ def test_vbpr_step_forward_is_bit_identical_to_the_full_forward(handle):
     (ta, ga), (tb, gb) = out
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+def test_row_adam_matches_sparse_adam():
+    """Our lazy Adam makes the update torch's SparseAdam makes (touched rows only, global-step bias terms)."""
+    from mrdib_cli.training.trainer import RowAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(30, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    start, touched = a.detach().clone(), torch.zeros(30, dtype=torch.bool)
+    opt_a, opt_b = RowAdam([a], lr=0.01), torch.optim.SparseAdam([b], lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        ids = torch.randint(0, 30, (12,), generator=g)
+        w = torch.randn(12, 4, generator=g)
+        touched[ids] = True
+        for p, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (torch.nn.functional.embedding(ids, p, sparse=True) * w).sum().backward()
+            opt.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert (~touched).any() and torch.equal(a[~touched], start[~touched])
+    assert not torch.allclose(a[touched], start[touched])
