@@ -181,3 +181,20 @@ def test_batch_norm_shares_add_up_to_the_global_norm(tmp_path) -> None:
     ref.backward()
     assert float(got["sum"]) == pytest.approx(float(ref.detach()), rel=1e-6)
     assert torch.allclose(got["grad"], full.grad, atol=1e-7)
+
+
+def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
+    """--minibatch sampled on 2 ranks (each samples its own slice; sparse gradients averaged by hand): with a
+    fan-out covering every neighbour it follows the one-process sampled run, and records the ranks' CPU time."""
+    common = ("-b", "lightgcn", "--epochs", "2", "--batch-size", "128", "--seed", "7", "--reg-weight", "1e-4",
+              "--device", "cpu", "--minibatch", "sampled", "--fanout", "1000", "--threads", "1")
+    _cli(ws.root, "train", "-n", "one", *common)
+    _cli(ws.root, "train", "-n", "two", *common, "--nproc", "2")
+    m1, m2 = ([json.loads(x) for x in (ws.run_dir(n) / "metrics.jsonl").read_text().splitlines()]
+              for n in ("one", "two"))
+    for a, b in zip(m1, m2):
+        assert b["loss"]["bpr"] == pytest.approx(a["loss"]["bpr"], abs=2e-3)
+        assert b["loss"]["reg"] == pytest.approx(a["loss"]["reg"], rel=1e-2)
+        for k, v in a["valid"].items():
+            assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
+        assert a["time"]["train_cpu_s"] > 0 and b["time"]["train_cpu_s"] > 0

@@ -10,26 +10,14 @@ from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import norm_adj_symmetric
 from mrdib_cli.graphs.bipartite import to_torch_sparse
 from mrdib_cli.graphs.sampling import CSRGraph, horner_mean, sample_blocks
-from mrdib_cli.models.base import Batch, MiniBatch, get_backbone, resolve_hparams, sampled_backbones
+from mrdib_cli.models.base import MiniBatch, sampled_backbones
+from tests.models.test_backbones import _batch, _build
 from tests.synth_data import make_dataset
 
 
 @pytest.fixture(scope="module")
 def handle(tmp_path_factory):
     return DatasetHandle(make_dataset(tmp_path_factory.mktemp("mb"), n_users=40, n_items=25, per_user=6))
-
-
-def _build(name, handle, **over):
-    torch.manual_seed(0)
-    cls = get_backbone(name)
-    return cls(handle, resolve_hparams(cls, handle.name, over))
-
-
-def _batch(handle, n=32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return Batch(torch.randint(0, handle.n_users, (n,), generator=g),
-                 torch.randint(0, handle.n_items, (n,), generator=g),
-                 torch.randint(0, handle.n_items, (n,), generator=g))
 
 
 def _dense_grads(model):
