@@ -153,6 +153,7 @@ class DistributedTrainer(Trainer):
             loss.backward()
             self._reduce_sampled()
             self.optimizer.step()
+            self._share_rows()
             share = weight / self.world  # n_r / n: rank shares of a term add up to its global-batch mean
             if self.plugin:
                 self.plugin.after_step(part, self.step.last_emb)
@@ -177,21 +178,70 @@ class DistributedTrainer(Trainer):
 
     def _reduce_sampled(self) -> None:
         """Sampled mode: average every gradient over the ranks, the tables' as sparse tensors (only the rows
-        the ranks touched travel, where DDP would send the whole tables)."""
+        the ranks touched travel, where DDP would send the whole tables), and keep of a table's gradient only
+        the rows this rank owns (row % world == rank): each rank runs the lazy Adam on its share of the rows
+        and holds only their moments, so the optimiser's work is divided too (:meth:`_share_rows` then
+        sends every rank the updated rows)."""
+        self._touched: dict[str, torch.Tensor] = {}
         if self.cfg.train.minibatch != "sampled":
             return
-        tables = {id(getattr(self.backbone, n)) for n in self.backbone.sparse_tables}
+        tables = {id(getattr(self.backbone, n)): n for n in self.backbone.sparse_tables}
         for p in self.backbone.parameters():
             if not p.requires_grad:
                 continue
-            if id(p) in tables:
-                grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(
-                    torch.empty(1, 0, dtype=torch.int64), torch.empty(0, *p.shape[1:]), p.shape)
-                grad = grad.coalesce()
-            else:
+            if id(p) not in tables:
                 grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                dist.all_reduce(grad)
+                p.grad = grad / self.world
+                continue
+            grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(
+                torch.empty(1, 0, dtype=torch.int64), torch.empty(0, *p.shape[1:]), p.shape)
+            grad = grad.coalesce()
             dist.all_reduce(grad)
-            p.grad = grad.coalesce() / self.world if grad.is_sparse else grad / self.world
+            grad = grad.coalesce()
+            rows = grad.indices()[0]
+            own = rows % self.world == self.rank
+            self._touched[tables[id(p)]] = rows
+            p.grad = torch.sparse_coo_tensor(grad.indices()[:, own], grad.values()[own] / self.world, p.shape)
+
+    @torch.no_grad()
+    def _share_rows(self) -> None:
+        """After the step: every touched row's new value from its owner (one sum in which only the owner's
+        term is non-zero, so the value arrives exactly)."""
+        for name, rows in getattr(self, "_touched", {}).items():
+            p = getattr(self.backbone, name)
+            own = (rows % self.world == self.rank).unsqueeze(1)
+            vals = torch.where(own, p.index_select(0, rows), torch.zeros((), dtype=p.dtype))
+            dist.all_reduce(vals)
+            p.index_copy_(0, rows, vals)
+
+    def _row_adams(self) -> list[Any]:
+        from mrdib_cli.training.trainer import RowAdam
+
+        return [o for o in getattr(self.optimizer, "parts", []) if isinstance(o, RowAdam)]
+
+    def _state(self) -> dict[str, Any]:
+        """The checkpoint, with the lazy Adam's moment tables gathered from their owners (every rank calls
+        this: a collective); a rank's own tables keep only its rows."""
+        st = super()._state()
+        parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
+        for k, o in enumerate(self._row_adams()):
+            packed = parts[k]["state"]
+            for key, moments in list(packed.items()):
+                gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
+                for name in ("exp_avg", "exp_avg_sq"):
+                    gathered[name] = moments[name].clone()
+                    dist.all_reduce(gathered[name])  # other ranks' rows are zero here: the sum is every row
+                packed[key] = gathered
+        return st
+
+    def _restore(self) -> None:
+        super()._restore()
+        for o in self._row_adams():  # keep only the owned rows (the checkpoint has every row)
+            for moments in o.state.values():
+                for name in ("exp_avg", "exp_avg_sq"):
+                    t = moments[name]
+                    t[torch.arange(t.shape[0]) % self.world != self.rank] = 0
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:
