@@ -41,13 +41,17 @@ class CSRGraph:
     def sample(self, nodes: Tensor, fanout: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor, Tensor]:
         """(position in ``nodes``, neighbour id, weight) for the kept neighbours of every node."""
+        dev = nodes.device
         deg = self.degree[nodes]
         count = deg.clamp(max=fanout)
-        owner = torch.repeat_interleave(torch.arange(len(nodes)), count)
+        owner = torch.repeat_interleave(torch.arange(len(nodes), device=dev), count)
         first = torch.cumsum(count, 0) - count
-        offset = torch.arange(len(owner)) - first[owner]  # 0..count-1 within each node
+        offset = torch.arange(len(owner), device=dev) - first[owner]  # 0..count-1 within each node
         full = (deg <= fanout)[owner]
-        drawn = (torch.rand(len(owner), generator=generator) * deg[owner]).long()
+        # drawn on the generator's device (the trainer's is a CPU one), then moved
+        u = torch.rand(len(owner), generator=generator,
+                       device=generator.device if generator is not None else dev).to(dev)
+        drawn = (u * deg[owner]).long()
         edge = self.indptr[nodes][owner] + torch.where(full, offset, drawn)
         scale = deg[owner].to(self.values.dtype) / count[owner].clamp(min=1).to(self.values.dtype)
         return owner, self.indices[edge], self.values[edge] * scale
@@ -68,7 +72,7 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
         new = nbr[~torch.isin(nbr, cur)].unique()
         nxt = torch.cat([cur, new])
         # position of each sampled neighbour in nxt: cur keeps its order, new ones follow sorted
-        pos = torch.empty(0, dtype=torch.int64)
+        pos = torch.empty(0, dtype=torch.int64, device=nbr.device)
         if len(nbr):
             order = torch.argsort(nxt)
             pos = order[torch.searchsorted(nxt[order], nbr)]
