@@ -41,6 +41,7 @@ from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone, sampled_backbones
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
+from mrdib_cli.training.config import TrainConfig
 from mrdib_cli.training.resolve import RunConfig
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
@@ -116,6 +117,11 @@ def configure_cpu(threads: int | None) -> dict[str, Any]:
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     return {"threads": n, "flush_denormal": bool(torch.set_flush_denormal(True)), "deterministic": True}
+
+
+#: training options added after runs were already being checkpointed: left out of a run's identity while at
+#: their defaults, so that runs started before them still resume
+LATER_TRAIN_KEYS = ("minibatch", "fanout")
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -266,7 +272,8 @@ class Trainer:
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption."""
         keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
-        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")}
+        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")
+                         and not (k in LATER_TRAIN_KEYS and v == getattr(TrainConfig(), k))}
         return digest_obj(keep)
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:

@@ -151,3 +151,20 @@ def test_row_adam_matches_sparse_adam():
     assert torch.allclose(a, b, atol=1e-6)
     assert (~touched).any() and torch.equal(a[~touched], start[~touched])
     assert not torch.allclose(a[touched], start[touched])
+
+
+def test_runs_from_before_the_option_keep_their_identity(cli, workdir):
+    """A run folder written before --minibatch existed (no minibatch/fanout in config.json) still resumes."""
+    import json
+
+    assert cli("prepare", "demo")[0] == 0
+    assert cli("train", "-b", "lightgcn", "--epochs", "1", "--threads", "1", "-n", "old")[0] == 0
+    path = workdir / "runs" / "old" / "config.json"
+    conf = json.loads(path.read_text())
+    for k in ("minibatch", "fanout"):
+        del conf["train"][k]
+    path.write_text(json.dumps(conf))
+    code, _, err = cli("train", "--resume", "-n", "old", "--epochs", "2", "--threads", "1")
+    assert code == 0, err
+    code, _, err = cli("train", "--resume", "-n", "old", "--epochs", "3", "--minibatch", "sampled")
+    assert code == 2 and "different configuration" in err
