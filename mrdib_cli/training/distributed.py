@@ -186,7 +186,7 @@ class DistributedTrainer(Trainer):
         if self.cfg.train.minibatch != "sampled":
             return
         tables = {id(getattr(self.backbone, n)): n for n in self.backbone.sparse_tables}
-        for p in self.backbone.parameters():
+        for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]:
             if not p.requires_grad:
                 continue
             if id(p) not in tables:

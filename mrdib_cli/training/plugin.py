@@ -64,11 +64,15 @@ def forward_terms(backbone: Backbone, plugin: Plugin | None, batch: Batch,
     """One training step's forward: ``before_step``, ``propagate()``, then the backbone's and the plug-in's
     named terms (the same sequence for the trainer, the DDP step and the cost benchmark).
 
-    With ``minibatch`` (``--minibatch sampled``) the forward covers only the batch's rows and the terms are
-    computed on the batch re-indexed into them."""
+    With ``minibatch`` (``--minibatch sampled``) the forward covers only the batch's rows and the terms (the
+    plug-in's too) are computed on the batch re-indexed into them."""
     if minibatch is not None:
+        # no before_step: the hooks already see only the batch's rows, and every one of them is used
         emb, batch = backbone.propagate_batch(batch, minibatch)
-        return emb, backbone.loss(batch, emb)
+        terms = backbone.loss(batch, emb)
+        if plugin is not None:
+            terms.update(plugin.loss(batch, emb))
+        return emb, terms
     if plugin is not None:
         plugin.before_step(batch)
     emb = backbone.propagate_step(batch)

@@ -519,8 +519,9 @@ def check_minibatch(cfg: RunConfig) -> None:
     if cfg.backbone not in supported:
         raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
                          f"{', '.join(supported)}); use --minibatch full")
-    if cfg.plugin:
-        raise UsageError("--minibatch sampled does not take a plug-in yet; drop the plug-in or use --minibatch full")
+    if cfg.plugin and not get_backbone(cfg.backbone).item_local_hooks:
+        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones whose hook rows stay with their "
+                         f"item (vbpr), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
     if tc.weight_decay:
         raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
                          "set weight_decay to 0 or use --minibatch full")

@@ -168,3 +168,21 @@ def test_runs_from_before_the_option_keep_their_identity(cli, workdir):
     assert code == 0, err
     code, _, err = cli("train", "--resume", "-n", "old", "--epochs", "3", "--minibatch", "sampled")
     assert code == 2 and "different configuration" in err
+
+
+def test_vbpr_sampled_step_with_mrdib(handle):
+    """MRdIB on VBPR in sampled mode: its terms come from the batch's rows and their gradients reach the
+    bottleneck and the tables (sparse)."""
+    from mrdib_cli.training.plugin import create_plugin, forward_terms
+
+    model = _build("vbpr", handle)
+    plugin = create_plugin("mrdib", {})
+    plugin.attach(model)
+    model.train(), plugin.train()
+    emb, terms = forward_terms(model, plugin, _batch(handle, n=32), MiniBatch((10,), torch.Generator()))
+    assert {"bpr", "reg", "kl", "uni"} <= set(terms)
+    total = sum(terms.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.i_embedding.grad.is_sparse
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in plugin.parameters())
