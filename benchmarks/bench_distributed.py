@@ -35,6 +35,8 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
         cmd += ["--nproc", str(nproc)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.minibatch:
+        cmd += ["--minibatch", args.minibatch]
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1"}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=str(ROOT), capture_output=True)
@@ -43,6 +45,10 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
     train_s = [ln["time"]["train_s"] for ln in lines]
     return {"nproc": nproc, "train_s_median": statistics.median(train_s[1:] or train_s), "train_s": train_s,
             "valid_s": [ln["time"]["valid_s"] for ln in lines], "wall_s": round(wall, 1),
+            # CPU seconds of the epoch's training summed over the ranks: equal to 1 process's when the ranks
+            # split the work instead of repeating it
+            "train_cpu_s_median": statistics.median([ln["time"].get("train_cpu_s", 0) for ln in lines][1:]
+                                                    or [lines[0]["time"].get("train_cpu_s", 0)]),
             "recall@20": lines[-1]["valid"]["recall@20"]}
 
 
@@ -58,6 +64,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=4000)
     ap.add_argument("--items", type=int, default=1500)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--minibatch", default=None, help="full or sampled (default: the trainer's, full)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads per process [trainer default: all cores for 1 process, "
                          "cores / N for N processes]")
@@ -74,7 +81,8 @@ def main() -> None:
         workdir, dataset = args.workdir or Path(os.environ.get("MRDIB_HOME", "~/.mrdib")).expanduser(), args.dataset
     rows = [run(workdir, dataset, n, args) for n in args.nproc]
     for r in rows:
-        print(f"{r['nproc']} process(es), {args.device}: train {r['train_s_median']:.2f} s/epoch "
+        print(f"{r['nproc']} process(es), {args.device}: train {r['train_s_median']:.2f} s/epoch, "
+              f"{r['train_cpu_s_median']:.2f} CPU s/epoch over all ranks "
               f"(epochs {r['train_s']}), valid {r['valid_s']}, wall {r['wall_s']} s, recall@20 {r['recall@20']:.4f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -31,6 +31,9 @@ ORDER = 50
 ROOT = Path(__file__).resolve().parents[2]
 BABY_USERS, BABY_ITEMS, BABY_INTERACTIONS = 19_445, 7_050, 160_792
 QUICK_FACTORS, FULL_FACTORS = (1, 2, 4), (1, 2, 4, 8, 16)
+#: --minibatch sampled reaches 64x; the full mode stops at 16x (one LightGCN epoch there: 743 s on one thread,
+#: and it grows like size^2.3, so 64x would take hours per epoch)
+SAMPLED_QUICK_FACTORS, SAMPLED_FULL_FACTORS = (1, 2, 4), (1, 4, 16, 64)
 BACKBONES = ("lightgcn", "vbpr")
 FEATURE_DIM = 64
 METRICS = (("train_s_per_epoch", "training epoch (s)"), ("valid_s_per_pass", "full evaluation, valid split (s)"),
@@ -138,6 +141,48 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     return res
 
 
+def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int) -> dict:
+    """One ``--minibatch sampled`` training epoch without validation (``benchmarks/scaling_epoch.py``) in a
+    subprocess; stored beside the run like :func:`train_once`'s points."""
+    name = f"{dataset}-{backbone}-sampled"
+    point = workdir / "runs" / f"{name}.json"
+    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
+            .get("created"), "backbone": backbone, "threads": threads, "seed": seed, "minibatch": "sampled"}
+    if point.exists() and json.loads(point.read_text()).get("spec") == spec:
+        return {**json.loads(point.read_text())["result"], "reused": True}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling_epoch.py"), str(workdir), dataset, backbone,
+           "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed)]
+    env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sampled epoch of {backbone} on {dataset} failed: "
+                           f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    point.parent.mkdir(parents=True, exist_ok=True)
+    point.write_text(json.dumps({"spec": spec, "result": res}))
+    return res
+
+
+def run_sampled(ctx, ws: Path, seed: int) -> dict:
+    """The sampled-mode points (1x..64x in full mode) and their fitted exponents."""
+    factors = SAMPLED_QUICK_FACTORS if ctx.mode == "quick" else SAMPLED_FULL_FACTORS
+    if os.environ.get("MRDIB_SCALING_SAMPLED_FACTORS"):
+        factors = tuple(int(f) for f in os.environ["MRDIB_SCALING_SAMPLED_FACTORS"].split(","))
+    rows = []
+    for f in factors:
+        ds = write_dataset(ws, f)
+        card = json.loads((ws / "datasets" / ds / "dataset.json").read_text())
+        for b in BACKBONES:
+            r = sampled_epoch(ws, ds, b, ctx.threads, seed)
+            ctx.log(f"scaling (sampled): {ds} {b}: train {r['train_s_per_epoch']:.1f} s/epoch, "
+                    f"peak RSS {r['peak_rss_mib']} MiB")
+            rows.append({"factor": f, "backbone": b, "n_interactions": card["n_interactions"], **r})
+    exps = {b: {m: fit_exponent([r["factor"] for r in rows if r["backbone"] == b],
+                                [r[m] for r in rows if r["backbone"] == b])
+                for m in ("train_s_per_epoch", "train_cpu_s", "peak_rss_mib")} for b in BACKBONES}
+    return {"factors": list(factors), "rows": rows, "exponents": exps}
+
+
 def fit_exponent(x: Any, y: Any) -> float:
     """Least-squares slope of log(y) on log(x): cost ~ size^exponent."""
     lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
@@ -170,7 +215,7 @@ def run(ctx) -> dict:
             for b in BACKBONES}
     res = {"factors": list(factors), "backbones": list(BACKBONES), "feature_dim": FEATURE_DIM, "rows": rows,
            "exponents": exps, "device": ctx.device, "threads": ctx.threads, "seed": seed, "mode": ctx.mode,
-           "figures": []}
+           "figures": [], "sampled": run_sampled(ctx, ws, seed) if ctx.device == "cpu" else None}
     fig = plot(res, Path(ctx.out_dir) / "scaling-loglog.png")
     res["figures"].append(fig)
     return res
@@ -244,5 +289,25 @@ def render(res: dict) -> str:
             "evaluated user against every item (also ~2 asymptotically); at small sizes its fixed costs (masks, "
             "embedding export) lower the fitted slope. Peak RSS includes the ~1 GB baseline of a Python process "
             "with torch loaded, which dominates the small sizes."]
+    out += render_sampled(res.get("sampled"), res["threads"])
     out += [f"\n![Scaling on log-log axes](results/{f})" for f in res.get("figures", [])]
     return "\n".join(out)
+
+
+def render_sampled(sampled: dict | None, threads: int) -> list[str]:
+    """The ``--minibatch sampled`` table: train epoch (no validation) and peak RSS up to 64x."""
+    if not sampled:
+        return []
+    out = ["", f"**`--minibatch sampled`** (fan-out 10, the defaults; CPU, {threads} thread(s)): one training "
+           "epoch without validation (`benchmarks/scaling_epoch.py`), peak RSS of that process. The full mode "
+           "above stops at 16x: it grows like size^2 and 64x would take hours per epoch here.", "",
+           "| size | interactions | backbone | train s/epoch | train CPU s/epoch | peak RSS MiB |", "|---|---|---|---|---|---|"]
+    for r in sampled["rows"]:
+        out.append(f"| {r['factor']}x | {r['n_interactions']:,} | {r['backbone']} | {r['train_s_per_epoch']:.2f} | "
+                   f"{r['train_cpu_s']:.2f} | {r['peak_rss_mib']:,} |")
+    out += ["", "| backbone | exponent: train epoch (s) | exponent: train epoch (CPU s) | exponent: peak RSS |",
+            "|---|---|---|---|"]
+    for b, e in sampled["exponents"].items():
+        out.append(f"| {b} | {e['train_s_per_epoch']:.2f} | {e['train_cpu_s']:.2f} | {e['peak_rss_mib']:.2f} |")
+    out += ["", "CPU seconds are the process's own: on a shared machine they move far less than wall seconds."]
+    return out

@@ -109,6 +109,12 @@ def train_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
                                           help="CPU threads for torch [free cores: cores minus the "
                                                "1-minute load, at least 1; a resumed run: its stored count]."),
+    minibatch: Optional[str] = typer.Option(None, "--minibatch", rich_help_panel=PANEL_MODEL,
+                                            help="full: MMRec's whole-graph forward per step \\[default]; sampled: "
+                                                 "only the batch's sampled neighbourhoods (docs/scaling.md)."),
+    fanout: List[int] = typer.Option([], "--fanout", min=1, rich_help_panel=PANEL_MODEL,
+                                     help="Sampled mode: neighbours kept per node, one value per hop (the last "
+                                          "repeats) [10]. Repeatable: --fanout 10 --fanout 5."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
@@ -143,7 +149,8 @@ def train_cmd(
         stored = read_json(w.run_dir(run_name) / "config.json")
     file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
-                   "device": device, "threads": threads, "test_mask": test_mask}
+                   "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
+                   "fanout": list(fanout) or None}
     selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
     claimed, extra = claim_plugin_args(list(ctx.args), selected)
     plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}

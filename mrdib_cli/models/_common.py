@@ -207,3 +207,21 @@ def gated_modality_views(module: nn.Module, feats: dict[str, Tensor], n_layers: 
             h = prop(module, f"{m}_adj", h)
         mm[m] = torch.cat([prop(module, "R", h), h], dim=0)
     return mm
+
+
+def table_rows(table: Tensor, ids: Tensor) -> Tensor:
+    """Rows ``ids`` of an embedding table with a *sparse* gradient (``--minibatch sampled``): the backward
+    and the lazy Adam step then touch only these rows instead of the whole table."""
+    return F.embedding(ids, table, sparse=True)
+
+
+def local_batch(batch: Any, users_ix: Tensor, items_ix: Tensor, item_offset: int = 0) -> Any:
+    """``batch`` re-indexed into compact tables: users by position in the sorted ``users_ix``, items (their ids
+    plus ``item_offset``, for a table holding users first) by position in the sorted ``items_ix``."""
+    from mrdib_cli.models.base import Batch
+
+    def at(ix: Tensor, ids: Tensor) -> Tensor:
+        return torch.searchsorted(ix, ids)
+
+    return Batch(at(users_ix, batch.users), at(items_ix, batch.pos + item_offset),
+                 None if batch.neg is None else at(items_ix, batch.neg + item_offset))

@@ -94,6 +94,18 @@ class Batch:
                      None if self.neg is None else self.neg.to(device))
 
 
+@dataclass(frozen=True)
+class MiniBatch:
+    """How a ``--minibatch sampled`` step draws the neighbourhoods of its batch's users and items."""
+
+    fanout: tuple[int, ...]  # neighbours kept per node, per hop; the last value serves the deeper hops
+    generator: torch.Generator | None = None
+
+    def hops(self, n: int) -> list[int]:
+        """The fan-outs of an ``n``-hop neighbourhood."""
+        return [self.fanout[min(h, len(self.fanout) - 1)] for h in range(n)]
+
+
 class Backbone(nn.Module):
     """Base class of every recommender backbone. See the module docstring for the contract."""
 
@@ -117,6 +129,9 @@ class Backbone(nn.Module):
     #: e.g. VBPR) and ``loss`` reads item rows only at the batch's items: a plug-in may then transform just the
     #: rows a training batch uses. False for graph backbones, where every row reaches every item.
     item_local_hooks: ClassVar[bool] = False
+    #: embedding tables that :meth:`propagate_batch` reads row by row (sparse gradients): in
+    #: ``--minibatch sampled`` mode a lazy Adam updates only the rows a step touched; empty = mode unsupported
+    sparse_tables: ClassVar[tuple[str, ...]] = ()
     #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
     hparam_help: ClassVar[dict[str, str]] = {}
 
@@ -176,6 +191,21 @@ class Backbone(nn.Module):
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def propagate_step(self, batch: Batch) -> Embeddings:
+        """The training step's forward (``--minibatch full``): :meth:`propagate` unless a backbone can give
+        the same values, bit for bit, with less work for this batch (VBPR projects only its items)."""
+        return self.propagate()
+
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """Forward for the rows ``batch`` reads only (``--minibatch sampled``), from sampled neighbourhoods.
+
+        Returns compact embeddings and the batch re-indexed into them, so that :meth:`loss` runs unchanged.
+        Why: the full forward costs the whole graph per step, so an epoch grows like its square; this one
+        costs the batch size times the fan-outs, whatever the catalogue's size.
+        """
+        raise UsageError(f"backbone '{self.name}' does not support --minibatch sampled "
+                         f"(supported: {', '.join(sampled_backbones())}); use --minibatch full")
+
     @torch.no_grad()
     def embeddings_for_eval(self) -> tuple[Tensor, Tensor]:
         """Deterministic user and item embeddings; score(u, i) = <user[u], item[i]>."""
@@ -220,6 +250,11 @@ def _import_all() -> None:
 def available() -> dict[str, type[Backbone]]:
     _import_all()
     return dict(sorted(_REGISTRY.items()))
+
+
+def sampled_backbones() -> list[str]:
+    """Backbones with a ``--minibatch sampled`` forward."""
+    return [n for n, c in available().items() if c.sparse_tables]
 
 
 def get_backbone(name: str) -> type[Backbone]:

@@ -21,8 +21,10 @@ from torch import Tensor
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import MMREC_BPR_EPS, bpr, emb_norm_loss, spmm, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
+from mrdib_cli.graphs.sampling import CSRGraph, horner_mean, sample_blocks
+from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, spmm, table_rows,
+                                      xavier_uniform)
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 
 
 def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
@@ -41,6 +43,7 @@ class LightGCN(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
     #: examples/sweeps/mmrec-lightgcn.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
+    sparse_tables = ("user_embedding", "item_embedding")
 
     def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)
@@ -56,11 +59,28 @@ class LightGCN(Backbone):
         ego = torch.cat([self.user_embedding, self.item_embedding], dim=0)
         out = light_propagate(self.norm_adj, ego, self.n_layers)
         user, item = torch.split(out, [self.n_users, self.n_items])
-        return Embeddings(user, item)
+        return Embeddings(user, item, {"ego_user": self.user_embedding, "ego_item": self.item_embedding})
+
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """The batch's users and items from sampled ``n_layers``-hop neighbourhoods of Â (one node table:
+        users first, items after them, as in the full forward)."""
+        if getattr(self, "_csr", None) is None:
+            self._csr = CSRGraph(self.norm_adj)
+        u = self.n_users
+        seeds = torch.cat([batch.users, batch.pos + u, batch.neg + u])
+        nodes, blocks = sample_blocks(self._csr, seeds, mb.hops(self.n_layers), mb.generator)
+        last = nodes[-1]
+        is_user = last < u
+        ego = torch.empty(len(last), self.dim, dtype=self.user_embedding.dtype, device=last.device)
+        ego = ego.index_put((is_user.nonzero().squeeze(1),), table_rows(self.user_embedding, last[is_user]))
+        ego = ego.index_put(((~is_user).nonzero().squeeze(1),), table_rows(self.item_embedding, last[~is_user] - u))
+        out = horner_mean(blocks, ego)
+        ego0 = ego[:len(nodes[0])]
+        return Embeddings(out, out, {"ego_user": ego0, "ego_item": ego0}), local_batch(batch, nodes[0], nodes[0], u)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         pos, neg = (u * i).sum(-1), (u * j).sum(-1)
-        reg = emb_norm_loss(self.user_embedding[batch.users], self.item_embedding[batch.pos],
-                            self.item_embedding[batch.neg])
+        ego_u, ego_i = emb.views["ego_user"], emb.views["ego_item"]
+        reg = emb_norm_loss(ego_u[batch.users], ego_i[batch.pos], ego_i[batch.neg])
         return {"bpr": bpr(pos, neg, MMREC_BPR_EPS), "reg": self.reg_weight * reg}

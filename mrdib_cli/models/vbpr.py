@@ -23,8 +23,29 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models._common import MMREC_BPR_EPS, bpr, emb_norm_loss, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
+from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, table_rows,
+                                      xavier_uniform)
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
+
+
+class _RowProjection(torch.autograd.Function):
+    """Rows ``rows`` of x W (zeros elsewhere); W's gradient is x^T G over every row, as for x W itself."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, rows: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        out = torch.zeros(x.shape[0], w.shape[1], dtype=w.dtype, device=w.device)
+        return out.index_copy_(0, rows, x.index_select(0, rows) @ w)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return None, x.t().mm(grad), None
+
+
+def project_rows(x: Tensor, w: Tensor, rows: Tensor) -> Tensor:
+    """x W at ``rows`` only (other rows zero), with the gradient of the full product."""
+    return _RowProjection.apply(x, w, rows)
 
 
 @register("vbpr")
@@ -35,6 +56,7 @@ class VBPR(Backbone):
     #: examples/sweeps/mmrec-vbpr.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
     item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
+    sparse_tables = ("u_embedding", "i_embedding")
 
     def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)
@@ -64,6 +86,40 @@ class VBPR(Backbone):
         item = torch.cat([self.i_embedding, f.expand(self.n_items, -1) if f.dim() == 1 else f], dim=1)
         columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
         return Embeddings(self.u_embedding, item, views, user_columns=columns)
+
+    def propagate_step(self, batch: Batch) -> Embeddings:
+        """The full forward's values with the feature projections computed only at the batch's items.
+
+        The other rows of h^m are never read by the loss; they are zeros here. The backward still forms
+        W's gradient from the whole (zero-padded) table, because a product over fewer rows sums in another
+        order and would move results in the last bits; the forward half of the projection is what is saved.
+        A plug-in on the hooks sees every row, so with one installed this is the full forward.
+        """
+        if self._hooks or not self.training:
+            return self.propagate()
+        items = torch.unique(batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg]))
+        f = self.bias
+        for m in self.present:
+            f = f + project_rows(getattr(self, f"feat_{m}"), self.proj[m], items)
+        item = torch.cat([self.i_embedding, f], dim=1)
+        columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
+        return Embeddings(self.u_embedding, item, user_columns=columns)
+
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """The batch's distinct users and items only: VBPR has no graph, so this is the full model's loss
+        exactly (no sampling), at the cost of the batch instead of the catalogue."""
+        users = torch.unique(batch.users)
+        items = torch.unique(batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg]))
+        theta = table_rows(self.u_embedding, users)
+        f = self.bias
+        views: dict[str, Tensor] = {}
+        for m in self.present:
+            h = self.modality_hook(m, getattr(self, f"feat_{m}").index_select(0, items) @ self.proj[m])
+            views[f"item_{m}"], views[f"user_{m}"] = h, theta[:, self.dim:]
+            f = f + h
+        item = torch.cat([table_rows(self.i_embedding, items), f.expand(len(items), -1)], dim=1)
+        columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
+        return Embeddings(theta, item, views, user_columns=columns), local_batch(batch, users, items)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]

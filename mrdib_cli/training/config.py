@@ -18,6 +18,7 @@ from typing import Any
 from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, SEED
 from mrdib_cli.errors import MissingInputError, UsageError
 
+MINIBATCH_MODES = ("full", "sampled")
 TOP_KEYS = ("backbone", "dataset", "run_name", "train", "hparams", "plugin", "features")
 
 
@@ -37,6 +38,8 @@ class TrainConfig:
     eval_batch_users: int = EVAL_BATCH_USERS
     test_mask: str = "train"  # MMRec masks only train items at test time; "train+valid" also masks valid
     threads: int = 0  # torch CPU threads; 0 = the free cores (cores minus the 1-minute load)
+    minibatch: str = "full"  # full: MMRec's whole-graph forward per step; sampled: the batch's neighbourhoods
+    fanout: list[int] = field(default_factory=lambda: [10])  # sampled: neighbours per node per hop (last repeats)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
@@ -52,6 +55,10 @@ class TrainConfig:
         metric, _, k = self.valid_metric.partition("@")
         if not k.isdigit() or int(k) not in self.ks:
             raise UsageError(f"valid_metric '{self.valid_metric}' must be '<metric>@K' with K in ks {self.ks}")
+        if self.minibatch not in MINIBATCH_MODES:
+            raise UsageError(f"minibatch must be {' or '.join(MINIBATCH_MODES)}, got {self.minibatch!r}")
+        if not self.fanout or any(not isinstance(k, int) or k < 1 for k in self.fanout):
+            raise UsageError(f"fanout must be a non-empty list of positive integers, got {self.fanout!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -50,9 +50,9 @@ class _Step(nn.Module):
         self.last_emb: Any = None
 
     def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor | None,
-                contributes: bool = True) -> dict[str, Any]:
+                contributes: bool = True, minibatch: Any = None) -> dict[str, Any]:
         with batch_split_across_ranks(contributes):  # batch-level norms over the global batch, not the slice
-            emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg))
+            emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg), minibatch)
         self.last_emb = emb
         return terms
 
@@ -90,8 +90,11 @@ class DistributedTrainer(Trainer):
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
-            self.ddp = nn.parallel.DistributedDataParallel(
-                _Step(self.backbone, self.plugin),
+            self.step = step = _Step(self.backbone, self.plugin)
+            # sampled mode: the tables' gradients are sparse, which DDP would send dense; _reduce_sampled
+            # averages them itself (every rank built the same initial parameters from the run seed)
+            self.ddp = step if cfg.train.minibatch == "sampled" else nn.parallel.DistributedDataParallel(
+                step,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # buffers (graphs, frozen features) are built identically per rank
                 # plug-ins (e.g. MRdIB's critics) own parameters that the batch loss does not touch
@@ -130,6 +133,8 @@ class DistributedTrainer(Trainer):
         sums: dict[str, torch.Tensor] = {}
         n_steps = 0
         task = self.progress(len(self.sampler)) if self.progress else None
+        # sampled mode: each rank samples the neighbourhoods of its own slice only (its own stream)
+        minibatch = self._minibatch(torch.Generator().manual_seed(int(gen.initial_seed()) + self.rank))
         for batch in self.sampler.epoch():  # the global batch: identical on every rank
             n = len(batch.users)
             lo, hi = slice_bounds(n, self.rank, self.world)
@@ -138,7 +143,7 @@ class DistributedTrainer(Trainer):
                 lo, hi = 0, 1
             part = Batch(batch.users[lo:hi], batch.pos[lo:hi],
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
-            terms = self.ddp(part.users, part.pos, part.neg, weight > 0)
+            terms = self.ddp(part.users, part.pos, part.neg, weight > 0, minibatch)
             loss = sum(terms.values()) * weight
             check = loss.detach().clone()
             dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
@@ -146,10 +151,12 @@ class DistributedTrainer(Trainer):
                 raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._reduce_sampled()
             self.optimizer.step()
+            self._share_rows()
             share = weight / self.world  # n_r / n: rank shares of a term add up to its global-batch mean
             if self.plugin:
-                self.plugin.after_step(part, self.ddp.module.last_emb)
+                self.plugin.after_step(part, self.step.last_emb)
                 for k, v in self.plugin.logs.items():
                     self._acc(sums, names, k, float(v) * share)
             for k, v in terms.items():
@@ -158,10 +165,83 @@ class DistributedTrainer(Trainer):
             # ranks, and _reduce_logs sums again)
             self._acc(sums, names, "total", float(loss.detach()) / self.world)
             n_steps += 1
-            self.ddp.module.last_emb = None
+            self.step.last_emb = None
             if task:
                 task()
         return self._reduce_logs(sums, names, n_steps)
+
+    def _job_cpu_s(self, seconds: float) -> float:
+        """The epoch's training CPU seconds summed over the ranks (does scale-out add work?)."""
+        total = torch.tensor([seconds], dtype=torch.float64)
+        dist.all_reduce(total)
+        return float(total)
+
+    def _reduce_sampled(self) -> None:
+        """Sampled mode: average every gradient over the ranks, the tables' as sparse tensors (only the rows
+        the ranks touched travel, where DDP would send the whole tables), and keep of a table's gradient only
+        the rows this rank owns (row % world == rank): each rank runs the lazy Adam on its share of the rows
+        and holds only their moments, so the optimiser's work is divided too (:meth:`_share_rows` then
+        sends every rank the updated rows)."""
+        self._touched: dict[str, torch.Tensor] = {}
+        if self.cfg.train.minibatch != "sampled":
+            return
+        tables = {id(getattr(self.backbone, n)): n for n in self.backbone.sparse_tables}
+        for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]:
+            if not p.requires_grad:
+                continue
+            if id(p) not in tables:
+                grad = p.grad if p.grad is not None else torch.zeros_like(p)
+                dist.all_reduce(grad)
+                p.grad = grad / self.world
+                continue
+            grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(
+                torch.empty(1, 0, dtype=torch.int64), torch.empty(0, *p.shape[1:]), p.shape)
+            grad = grad.coalesce()
+            dist.all_reduce(grad)
+            grad = grad.coalesce()
+            rows = grad.indices()[0]
+            own = rows % self.world == self.rank
+            self._touched[tables[id(p)]] = rows
+            p.grad = torch.sparse_coo_tensor(grad.indices()[:, own], grad.values()[own] / self.world, p.shape)
+
+    @torch.no_grad()
+    def _share_rows(self) -> None:
+        """After the step: every touched row's new value from its owner (one sum in which only the owner's
+        term is non-zero, so the value arrives exactly)."""
+        for name, rows in getattr(self, "_touched", {}).items():
+            p = getattr(self.backbone, name)
+            own = (rows % self.world == self.rank).unsqueeze(1)
+            vals = torch.where(own, p.index_select(0, rows), torch.zeros((), dtype=p.dtype))
+            dist.all_reduce(vals)
+            p.index_copy_(0, rows, vals)
+
+    def _row_adams(self) -> list[Any]:
+        from mrdib_cli.training.trainer import RowAdam
+
+        return [o for o in getattr(self.optimizer, "parts", []) if isinstance(o, RowAdam)]
+
+    def _state(self) -> dict[str, Any]:
+        """The checkpoint, with the lazy Adam's moment tables gathered from their owners (every rank calls
+        this: a collective); a rank's own tables keep only its rows."""
+        st = super()._state()
+        parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
+        for k, o in enumerate(self._row_adams()):
+            packed = parts[k]["state"]
+            for key, moments in list(packed.items()):
+                gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
+                for name in ("exp_avg", "exp_avg_sq"):
+                    gathered[name] = moments[name].clone()
+                    dist.all_reduce(gathered[name])  # other ranks' rows are zero here: the sum is every row
+                packed[key] = gathered
+        return st
+
+    def _restore(self) -> None:
+        super()._restore()
+        for o in self._row_adams():  # keep only the owned rows (the checkpoint has every row)
+            for moments in o.state.values():
+                for name in ("exp_avg", "exp_avg_sq"):
+                    t = moments[name]
+                    t[torch.arange(t.shape[0]) % self.world != self.rank] = 0
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:

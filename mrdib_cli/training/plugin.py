@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
-from mrdib_cli.models.base import Backbone, Batch, Embeddings
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, MiniBatch
 from mrdib_cli.options import Option
 
 
@@ -59,12 +59,23 @@ class Plugin(nn.Module):
         return {}
 
 
-def forward_terms(backbone: Backbone, plugin: Plugin | None, batch: Batch) -> tuple[Embeddings, dict[str, Tensor]]:
+def forward_terms(backbone: Backbone, plugin: Plugin | None, batch: Batch,
+                  minibatch: MiniBatch | None = None) -> tuple[Embeddings, dict[str, Tensor]]:
     """One training step's forward: ``before_step``, ``propagate()``, then the backbone's and the plug-in's
-    named terms (the same sequence for the trainer, the DDP step and the cost benchmark)."""
+    named terms (the same sequence for the trainer, the DDP step and the cost benchmark).
+
+    With ``minibatch`` (``--minibatch sampled``) the forward covers only the batch's rows and the terms (the
+    plug-in's too) are computed on the batch re-indexed into them."""
+    if minibatch is not None:
+        # no before_step: the hooks already see only the batch's rows, and every one of them is used
+        emb, batch = backbone.propagate_batch(batch, minibatch)
+        terms = backbone.loss(batch, emb)
+        if plugin is not None:
+            terms.update(plugin.loss(batch, emb))
+        return emb, terms
     if plugin is not None:
         plugin.before_step(batch)
-    emb = backbone.propagate()
+    emb = backbone.propagate_step(batch)
     terms = backbone.loss(batch, emb)
     if plugin is not None:
         terms.update(plugin.loss(batch, emb))

@@ -42,9 +42,10 @@ from mrdib_cli import __version__
 from mrdib_cli.cpu import auto_threads, choose_threads
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
-from mrdib_cli.models.base import Backbone, get_backbone
+from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone, sampled_backbones
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
+from mrdib_cli.training.config import TrainConfig
 from mrdib_cli.training.resolve import RunConfig
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
@@ -137,6 +138,11 @@ def train_threads(requested: int | None, stored: int | None = None) -> tuple[int
     return choose_threads(None)
 
 
+#: training options added after runs were already being checkpointed: left out of a run's identity while at
+#: their defaults, so that runs started before them still resume
+LATER_TRAIN_KEYS = ("minibatch", "fanout")
+
+
 def default_run_name(backbone: str, dataset: str) -> str:
     return f"{backbone}-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
@@ -214,6 +220,7 @@ class Trainer:
         import random
 
         random.seed(tc.seed)
+        check_minibatch(cfg)
         self.backbone: Backbone = cls(self.handle, self.hparams, cfg.features or None).to(self.device)
         self.plugin: Plugin | None = None
         if cfg.plugin:
@@ -223,9 +230,7 @@ class Trainer:
             self.plugin.to(self.device)
         # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
         resume = self._prepare_run_dir(resume, overwrite)
-        params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
-        self.optimizer = torch.optim.Adam([p for p in params if p.requires_grad], lr=tc.lr,
-                                          weight_decay=tc.weight_decay)
+        self.optimizer = self._make_optimizer()
         users, items = self.handle.pairs("train")
         self.sampler = BPRSampler(users, items, self.handle.n_items, tc.batch_size, tc.seed,
                                   with_negatives=cls.training_mode == "bpr")
@@ -241,6 +246,22 @@ class Trainer:
             self._check_identity(self._config_dict())
             self._restore()
         self._write_config()
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """Adam over every parameter; in ``--minibatch sampled`` mode the embedding tables (sparse gradients)
+        get a lazy Adam, so that a step costs the rows it touched rather than the whole table."""
+        tc = self.cfg.train
+        params = list(self.backbone.parameters()) + (list(self.plugin.parameters()) if self.plugin else [])
+        params = [p for p in params if p.requires_grad]
+        if tc.minibatch == "full":
+            return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+        tables = {id(getattr(self.backbone, n)) for n in self.backbone.sparse_tables}
+        return LazyTablesAdam([p for p in params if id(p) in tables],
+                              [p for p in params if id(p) not in tables], tc.lr)
+
+    def _minibatch(self, generator: torch.Generator) -> MiniBatch | None:
+        tc = self.cfg.train
+        return MiniBatch(tuple(tc.fanout), generator) if tc.minibatch == "sampled" else None
 
     # ------------------------------------------------------------------------------ run folder
     @property
@@ -283,7 +304,8 @@ class Trainer:
         keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
         if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
             keep["feature_digests"] = conf["feature_digests"]
-        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")}
+        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")
+                         and not (k in LATER_TRAIN_KEYS and v == getattr(TrainConfig(), k))}
         return digest_obj(keep)
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
@@ -417,9 +439,10 @@ class Trainer:
         sums: dict[str, Any] = {}
         n = 0
         task = self.progress(len(self.sampler)) if self.progress else None
+        minibatch = self._minibatch(gen)
         for batch in self.sampler.epoch():
             batch = batch.to(self.device)
-            emb, terms = forward_terms(self.backbone, self.plugin, batch)
+            emb, terms = forward_terms(self.backbone, self.plugin, batch, minibatch)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 raise TrainingDiverged.at(self.epoch, terms)
@@ -438,6 +461,10 @@ class Trainer:
             if task:
                 task(loss.detach())
         return {k: float(v) / max(n, 1) for k, v in sums.items()}
+
+    def _job_cpu_s(self, seconds: float) -> float:
+        """CPU seconds the epoch's training took in the whole job (one process here; all ranks under DDP)."""
+        return seconds
 
     def _eval_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         self.backbone.eval()
@@ -481,9 +508,9 @@ class Trainer:
         status, message = "finished", ""
         try:
             while self.epoch < tc.epochs and not self.stopper.should_stop:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 losses = self._train_epoch()
-                t1 = time.perf_counter()
+                t1, cpu = time.perf_counter(), self._job_cpu_s(time.process_time() - c0)
                 u, i = self._eval_embeddings()
                 health = self._plugin_health()
                 valid = self._evaluate(u, i, "valid").metrics
@@ -495,7 +522,8 @@ class Trainer:
                     self.best_unit = self._best_unit(u, i)
                     self.folder.save_best(self.best_unit)
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
-                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3)}, improved,
+                                  {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3),
+                                   "train_cpu_s": round(cpu, 3)}, improved,
                                   health)
                 self.history.append(rec)
                 self.folder.append_metrics(rec.to_dict())
@@ -562,6 +590,88 @@ def _discard(run_dir: Path) -> None:
     aside = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{run_dir.name}.", dir=run_dir.parent))
     os.replace(run_dir, aside / "d")
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_minibatch(cfg: RunConfig) -> None:
+    """Refuse a ``--minibatch sampled`` run this version cannot train, before anything is written."""
+    tc = cfg.train
+    if tc.minibatch == "full":
+        return
+    supported = sampled_backbones()
+    if cfg.backbone not in supported:
+        raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
+                         f"{', '.join(supported)}); use --minibatch full")
+    if cfg.plugin and not get_backbone(cfg.backbone).item_local_hooks:
+        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones whose hook rows stay with their "
+                         f"item (vbpr), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
+    if tc.weight_decay:
+        raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
+                         "set weight_decay to 0 or use --minibatch full")
+
+
+class RowAdam(torch.optim.Optimizer):
+    """Lazy Adam for embedding tables with sparse gradients: only the rows a step touched move, and their
+    moments advance (the semantics of ``torch.optim.SparseAdam``, bias-corrected by the global step count).
+
+    Why our own: ``SparseAdam`` goes through sparse-tensor arithmetic and took about half of a sampled
+    LightGCN step at 4x Baby; gathering the touched rows, updating them densely and writing them back is
+    the same update with a few dense kernels.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.coalesce()
+                rows, g = grad.indices()[0], grad.values()
+                st = self.state[p]
+                if not st:
+                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                st["step"] += 1
+                t = float(st["step"])
+                m = st["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
+                v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
+                st["exp_avg"].index_copy_(0, rows, m)
+                st["exp_avg_sq"].index_copy_(0, rows, v)
+                denom = v.div_(1 - b2 ** t).sqrt_().add_(group["eps"])
+                p.index_add_(0, rows, m.div_(denom).mul_(-group["lr"] / (1 - b1 ** t)))
+
+
+class LazyTablesAdam(torch.optim.Optimizer):
+    """:class:`RowAdam` on the embedding tables and Adam on the dense parameters, driven as one optimiser
+    (``zero_grad``, ``step``, ``state_dict``)."""
+
+    def __init__(self, tables: list[torch.Tensor], dense: list[torch.Tensor], lr: float) -> None:
+        self.parts: list[torch.optim.Optimizer] = [RowAdam(tables, lr=lr)] if tables else []
+        if dense:
+            self.parts.append(torch.optim.Adam(dense, lr=lr))
+        super().__init__([p for o in self.parts for g in o.param_groups for p in g["params"]], {"lr": lr})
+        self.param_groups = [g for o in self.parts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.parts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]
+        for o in self.parts:
+            o.step()
+
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"parts": [o.state_dict() for o in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # type: ignore[override]
+        if len(state.get("parts", ())) != len(self.parts):
+            raise ValueError("optimiser state of another layout")
+        for o, s in zip(self.parts, state["parts"]):
+            o.load_state_dict(s)
 
 
 def _epoch_of(line: str) -> float:

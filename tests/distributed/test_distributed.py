@@ -181,3 +181,23 @@ def test_batch_norm_shares_add_up_to_the_global_norm(tmp_path) -> None:
     ref.backward()
     assert float(got["sum"]) == pytest.approx(float(ref.detach()), rel=1e-6)
     assert torch.allclose(got["grad"], full.grad, atol=1e-7)
+
+
+def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
+    """--minibatch sampled on 2 ranks (each samples its own slice; sparse gradients averaged by hand): with a
+    fan-out covering every neighbour it follows the one-process sampled run, also across a resume (each rank
+    holds the lazy Adam moments of its own rows; the checkpoint gathers them), and records the ranks' CPU time."""
+    common = ("-b", "lightgcn", "--batch-size", "128", "--seed", "7", "--reg-weight", "1e-4",
+              "--device", "cpu", "--minibatch", "sampled", "--fanout", "1000", "--threads", "1")
+    _cli(ws.root, "train", "-n", "one", "--epochs", "2", *common)
+    _cli(ws.root, "train", "-n", "two", "--epochs", "1", *common, "--nproc", "2")
+    _cli(ws.root, "train", "-n", "two", "--resume", "--epochs", "2", "--nproc", "2")  # moments gathered, re-split
+    m1, m2 = ([json.loads(x) for x in (ws.run_dir(n) / "metrics.jsonl").read_text().splitlines()]
+              for n in ("one", "two"))
+    assert [r["epoch"] for r in m1] == [r["epoch"] for r in m2] == [1, 2]
+    for a, b in zip(m1, m2):
+        assert b["loss"]["bpr"] == pytest.approx(a["loss"]["bpr"], abs=2e-3)
+        assert b["loss"]["reg"] == pytest.approx(a["loss"]["reg"], rel=1e-2)
+        for k, v in a["valid"].items():
+            assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
+        assert a["time"]["train_cpu_s"] > 0 and b["time"]["train_cpu_s"] > 0

@@ -1,0 +1,188 @@
+"""--minibatch sampled: the neighbour sampler, the per-batch forward, and the trainer's refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.graphs import norm_adj_symmetric
+from mrdib_cli.graphs.bipartite import to_torch_sparse
+from mrdib_cli.graphs.sampling import CSRGraph, horner_mean, sample_blocks
+from mrdib_cli.models.base import MiniBatch, sampled_backbones
+from tests.models.test_backbones import _batch, _build
+from tests.synth_data import make_dataset
+
+
+@pytest.fixture(scope="module")
+def handle(tmp_path_factory):
+    return DatasetHandle(make_dataset(tmp_path_factory.mktemp("mb"), n_users=40, n_items=25, per_user=6))
+
+
+def _dense_grads(model):
+    return {n: (p.grad.to_dense() if p.grad.is_sparse else p.grad).clone()
+            for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("name,over", [("lightgcn", {"n_layers": 1}), ("lightgcn", {"n_layers": 3}),
+                                       ("vbpr", {})])
+def test_sampled_step_equals_full_step_when_fanout_covers_every_neighbour(handle, name, over):
+    """With a fan-out above the largest degree nothing is sampled away: same loss and same gradients."""
+    batch = _batch(handle)
+    full = _build(name, handle, **over)
+    terms = full.loss(batch, full.propagate())
+    sum(terms.values()).backward()
+    sampled = _build(name, handle, **over)
+    emb, local = sampled.propagate_batch(batch, MiniBatch((10_000,), torch.Generator().manual_seed(1)))
+    terms_s = sampled.loss(local, emb)
+    sum(terms_s.values()).backward()
+    for k in terms:
+        assert torch.allclose(terms[k], terms_s[k], rtol=1e-5, atol=1e-7), k
+    gf, gs = _dense_grads(full), _dense_grads(sampled)
+    assert gf.keys() == gs.keys()
+    for k in gf:
+        assert torch.allclose(gf[k], gs[k], rtol=1e-4, atol=1e-7), k
+
+
+def test_sampled_tables_get_sparse_gradients(handle):
+    model = _build("lightgcn", handle)
+    emb, local = model.propagate_batch(_batch(handle), MiniBatch((3,), torch.Generator().manual_seed(0)))
+    sum(model.loss(local, emb).values()).backward()
+    assert model.user_embedding.grad.is_sparse and model.item_embedding.grad.is_sparse
+
+
+def test_sampler_is_unbiased_and_bounded():
+    """E[sampled Â x] = Â x, and no node keeps more than its fan-out."""
+    rng = np.random.default_rng(0)
+    import scipy.sparse as sp
+
+    r = sp.random(30, 20, density=0.4, format="csr", random_state=1)
+    r.data[:] = 1.0
+    adj = to_torch_sparse(norm_adj_symmetric(r))
+    graph = CSRGraph(adj)
+    x = torch.from_numpy(rng.standard_normal((50, 4))).double()
+    seeds = torch.arange(50)
+    exact = torch.sparse.mm(adj.to_sparse_coo().double(), x)
+    gen = torch.Generator().manual_seed(0)
+    acc = torch.zeros_like(exact)
+    n = 4000
+    for _ in range(n):
+        nodes, blocks = sample_blocks(graph, seeds, [3], gen)
+        est = horner_mean(blocks, x[nodes[-1]]) * 2 - x  # mean of layers 0 and 1 -> layer 1
+        acc += est
+        assert int(torch.bincount(blocks[0].dst, minlength=50).max()) <= 3
+    assert graph.degree.max() > 3  # some nodes were really sampled
+    assert float((acc / n - exact).abs().max()) < 0.05  # without the deg/k weights: off by ~exact itself
+
+
+def test_nested_node_sets_keep_the_frontier_first():
+    import scipy.sparse as sp
+
+    r = sp.random(12, 9, density=0.5, format="csr", random_state=2)
+    r.data[:] = 1.0
+    graph = CSRGraph(to_torch_sparse(norm_adj_symmetric(r)))
+    nodes, _ = sample_blocks(graph, torch.tensor([5, 3, 5, 14]), [2, 2], torch.Generator().manual_seed(0))
+    assert nodes[0].tolist() == [3, 5, 14]
+    for a, b in zip(nodes, nodes[1:]):
+        assert torch.equal(b[:len(a)], a) and len(set(b.tolist())) == len(b)
+
+
+def test_sampled_backbones_declared():
+    assert {"lightgcn", "vbpr"} <= set(sampled_backbones())
+    assert "mgcn" not in sampled_backbones()
+
+
+def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
+    assert cli("prepare", "demo")[0] == 0
+    code, _, err = cli("train", "-b", "lightgcn", "--epochs", "2", "--threads", "1", "--minibatch", "sampled",
+                       "--fanout", "5", "-n", "s")
+    assert code == 0, err
+    import json
+
+    conf = json.loads((workdir / "runs" / "s" / "config.json").read_text())
+    assert conf["train"]["minibatch"] == "sampled" and conf["train"]["fanout"] == [5]
+    res = json.loads((workdir / "runs" / "s" / "results.json").read_text())
+    assert res["test"]["recall@20"] >= 0
+    code, _, err = cli("train", "-b", "lightgcn", "--epochs", "1", "--minibatch", "sampled", "-n", "s",
+                       "--resume")
+    assert code == 0, err
+    code, _, err = cli("train", "-b", "mgcn", "--epochs", "1", "--minibatch", "sampled", "-n", "m")
+    assert code == 2 and "not available for mgcn" in err and "Traceback" not in err
+    assert not (workdir / "runs" / "m").exists()
+    code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "tiny", "-n", "t")
+    assert code == 2 and "minibatch must be" in err
+
+
+def test_vbpr_step_forward_is_bit_identical_to_the_full_forward(handle):
+    """The default mode's saving (only the batch's items projected) moves no bit of the loss or gradients."""
+    batch = _batch(handle, n=64, seed=3)
+    out = []
+    for step in (True, False):
+        model = _build("vbpr", handle)
+        model.train()
+        emb = model.propagate_step(batch) if step else model.propagate()
+        terms = model.loss(batch, emb)
+        sum(terms.values()).backward()
+        out.append(({k: v.detach() for k, v in terms.items()}, _dense_grads(model)))
+    (ta, ga), (tb, gb) = out
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert ga.keys() == gb.keys() and all(torch.equal(ga[k], gb[k]) for k in ga)
+
+
+def test_row_adam_matches_sparse_adam():
+    """Our lazy Adam makes the update torch's SparseAdam makes (touched rows only, global-step bias terms)."""
+    from mrdib_cli.training.trainer import RowAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(30, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    start, touched = a.detach().clone(), torch.zeros(30, dtype=torch.bool)
+    opt_a, opt_b = RowAdam([a], lr=0.01), torch.optim.SparseAdam([b], lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        ids = torch.randint(0, 30, (12,), generator=g)
+        w = torch.randn(12, 4, generator=g)
+        touched[ids] = True
+        for p, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (torch.nn.functional.embedding(ids, p, sparse=True) * w).sum().backward()
+            opt.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    assert (~touched).any() and torch.equal(a[~touched], start[~touched])
+    assert not torch.allclose(a[touched], start[touched])
+
+
+def test_runs_from_before_the_option_keep_their_identity(cli, workdir):
+    """A run folder written before --minibatch existed (no minibatch/fanout in config.json) still resumes."""
+    import json
+
+    assert cli("prepare", "demo")[0] == 0
+    assert cli("train", "-b", "lightgcn", "--epochs", "1", "--threads", "1", "-n", "old")[0] == 0
+    path = workdir / "runs" / "old" / "config.json"
+    conf = json.loads(path.read_text())
+    for k in ("minibatch", "fanout"):
+        del conf["train"][k]
+    path.write_text(json.dumps(conf))
+    code, _, err = cli("train", "--resume", "-n", "old", "--epochs", "2", "--threads", "1")
+    assert code == 0, err
+    code, _, err = cli("train", "--resume", "-n", "old", "--epochs", "3", "--minibatch", "sampled")
+    assert code == 2 and "different configuration" in err
+
+
+def test_vbpr_sampled_step_with_mrdib(handle):
+    """MRdIB on VBPR in sampled mode: its terms come from the batch's rows and their gradients reach the
+    bottleneck and the tables (sparse)."""
+    from mrdib_cli.training.plugin import create_plugin, forward_terms
+
+    model = _build("vbpr", handle)
+    plugin = create_plugin("mrdib", {})
+    plugin.attach(model)
+    model.train(), plugin.train()
+    emb, terms = forward_terms(model, plugin, _batch(handle, n=32), MiniBatch((10,), torch.Generator()))
+    assert {"bpr", "reg", "kl", "uni"} <= set(terms)
+    total = sum(terms.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert model.i_embedding.grad.is_sparse
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in plugin.parameters())
