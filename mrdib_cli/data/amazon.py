@@ -141,35 +141,43 @@ def meta_record(d: dict[str, Any]) -> dict[str, str | None]:
     }
 
 
-def parse_meta(path: Path, wanted: Iterable[str] | None = None,
-               report: ParseReport | None = None) -> tuple[dict[str, dict[str, str | None]], ParseReport]:
-    """asin -> item columns, for the ``wanted`` asins (all when None).
+def literal_dict(line: str) -> dict[str, Any]:
+    """One 2014 metadata line: a Python dict literal (not JSON)."""
+    d = ast.literal_eval(line.strip())
+    if not isinstance(d, dict):
+        raise ValueError(f"a {type(d).__name__}, not a dict")
+    return d
 
-    Full ``literal_eval`` is costly (metadata lines carry long ``related`` lists), so lines of items that
-    are not wanted are only checked for a readable asin; every wanted line is parsed fully.
+
+def parse_meta(path: Path, wanted: Iterable[str] | None = None, report: ParseReport | None = None, *,
+               lines: Callable[[Path], Iterator[tuple[int, str]]] = _lines, id_re: re.Pattern[str] = _ASIN_RE,
+               id_key: str = "asin", decode: Callable[[str], dict[str, Any]] = literal_dict,
+               record: Callable[[dict[str, Any]], dict[str, str | None]] = meta_record,
+               what: str = "a Python dict literal") -> tuple[dict[str, dict[str, str | None]], ParseReport]:
+    """item id -> item columns, for the ``wanted`` ids (all when None); 2014 by default, other releases pass
+    their line reader, id field, decoder and record.
+
+    Full decoding is costly (2014 metadata lines carry long ``related`` lists), so lines of items that are
+    not wanted are only checked for a readable id; every wanted line is parsed fully.
     """
     rep = report or ParseReport(str(path))
     want = set(wanted) if wanted is not None else None
     out: dict[str, dict[str, str | None]] = {}
-    for n, line in _lines(path):
+    for n, line in lines(path):
         if not line.strip():
             continue
         rep.n_lines += 1
-        m = _ASIN_RE.search(line)
+        m = id_re.search(line)
         if m is None:
-            rep.bad(n, "no asin field")
+            rep.bad(n, f"no {id_key} field")
             continue
         if want is not None and m.group(1) not in want:
             continue
         try:
-            d = ast.literal_eval(line.strip())
-            if not isinstance(d, dict):
-                raise ValueError(f"a {type(d).__name__}, not a dict")
-            asin = d["asin"]
+            d = decode(line)
+            out[str(d[id_key])] = record(d)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, KeyError) as e:
-            rep.bad(n, f"not a Python dict literal ({type(e).__name__})")
-            continue
-        out[str(asin)] = meta_record(d)
+            rep.bad(n, f"not {what} ({type(e).__name__})")
     return out, rep
 
 

@@ -159,27 +159,16 @@ def meta_record(d: dict[str, Any]) -> dict[str, str | None]:
             "description": desc, "image_url": largest_image(d.get("images"))}
 
 
+def json_dict(line: str) -> dict[str, Any]:
+    """One 2023 metadata line: a JSON object."""
+    d = json.loads(line)
+    if not isinstance(d, dict):
+        raise TypeError(f"a {type(d).__name__}, not an object")
+    return d
+
+
 def parse_meta(path: Path, wanted: Iterable[str] | None = None,
                report: ParseReport | None = None) -> tuple[dict[str, dict[str, str | None]], ParseReport]:
     """parent_asin -> item columns for the ``wanted`` items; other lines are only checked for an id."""
-    rep = report or ParseReport(str(path))
-    want = set(wanted) if wanted is not None else None
-    out: dict[str, dict[str, str | None]] = {}
-    for n, line in _text_lines(path):
-        if not line.strip():
-            continue
-        rep.n_lines += 1
-        m = _PARENT_RE.search(line)
-        if m is None:
-            rep.bad(n, "no parent_asin field")
-            continue
-        if want is not None and m.group(1) not in want:
-            continue
-        try:
-            d = json.loads(line)
-            if not isinstance(d, dict):
-                raise TypeError(f"a {type(d).__name__}, not an object")
-            out[str(d["parent_asin"])] = meta_record(d)
-        except (json.JSONDecodeError, TypeError, KeyError) as e:
-            rep.bad(n, f"not a JSON object ({type(e).__name__})")
-    return out, rep
+    return amazon.parse_meta(path, wanted, report, lines=_text_lines, id_re=_PARENT_RE, id_key="parent_asin",
+                             decode=json_dict, record=meta_record, what="a JSON object")
