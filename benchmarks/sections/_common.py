@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -162,7 +163,14 @@ def run_dir_result(run_dir: Path) -> dict[str, Any]:
             "valid": {m: res["valid"][m] for m in METRICS}, "test": {m: res["test"][m] for m in METRICS},
             "train_s_per_epoch": float(np.median(train_s)) if train_s else None,
             "valid_s_per_pass": float(np.median(valid_s)) if valid_s else None,
-            "per_user": str(run_dir / "per_user-test.parquet")}
+            "per_user": str(run_dir / f"per_user-{_test_tag(run_dir)}.parquet")}
+
+
+def _test_tag(run_dir: Path) -> str:
+    """The tag the trainer gave the run's test evaluation (it names the cut-offs when they are not the default)."""
+    from mrdib_cli.evaluation.engine import result_tag
+
+    return result_tag("test", ks=json.loads((run_dir / "config.json").read_text())["train"]["ks"])
 
 
 def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
@@ -176,15 +184,27 @@ def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
         if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
             return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "device": old.get("device"),
                     "gpu": old.get("gpu"), "reused": True}
-    t0 = time.perf_counter()
-    p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
-    wall = time.perf_counter() - t0
+    with _slots(ctx.jobs):
+        t0 = time.perf_counter()
+        p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
+        wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"training {spec.name} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
     gpu = _gpu_name() if ctx.device == "cuda" else None
     stamp.write_text(json.dumps({"key": key, "wall_s": wall, "device": ctx.device, "gpu": gpu}))
     return {**out, **run_dir_result(run_dir), "wall_s": round(wall, 1), "device": ctx.device, "gpu": gpu,
             "reused": False}
+
+
+_SLOTS: dict[int, threading.Semaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _slots(jobs: int) -> threading.Semaphore:
+    """One semaphore per job count, shared by every :func:`train_many` call, so a section may run independent
+    pipelines in threads (one per backbone) and still never train more than ``jobs`` runs at once."""
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(max(jobs, 1), threading.Semaphore(max(jobs, 1)))
 
 
 def _gpu_name() -> str | None:

@@ -1,27 +1,34 @@
-"""The MRdIB readings study (issue #25): tuned plain backbones against each reading of the plug-in at its
+"""The MRdIB readings study (issue #25): tuned plain backbones against the plug-in's readings at their
 validation-selected alphas, on Amazon Scientific over six splits, with what MMRec's select-on-test rule would
 have reported beside every honest number.
 
-Protocol, fixed before any number is seen and applied mechanically:
-1. **Fair baselines.** Each plain backbone is tuned on validation over its grid (``Backbone.mmrec_grid``,
-   the grids of examples/sweeps/), chronological split, sweep seeds; best mean valid Recall@20 wins. Every
-   MRdIB run below uses the tuned backbone's hyper-parameters.
-2. **Alphas per reading.** For each reading (``READINGS``: today's, the lab's conventions, and each
-   convention switched on alone) and backbone: alpha_kl x alpha_uni over the paper's grid at alpha_red
-   0.05, then alpha_red over the paper's grid at the best pair (coordinate search); best mean valid Recall@20.
-3. **Test.** Tuned plain vs each reading at its selected alphas on the chronological split and the five
-   leave-one-out re-splits, every seed; Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon over the
-   pooled (split, seed, user) pairs. Plus ``--mrdib`` with no option on the chronological split (the default's
-   acceptance check).
-4. **Selection bias** (labelled): per reading, MMRec's rule over the step-2 grid runs (the point with the best
-   *test* score, per seed) against the validation-selected one; and the null control, the same rule over
-   ``NULL_SEEDS`` seeds of the tuned plain backbone treated as configurations.
-5. **Evidence for the default.** Per reading, the mean relative valid Recall@20 gain over tuned plain, over
-   backbones and splits (step-3 runs); and the step-2 alpha point common to every backbone with the best mean
-   relative valid gain. The default of ``--mrdib`` follows this table, not the other way round.
+The design is bounded to what one 2-core CPU trains in about 90 minutes (about 220 runs); every cut is a named
+constant below and is printed with the table. Protocol, fixed before any number is seen and applied mechanically:
 
-``--quick`` is a smoke check on the offline demo (two backbones, two readings, two alpha points, one seed,
-capped epochs): it proves the pipeline end to end and measures nothing.
+1. **Fair baselines.** Each plain backbone is tuned on validation over its grid (``Backbone.mmrec_grid``, the
+   grids of examples/sweeps/) by coordinate search: the first axis at the backbone's defaults, then each next
+   axis at the best point so far; chronological split, ``SWEEP_SEEDS``; best valid Recall@20 wins. Every MRdIB
+   run below uses the tuned backbone's hyper-parameters.
+2. **Alphas per reading** (``READINGS``: today's and the lab's conventions): alpha_kl over the paper's grid at
+   the default alpha_uni and alpha_red, then alpha_uni over the grid at the best alpha_kl (alpha_red stays at its
+   default: the redundancy term is nearly inert, see the ablation).
+3. **Screen of the single conventions** (``SCREEN``): each of the lab's conventions switched on alone over
+   today's reading at today's selected alphas, on ``SCREEN_BACKBONES``, chronological split, ``SWEEP_SEEDS``:
+   which convention moves validation, and which way.
+4. **Test.** Tuned plain vs each reading at its selected alphas on the chronological split (``ctx.seeds``) and
+   the five leave-one-out re-splits (``LOO_SEEDS``); Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon
+   over the pooled (split, seed, user) pairs. Plus ``--mrdib`` with no option on the chronological split for
+   ``DEFAULT_BACKBONES`` (the default's acceptance check).
+5. **Selection bias** (labelled): per reading, MMRec's rule over the step-2 runs (the point with the best *test*
+   score) against the validation-selected one; and the null control, the same rule over ``NULL_SEEDS`` seeds of
+   the tuned plain backbone treated as configurations.
+6. **Evidence for the default.** Per reading, the mean relative valid Recall@20 gain over tuned plain at its
+   selected alphas, over backbones, splits and seeds (step-4 runs); and the step-2 point common to every backbone
+   with the best mean relative valid gain. The default of ``--mrdib`` follows this table (docs/mrdib.md).
+
+Backbones run as independent pipelines in threads; ``train_many`` never trains more than ``ctx.jobs`` at once.
+``--quick`` is a smoke check on the offline demo (two backbones, two alpha points, one seed, capped epochs): it
+proves the pipeline end to end and measures nothing.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from typing import Any
 
 from benchmarks.sections._common import Context, TrainSpec, fmt_mean_std, md_table, mean_std, paired, train_many
@@ -40,10 +49,10 @@ BACKBONES = ["vbpr", "lgmrec", "freedom", "mgcn"]
 QUICK_BACKBONES = ["vbpr", "lgmrec"]
 #: the paper's per-alpha grid
 ALPHAS = [1e-4, 1e-3, 5e-3, 1e-2, 5e-2]
-#: each reading as plug-in options: today's, the lab's conventions (preset paper), and each convention alone
-READINGS: dict[str, dict[str, Any]] = {
-    "current": {"preset": "current"},
-    "paper": {"preset": "paper"},
+#: the readings searched and tested in full: today's and the lab's conventions
+READINGS: dict[str, dict[str, Any]] = {"current": {"preset": "current"}, "paper": {"preset": "paper"}}
+#: each of the lab's conventions alone over today's reading (screened on validation, step 3)
+SCREEN: dict[str, dict[str, Any]] = {
     "mean KL, prior 0.5": {"kl_reduction": "mean", "prior_std": 0.5},
     "input placement, raw units": {"placement": "input", "units": "raw"},
     "dual path": {"dual_path": True},
@@ -51,11 +60,14 @@ READINGS: dict[str, dict[str, Any]] = {
     "redundancy: 5 critic steps, no gate": {"minmax": "step", "critic_steps": 5, "red_gate": "always"},
     "synergy head": {"synergy_head": "mlp"},
 }
-QUICK_READINGS = ["current", "paper"]
+SCREEN_BACKBONES = ["vbpr", "lgmrec"]
+DEFAULT_BACKBONES = ["vbpr", "lgmrec"]
+SWEEP_SEEDS = [1]
+LOO_SEEDS = [1]
+NULL_SEEDS = list(range(1, 7))
 METRICS6 = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)]
 KS = ["--set", "ks=[5,10,20]"]
 QUICK_EPOCHS = 3
-NULL_SEEDS = list(range(1, 11))
 
 
 # ------------------------------------------------------------------------------------------------ specs
@@ -70,13 +82,19 @@ def hp_args(hp: dict[str, Any]) -> list[str]:
 
 def make_spec(ctx: Context, ds: str, bb: str, seed: int, hp: dict[str, Any],
               opts: dict[str, Any] | None) -> TrainSpec:
-    """One run: backbone ``bb`` at grid point ``hp``, plain (``opts`` None) or with MRdIB options ``opts``."""
+    """One run: backbone ``bb`` at grid point ``hp``, plain (``opts`` None) or with MRdIB options ``opts``.
+
+    ``opts == {}`` is ``--mrdib`` with no option: its name carries the defaults it resolves to today, so a
+    changed default is a new run, never a stale reuse."""
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
+
     cap = ["--epochs", str(QUICK_EPOCHS)] if ctx.quick else []
-    name = f"rd-{bb}-{ds}-s{seed}-{_tag(hp)}-{'plain' if opts is None else _tag(opts)}"
+    arm = "plain" if opts is None else _tag(opts or {"defaults": asdict(MRdIBConfig.resolve({}))})
+    name = f"rd-{bb}-{ds}-s{seed}-{_tag(hp)}-{arm}"
     return TrainSpec(dataset=ds, backbone=bb, seed=seed, name=name, mrdib=opts, args=[*KS, *hp_args(hp), *cap])
 
 
-def backbone_grid(bb: str, quick: bool) -> list[dict[str, Any]]:
+def grid_axes(bb: str, quick: bool) -> dict[str, list[Any]]:
     """The backbone's declared grid (quick: the first two values of its first axis)."""
     from mrdib_cli.models.base import get_backbone
 
@@ -84,19 +102,33 @@ def backbone_grid(bb: str, quick: bool) -> list[dict[str, Any]]:
     if quick:
         first = next(iter(axes))
         axes = {first: axes[first][:2]}
+    return axes
+
+
+def backbone_grid(bb: str, quick: bool) -> list[dict[str, Any]]:
+    """Every point of the backbone's grid (what a full search would train)."""
+    axes = grid_axes(bb, quick)
     return [dict(zip(axes, vals)) for vals in itertools.product(*axes.values())]
 
 
-def alpha_grid(quick: bool) -> list[dict[str, float]]:
-    """Step 2a: alpha_kl x alpha_uni at alpha_red 0.05 (quick: two alpha_kl values)."""
-    if quick:
-        return [{"alpha_kl": k, "alpha_uni": 5e-3, "alpha_red": 5e-2} for k in (1e-4, 5e-3)]
-    return [{"alpha_kl": k, "alpha_uni": u, "alpha_red": 5e-2} for k in ALPHAS for u in ALPHAS]
+def backbone_defaults(bb: str, axes: dict[str, list[Any]]) -> dict[str, Any]:
+    """The backbone's own value of every grid axis (``train.*`` axes: the trainer's default)."""
+    from mrdib_cli.models.base import get_backbone
+    from mrdib_cli.training.config import TrainConfig
+
+    d = get_backbone(bb).defaults
+    return {k: getattr(TrainConfig(), k.split(".", 1)[1]) if k.startswith("train.") else d[k] for k in axes}
 
 
-def red_grid(best: dict[str, float], quick: bool) -> list[dict[str, float]]:
-    """Step 2b: alpha_red over the paper's grid at the selected (alpha_kl, alpha_uni)."""
-    return [] if quick else [{**best, "alpha_red": r} for r in ALPHAS]
+def alpha_stage(stage: str, best_kl: float | None, quick: bool) -> list[dict[str, float]]:
+    """Step 2: alpha_kl over the grid at the default alpha_uni / alpha_red, or alpha_uni at the best alpha_kl."""
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
+
+    d = MRdIBConfig()
+    grid = [ALPHAS[0], ALPHAS[2]] if quick else ALPHAS
+    if stage == "kl":
+        return [{"alpha_kl": k, "alpha_uni": d.alpha_uni, "alpha_red": d.alpha_red} for k in grid]
+    return [] if quick else [{"alpha_kl": best_kl, "alpha_uni": u, "alpha_red": d.alpha_red} for u in grid]
 
 
 # ------------------------------------------------------------------------------------------------ steps
@@ -120,37 +152,52 @@ def with_at5(ctx: Context, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return runs
 
 
-def tune_plain(ctx: Context, backbones: list[str], seeds: list[int]) -> dict[str, Any]:
-    """Step 1: each plain backbone's grid point with the best mean valid Recall@20."""
-    specs = {(bb, _tag(hp)): [make_spec(ctx, "sci", bb, s, hp, None) for s in seeds]
-             for bb in backbones for hp in backbone_grid(bb, ctx.quick)}
-    by_name = {r["run"]: r for r in train_many(ctx, [sp for g in specs.values() for sp in g])}
-    out = {}
-    for bb in backbones:
-        grid = backbone_grid(bb, ctx.quick)
-        groups = {_tag(hp): [by_name[sp.name] for sp in specs[(bb, _tag(hp))]] for hp in grid}
-        best = pick(groups)
-        out[bb] = {"hp": next(h for h in grid if _tag(h) == best), "grid_size": len(grid),
-                   "valid_recall@20": valid_mean(groups[best]),
-                   "table": [{"hp": h, "valid_recall@20": valid_mean(groups[_tag(h)])} for h in grid]}
-    return out
+def tune_plain(ctx: Context, bb: str) -> dict[str, Any]:
+    """Step 1 for one backbone: coordinate search over its grid; returns the selection and every point tried."""
+    axes = grid_axes(bb, ctx.quick)
+    best = backbone_defaults(bb, axes)
+    tried: dict[str, dict[str, Any]] = {}
+    for axis, values in axes.items():
+        points = [{**best, axis: v} for v in values]
+        specs = [make_spec(ctx, "sci", bb, s, hp, None) for hp in points for s in SWEEP_SEEDS]
+        done = {r["run"]: r for r in train_many(ctx, specs)}
+        groups = {_tag(hp): [done[make_spec(ctx, "sci", bb, s, hp, None).name] for s in SWEEP_SEEDS]
+                  for hp in points}
+        for hp in points:
+            tried[_tag(hp)] = {"hp": hp, "valid_recall@20": valid_mean(groups[_tag(hp)])}
+        best = next(hp for hp in points if _tag(hp) == pick(groups))
+    return {"hp": best, "grid_size": len(backbone_grid(bb, ctx.quick)), "points_trained": len(tried),
+            "valid_recall@20": tried[_tag(best)]["valid_recall@20"], "table": list(tried.values())}
 
 
-def select_alphas(ctx: Context, bb: str, hp: dict[str, Any], reading: dict[str, Any],
-                  seeds: list[int]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Step 2 for one backbone and reading: the coordinate search; returns (selected point, every run)."""
-    def runs_for(points: list[dict[str, float]]) -> dict[str, list[dict[str, Any]]]:
-        specs = [make_spec(ctx, "sci", bb, s, hp, {**reading, **p}) for p in points for s in seeds]
+def select_alphas(ctx: Context, bb: str, hp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    """Step 2 for one backbone, every reading at once: returns ({reading: selection}, {reading: every run})."""
+    def train(points: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        specs = [make_spec(ctx, "sci", bb, s, hp, {**READINGS[n], **p}) for n, ps in points.items()
+                 for p in ps for s in SWEEP_SEEDS]
         done = with_at5(ctx, train_many(ctx, specs))
-        return {json.dumps(p, sort_keys=True): [r for r in done if r["mrdib"] == {**reading, **p}] for p in points}
+        return {n: {json.dumps(p, sort_keys=True): [r for r in done if r["mrdib"] == {**READINGS[n], **p}]
+                    for p in ps} for n, ps in points.items()}
 
-    first = runs_for(alpha_grid(ctx.quick))
-    best = json.loads(pick(first))
-    second = runs_for(red_grid(best, ctx.quick))
-    groups = {**first, **second}
-    sel = json.loads(pick(groups))
-    every = [dict(r, point=k) for k, rs in groups.items() for r in rs]
+    first = train({n: alpha_stage("kl", None, ctx.quick) for n in READINGS})
+    best_kl = {n: json.loads(pick(g))["alpha_kl"] for n, g in first.items()}
+    second = train({n: alpha_stage("uni", best_kl[n], ctx.quick) for n in READINGS})
+    sel, every = {}, {}
+    for n in READINGS:
+        groups = {**first[n], **second[n]}
+        key = pick(groups)
+        sel[n] = {"selected": json.loads(key), "valid_recall@20": valid_mean(groups[key]),
+                  "table": [{"point": json.loads(k), "valid_recall@20": valid_mean(v)} for k, v in groups.items()]}
+        every[n] = [dict(r, point=k) for k, rs in groups.items() for r in rs]
     return sel, every
+
+
+def screen(ctx: Context, bb: str, hp: dict[str, Any], current: dict[str, float]) -> dict[str, Any]:
+    """Step 3: each convention alone over today's reading at today's selected alphas (validation only)."""
+    base = {**READINGS["current"], **current}
+    specs = {n: [make_spec(ctx, "sci", bb, s, hp, {**base, **sw}) for s in SWEEP_SEEDS] for n, sw in SCREEN.items()}
+    done = {r["run"]: r for r in train_many(ctx, [sp for g in specs.values() for sp in g])}
+    return {n: valid_mean([done[sp.name] for sp in g]) for n, g in specs.items()}
 
 
 def grid_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,9 +223,49 @@ def rel_valid_gain(arm: list[dict[str, Any]], plain: list[dict[str, Any]]) -> fl
     return mean_std(gains)[0] if gains else float("nan")
 
 
+def test_specs(ctx: Context, splits: list[str], bb: str, hp: dict[str, Any],
+               opts: dict[str, Any] | None) -> list[TrainSpec]:
+    """Step 4's runs of one arm: the chronological split at every seed, each re-split at ``LOO_SEEDS``."""
+    return [make_spec(ctx, ds, bb, s, hp, opts) for ds in splits
+            for s in (ctx.seeds if ds == "sci" else LOO_SEEDS)]
+
+
+def compare(ctx: Context, base: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**run_summary(arm), "paired": paired(base, arm, METRICS6), "valid_gain": rel_valid_gain(arm, base)}
+
+
+def pipeline(ctx: Context, bb: str, splits: list[str], null_seeds: list[int]) -> dict[str, Any]:
+    """Steps 1 to 5 for one backbone (independent of the others, so backbones run side by side)."""
+    from mrdib_cli.evaluation.selection import null_control, selection_bias
+
+    ctx.log(f"[{bb}] 1. tuning the plain backbone")
+    plain = tune_plain(ctx, bb)
+    hp = plain["hp"]
+    ctx.log(f"[{bb}] 2. alphas per reading at {hp}")
+    alphas, grids = select_alphas(ctx, bb, hp)
+    scr = None
+    if bb in SCREEN_BACKBONES and not ctx.quick:
+        ctx.log(f"[{bb}] 3. screening the single conventions")
+        scr = screen(ctx, bb, hp, alphas["current"]["selected"])
+    ctx.log(f"[{bb}] 4. test: every split and seed")
+    arms = {"plain": None, **{n: {**r, **alphas[n]["selected"]} for n, r in READINGS.items()}}
+    specs = {a: test_specs(ctx, splits, bb, hp, o) for a, o in arms.items()}
+    nulls = [make_spec(ctx, "sci", bb, s, hp, None) for s in null_seeds]
+    unique = list({sp.name: sp for sp in [*itertools.chain(*specs.values()), *nulls]}.values())
+    by_name = {r["run"]: r for r in with_at5(ctx, train_many(ctx, unique))}
+    res = {a: [by_name[sp.name] for sp in g] for a, g in specs.items()}
+    test = {"plain": run_summary(res["plain"])}
+    test.update({n: compare(ctx, res["plain"], res[n]) for n in READINGS})
+    bias = {f"{bb} + MRdIB ({n})": selection_bias(grid_rows(grids[n]), select_on_test=True) for n in READINGS}
+    bias[f"{bb} plain, {len(null_seeds)} seeds as configurations (null control)"] = null_control(
+        [{"seed": by_name[sp.name]["seed"], "valid": by_name[sp.name]["valid"], "test": by_name[sp.name]["test"]}
+         for sp in nulls], select_on_test=True)
+    return {"plain": plain, "alphas": alphas, "screen": scr, "test": test, "bias": bias, "grids": grids,
+            "plain_runs": res["plain"]}
+
+
 def run(ctx: Context) -> dict[str, Any]:
     from benchmarks.sections import quality_demo, quality_scientific
-    from mrdib_cli.evaluation.selection import null_control, selection_bias
 
     if ctx.quick:  # the offline demo under the Scientific split's name, so every step below is the same
         quality_demo.build_dataset(ctx)
@@ -187,58 +274,27 @@ def run(ctx: Context) -> dict[str, Any]:
     else:
         splits = quality_scientific.prepare(ctx)
     backbones = QUICK_BACKBONES if ctx.quick else BACKBONES
-    readings = {k: READINGS[k] for k in (QUICK_READINGS if ctx.quick else READINGS)}
-    seeds, sweep_seeds = ctx.seeds, ctx.seeds[:2]
-    null_seeds = ctx.seeds[:1] + [ctx.seeds[0] + 1] if ctx.quick else NULL_SEEDS
-    out: dict[str, Any] = {"splits": splits, "seeds": seeds, "sweep_seeds": sweep_seeds, "readings": readings,
-                           "alpha_grid": ALPHAS, "epochs_cap": QUICK_EPOCHS if ctx.quick else None}
+    null_seeds = [ctx.seeds[0], ctx.seeds[0] + 1] if ctx.quick else NULL_SEEDS
+    with ThreadPoolExecutor(max_workers=len(backbones)) as pool:
+        per = dict(zip(backbones, pool.map(lambda bb: pipeline(ctx, bb, splits, null_seeds), backbones)))
+    out: dict[str, Any] = {
+        "splits": splits, "seeds": ctx.seeds, "sweep_seeds": SWEEP_SEEDS, "loo_seeds": LOO_SEEDS,
+        "readings": READINGS, "screen_options": SCREEN, "alpha_grid": ALPHAS,
+        "epochs_cap": QUICK_EPOCHS if ctx.quick else None,
+        **{k: {bb: per[bb][k] for bb in backbones} for k in ("plain", "alphas", "test")},
+        "screen": {bb: per[bb]["screen"] for bb in backbones if per[bb]["screen"] is not None},
+        "bias": {k: v for bb in backbones for k, v in per[bb]["bias"].items()}}
+    out["default_evidence"] = default_evidence(out, {(bb, n): per[bb]["grids"][n] for bb in backbones
+                                                     for n in READINGS}, backbones, READINGS)
+    ctx.log(f"5. --mrdib with no option on the chronological split: {DEFAULT_BACKBONES}")
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
 
-    ctx.log(f"1. tuned plain backbones: {backbones} over their grids, seeds {sweep_seeds}")
-    out["plain"] = tune_plain(ctx, backbones, sweep_seeds)
-
-    ctx.log(f"2. alphas per reading ({len(readings)}) and backbone, seeds {sweep_seeds}")
-    out["alphas"], grids = {}, {}
-    for bb in backbones:
-        for name, reading in readings.items():
-            sel, runs = select_alphas(ctx, bb, out["plain"][bb]["hp"], reading, sweep_seeds)
-            out["alphas"].setdefault(bb, {})[name] = {"selected": sel, "valid_recall@20": valid_mean(
-                [r for r in runs if r["mrdib"] == {**reading, **sel}])}
-            grids[(bb, name)] = runs
-
-    ctx.log("3. test: tuned plain vs each reading at its alphas, every split and seed")
-    groups: dict[tuple[str, str], list[TrainSpec]] = {}
-    for bb in backbones:
+    out["default_options"] = asdict(MRdIBConfig.resolve({}))
+    for bb in [b for b in DEFAULT_BACKBONES if b in backbones]:
         hp = out["plain"][bb]["hp"]
-        groups[(bb, "plain")] = [make_spec(ctx, ds, bb, s, hp, None) for ds in splits for s in seeds]
-        groups[(bb, "--mrdib")] = [make_spec(ctx, "sci", bb, s, hp, {}) for s in seeds]
-        for name, reading in readings.items():
-            opts = {**reading, **out["alphas"][bb][name]["selected"]}
-            groups[(bb, name)] = [make_spec(ctx, ds, bb, s, hp, opts) for ds in splits for s in seeds]
-    null_specs = {bb: [make_spec(ctx, "sci", bb, s, out["plain"][bb]["hp"], None) for s in null_seeds]
-                  for bb in backbones}
-    unique = list({sp.name: sp for g in [*groups.values(), *null_specs.values()] for sp in g}.values())
-    by_name = {r["run"]: r for r in with_at5(ctx, train_many(ctx, unique))}
-    res = {k: [by_name[sp.name] for sp in g] for k, g in groups.items()}
-
-    out["test"] = {}
-    for bb in backbones:
-        plain = res[(bb, "plain")]
-        chron = [r for r in plain if r["dataset"] == "sci"]
-        rows = {"plain": run_summary(plain)}
-        for name in ["--mrdib", *readings]:
-            base = chron if name == "--mrdib" else plain
-            rows[name] = {**run_summary(res[(bb, name)]), "paired": paired(base, res[(bb, name)], METRICS6),
-                          "valid_gain": rel_valid_gain(res[(bb, name)], base)}
-        out["test"][bb] = rows
-
-    ctx.log("4. selection bias (labelled) and the null control")
-    out["bias"] = {f"{bb} + MRdIB ({name})": selection_bias(grid_rows(grids[(bb, name)]), select_on_test=True)
-                   for bb in backbones for name in readings}
-    out["bias"].update({f"{bb} plain, {len(null_seeds)} seeds as configurations (null control)":
-                        null_control([{"seed": r["seed"], "valid": r["valid"], "test": r["test"]}
-                                      for r in (by_name[sp.name] for sp in null_specs[bb])], select_on_test=True)
-                        for bb in backbones})
-    out["default_evidence"] = default_evidence(out, grids, backbones, readings)
+        runs = with_at5(ctx, train_many(ctx, [make_spec(ctx, "sci", bb, s, hp, {}) for s in ctx.seeds]))
+        base = [r for r in per[bb]["plain_runs"] if r["dataset"] == "sci"]
+        out["test"][bb]["--mrdib"] = compare(ctx, base, runs)
     return out
 
 
@@ -252,8 +308,8 @@ def _alias_demo(ctx: Context) -> None:
 
 def default_evidence(out: dict[str, Any], grids: dict[tuple[str, str], list[dict[str, Any]]],
                      backbones: list[str], readings: dict[str, Any]) -> dict[str, Any]:
-    """Step 5: per reading, the mean relative valid gain at the selected alphas over backbones x splits, and
-    the step-2a point (common to every backbone) with the best mean relative valid gain over backbones."""
+    """Step 6: per reading, the mean relative valid gain at the selected alphas over backbones x splits, and
+    the step-2 point (common to every backbone) with the best mean relative valid gain over backbones."""
     per_reading = {name: mean_std([out["test"][bb][name]["valid_gain"] for bb in backbones])[0]
                    for name in readings}
     common = {}
