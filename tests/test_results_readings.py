@@ -36,22 +36,40 @@ def test_specs_ask_for_k5_and_the_grid_point_and_name_every_arm_apart(tmp_path: 
     assert "--plugin" not in plain.argv(ctx) and "--plugin" in default.argv(ctx)
 
 
-def test_grids_follow_the_backbones_declaration() -> None:
+def test_grids_follow_the_backbones_declaration_and_the_search_starts_at_its_defaults() -> None:
     from mrdib_cli.models.base import get_backbone
+    from mrdib_cli.mrdib.objectives import MRdIBConfig
 
     full = rd.backbone_grid("mmgcn", quick=False)
     assert len(full) == 30 and all(set(p) == set(get_backbone("mmgcn").mmrec_grid) for p in full)
     assert rd.backbone_grid("vbpr", quick=True) == [{"reg_weight": 2.0}, {"reg_weight": 1.0}]
-    assert len(rd.alpha_grid(quick=False)) == 25 and {p["alpha_red"] for p in rd.alpha_grid(False)} == {0.05}
-    best = {"alpha_kl": 1e-3, "alpha_uni": 5e-3, "alpha_red": 5e-2}
-    assert [p["alpha_red"] for p in rd.red_grid(best, quick=False)] == rd.ALPHAS
+    axes = rd.grid_axes("lattice", quick=False)
+    start = rd.backbone_defaults("lattice", axes)
+    assert start["reg_weight"] == get_backbone("lattice").defaults["reg_weight"] and start["train.lr"] == 1e-3
+    d = MRdIBConfig()
+    kl = rd.alpha_stage("kl", None, quick=False)
+    assert [p["alpha_kl"] for p in kl] == rd.ALPHAS and {(p["alpha_uni"], p["alpha_red"]) for p in kl} == {
+        (d.alpha_uni, d.alpha_red)}
+    uni = rd.alpha_stage("uni", 1e-3, quick=False)
+    assert [p["alpha_uni"] for p in uni] == rd.ALPHAS and {p["alpha_kl"] for p in uni} == {1e-3}
     assert every_reading_is_a_valid_option_set()
+
+
+def test_the_default_rule_needs_a_gain_on_validation_else_takes_the_labs_conventions() -> None:
+    point = {"reading": "current", "point": {"alpha_kl": 1e-4, "alpha_uni": 5e-3, "alpha_red": 5e-2},
+             "mean_valid_gain": 0.02}
+    chosen = rd.choose_default({"current": 0.01, "paper": -0.03}, point)
+    assert chosen["options"] == {"preset": "current", **point["point"]}
+    assert rd.choose_default({"current": -0.01, "paper": -0.03}, point)["options"] == {"preset": "paper"}
+    assert rd.choose_default({"current": 0.01}, {**point, "mean_valid_gain": -0.01})["options"] == {
+        "preset": "paper"}
+    assert rd.choose_default({"current": 0.01}, None)["options"] == {"preset": "paper"}
 
 
 def every_reading_is_a_valid_option_set() -> bool:
     from mrdib_cli.mrdib.objectives import MRdIBConfig
 
-    for reading in rd.READINGS.values():
+    for reading in [*rd.READINGS.values(), *rd.SCREEN.values()]:
         MRdIBConfig.resolve(reading).validate()
     return True
 
@@ -100,13 +118,16 @@ def test_render_shows_every_table_and_labels_the_bias_rows() -> None:
            "bias": {"vbpr + MRdIB (paper)": selection_bias(grid, select_on_test=True),
                     "vbpr plain, 2 seeds (null control)": null_control(grid, select_on_test=True)},
            "default_evidence": {"selected_alphas": {"paper": 0.1},
-                                "common_point": {"reading": "paper", "point": sel, "mean_valid_gain": 0.08}}}
+                                "common_point": {"reading": "paper", "point": sel, "mean_valid_gain": 0.08},
+                                "choice": rd.choose_default({"paper": 0.1}, {"reading": "paper", "point": sel,
+                                                                             "mean_valid_gain": 0.08})}}
     json.dumps(res)  # the stored result must be JSON
     md = rd.render(res)
-    assert "| vbpr | 7 | reg_weight 0.01 | 0.1000 |" in md
-    assert "| vbpr | paper | α_kl 0.001, α_red 0.05, α_uni 0.005 | 0.1100 |" in md
+    assert "| vbpr | 7 | 7 | reg_weight 0.01 | 0.1000 |" in md
+    assert "| vbpr | paper | α_kl 0.001, α_red 0.05, α_uni 0.005 | 0.1100 | +10.0% |" in md
     assert "| paper | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | +20.0% | 0.040 | 5.0e-04 | +10.0% |" in md
     assert f"**{SELECT_ON_TEST_LABEL}**" in md and "| vbpr + MRdIB (paper) | 2 | 0.2000 | 0.2500 |" in md
     assert "paper +10.0%" in md and "mean relative valid R@20 gain +8.0%" in md
+    assert "(gains on validation): α_kl 0.001, α_red 0.05, α_uni 0.005, preset paper." in md
     assert "Quick mode" not in md
     assert "Quick mode" in rd.render({**res, "epochs_cap": 3})

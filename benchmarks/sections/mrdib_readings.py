@@ -321,9 +321,18 @@ def default_evidence(out: dict[str, Any], grids: dict[tuple[str, str], list[dict
                      / out["plain"][bb]["valid_recall@20"] - 1 for bb in backbones]
             common[(name, p)] = mean_std(gains)[0]
     best = max(common, key=common.get) if common else None
-    return {"selected_alphas": per_reading,
-            "common_point": None if best is None else {"reading": best[0], "point": json.loads(best[1]),
-                                                       "mean_valid_gain": common[best]}}
+    point = None if best is None else {"reading": best[0], "point": json.loads(best[1]),
+                                       "mean_valid_gain": common[best]}
+    return {"selected_alphas": per_reading, "common_point": point, "choice": choose_default(per_reading, point)}
+
+
+def choose_default(per_reading: dict[str, float], point: dict[str, Any] | None) -> dict[str, Any]:
+    """The rule for ``--mrdib``'s default, fixed before the study ran: the best common point's reading and
+    alphas when that reading gains on validation at its selected alphas and the point itself gains on
+    validation; otherwise the lab's conventions at the paper's alphas (no reading has earned the default)."""
+    if point and per_reading.get(point["reading"], float("nan")) > 0 and point["mean_valid_gain"] > 0:
+        return {"options": {**READINGS[point["reading"]], **point["point"]}, "why": "gains on validation"}
+    return {"options": {"preset": "paper"}, "why": "no reading gains on validation"}
 
 
 # ------------------------------------------------------------------------------------------------ render
@@ -332,7 +341,8 @@ def _p(p: float) -> str:
 
 
 def _opts(o: dict[str, Any]) -> str:
-    return ", ".join(f"{k.replace('alpha_', 'α_')} {v:g}" for k, v in sorted(o.items())) or "defaults"
+    return ", ".join(f"{k.replace('alpha_', 'α_')} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in sorted(o.items())) or "defaults"
 
 
 def _ordered(d: dict[str, Any], order: list[str]) -> list[tuple[str, Any]]:
@@ -345,42 +355,73 @@ def render(res: dict[str, Any]) -> str:
 
     cap = (f" **Quick mode: the offline demo, training capped at {res['epochs_cap']} epochs: a smoke check of the "
            "protocol, not a result.**" if res.get("epochs_cap") else "")
-    parts = [f"Splits {', '.join(res['splits'])}; seeds {res['seeds']} (selection on seeds {res['sweep_seeds']}); "
-             f"alpha grid {res['alpha_grid']}. Test metrics at the best-validation epoch." + cap, "",
-             "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
-    parts.append(md_table(["backbone", "grid points", "selected", "valid R@20"],
-                          [[bb, p["grid_size"], _opts(p["hp"]), f"{p['valid_recall@20']:.4f}"]
-                           for bb, p in _ordered(res["plain"], BACKBONES)]))
+    parts = [f"Splits {', '.join(res['splits'])}: the chronological split at seeds {res['seeds']}, each "
+             f"leave-one-out re-split at seeds {res.get('loo_seeds', res['seeds'])}; selection on the chronological "
+             f"split at seeds {res['sweep_seeds']}; alpha grid {res['alpha_grid']}. Test metrics at the "
+             "best-validation epoch. The protocol and its bounds are in benchmarks/sections/mrdib_readings.py."
+             + cap, "", "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
+    parts.append(md_table(["backbone", "grid points", "trained (coordinate search)", "selected", "valid R@20"],
+                          [[bb, p["grid_size"], p.get("points_trained", p["grid_size"]), _opts(p["hp"]),
+                            f"{p['valid_recall@20']:.4f}"] for bb, p in _ordered(res["plain"], BACKBONES)]))
     parts += ["", "### Alphas selected on validation, per reading", ""]
-    rows = [[bb, name, _opts(a["selected"]), f"{a['valid_recall@20']:.4f}"]
+    rows = [[bb, name, _opts(a["selected"]), f"{a['valid_recall@20']:.4f}",
+             f"{100 * (a['valid_recall@20'] / res['plain'][bb]['valid_recall@20'] - 1):+.1f}%"]
             for bb, per in _ordered(res["alphas"], BACKBONES) for name, a in _ordered(per, list(READINGS))]
-    parts += [md_table(["backbone", "reading", "selected alphas", "valid R@20"], rows), ""]
+    parts += [md_table(["backbone", "reading", "selected alphas", "valid R@20", "vs tuned plain"], rows), ""]
+    if res.get("screen"):
+        parts += _render_screen(res)
     parts += ["### Tuned plain vs each reading (pooled per-user paired tests on R@20)", ""]
     for bb, rows_bb in _ordered(res["test"], BACKBONES):
-        rows = []
-        for name, r in _ordered(rows_bb, ["plain", "--mrdib", *READINGS]):
-            cells = [name] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
-            if name == "plain":
-                cells += ["", "", "", ""]
-            else:
-                p = r["paired"]["recall@20"]
-                cells += [f"{100 * p['rel']:+.1f}%", _p(p["p_ttest"]), _p(p["p_wilcoxon"]),
-                          f"{100 * r['valid_gain']:+.1f}%"]
-            rows.append(cells)
-        parts += [f"**{bb}** (tuned: {_opts(res['plain'][bb]['hp'])}; `--mrdib`: the default, chronological split "
-                  "only)", "", md_table(["arm", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "ΔR@20", "p (t)",
-                                         "p (Wilcoxon)", "Δ valid R@20"], rows), ""]
+        parts += [f"**{bb}** (tuned: {_opts(res['plain'][bb]['hp'])})", "", _test_table(rows_bb), ""]
+    if res.get("default_options"):
+        d = res["default_options"]
+        parts += [f"`--mrdib` rows: the default at the time of the run (preset {d['preset']}, "
+                  f"{_opts({k: d[k] for k in ('alpha_kl', 'alpha_uni', 'alpha_red')})}), chronological split only.",
+                  ""]
     parts += ["### What MMRec's select-on-test rule would have reported", "",
               "Per seed, the alpha point with the best test Recall@20 against the one selected on validation; the "
               "null control applies the same rule to seeds of the tuned plain backbone.", "",
               bias_table(res["bias"]), ""]
-    ev = res["default_evidence"]
+    return "\n".join(parts + _render_evidence(res["default_evidence"]))
+
+
+def _test_table(rows_bb: dict[str, Any]) -> str:
+    rows = []
+    for name, r in _ordered(rows_bb, ["plain", "--mrdib", *READINGS]):
+        cells = [name] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
+        if name == "plain":
+            cells += ["", "", "", ""]
+        else:
+            p = r["paired"]["recall@20"]
+            cells += [f"{100 * p['rel']:+.1f}%", _p(p["p_ttest"]), _p(p["p_wilcoxon"]),
+                      f"{100 * r['valid_gain']:+.1f}%"]
+        rows.append(cells)
+    return md_table(["arm", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)",
+                     "Δ valid R@20"], rows)
+
+
+def _render_screen(res: dict[str, Any]) -> list[str]:
+    """Step 3's table: each convention alone over today's reading at today's selected alphas (validation)."""
+    rows = []
+    for bb, per in _ordered(res["screen"], BACKBONES):
+        ref = res["alphas"][bb]["current"]["valid_recall@20"]
+        rows += [[bb, name, f"{v:.4f}", f"{100 * (v / ref - 1):+.1f}%"] for name, v in per.items()]
+    return ["### Each convention alone (validation, chronological split)", "",
+            "Today's reading at its selected alphas with one of the lab's conventions switched on; the change is "
+            "against today's reading at the same alphas.", "",
+            md_table(["backbone", "convention", "valid R@20", "vs current"], rows), ""]
+
+
+def _render_evidence(ev: dict[str, Any]) -> list[str]:
     gains = "; ".join(f"{k} {100 * v:+.1f}%" for k, v in ev["selected_alphas"].items())
-    parts += ["### Evidence for the default", "",
-              f"Mean relative valid R@20 gain over tuned plain at each reading's selected alphas (backbones x "
-              f"splits x seeds): {gains}."]
+    out = ["### Evidence for the default", "",
+           f"Mean relative valid R@20 gain over tuned plain at each reading's selected alphas (backbones x "
+           f"splits x seeds): {gains}."]
     if ev["common_point"]:
         c = ev["common_point"]
-        parts.append(f"Best alpha point common to every backbone: {c['reading']} at {_opts(c['point'])}, mean "
-                     f"relative valid R@20 gain {100 * c['mean_valid_gain']:+.1f}%.")
-    return "\n".join(parts)
+        out.append(f"Best alpha point common to every backbone: {c['reading']} at {_opts(c['point'])}, mean "
+                   f"relative valid R@20 gain {100 * c['mean_valid_gain']:+.1f}%.")
+    if ev.get("choice"):
+        ch = ev["choice"]
+        out.append(f"Default of `--mrdib` by the rule fixed before the run ({ch['why']}): {_opts(ch['options'])}.")
+    return out
