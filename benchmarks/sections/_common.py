@@ -7,6 +7,8 @@ train``) so what the report measures is exactly what a user runs, and parallel r
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import os
 import platform
@@ -15,6 +17,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -173,7 +176,7 @@ def _test_tag(run_dir: Path) -> str:
     return result_tag("test", ks=json.loads((run_dir / "config.json").read_text())["train"]["ks"])
 
 
-def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
+def _train_one(ctx: Context, spec: TrainSpec, priority: int = 0) -> dict[str, Any]:
     run_dir = ctx.ws / "runs" / spec.name
     stamp = run_dir / "bench-spec.json"
     key = _spec_key(spec)
@@ -184,7 +187,7 @@ def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
         if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
             return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "device": old.get("device"),
                     "gpu": old.get("gpu"), "reused": True}
-    with _slots(ctx.jobs):
+    with _slots(ctx.jobs).take(priority):
         t0 = time.perf_counter()
         p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
         wall = time.perf_counter() - t0
@@ -196,15 +199,39 @@ def _train_one(ctx: Context, spec: TrainSpec) -> dict[str, Any]:
             "reused": False}
 
 
-_SLOTS: dict[int, threading.Semaphore] = {}
+class _Slots:
+    """At most ``n`` runs at once, handed out lowest priority value first (then first come), so a section that
+    runs pipelines side by side (one per backbone) can have the ones its conclusions need finish first."""
+
+    def __init__(self, n: int) -> None:
+        self.free, self.cv, self.waiting, self.count = n, threading.Condition(), [], itertools.count()
+
+    @contextmanager
+    def take(self, priority: int):
+        with self.cv:
+            me = (priority, next(self.count))
+            heapq.heappush(self.waiting, me)
+            self.cv.wait_for(lambda: self.free > 0 and self.waiting[0] == me)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.cv.notify_all()
+        try:
+            yield
+        finally:
+            with self.cv:
+                self.free += 1
+                self.cv.notify_all()
+
+
+_SLOTS: dict[int, _Slots] = {}
 _SLOTS_LOCK = threading.Lock()
 
 
-def _slots(jobs: int) -> threading.Semaphore:
-    """One semaphore per job count, shared by every :func:`train_many` call, so a section may run independent
-    pipelines in threads (one per backbone) and still never train more than ``jobs`` runs at once."""
+def _slots(jobs: int) -> _Slots:
+    """One slot pool per job count, shared by every :func:`train_many` call, so a section may run independent
+    pipelines in threads and still never train more than ``jobs`` runs at once."""
     with _SLOTS_LOCK:
-        return _SLOTS.setdefault(max(jobs, 1), threading.Semaphore(max(jobs, 1)))
+        return _SLOTS.setdefault(max(jobs, 1), _Slots(max(jobs, 1)))
 
 
 def _gpu_name() -> str | None:
@@ -222,13 +249,14 @@ def device_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def train_many(ctx: Context, specs: list[TrainSpec]) -> list[dict[str, Any]]:
-    """Train every spec (ctx.jobs at a time, one subprocess each); results in the order of ``specs``."""
+def train_many(ctx: Context, specs: list[TrainSpec], priority: int = 0) -> list[dict[str, Any]]:
+    """Train every spec (ctx.jobs at a time over every caller, lower ``priority`` first, one subprocess each);
+    results in the order of ``specs``."""
     done = 0
 
     def one(spec: TrainSpec) -> dict[str, Any]:
         nonlocal done
-        r = _train_one(ctx, spec)
+        r = _train_one(ctx, spec, priority)
         done += 1
         how = "reused" if r["reused"] else f"{r['wall_s']:.0f} s"
         ctx.log(f"  [{done}/{len(specs)}] {spec.name}: best epoch {r['best_epoch']}, "

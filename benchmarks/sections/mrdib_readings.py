@@ -2,7 +2,7 @@
 validation-selected alphas, on Amazon Scientific over six splits, with what MMRec's select-on-test rule would
 have reported beside every honest number.
 
-The design is bounded to what one 2-core CPU trains in about two hours (about 170 runs); every cut is a named
+The design is bounded to what one 2-core CPU trains in about two hours (about 150 runs); every cut is a named
 constant below and is printed with the table. Protocol, fixed before any number is seen and applied mechanically:
 
 1. **Fair baselines.** Each plain backbone is tuned on validation over its grid (``Backbone.mmrec_grid``, the
@@ -10,13 +10,13 @@ constant below and is printed with the table. Protocol, fixed before any number 
    axis at the best point so far; chronological split, ``SWEEP_SEEDS``; best valid Recall@20 wins. Every MRdIB
    run below uses the tuned backbone's hyper-parameters.
 2. **Alphas per reading** (``READINGS``: today's and the lab's conventions): alpha_kl over the paper's grid at
-   the default alpha_uni and alpha_red, then alpha_uni over the grid at the best alpha_kl (alpha_red stays at its
-   default: the redundancy term is nearly inert, see the ablation).
+   the default alpha_uni and alpha_red, then (``DEEP_BACKBONES``) alpha_uni over the grid at the best alpha_kl
+   (alpha_red stays at its default: the redundancy term is nearly inert, see the ablation).
 3. **Screen of the single conventions** (``SCREEN``): each of the lab's conventions switched on alone over
    today's reading at today's selected alphas, on ``SCREEN_BACKBONES``, chronological split, ``SWEEP_SEEDS``:
    which convention moves validation, and which way.
 4. **Test.** Tuned plain vs each reading at its selected alphas on the chronological split (``ctx.seeds``) and
-   the five leave-one-out re-splits (``LOO_BACKBONES`` at ``LOO_SEEDS``); Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon
+   the five leave-one-out re-splits (``DEEP_BACKBONES`` at ``LOO_SEEDS``); Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon
    over the pooled (split, seed, user) pairs. Plus ``--mrdib`` with no option on the chronological split for
    ``DEFAULT_BACKBONES`` (the default's acceptance check).
 5. **Selection bias** (labelled): per reading, MMRec's rule over the step-2 runs (the point with the best *test*
@@ -63,8 +63,9 @@ SCREEN: dict[str, dict[str, Any]] = {
 SCREEN_BACKBONES = ["vbpr", "lgmrec"]
 DEFAULT_BACKBONES = ["vbpr", "lgmrec"]
 SWEEP_SEEDS = [1]
-#: the backbones tested on the leave-one-out re-splits too (the others: the chronological split only)
-LOO_BACKBONES = ["vbpr", "lgmrec"]
+#: the acceptance backbones: alpha_uni searched too, tested on the leave-one-out re-splits too, and trained
+#: first (the others: alpha_kl only, the chronological split only)
+DEEP_BACKBONES = ["vbpr", "lgmrec"]
 LOO_SEEDS = [1]
 NULL_SEEDS = [1, 2, 3]
 METRICS6 = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)]
@@ -162,7 +163,7 @@ def tune_plain(ctx: Context, bb: str) -> dict[str, Any]:
     for axis, values in axes.items():
         points = [{**best, axis: v} for v in values]
         specs = [make_spec(ctx, "sci", bb, s, hp, None) for hp in points for s in SWEEP_SEEDS]
-        done = {r["run"]: r for r in train_many(ctx, specs)}
+        done = {r["run"]: r for r in train_many(ctx, specs, _prio(bb))}
         groups = {_tag(hp): [done[make_spec(ctx, "sci", bb, s, hp, None).name] for s in SWEEP_SEEDS]
                   for hp in points}
         for hp in points:
@@ -172,18 +173,24 @@ def tune_plain(ctx: Context, bb: str) -> dict[str, Any]:
             "valid_recall@20": tried[_tag(best)]["valid_recall@20"], "table": list(tried.values())}
 
 
+def _prio(bb: str) -> int:
+    """The acceptance backbones' runs take free slots first."""
+    return 0 if bb in DEEP_BACKBONES else 1
+
+
 def select_alphas(ctx: Context, bb: str, hp: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
     """Step 2 for one backbone, every reading at once: returns ({reading: selection}, {reading: every run})."""
     def train(points: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
         specs = [make_spec(ctx, "sci", bb, s, hp, {**READINGS[n], **p}) for n, ps in points.items()
                  for p in ps for s in SWEEP_SEEDS]
-        done = with_at5(ctx, train_many(ctx, specs))
+        done = with_at5(ctx, train_many(ctx, specs, _prio(bb)))
         return {n: {json.dumps(p, sort_keys=True): [r for r in done if r["mrdib"] == {**READINGS[n], **p}]
                     for p in ps} for n, ps in points.items()}
 
     first = train({n: alpha_stage("kl", None, ctx.quick) for n in READINGS})
     best_kl = {n: json.loads(pick(g))["alpha_kl"] for n, g in first.items()}
-    second = train({n: alpha_stage("uni", best_kl[n], ctx.quick) for n in READINGS})
+    second = train({n: alpha_stage("uni", best_kl[n], ctx.quick) if bb in DEEP_BACKBONES else []
+                    for n in READINGS})
     sel, every = {}, {}
     for n in READINGS:
         groups = {**first[n], **second[n]}
@@ -198,7 +205,7 @@ def screen(ctx: Context, bb: str, hp: dict[str, Any], current: dict[str, float])
     """Step 3: each convention alone over today's reading at today's selected alphas (validation only)."""
     base = {**READINGS["current"], **current}
     specs = {n: [make_spec(ctx, "sci", bb, s, hp, {**base, **sw}) for s in SWEEP_SEEDS] for n, sw in SCREEN.items()}
-    done = {r["run"]: r for r in train_many(ctx, [sp for g in specs.values() for sp in g])}
+    done = {r["run"]: r for r in train_many(ctx, [sp for g in specs.values() for sp in g], _prio(bb))}
     return {n: valid_mean([done[sp.name] for sp in g]) for n, g in specs.items()}
 
 
@@ -228,9 +235,9 @@ def rel_valid_gain(arm: list[dict[str, Any]], plain: list[dict[str, Any]]) -> fl
 def test_specs(ctx: Context, splits: list[str], bb: str, hp: dict[str, Any],
                opts: dict[str, Any] | None) -> list[TrainSpec]:
     """Step 4's runs of one arm: the chronological split at every seed, each re-split at ``LOO_SEEDS`` (for
-    ``LOO_BACKBONES``)."""
+    ``DEEP_BACKBONES``)."""
     return [make_spec(ctx, ds, bb, s, hp, opts) for ds in splits
-            for s in (ctx.seeds if ds == "sci" else LOO_SEEDS if bb in LOO_BACKBONES or ctx.quick else [])]
+            for s in (ctx.seeds if ds == "sci" else LOO_SEEDS if bb in DEEP_BACKBONES or ctx.quick else [])]
 
 
 def compare(ctx: Context, base: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
@@ -255,7 +262,7 @@ def pipeline(ctx: Context, bb: str, splits: list[str], null_seeds: list[int]) ->
     specs = {a: test_specs(ctx, splits, bb, hp, o) for a, o in arms.items()}
     nulls = [make_spec(ctx, "sci", bb, s, hp, None) for s in null_seeds]
     unique = list({sp.name: sp for sp in [*itertools.chain(*specs.values()), *nulls]}.values())
-    by_name = {r["run"]: r for r in with_at5(ctx, train_many(ctx, unique))}
+    by_name = {r["run"]: r for r in with_at5(ctx, train_many(ctx, unique, _prio(bb)))}
     res = {a: [by_name[sp.name] for sp in g] for a, g in specs.items()}
     test = {"plain": run_summary(res["plain"])}
     test.update({n: compare(ctx, res["plain"], res[n]) for n in READINGS})
@@ -282,7 +289,7 @@ def run(ctx: Context) -> dict[str, Any]:
         per = dict(zip(backbones, pool.map(lambda bb: pipeline(ctx, bb, splits, null_seeds), backbones)))
     out: dict[str, Any] = {
         "splits": splits, "seeds": ctx.seeds, "sweep_seeds": SWEEP_SEEDS, "loo_seeds": LOO_SEEDS,
-        "loo_backbones": LOO_BACKBONES,
+        "deep_backbones": DEEP_BACKBONES,
         "readings": READINGS, "screen_options": SCREEN, "alpha_grid": ALPHAS,
         "epochs_cap": QUICK_EPOCHS if ctx.quick else None,
         **{k: {bb: per[bb][k] for bb in backbones} for k in ("plain", "alphas", "test")},
@@ -360,8 +367,8 @@ def render(res: dict[str, Any]) -> str:
     cap = (f" **Quick mode: the offline demo, training capped at {res['epochs_cap']} epochs: a smoke check of the "
            "protocol, not a result.**" if res.get("epochs_cap") else "")
     parts = [f"Splits {', '.join(res['splits'])}: the chronological split at seeds {res['seeds']}, each "
-             f"leave-one-out re-split at seeds {res.get('loo_seeds', res['seeds'])} (backbones "
-             f"{', '.join(res.get('loo_backbones', BACKBONES))}); selection on the chronological "
+             f"leave-one-out re-split at seeds {res.get('loo_seeds', res['seeds'])} (only "
+             f"{', '.join(res.get('deep_backbones', BACKBONES))}, which also get the alpha_uni search); selection on the chronological "
              f"split at seeds {res['sweep_seeds']}; alpha grid {res['alpha_grid']}. Test metrics at the "
              "best-validation epoch. The protocol and its bounds are in benchmarks/sections/mrdib_readings.py."
              + cap, "", "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
