@@ -2,29 +2,31 @@
 validation-selected alphas, on Amazon Scientific over six splits, with what MMRec's select-on-test rule would
 have reported beside every honest number.
 
-The design is bounded to what one 2-core CPU trains in about two hours (about 150 runs); every cut is a named
+The design is bounded to what one 2-core CPU trains in about about two hours (about 130 runs); every cut is a named
 constant below and is printed with the table. Protocol, fixed before any number is seen and applied mechanically:
 
 1. **Fair baselines.** Each plain backbone is tuned on validation over its grid (``Backbone.mmrec_grid``, the
    grids of examples/sweeps/) by coordinate search: the first axis at the backbone's defaults, then each next
    axis at the best point so far; chronological split, ``SWEEP_SEEDS``; best valid Recall@20 wins. Every MRdIB
    run below uses the tuned backbone's hyper-parameters.
-2. **Alphas per reading** (``READINGS``: today's and the lab's conventions): alpha_kl over the paper's grid at
-   the default alpha_uni and alpha_red, then (``DEEP_BACKBONES``) alpha_uni over the grid at the best alpha_kl
-   (alpha_red stays at its default: the redundancy term is nearly inert, see the ablation).
+2. **Alphas per reading** (``READINGS``: today's and the lab's conventions; on ``DEEP_BACKBONES`` both, on the
+   others today's only): alpha_kl over the paper's grid at the default alpha_uni and alpha_red, then (on
+   ``UNI_BACKBONES``) alpha_uni over the grid at the best alpha_kl (alpha_red stays at its default: the
+   redundancy term is nearly inert, see the ablation).
 3. **Screen of the single conventions** (``SCREEN``): each of the lab's conventions switched on alone over
    today's reading at today's selected alphas, on ``SCREEN_BACKBONES``, chronological split, ``SWEEP_SEEDS``:
    which convention moves validation, and which way.
-4. **Test.** Tuned plain vs each reading at its selected alphas on the chronological split (``ctx.seeds``) and
-   the five leave-one-out re-splits (``DEEP_BACKBONES`` at ``LOO_SEEDS``); Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon
+4. **Test.** Tuned plain vs each reading at its selected alphas on the chronological split (``ctx.seeds``);
+   on ``DEEP_BACKBONES`` also plain vs the reading best on validation over the five leave-one-out re-splits
+   (``LOO_SEEDS``); Recall and NDCG at 5, 10 and 20; paired t-test and Wilcoxon
    over the pooled (split, seed, user) pairs. Plus ``--mrdib`` with no option on the chronological split for
    ``DEFAULT_BACKBONES`` (the default's acceptance check).
 5. **Selection bias** (labelled): per reading, MMRec's rule over the step-2 runs (the point with the best *test*
    score) against the validation-selected one; and the null control, the same rule over ``NULL_SEEDS`` seeds of
    the tuned plain backbone treated as configurations.
 6. **Evidence for the default.** Per reading, the mean relative valid Recall@20 gain over tuned plain at its
-   selected alphas, over backbones, splits and seeds (step-4 runs); and the step-2 point common to every backbone
-   with the best mean relative valid gain. The default of ``--mrdib`` follows this table (docs/mrdib.md).
+   selected alphas, over the backbones that ran every reading (``DEEP_BACKBONES``), splits and seeds (step-4
+   runs); and the step-2 point common to those backbones with the best mean relative valid gain. The default of ``--mrdib`` follows this table (docs/mrdib.md).
 
 Backbones run as independent pipelines in threads; ``train_many`` never trains more than ``ctx.jobs`` at once.
 ``--quick`` is a smoke check on the offline demo (two backbones, two alpha points, one seed, capped epochs): it
@@ -60,12 +62,14 @@ SCREEN: dict[str, dict[str, Any]] = {
     "redundancy: 5 critic steps, no gate": {"minmax": "step", "critic_steps": 5, "red_gate": "always"},
     "synergy head": {"synergy_head": "mlp"},
 }
-SCREEN_BACKBONES = ["vbpr", "lgmrec"]
+SCREEN_BACKBONES = ["vbpr"]
 DEFAULT_BACKBONES = ["vbpr", "lgmrec"]
 SWEEP_SEEDS = [1]
-#: the acceptance backbones: alpha_uni searched too, tested on the leave-one-out re-splits too, and trained
-#: first (the others: alpha_kl only, the chronological split only)
+#: the acceptance backbones: both readings, the leave-one-out re-splits, and the first free training slots
+#: (the others: today's reading only, the chronological split only)
 DEEP_BACKBONES = ["vbpr", "lgmrec"]
+#: the backbones whose alpha_uni is searched too (the others keep the default alpha_uni)
+UNI_BACKBONES = ["vbpr"]
 LOO_SEEDS = [1]
 NULL_SEEDS = [1, 2, 3]
 METRICS6 = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (5, 10, 20)]
@@ -173,6 +177,11 @@ def tune_plain(ctx: Context, bb: str) -> dict[str, Any]:
             "valid_recall@20": tried[_tag(best)]["valid_recall@20"], "table": list(tried.values())}
 
 
+def readings_for(bb: str, quick: bool = False) -> list[str]:
+    """The readings a backbone is searched and tested with."""
+    return list(READINGS) if bb in DEEP_BACKBONES or quick else ["current"]
+
+
 def _prio(bb: str) -> int:
     """The acceptance backbones' runs take free slots first."""
     return 0 if bb in DEEP_BACKBONES else 1
@@ -187,12 +196,12 @@ def select_alphas(ctx: Context, bb: str, hp: dict[str, Any]) -> tuple[dict[str, 
         return {n: {json.dumps(p, sort_keys=True): [r for r in done if r["mrdib"] == {**READINGS[n], **p}]
                     for p in ps} for n, ps in points.items()}
 
-    first = train({n: alpha_stage("kl", None, ctx.quick) for n in READINGS})
+    names = readings_for(bb, ctx.quick)
+    first = train({n: alpha_stage("kl", None, ctx.quick) for n in names})
     best_kl = {n: json.loads(pick(g))["alpha_kl"] for n, g in first.items()}
-    second = train({n: alpha_stage("uni", best_kl[n], ctx.quick) if bb in DEEP_BACKBONES else []
-                    for n in READINGS})
+    second = train({n: alpha_stage("uni", best_kl[n], ctx.quick) if bb in UNI_BACKBONES else [] for n in names})
     sel, every = {}, {}
-    for n in READINGS:
+    for n in names:
         groups = {**first[n], **second[n]}
         key = pick(groups)
         sel[n] = {"selected": json.loads(key), "valid_recall@20": valid_mean(groups[key]),
@@ -233,14 +242,17 @@ def rel_valid_gain(arm: list[dict[str, Any]], plain: list[dict[str, Any]]) -> fl
 
 
 def test_specs(ctx: Context, splits: list[str], bb: str, hp: dict[str, Any],
-               opts: dict[str, Any] | None) -> list[TrainSpec]:
-    """Step 4's runs of one arm: the chronological split at every seed, each re-split at ``LOO_SEEDS`` (for
-    ``DEEP_BACKBONES``)."""
+               opts: dict[str, Any] | None, resplits: bool) -> list[TrainSpec]:
+    """Step 4's runs of one arm: the chronological split at every seed, and with ``resplits`` each
+    leave-one-out re-split at ``LOO_SEEDS``."""
     return [make_spec(ctx, ds, bb, s, hp, opts) for ds in splits
-            for s in (ctx.seeds if ds == "sci" else LOO_SEEDS if bb in DEEP_BACKBONES or ctx.quick else [])]
+            for s in (ctx.seeds if ds == "sci" else LOO_SEEDS if resplits else [])]
 
 
-def compare(ctx: Context, base: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
+def compare(ctx: Context, plain: list[dict[str, Any]], arm: list[dict[str, Any]]) -> dict[str, Any]:
+    """The arm's summary and its pooled paired tests against the plain runs of the same (split, seed)s."""
+    by_key = {(r["dataset"], r["seed"]): r for r in plain}
+    base = [by_key[(r["dataset"], r["seed"])] for r in arm]
     return {**run_summary(arm), "paired": paired(base, arm, METRICS6), "valid_gain": rel_valid_gain(arm, base)}
 
 
@@ -258,15 +270,18 @@ def pipeline(ctx: Context, bb: str, splits: list[str], null_seeds: list[int]) ->
         ctx.log(f"[{bb}] 3. screening the single conventions")
         scr = screen(ctx, bb, hp, alphas["current"]["selected"])
     ctx.log(f"[{bb}] 4. test: every split and seed")
-    arms = {"plain": None, **{n: {**r, **alphas[n]["selected"]} for n, r in READINGS.items()}}
-    specs = {a: test_specs(ctx, splits, bb, hp, o) for a, o in arms.items()}
+    names = readings_for(bb, ctx.quick)
+    on_resplits = max(names, key=lambda n: alphas[n]["valid_recall@20"]) if bb in DEEP_BACKBONES else None
+    arms = {"plain": None, **{n: {**READINGS[n], **alphas[n]["selected"]} for n in names}}
+    specs = {a: test_specs(ctx, splits, bb, hp, o, a in ("plain", on_resplits) and on_resplits is not None)
+             for a, o in arms.items()}
     nulls = [make_spec(ctx, "sci", bb, s, hp, None) for s in null_seeds]
     unique = list({sp.name: sp for sp in [*itertools.chain(*specs.values()), *nulls]}.values())
     by_name = {r["run"]: r for r in with_at5(ctx, train_many(ctx, unique, _prio(bb)))}
     res = {a: [by_name[sp.name] for sp in g] for a, g in specs.items()}
     test = {"plain": run_summary(res["plain"])}
-    test.update({n: compare(ctx, res["plain"], res[n]) for n in READINGS})
-    bias = {f"{bb} + MRdIB ({n})": selection_bias(grid_rows(grids[n]), select_on_test=True) for n in READINGS}
+    test.update({n: compare(ctx, res["plain"], res[n]) for n in names})
+    bias = {f"{bb} + MRdIB ({n})": selection_bias(grid_rows(grids[n]), select_on_test=True) for n in names}
     bias[f"{bb} plain, {len(null_seeds)} seeds as configurations (null control)"] = null_control(
         [{"seed": by_name[sp.name]["seed"], "valid": by_name[sp.name]["valid"], "test": by_name[sp.name]["test"]}
          for sp in nulls], select_on_test=True)
@@ -289,14 +304,15 @@ def run(ctx: Context) -> dict[str, Any]:
         per = dict(zip(backbones, pool.map(lambda bb: pipeline(ctx, bb, splits, null_seeds), backbones)))
     out: dict[str, Any] = {
         "splits": splits, "seeds": ctx.seeds, "sweep_seeds": SWEEP_SEEDS, "loo_seeds": LOO_SEEDS,
-        "deep_backbones": DEEP_BACKBONES,
+        "deep_backbones": DEEP_BACKBONES, "uni_backbones": UNI_BACKBONES,
         "readings": READINGS, "screen_options": SCREEN, "alpha_grid": ALPHAS,
         "epochs_cap": QUICK_EPOCHS if ctx.quick else None,
         **{k: {bb: per[bb][k] for bb in backbones} for k in ("plain", "alphas", "test")},
         "screen": {bb: per[bb]["screen"] for bb in backbones if per[bb]["screen"] is not None},
         "bias": {k: v for bb in backbones for k, v in per[bb]["bias"].items()}}
-    out["default_evidence"] = default_evidence(out, {(bb, n): per[bb]["grids"][n] for bb in backbones
-                                                     for n in READINGS}, backbones, READINGS)
+    every = [bb for bb in backbones if set(readings_for(bb, ctx.quick)) == set(READINGS)]
+    out["default_evidence"] = default_evidence(out, {(bb, n): per[bb]["grids"][n] for bb in every
+                                                     for n in READINGS}, every, READINGS)
     ctx.log(f"5. --mrdib with no option on the chronological split: {DEFAULT_BACKBONES}")
     from mrdib_cli.mrdib.objectives import MRdIBConfig
 
@@ -304,8 +320,7 @@ def run(ctx: Context) -> dict[str, Any]:
     for bb in [b for b in DEFAULT_BACKBONES if b in backbones]:
         hp = out["plain"][bb]["hp"]
         runs = with_at5(ctx, train_many(ctx, [make_spec(ctx, "sci", bb, s, hp, {}) for s in ctx.seeds]))
-        base = [r for r in per[bb]["plain_runs"] if r["dataset"] == "sci"]
-        out["test"][bb]["--mrdib"] = compare(ctx, base, runs)
+        out["test"][bb]["--mrdib"] = compare(ctx, per[bb]["plain_runs"], runs)
     return out
 
 
@@ -366,12 +381,14 @@ def render(res: dict[str, Any]) -> str:
 
     cap = (f" **Quick mode: the offline demo, training capped at {res['epochs_cap']} epochs: a smoke check of the "
            "protocol, not a result.**" if res.get("epochs_cap") else "")
-    parts = [f"Splits {', '.join(res['splits'])}: the chronological split at seeds {res['seeds']}, each "
-             f"leave-one-out re-split at seeds {res.get('loo_seeds', res['seeds'])} (only "
-             f"{', '.join(res.get('deep_backbones', BACKBONES))}, which also get the alpha_uni search); selection on the chronological "
-             f"split at seeds {res['sweep_seeds']}; alpha grid {res['alpha_grid']}. Test metrics at the "
-             "best-validation epoch. The protocol and its bounds are in benchmarks/sections/mrdib_readings.py."
-             + cap, "", "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
+    deep = ", ".join(res.get("deep_backbones", BACKBONES))
+    parts = [f"Splits {', '.join(res['splits'])}: the chronological split at seeds {res['seeds']}; on {deep} "
+             f"also each leave-one-out re-split at seeds {res.get('loo_seeds', res['seeds'])} (plain and the "
+             f"reading best on validation). Both readings on {deep}, today's elsewhere; alpha_uni searched on "
+             f"{', '.join(res.get('uni_backbones', BACKBONES))}. Selection on the chronological split at seeds "
+             f"{res['sweep_seeds']}; alpha grid {res['alpha_grid']}. Test metrics at the best-validation epoch. "
+             "The protocol and its bounds: benchmarks/sections/mrdib_readings.py." + cap, "",
+             "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
     parts.append(md_table(["backbone", "grid points", "trained (coordinate search)", "selected", "valid R@20"],
                           [[bb, p["grid_size"], p.get("points_trained", p["grid_size"]), _opts(p["hp"]),
                             f"{p['valid_recall@20']:.4f}"] for bb, p in _ordered(res["plain"], BACKBONES)]))
@@ -400,7 +417,7 @@ def render(res: dict[str, Any]) -> str:
 def _test_table(rows_bb: dict[str, Any]) -> str:
     rows = []
     for name, r in _ordered(rows_bb, ["plain", "--mrdib", *READINGS]):
-        cells = [name] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
+        cells = [name, r["n"]] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
         if name == "plain":
             cells += ["", "", "", ""]
         else:
@@ -408,7 +425,7 @@ def _test_table(rows_bb: dict[str, Any]) -> str:
             cells += [f"{100 * p['rel']:+.1f}%", _p(p["p_ttest"]), _p(p["p_wilcoxon"]),
                       f"{100 * r['valid_gain']:+.1f}%"]
         rows.append(cells)
-    return md_table(["arm", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)",
+    return md_table(["arm", "runs", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)",
                      "Δ valid R@20"], rows)
 
 
