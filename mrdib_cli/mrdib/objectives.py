@@ -37,6 +37,19 @@ from mrdib_cli.mrdib.mine import CriticTrainer, make_critic, redundancy_term
 from mrdib_cli.training.plugin import Plugin
 
 
+#: named readings of what the paper leaves open (docs/mrdib.md): "current" is this toolkit's first reading,
+#: "paper" the conventions of the paper's lab. The reading fields of MRdIBConfig default to DEFAULT_PRESET's.
+PRESETS: dict[str, dict[str, Any]] = {
+    "current": {"kl_reduction": "sum", "prior_std": 1.0, "placement": "projection", "units": "scaled",
+                "dual_path": False, "unique_decoders": "shared", "red_gate": "positive"},
+    "paper": {"kl_reduction": "mean", "prior_std": 0.5, "placement": "input", "units": "raw",
+              "dual_path": True, "unique_decoders": "independent", "red_gate": "positive"},
+}
+#: the reading ``--mrdib`` uses when no preset is named (chosen by the readings study, docs/results.md)
+DEFAULT_PRESET = "current"
+_READING = PRESETS[DEFAULT_PRESET]
+
+
 @dataclass
 class MRdIBConfig:
     """Hyper-parameters of the plug-in (names as in the paper where it has them)."""
@@ -60,14 +73,14 @@ class MRdIBConfig:
     init_noise: float = 0.1  # initial sigma as a fraction of the hook representation's std
     centre_logvar: bool = False  # the log-variance head sees the hook input minus the items' mean
     # the readings the paper leaves open (docs/mrdib.md, "Readings the paper leaves open"); defaults: today's
-    preset: str = "current"  # a named set of the readings below (PRESETS); explicit options override it
-    kl_reduction: str = "sum"  # "sum" over the bottleneck's dimensions, or "mean" over every element (/ dim)
-    prior_std: float = 1.0  # the prior N(0, prior_std^2 I) of the KL
-    placement: str = "projection"  # bottleneck on the backbone's projected hook ("projection") or its "input"
-    units: str = "scaled"  # "scaled": heads see h / std(h at attach); "raw": h itself
-    dual_path: bool = False  # the backbone's BPR also scores the clean (z = mu) representation
-    unique_decoders: str = "shared"  # unique BPR's user side: the backbone's ("shared") or one table per modality
-    red_gate: str = "positive"  # encoders get the MINE gradient "positive" (only while the estimate > 0) or "always"
+    preset: str = DEFAULT_PRESET  # a named set of the readings below (PRESETS); explicit options override it
+    kl_reduction: str = _READING["kl_reduction"]  # "sum" over the bottleneck's dimensions, or "mean" (/ dim)
+    prior_std: float = _READING["prior_std"]  # the prior N(0, prior_std^2 I) of the KL
+    placement: str = _READING["placement"]  # bottleneck on the backbone's projected hook or its "input"
+    units: str = _READING["units"]  # "scaled": heads see h / std(h at attach); "raw": h itself
+    dual_path: bool = _READING["dual_path"]  # the backbone's BPR also scores the clean (z = mu) representation
+    unique_decoders: str = _READING["unique_decoders"]  # unique BPR's user side: "shared" or one per modality
+    red_gate: str = _READING["red_gate"]  # MINE gradient to the encoders: "positive" (estimate > 0) or "always"
 
     #: option -> allowed values, for the readings chosen by name
     CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {
@@ -133,15 +146,6 @@ class MRdIBConfig:
         if preset not in PRESETS:
             raise UsageError(f"--mrdib-preset must be one of {', '.join(PRESETS)}, got '{preset}'")
         return cls.from_dict({**start, **PRESETS[preset], **options})
-
-
-#: named readings: "current" is today's defaults; "paper" the conventions of the paper's lab (docs/mrdib.md)
-PRESETS: dict[str, dict[str, Any]] = {
-    "current": {"kl_reduction": "sum", "prior_std": 1.0, "placement": "projection", "units": "scaled",
-                "dual_path": False, "unique_decoders": "shared", "red_gate": "positive"},
-    "paper": {"kl_reduction": "mean", "prior_std": 0.5, "placement": "input", "units": "raw",
-              "dual_path": True, "unique_decoders": "independent", "red_gate": "positive"},
-}
 
 
 def bpr(pos: Tensor, neg: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.mrdib.bottleneck import GaussianBottleneck, gaussian_kl
-from mrdib_cli.mrdib.objectives import PRESETS, MRdIB, MRdIBConfig
+from mrdib_cli.mrdib.objectives import DEFAULT_PRESET, PRESETS, MRdIB, MRdIBConfig
 
 from mrdib_toy import ToyMM, make_batch
 
@@ -166,7 +166,10 @@ def test_presets_resolve_to_the_documented_values_and_explicit_options_win() -> 
     paper = MRdIBConfig.resolve({"preset": "paper"})
     assert (paper.kl_reduction, paper.prior_std, paper.placement, paper.units, paper.dual_path,
             paper.unique_decoders) == ("mean", 0.5, "input", "raw", True, "independent")
-    assert MRdIBConfig.resolve({"preset": "current"}) == MRdIBConfig()
+    # the reading fields default to the default preset's values: --help's defaults are what --mrdib trains
+    assert MRdIBConfig.resolve({}) == MRdIBConfig() == MRdIBConfig.resolve({"preset": DEFAULT_PRESET})
+    current = MRdIBConfig.resolve({"preset": "current"})
+    assert (current.kl_reduction, current.placement, current.dual_path) == ("sum", "projection", False)
     mixed = MRdIBConfig.resolve({"preset": "paper", "dual_path": False, "alpha_kl": 1e-3})
     assert mixed.dual_path is False and mixed.alpha_kl == 1e-3 and mixed.placement == "input"
     # every preset names every reading, so a preset never inherits another's leftovers
