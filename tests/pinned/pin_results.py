@@ -25,11 +25,20 @@ import numpy as np
 PINNED = Path(__file__).with_name("pinned_results.json")
 DEMO = ("--users", "120", "--items", "60", "--interactions", "1500", "--image-size", "16")
 BACKBONES = ("lightgcn", "vbpr", "lgmrec", "freedom", "mgcn", "soil", "bm3", "lattice", "mmgcn", "dualgnn")
+
+
+def mrdib(alpha_kl: str) -> tuple[str, ...]:
+    """The plug-in with its reading and alphas spelt out: the pins guard the code, not the choice of defaults."""
+    return ("--mrdib", "--mrdib-preset", "current", "--alpha-kl", alpha_kl, "--alpha-uni", "0.005",
+            "--alpha-red", "0.05")
+
+
+
 #: case name -> extra ``mrdib train`` arguments
 CASES: dict[str, tuple[str, ...]] = {
     **{b: ("-b", b) for b in BACKBONES},
-    "vbpr+mrdib": ("-b", "vbpr", "--mrdib"),
-    "lgmrec+mrdib": ("-b", "lgmrec", "--mrdib", "--alpha-kl", "0.01"),
+    "vbpr+mrdib": ("-b", "vbpr", *mrdib("0.005")),
+    "lgmrec+mrdib": ("-b", "lgmrec", *mrdib("0.01")),
 }
 COMMON = ("--epochs", "1", "--threads", "1", "--device", "cpu", "--batch-size", "256", "--seed", "999")
 
