@@ -33,7 +33,6 @@ def mrdib(alpha_kl: str) -> tuple[str, ...]:
             "--alpha-red", "0.05")
 
 
-
 #: case name -> extra ``mrdib train`` arguments
 CASES: dict[str, tuple[str, ...]] = {
     **{b: ("-b", b) for b in BACKBONES},
