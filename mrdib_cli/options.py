@@ -33,6 +33,11 @@ class Option:
     def is_switch(self) -> bool:
         return self.type is bool
 
+    @property
+    def off_flag(self) -> str | None:
+        """``--no-name`` for a switch that is on by default (the only way to turn it off on the command line)."""
+        return "--no-" + self.flag[2:] if self.is_switch and self.default is True else None
+
     def convert(self, raw: str) -> Any:
         """A command-line value as this option's type; ValueError when it is not one."""
         return self.type(raw)

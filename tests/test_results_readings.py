@@ -95,7 +95,8 @@ def test_grid_rows_count_each_run_once_for_the_bias_report() -> None:
 
 
 def _summary(v: float, n: int = 1) -> dict:
-    return {"n": n, "test": {m: [v] * n for m in rd.METRICS6}, "valid_recall@20": [v] * n, "best_epoch": [5] * n}
+    return {"n": n, "test": {m: [v] * n for m in rd.METRICS6}, "valid_recall@20": [v] * n, "best_epoch": [5] * n,
+            "train_s_per_epoch": [0.5] * n}
 
 
 def _paired(rel: float) -> dict:
@@ -125,7 +126,7 @@ def test_render_shows_every_table_and_labels_the_bias_rows() -> None:
     md = rd.render(res)
     assert "| vbpr | 7 | 7 | reg_weight 0.01 | 0.1000 |" in md
     assert "| vbpr | paper | α_kl 0.001, α_red 0.05, α_uni 0.005 | 0.1100 | +10.0% |" in md
-    assert "| paper | 1 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | +20.0% | 0.040 | 5.0e-04 | +10.0% |" in md
+    assert "| paper | 1 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.1200 | 0.50 | +20.0% | 0.040 | 5.0e-04 | +10.0% |" in md
     assert f"**{SELECT_ON_TEST_LABEL}**" in md and "| vbpr + MRdIB (paper) | 2 | 0.2000 | 0.2500 |" in md
     assert "paper +10.0%" in md and "mean relative valid R@20 gain +8.0%" in md
     assert "(gains on validation): α_kl 0.001, α_red 0.05, α_uni 0.005, preset paper." in md

@@ -40,6 +40,7 @@ import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
+from statistics import median
 from typing import Any
 
 from benchmarks.sections._common import Context, TrainSpec, fmt_mean_std, md_table, mean_std, paired, train_many
@@ -230,7 +231,8 @@ def grid_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {"n": len(runs), "test": {m: [r["test6"][m] for r in runs] for m in METRICS6},
             "valid_recall@20": [r["valid"]["recall@20"] for r in runs],
-            "best_epoch": [r["best_epoch"] for r in runs]}
+            "best_epoch": [r["best_epoch"] for r in runs],
+            "train_s_per_epoch": [r["train_s_per_epoch"] for r in runs]}
 
 
 def rel_valid_gain(arm: list[dict[str, Any]], plain: list[dict[str, Any]]) -> float:
@@ -399,7 +401,9 @@ def render(res: dict[str, Any]) -> str:
     parts += [md_table(["backbone", "reading", "selected alphas", "valid R@20", "vs tuned plain"], rows), ""]
     if res.get("screen"):
         parts += _render_screen(res)
-    parts += ["### Tuned plain vs each reading (pooled per-user paired tests on R@20)", ""]
+    parts += ["### Tuned plain vs each reading (pooled per-user paired tests on R@20)", "",
+              "s/epoch: the median training seconds per epoch of the arm's runs (CPU, one thread, two runs at a "
+              "time): what the reading costs.", ""]
     for bb, rows_bb in _ordered(res["test"], BACKBONES):
         parts += [f"**{bb}** (tuned: {_opts(res['plain'][bb]['hp'])})", "", _test_table(rows_bb), ""]
     if res.get("default_options"):
@@ -418,6 +422,7 @@ def _test_table(rows_bb: dict[str, Any]) -> str:
     rows = []
     for name, r in _ordered(rows_bb, ["plain", "--mrdib", *READINGS]):
         cells = [name, r["n"]] + [fmt_mean_std(r["test"][m]) for m in METRICS6]
+        cells.append(f"{median(r['train_s_per_epoch']):.2f}" if r.get("train_s_per_epoch") else "")
         if name == "plain":
             cells += ["", "", "", ""]
         else:
@@ -425,8 +430,8 @@ def _test_table(rows_bb: dict[str, Any]) -> str:
             cells += [f"{100 * p['rel']:+.1f}%", _p(p["p_ttest"]), _p(p["p_wilcoxon"]),
                       f"{100 * r['valid_gain']:+.1f}%"]
         rows.append(cells)
-    return md_table(["arm", "runs", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "ΔR@20", "p (t)", "p (Wilcoxon)",
-                     "Δ valid R@20"], rows)
+    return md_table(["arm", "runs", "R@5", "R@10", "R@20", "N@5", "N@10", "N@20", "s/epoch", "ΔR@20", "p (t)",
+                     "p (Wilcoxon)", "Δ valid R@20"], rows)
 
 
 def _render_screen(res: dict[str, Any]) -> list[str]:

@@ -372,7 +372,8 @@ def _options_panel(title: str, options: tuple[Option, ...], lead: tuple[str, str
     if lead:
         t.add_row(lead[0], "", lead[1])
     for o in options:
-        default = "" if o.is_switch or o.default is None else f" [default: {o.default}]"
+        default = (f" [default: on; {o.off_flag} turns it off]" if o.off_flag else
+                   "" if o.is_switch or o.default is None else f" [default: {o.default}]")
         t.add_row(o.flag, "" if o.is_switch else f"<{o.type.__name__}>", escape(f"{o.help}{default}".strip()))
     return Panel(t, title=title, title_align="left", border_style="dim")
 

@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
               "dual_path": True, "unique_decoders": "independent", "red_gate": "positive"},
 }
 #: the reading ``--mrdib`` uses when no preset is named (chosen by the readings study, docs/results.md)
-DEFAULT_PRESET = "current"
+DEFAULT_PRESET = "paper"
 _READING = PRESETS[DEFAULT_PRESET]
 
 

@@ -139,6 +139,7 @@ def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dic
     for name, (sw, declared) in plugin_switches().items():
         owners[sw] = (name, None)
         owners.update({o.flag: (name, o) for o in declared})
+        owners.update({o.off_flag: (name, o) for o in declared if o.off_flag})
     chosen, opts, seen, rest = selected, {}, {}, []
     i = 0
     while i < len(args):
@@ -157,7 +158,7 @@ def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dic
                     raise UsageError(f"{flag} conflicts with plug-in '{chosen}' (one plug-in per run)")
                 chosen = name
             else:
-                opts[opt.name] = True
+                opts[opt.name] = flag != opt.off_flag
         else:
             if not eq:
                 if i + 1 >= len(args) or args[i + 1].startswith("--"):

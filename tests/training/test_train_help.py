@@ -53,3 +53,21 @@ def test_flags_render_without_a_metavar(capsys, monkeypatch, workdir):
     assert "<bool>" not in text
     assert "--resume" in text and "<int>" in text  # options with values keep theirs
 
+
+
+def test_a_switch_that_is_on_by_default_has_an_off_flag(capsys, monkeypatch, workdir):
+    from mrdib_cli.mrdib import options
+    from mrdib_cli.training.plugin import claim_plugin_args
+
+    from mrdib_cli.options import Option
+
+    assert Option("dual_path", bool, True).off_flag == "--no-dual-path"
+    assert Option("dual_path", bool, False).off_flag is None and Option("n", int, 1).off_flag is None
+    on = [o for o in options() if o.off_flag]
+    assert all(o.is_switch and o.default is True for o in on)
+    assert all(o.off_flag is None for o in options() if o.default is not True)
+    text = _help(capsys, monkeypatch)
+    for o in on:  # listed, and each turns its option off while the plain switch turns it on
+        assert o.off_flag in text
+        assert claim_plugin_args(["--mrdib", o.off_flag])[0][o.name] is False
+        assert claim_plugin_args(["--mrdib", o.flag])[0][o.name] is True
