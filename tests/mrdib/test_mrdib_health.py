@@ -19,7 +19,7 @@ def _eval_forward(toy: ToyMM, plugin: MRdIB) -> None:
 
 
 def _plugin(toy: ToyMM) -> MRdIB:
-    plugin = MRdIB()
+    plugin = MRdIB(preset="current")  # the figures below are read at the projection hook, in scaled units
     plugin.attach(toy)
     return plugin
 

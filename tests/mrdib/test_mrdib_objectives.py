@@ -12,7 +12,7 @@ from mrdib_toy import NoModality, ToyMM, make_batch
 
 
 def _attached(toy: ToyMM, **kw) -> MRdIB:
-    plugin = MRdIB(**kw)
+    plugin = MRdIB(**{"preset": "current", **kw})  # the closed forms below are the current reading's
     plugin.attach(toy)
     toy.train()
     plugin.train()
@@ -167,7 +167,7 @@ def test_state_dict_round_trip(toy: ToyMM, batch) -> None:
     sd = {k: v.clone() for k, v in plugin.state_dict().items()}
     assert any(k.startswith("critics.") for k in sd) and any(k.startswith("bottlenecks.") for k in sd)
     toy2 = ToyMM()
-    plugin2 = MRdIB(MRdIBConfig(synergy_head="mlp"))
+    plugin2 = MRdIB(MRdIBConfig.resolve({"preset": "current", "synergy_head": "mlp"}))
     plugin2.attach(toy2)
     plugin2.load_state_dict(sd)
     toy2.load_state_dict(toy.state_dict())

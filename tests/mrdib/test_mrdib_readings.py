@@ -23,7 +23,7 @@ def _terms(options: dict, seed: int = 0, dropout: float = 0.2) -> tuple[MRdIB, T
     torch.manual_seed(seed)
     toy = ToyMM()
     toy.dropout.p = dropout
-    plugin = MRdIB(**options)
+    plugin = MRdIB(**{"preset": "current", **options})  # each switch against the current reading
     plugin.attach(toy)
     toy.train()
     plugin.train()

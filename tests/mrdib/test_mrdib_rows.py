@@ -25,7 +25,7 @@ def _toy(cls: type[ToyMM] = LocalToy, **kw) -> tuple[ToyMM, MRdIB]:
     torch.manual_seed(0)
     toy = cls()
     toy.dropout.p = 0.0  # the two arms below must consume the same random numbers before the hooks
-    plugin = MRdIB(**kw)
+    plugin = MRdIB(**{"preset": "current", **kw})
     plugin.attach(toy)
     toy.train()
     plugin.train()
