@@ -211,6 +211,12 @@ class Backbone(nn.Module):
         raise UsageError(f"backbone '{self.name}' does not support --minibatch sampled "
                          f"(supported: {', '.join(sampled_backbones())}); use --minibatch full")
 
+    def sparse_parameters(self) -> dict[str, nn.Parameter]:
+        """The :attr:`sparse_tables` this instance has (a backbone without an optional modality lacks its
+        table), by name."""
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.sparse_tables if n in params}
+
     @torch.no_grad()
     def embeddings_for_eval(self) -> tuple[Tensor, Tensor]:
         """Deterministic user and item embeddings; score(u, i) = <user[u], item[i]>."""

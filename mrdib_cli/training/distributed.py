@@ -185,7 +185,7 @@ class DistributedTrainer(Trainer):
         self._touched: dict[str, torch.Tensor] = {}
         if self.cfg.train.minibatch != "sampled":
             return
-        tables = {id(self.backbone.get_parameter(n)): n for n in self.backbone.sparse_tables}
+        tables = {id(p): n for n, p in self.backbone.sparse_parameters().items()}
         for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]:
             if not p.requires_grad:
                 continue
@@ -209,7 +209,7 @@ class DistributedTrainer(Trainer):
         """After the step: every touched row's new value from its owner (one sum in which only the owner's
         term is non-zero, so the value arrives exactly)."""
         for name, rows in getattr(self, "_touched", {}).items():
-            p = self.backbone.get_parameter(name)
+            p = self.backbone.sparse_parameters()[name]
             own = (rows % self.world == self.rank).unsqueeze(1)
             vals = torch.where(own, p.index_select(0, rows), torch.zeros((), dtype=p.dtype))
             dist.all_reduce(vals)

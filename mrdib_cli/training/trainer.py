@@ -257,7 +257,7 @@ class Trainer:
         params = [p for p in params if p.requires_grad]
         if tc.minibatch == "full":
             return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        tables = {id(self.backbone.get_parameter(n)) for n in self.backbone.sparse_tables}
+        tables = {id(p) for p in self.backbone.sparse_parameters().values()}
         return LazyTablesAdam([p for p in params if id(p) in tables],
                               [p for p in params if id(p) not in tables], tc.lr)
 

@@ -89,7 +89,7 @@ def test_nested_node_sets_keep_the_frontier_first():
 
 
 def test_sampled_backbones_declared():
-    assert {"lightgcn", "vbpr"} <= set(sampled_backbones())
+    assert {"lightgcn", "vbpr", "lgmrec", "freedom"} <= set(sampled_backbones())
     assert "mgcn" not in sampled_backbones()
 
 
@@ -188,7 +188,7 @@ def test_vbpr_sampled_step_with_mrdib(handle):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in plugin.parameters())
 
 
-@pytest.mark.parametrize("name", ["lgmrec"])
+@pytest.mark.parametrize("name", ["lgmrec", "freedom"])
 def test_sampled_eval_forward_equals_full_when_nothing_is_sampled_away(handle, name):
     """In eval mode (no Gumbel noise, no dropout), with a fan-out above every degree and a catalogue smaller
     than the uniform samples, the sampled step is the full step: same loss terms and gradients."""
@@ -209,8 +209,7 @@ def test_sampled_eval_forward_equals_full_when_nothing_is_sampled_away(handle, n
     assert gf.keys() == gs.keys()
     for k in gf:
         assert torch.allclose(gf[k], gs[k], rtol=1e-4, atol=1e-8), k
-    for t in sampled.sparse_tables:
-        assert sampled.get_parameter(t).grad.is_sparse, t
+    assert sampled.sparse_parameters() and all(p.grad.is_sparse for p in sampled.sparse_parameters().values())
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +225,7 @@ def _hook_rows(model):
     return seen
 
 
-@pytest.mark.parametrize("name", ["lgmrec"])
+@pytest.mark.parametrize("name", ["lgmrec", "freedom"])
 def test_sampled_step_work_is_bounded_by_batch_and_fanout(wide, name, monkeypatch):
     """Structural, not timed: the rows a sampled step projects are bounded by the batch times the fan-out
     products (and the uniform sample), whatever the catalogue; the full step projects every item."""
@@ -240,13 +239,20 @@ def test_sampled_step_work_is_bounded_by_batch_and_fanout(wide, name, monkeypatc
     fanout = 1
     emb, local = model.propagate_batch(batch, MiniBatch((fanout,), torch.Generator().manual_seed(0)))
     seeds = len(torch.unique(batch.users)) + len(torch.unique(torch.cat([batch.pos, batch.neg])))
-    frontier = seeds * (1 + fanout) ** model.n_mm_layers
+    frontier = seeds * (1 + fanout) ** model.hp["n_mm_layers"]
     bound = frontier * (1 + fanout)  # the frontier's items and its users' sampled items
     assert seen and all(0 < r <= bound < wide.n_items for rows in seen.values() for r in rows)
     assert emb.user.shape[0] <= len(batch.users) and emb.item.shape[0] <= 2 * len(batch.pos)
     assert all(v.shape[0] <= max(16, bound) for v in emb.views.values())
     loss = sum(model.loss(local, emb).values())
     assert torch.isfinite(loss)
+    loss.backward()
+    hp = model.hp
+    # table rows a step touches: the neighbourhoods of the seeds and of the uniform item sample
+    touched = (seeds + 16) * (1 + fanout) ** hp["n_ui_layers"] + seeds * (1 + fanout) ** hp["n_mm_layers"]
+    for n, p in model.sparse_parameters().items():
+        rows = len(p.grad.coalesce().indices()[0])
+        assert 0 < rows <= touched < p.shape[0], n
     seen.clear()
     model.propagate()
     assert all(r == wide.n_items for rows in seen.values() for r in rows)
@@ -286,23 +292,24 @@ def test_lgmrec_hook_rows_start_with_the_batch_items(handle):
     assert torch.allclose(rows["image"][torch.cat([local.pos, local.neg])], full[items], atol=1e-6)
 
 
-def test_cli_lgmrec_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir):
+@pytest.mark.parametrize("name", ["lgmrec", "freedom"])
+def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir, name):
     import json
 
     make_dataset(workdir)
-    code, _, err = cli("train", "-b", "lgmrec", "--mrdib", "--epochs", "2", "--threads", "1", "--minibatch",
+    code, _, err = cli("train", "-b", name, "--mrdib", "--epochs", "2", "--threads", "1", "--minibatch",
                        "sampled", "--fanout", "4", "-n", "lg")
     assert code == 0, err
     run = workdir / "runs" / "lg"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and all(np.isfinite(x["loss"]["total"]) and x["loss"]["hcl"] > 0 for x in lines)
+    assert len(lines) == 2 and all(np.isfinite(x["loss"]["total"]) and x["loss"]["kl"] > 0 for x in lines)
     res = json.loads((run / "results.json").read_text())
     code, out, err = cli("eval", "--run", "lg", "--k", "20")
     assert code == 0, err
     ev = json.loads(next(run.glob("eval-*.json")).read_text())
     # the run's own test figures are a full-ranking evaluation of its best embeddings: `eval` agrees
     assert ev["metrics"]["recall@20"] == pytest.approx(res["test"]["recall@20"], abs=1e-9)
-    code, _, err = cli("train", "-b", "lgmrec", "--mrdib", "--dual-path", "--epochs", "1", "--minibatch",
+    code, _, err = cli("train", "-b", name, "--mrdib", "--dual-path", "--epochs", "1", "--minibatch",
                        "sampled", "-n", "dp")
     assert code == 2 and "--dual-path" in err and "Traceback" not in err
     assert not (run.parent / "dp").exists()
