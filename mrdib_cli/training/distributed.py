@@ -35,7 +35,7 @@ from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.plugin import forward_terms
-from mrdib_cli.training.row_exchange import RowExchange, make_exchange
+from mrdib_cli.training.row_exchange import RowExchange, make_exchange, owner_of
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
 class _Step(nn.Module):
@@ -222,7 +222,7 @@ class DistributedTrainer(Trainer):
             for moments in o.state.values():
                 for name in ("exp_avg", "exp_avg_sq"):
                     t = moments[name]
-                    t[torch.arange(t.shape[0]) % self.world != self.rank] = 0
+                    t[owner_of(torch.arange(t.shape[0]), t.shape[0], self.world) != self.rank] = 0
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:

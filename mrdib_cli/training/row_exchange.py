@@ -1,6 +1,6 @@
 """How the ranks of a ``--minibatch sampled`` job combine their gradients each step (docs/scaling.md).
 
-Every rank keeps a copy of the model; each row of an embedding table has an owner rank (row % world), which
+Every rank keeps a copy of the model; each row of an embedding table has an owner rank (:func:`owner_of`), which
 alone runs the lazy Adam update of that row and keeps its moments. A step therefore needs two exchanges:
 the gradients of the touched rows go to their owners (:meth:`RowExchange.reduce`), and the owners' new row
 values go to every rank (:meth:`RowExchange.publish`). Dense parameters are averaged and updated everywhere.
@@ -30,6 +30,11 @@ from torch import Tensor, nn
 SHM_DIR = Path("/dev/shm")
 
 
+def owner_of(ids: Tensor, n_rows: int, world: int) -> Tensor:
+    """The rank that owns each row: contiguous blocks of rows, so that sorted ids come grouped by owner."""
+    return torch.div(ids * world, n_rows, rounding_mode="floor")
+
+
 def local_rows(p: nn.Parameter) -> tuple[Tensor, Tensor]:
     """(sorted distinct row ids, their gradient rows) of a table's sparse gradient on this rank."""
     if p.grad is None:
@@ -54,8 +59,7 @@ class RowExchange:
     def reduce(self, dense: list[nn.Parameter], loss: Tensor) -> float:
         """Average the gradients over the ranks (a table's: only the rows this rank owns) and return the
         global batch loss (a non-finite value on any rank is non-finite here on every rank)."""
-        local = {n: local_rows(p) for n, p in self.tables.items()}
-        counts = self._stage(local)
+        counts = self._stage()
         dev = loss.device
         flat = torch.cat([*(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=dev)
                             for p in dense), loss.reshape(1).float(), counts.reshape(-1).to(dev)])
@@ -64,14 +68,15 @@ class RowExchange:
         for p in dense:
             p.grad = flat[at:at + p.numel()].view_as(p) / self.world
             at += p.numel()
-        self._combine(local, flat[at + 1:].long().view(counts.shape).tolist())
+        self._combine(flat[at + 1:].long().view(counts.shape).tolist())
         return float(flat[at])
 
-    def _stage(self, local: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+    def _stage(self) -> Tensor:
         """This rank's row counts (zeros in the other ranks' slots), after making its rows available."""
         raise NotImplementedError
 
-    def _combine(self, local: dict[str, tuple[Tensor, Tensor]], counts: list) -> None:
+    def _combine(self, counts: list) -> None:
+        """Every rank's rows of this rank's share, summed and averaged into the tables' ``grad``."""
         raise NotImplementedError
 
     def publish(self) -> None:
@@ -88,14 +93,15 @@ class GatherExchange(RowExchange):
         self.widths = [math.prod(p.shape[1:]) for p in tables.values()]
         self.touched: dict[str, Tensor] = {}
 
-    def _stage(self, local: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+    def _stage(self) -> Tensor:
+        self.local = {n: local_rows(p) for n, p in self.tables.items()}
         counts = torch.zeros(self.world, len(self.tables))
-        counts[self.rank] = torch.tensor([float(len(ids)) for ids, _ in local.values()])
+        counts[self.rank] = torch.tensor([float(len(ids)) for ids, _ in self.local.values()])
         return counts
 
-    def _combine(self, local: dict[str, tuple[Tensor, Tensor]], counts: list) -> None:
+    def _combine(self, counts: list) -> None:
         mine = torch.cat([torch.cat([ids.contiguous().view(torch.float32), vals.reshape(-1)])
-                          for ids, vals in local.values()])
+                          for ids, vals in self.local.values()])
         out = self._all_gather(mine, [sum(c * (2 + w) for c, w in zip(row, self.widths)) for row in counts])
         for t, (name, p) in enumerate(self.tables.items()):
             ids, vals = [], []
@@ -106,7 +112,7 @@ class GatherExchange(RowExchange):
                 vals.append(buf[start + 2 * n:start + n * (2 + w)].view(n, *p.shape[1:]))
             all_ids, all_vals = torch.cat(ids), torch.cat(vals)
             self.touched[name] = torch.unique(all_ids)
-            own = all_ids % self.world == self.rank
+            own = owner_of(all_ids, p.shape[0], self.world) == self.rank
             p.grad = sum_rows(all_ids[own], all_vals[own], p.shape, 1.0 / self.world)
 
     def _all_gather(self, mine: Tensor, sizes: list[int]) -> list[Tensor]:
@@ -117,7 +123,8 @@ class GatherExchange(RowExchange):
 
     @torch.no_grad()
     def publish(self) -> None:
-        owned = {n: [rows[rows % self.world == k] for k in range(self.world)] for n, rows in self.touched.items()}
+        owned = {n: [rows[owner_of(rows, self.tables[n].shape[0], self.world) == k] for k in range(self.world)]
+                 for n, rows in self.touched.items()}
         width = {n: math.prod(p.shape[1:]) for n, p in self.tables.items()}
         sizes = [sum(len(owned[n][k]) * width[n] for n in owned) for k in range(self.world)]
         mine = torch.cat([self.tables[n].index_select(0, owned[n][self.rank]).reshape(-1) for n in owned]
@@ -135,7 +142,8 @@ class GatherExchange(RowExchange):
 class SharedExchange(RowExchange):
     """Rows through shared memory (every rank on this machine, CPU tensors). Each table is replaced by one
     mapping shared by all ranks, and each rank has a staging area of the table's size for its gradient rows,
-    written grouped by owner; the reduce's all-reduce carries every (writer, owner) count."""
+    written summed per id and sorted, hence grouped by owner; the reduce's all-reduce carries every
+    (writer, owner) count."""
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         super().__init__(tables, rank, world)
@@ -160,25 +168,35 @@ class SharedExchange(RowExchange):
             for path in paths:
                 path.unlink(missing_ok=True)
 
-    def _stage(self, local: dict[str, tuple[Tensor, Tensor]]) -> Tensor:
+    def _stage(self) -> Tensor:
+        """Sum this rank's gradient rows per id straight into its staging area (sorted ids: grouped by owner)."""
         counts = torch.zeros(self.world, self.world, len(self.tables))  # [writer, owner, table]
-        for t, (name, (ids, vals)) in enumerate(local.items()):
-            owner = ids % self.world
-            order = torch.argsort(owner, stable=True)
-            self.stage_ids[name][self.rank, :len(ids)] = ids[order]
-            self.stage_vals[name][self.rank, :len(ids)] = vals[order]
-            counts[self.rank, :, t] = torch.bincount(owner, minlength=self.world).float()
+        for t, (name, p) in enumerate(self.tables.items()):
+            if p.grad is None:
+                continue
+            g = p.grad
+            ids, vals = (g.indices()[0], g.values()) if g.is_coalesced() else (g._indices()[0], g._values())
+            uniq, inv = torch.unique(ids, return_inverse=True)
+            self.stage_ids[name][self.rank, :len(uniq)] = uniq
+            self.stage_vals[name][self.rank, :len(uniq)].zero_().index_add_(0, inv, vals)
+            counts[self.rank, :, t] = torch.bincount(owner_of(uniq, p.shape[0], self.world), minlength=self.world)
         return counts
 
-    def _combine(self, local: dict[str, tuple[Tensor, Tensor]], counts: list) -> None:
+    def _combine(self, counts: list) -> None:
         for t, (name, p) in enumerate(self.tables.items()):
-            ids, vals = [], []
-            for w in range(self.world):  # the rows every writer staged for this owner, in writer order
+            spans = []  # where every writer staged this owner's rows, in writer order
+            for w in range(self.world):
                 start = sum(counts[w][k][t] for k in range(self.rank))
-                stop = start + counts[w][self.rank][t]
-                ids.append(self.stage_ids[name][w, start:stop])
-                vals.append(self.stage_vals[name][w, start:stop])
-            p.grad = sum_rows(torch.cat(ids), torch.cat(vals), p.shape, 1.0 / self.world)
+                spans.append((w, start, start + counts[w][self.rank][t]))
+            uniq, inv = torch.unique(torch.cat([self.stage_ids[name][w, a:b] for w, a, b in spans]),
+                                     return_inverse=True)
+            acc = p.new_zeros(len(uniq), *p.shape[1:])
+            at = 0
+            for w, a, b in spans:  # read in place from the staging areas
+                acc.index_add_(0, inv[at:at + b - a], self.stage_vals[name][w, a:b])
+                at += b - a
+            p.grad = torch.sparse_coo_tensor(uniq.unsqueeze(0), acc.mul_(1.0 / self.world), p.shape,
+                                             is_coalesced=True)
 
     def publish(self) -> None:
         # the owners wrote their rows into the shared tables; wait until all did (and until every owner has
