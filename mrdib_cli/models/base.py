@@ -134,8 +134,9 @@ class Backbone(nn.Module):
     #: batch's items first in the order of the re-indexed batch: a plug-in's per-item terms, indexed by that
     #: batch, then read the right rows (``--minibatch sampled`` with a plug-in)
     sampled_hook_rows: ClassVar[bool] = False
-    #: embedding tables (parameter names, dotted for a submodule's) that :meth:`propagate_batch` reads row by row (sparse gradients): in
-    #: ``--minibatch sampled`` mode a lazy Adam updates only the rows a step touched; empty = mode unsupported
+    #: embedding tables (parameter names, dotted for a submodule's) that :meth:`propagate_batch` reads row by
+    #: row (sparse gradients): in ``--minibatch sampled`` mode a lazy Adam updates only the rows a step
+    #: touched; empty = mode unsupported
     sparse_tables: ClassVar[tuple[str, ...]] = ()
     #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
     hparam_help: ClassVar[dict[str, str]] = {}
