@@ -69,16 +69,36 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
     for k in fanouts:
         cur = nodes[-1]
         owner, nbr, w = graph.sample(cur, int(k), generator)
-        new = nbr[~torch.isin(nbr, cur)].unique()
-        nxt = torch.cat([cur, new])
-        # position of each sampled neighbour in nxt: cur keeps its order, new ones follow sorted
-        pos = torch.empty(0, dtype=torch.int64, device=nbr.device)
-        if len(nbr):
-            order = torch.argsort(nxt)
-            pos = order[torch.searchsorted(nxt[order], nbr)]
-        blocks.append(Block(owner, pos, w, len(cur)))
+        nxt = extend(cur, nbr)
+        blocks.append(Block(owner, positions(nxt, nbr), w, len(cur)))
         nodes.append(nxt)
     return nodes, blocks
+
+
+def extend(first: Tensor, more: Tensor) -> Tensor:
+    """``first`` (distinct ids, order kept) followed by the ids of ``more`` not in it, sorted and distinct."""
+    return torch.cat([first, more[~torch.isin(more, first)].unique()])
+
+
+def positions(table: Tensor, ids: Tensor) -> Tensor:
+    """Position of each of ``ids`` in ``table`` (distinct ids in any order, every id present)."""
+    if not len(ids):
+        return torch.empty(0, dtype=torch.int64, device=ids.device)
+    order = torch.argsort(table)
+    return order[torch.searchsorted(table[order], ids)]
+
+
+def uniform_sample(n: int, size: int, generator: torch.Generator | None = None,
+                   device: torch.device | str = "cpu") -> Tensor:
+    """``size`` ids drawn uniformly from 0..n-1 with replacement, or every id when ``n <= size``.
+
+    Why with replacement: drawing without it (``randperm``) costs the whole range, which is what a sampled
+    step must not pay; every id at once makes an estimate over the sample exact on small catalogues.
+    """
+    if n <= size:
+        return torch.arange(n, device=device)
+    gen_dev = generator.device if generator is not None else device
+    return torch.randint(0, n, (size,), generator=generator, device=gen_dev).to(device)
 
 
 def aggregate(block: Block, x: Tensor) -> Tensor:

@@ -44,7 +44,7 @@ def dot_bpr(u: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
 
 def emb_norm_loss(*embs: Tensor) -> Tensor:
     """MMRec's ``EmbLoss``: sum of Frobenius norms (**not** squared) divided by the batch size."""
-    total = sum(batch_norm(e) for e in embs)
+    total = sum(batch_norms(*embs))
     return total / embs[-1].shape[0]
 
 
@@ -57,7 +57,7 @@ class _BatchSplit:
 
 @contextlib.contextmanager
 def batch_split_across_ranks(contributes: bool = True) -> Iterator[None]:
-    """Within this block, :func:`batch_norm` returns this rank's share of the global batch's norm."""
+    """Within this block, :func:`batch_norms` returns this rank's share of the global batch's norm."""
     _BatchSplit.active, _BatchSplit.contributes = True, contributes
     try:
         yield
@@ -65,23 +65,23 @@ def batch_split_across_ranks(contributes: bool = True) -> Iterator[None]:
         _BatchSplit.active, _BatchSplit.contributes = False, True
 
 
-def batch_norm(e: Tensor) -> Tensor:
-    """Frobenius norm of batch rows ``e``, as if the whole global batch were here.
+def batch_norms(*embs: Tensor) -> list[Tensor]:
+    """Frobenius norm of each tensor of batch rows, as if the whole global batch were here.
 
     Why: under DDP each rank holds a slice e_r of the batch E, and ||E|| is not a sum of per-rank parts
     (sum_r ||e_r|| > ||E||), so MMRec's EmbLoss would be stronger than in one process. The share returned
-    here is ||e_r||^2 / ||E|| (||E|| from one all-reduce of the squared norms): over the ranks it adds up to
-    ||E||, and its gradient e_r / ||E|| is exactly e_r's part of the gradient of ||E||.
+    here is ||e_r||^2 / ||E|| (||E|| from an all-reduce of the squared norms, one for all the tensors): over
+    the ranks it adds up to ||E||, and its gradient e_r / ||E|| is exactly e_r's part of the gradient of ||E||.
     """
     if not _BatchSplit.active:
-        return torch.linalg.norm(e)
+        return [torch.linalg.norm(e) for e in embs]
     import torch.distributed as dist
 
-    sq = e.pow(2).sum()
+    sq = torch.stack([e.pow(2).sum() for e in embs])
     total = sq.detach() * (1.0 if _BatchSplit.contributes else 0.0)
     dist.all_reduce(total)
     half = sq / (2.0 * total.sqrt().clamp_min(1e-12))  # gradient e_r / ||E||
-    return half + half.detach()  # value ||e_r||^2 / ||E||
+    return list((half + half.detach()).unbind())  # value ||e_r||^2 / ||E||
 
 
 def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tuple[str, ...],

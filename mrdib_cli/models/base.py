@@ -15,7 +15,8 @@ fusion, a backbone writes ``h = self.modality_hook("image", h)``. Without plug-i
 Where the frozen modality features enter, before the backbone's own projection, it writes
 ``x = self.modality_input("image", x)``, so a plug-in can work on the modality input itself instead.
 A backbone whose hook rows stay with their item (``item_local_hooks = True``, VBPR) lets a plug-in transform
-only the rows of the training batch's items.
+only the rows of the training batch's items; in ``--minibatch sampled`` mode a backbone with
+``sampled_hook_rows = True`` passes the hooks only the rows its step needs.
 A backbone that exposes a modality-specific *user* representation for modality m puts it in
 ``Embeddings.views["user_<m>"]`` so that per-modality objectives can score with it.
 """
@@ -129,8 +130,13 @@ class Backbone(nn.Module):
     #: e.g. VBPR) and ``loss`` reads item rows only at the batch's items: a plug-in may then transform just the
     #: rows a training batch uses. False for graph backbones, where every row reaches every item.
     item_local_hooks: ClassVar[bool] = False
-    #: embedding tables that :meth:`propagate_batch` reads row by row (sparse gradients): in
-    #: ``--minibatch sampled`` mode a lazy Adam updates only the rows a step touched; empty = mode unsupported
+    #: True when :meth:`propagate_batch` passes the hooks only the rows of the items its step needs, the
+    #: batch's items first in the order of the re-indexed batch: a plug-in's per-item terms, indexed by that
+    #: batch, then read the right rows (``--minibatch sampled`` with a plug-in)
+    sampled_hook_rows: ClassVar[bool] = False
+    #: embedding tables (parameter names, dotted for a submodule's) that :meth:`propagate_batch` reads row by
+    #: row (sparse gradients): in ``--minibatch sampled`` mode a lazy Adam updates only the rows a step
+    #: touched; empty = mode unsupported
     sparse_tables: ClassVar[tuple[str, ...]] = ()
     #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
     hparam_help: ClassVar[dict[str, str]] = {}
@@ -205,6 +211,12 @@ class Backbone(nn.Module):
         """
         raise UsageError(f"backbone '{self.name}' does not support --minibatch sampled "
                          f"(supported: {', '.join(sampled_backbones())}); use --minibatch full")
+
+    def sparse_parameters(self) -> dict[str, nn.Parameter]:
+        """The :attr:`sparse_tables` this instance has (a backbone without an optional modality lacks its
+        table), by name."""
+        params = dict(self.named_parameters())
+        return {n: params[n] for n in self.sparse_tables if n in params}
 
     @torch.no_grad()
     def embeddings_for_eval(self) -> tuple[Tensor, Tensor]:

@@ -28,10 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.ops import bipartite_edges
+from mrdib_cli.graphs.sampling import CSRGraph, aggregate, sample_blocks
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, prop, spmm
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
+from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, local_batch, prop, spmm, table_rows
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
+from mrdib_cli.models.lightgcn import sampled_layer_mean
 
 
 @register("freedom")
@@ -51,6 +53,9 @@ class FREEDOM(Backbone):
     #: the hyper-parameter grid a fair baseline is tuned over on validation (MMRec's grid);
     #: examples/sweeps/mmrec-freedom.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"dropout": [0.8, 0.9], "reg_weight": [0.0, 1e-5, 1e-4, 1e-3]}
+    # the raw feature tables are trainable too: read row by row in sampled mode (an absent modality has none)
+    sparse_tables = ("user_embedding.weight", "item_id_embedding.weight", "feat.image", "feat.text")
+    sampled_hook_rows = True  # propagate_batch projects exactly the batch's distinct items, in sorted order
     hparam_help = {
         "mm_image_weight": "Weight of the image kNN graph in the mixed item-item graph (text: 1 - it).",
         "dropout": "Fraction of user-item edges pruned each epoch (degree-sensitive).",
@@ -84,6 +89,7 @@ class FREEDOM(Backbone):
         self.register_buffer("edge_weights", bipartite_degree_weights(users, items, self.n_users, self.n_items),
                              persistent=False)
         self.masked_adj: Tensor | None = None
+        self._csr: dict[str, tuple[Tensor, CSRGraph]] = {}  # --minibatch sampled: CSR arrays per graph
 
     def pre_epoch(self, epoch: int, generator: torch.Generator) -> None:
         """Resample the degree-sensitive pruned user-item graph for this epoch."""
@@ -114,6 +120,36 @@ class FREEDOM(Backbone):
         views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, self.feat[m])))
                  for m in self.feat}
         return Embeddings(u, i, views)
+
+    def _sampler(self, name: str, m: Tensor) -> CSRGraph:
+        """The CSR arrays of graph ``m`` (kept while ``m`` is the same tensor: the pruned graph changes every
+        epoch, and building its arrays costs its edges once per epoch, not per step)."""
+        hit = self._csr.get(name)
+        if hit is None or hit[0] is not m:
+            hit = self._csr[name] = (m, CSRGraph(m))
+        return hit[1]
+
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """The batch's users and items only: the LightGCN part from sampled neighbourhoods of this epoch's
+        (pruned) graph, h from sampled hops of the frozen item-item graph, the modality projections at the
+        batch's items (docs/scaling.md, "FREEDOM")."""
+        if self.training and self.masked_adj is None and self.hp["dropout"] > 0.0:
+            self.pre_epoch(0, None)
+        adj = self.masked_adj if (self.training and self.masked_adj is not None) else self.norm_adj
+        bu = torch.unique(batch.users)
+        bi = torch.unique(torch.cat([batch.pos, batch.neg]))
+        n_u, gen = self.n_users, mb.generator
+        nodes, out, _ = sampled_layer_mean(self._sampler("ui", adj), self.user_embedding.weight,
+                                           self.item_id_embedding.weight, torch.cat([bu, bi + n_u]),
+                                           mb.hops(self.hp["n_ui_layers"]), gen)
+        # nodes = [bu; bi + n_u]: two sorted id sets in disjoint ranges
+        items, blocks = sample_blocks(self._sampler("mm", self.mm_adj), bi, mb.hops(self.hp["n_mm_layers"]), gen)
+        h = table_rows(self.item_id_embedding.weight, items[-1])
+        for block in reversed(blocks):  # S^L E_i: the last layer only, as the full forward
+            h = aggregate(block, h)
+        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, table_rows(self.feat[m], bi))))
+                 for m in self.feat}
+        return Embeddings(out[:len(bu)], out[len(bu):] + h, views), local_batch(batch, bu, bi)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u = emb.rows("user", batch.users)

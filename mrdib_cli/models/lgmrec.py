@@ -33,6 +33,7 @@ hypergraph outputs.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 import numpy as np
@@ -42,11 +43,16 @@ from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.models._common import bpr, emb_norm_loss, spmm, xavier_uniform
-from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, register
-from mrdib_cli.models.lightgcn import light_propagate
+from mrdib_cli.graphs.sampling import CSRGraph, aggregate, extend, positions, sample_blocks, uniform_sample
+from mrdib_cli.models._common import bpr, emb_norm_loss, local_batch, spmm, xavier_uniform
+from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
+from mrdib_cli.models.lightgcn import light_propagate, sampled_layer_mean
 
 TAU = 0.2
+#: ``--minibatch sampled``: items (and users) drawn uniformly per step to estimate the sums over the whole
+#: catalogue that the hypergraph part needs (Λ = H_iᵀ E_I and the contrastive denominators); a catalogue
+#: this small or smaller is used whole, and then those sums are exact
+GLOBAL_SAMPLE = 1024
 
 
 def info_nce_sum(anchor: Tensor, positive: Tensor, all_candidates: Tensor, tau: float = TAU) -> Tensor:
@@ -75,6 +81,26 @@ def info_nce_sum_lowrank(ids: Tensor, anchor_all: Tensor, pos_all: Tensor, assig
     c_norm = torch.linalg.vector_norm(pos_all, dim=1).clamp_min(1e-12)  # as F.normalize's eps
     pos = (a * pos_all[uniq]).sum(-1) / c_norm[uniq] / tau
     lse = _LowRankLogSumExp.apply((a @ lam.T) / tau, assign / c_norm[:, None])  # 1/τ folded in the factor
+    return ((lse - pos) * counts).sum()
+
+
+def info_nce_sum_sampled(ids: Tensor, anchor: Tensor, positive: Tensor, cand_assign: Tensor, lam: Tensor,
+                         n_total: int, tau: float = TAU) -> Tensor:
+    """:func:`info_nce_sum_lowrank` with the candidates ``cand_assign @ lam`` drawn uniformly from a table of
+    ``n_total`` rows (``--minibatch sampled``); ``anchor``/``positive`` hold the rows ``ids`` index.
+
+    The denominator's sum over the other n_total - 1 rows is estimated by (n_total - 1) / S times its sum
+    over the S drawn rows, and the positive is added once, as in the full sum. With every row drawn
+    (S = n_total) it is the full sum itself.
+    """
+    uniq, counts = torch.unique(ids, return_counts=True)
+    a = F.normalize(anchor[uniq], dim=1)
+    p = positive[uniq]
+    pos = (a * p).sum(-1) / torch.linalg.vector_norm(p, dim=1).clamp_min(1e-12) / tau
+    c_norm = torch.linalg.vector_norm(cand_assign @ lam, dim=1).clamp_min(1e-12)
+    lse = _LowRankLogSumExp.apply((a @ lam.T) / tau, cand_assign / c_norm[:, None])
+    if len(cand_assign) < n_total:
+        lse = torch.logaddexp(pos, lse + math.log((n_total - 1) / len(cand_assign)))
     return ((lse - pos) * counts).sum()
 
 
@@ -115,6 +141,8 @@ class LGMRec(Backbone):
     #: examples/sweeps/mmrec-lgmrec.yaml runs it
     mmrec_grid: dict[str, list[Any]] = {"cl_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1],
                                           "reg_weight": [0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1]}
+    sparse_tables = ("user_embedding", "item_id_embedding")
+    sampled_hook_rows = True
     hparam_help = {
         "n_hyper_layer": "Hypergraph propagation layers.",
         "hyper_num": "Number of hyperedges.",
@@ -158,6 +186,7 @@ class LGMRec(Backbone):
             self.trs[m] = xavier_uniform(x.shape[1], d)
             self.hyper[m] = xavier_uniform(x.shape[1], self.hyper_num)
         self.drop = nn.Dropout(p=1.0 - self.keep_rate)
+        self._csr: tuple[CSRGraph, CSRGraph] | None = None  # (Â, R) for --minibatch sampled, built on first use
 
     # ------------------------------------------------------------------------------ parts
     def _mge(self, m: str) -> tuple[Tensor, Tensor]:
@@ -204,10 +233,104 @@ class LGMRec(Backbone):
         user, item = torch.split(z, [self.n_users, self.n_items])
         return Embeddings(user, item, views)
 
+    # ------------------------------------------------------------------------------ --minibatch sampled
+    def propagate_batch(self, batch: Batch, mb: MiniBatch) -> tuple[Embeddings, Batch]:
+        """z at the batch's users and items only (docs/scaling.md, "LGMRec").
+
+        * C: LightGCN's readout from sampled ``n_ui_layers``-hop neighbourhoods (also at a uniform item sample,
+          which the hypergraph's Λ reads);
+        * M^m: ``n_mm_layers`` sampled hops of Â; at the last hop an item's F_i^m is its projected feature (the
+          hook) and a user's F_u^m the mean of its sampled items' (unbiased; exact when the fan-out covers it);
+        * Γ: Λ = H_iᵀ E_I estimated on the uniform item sample (I/S times the sample's sum); a user's hyperedge
+          logits Z_u = R Z_i from its sampled items; the contrastive denominators from uniform samples.
+        """
+        if self._csr is None:
+            self._csr = (CSRGraph(self.norm_adj), CSRGraph(self.r))
+        adj, r = self._csr
+        gen, n_u = mb.generator, self.n_users
+        bu = torch.unique(batch.users)
+        bi = torch.unique(torch.cat([batch.pos, batch.neg]))
+        dev = bu.device
+        gi = uniform_sample(self.n_items, GLOBAL_SAMPLE, gen, dev)
+        gu = uniform_sample(n_u, GLOBAL_SAMPLE, gen, dev)
+        nodes, c, _ = sampled_layer_mean(adj, self.user_embedding, self.item_id_embedding,
+                                         torch.cat([bu, bi + n_u, gi + n_u]), mb.hops(self.n_ui_layers), gen)
+        c_u, c_i, c_g = (c[torch.searchsorted(nodes, ids)] for ids in (bu, bi + n_u, gi + n_u))
+        mge = self._mge_sampled(bu, bi, mb)
+        ghe = self._ghe_sampled(torch.cat([bu, gu]), bi, gi, c_g, mb)
+        local_u, local_i, g_u, g_i, views = c_u, c_i, 0.0, 0.0, {}
+        for m in self.modalities:
+            mm, f_u = mge[m]
+            local_u = local_u + F.normalize(mm[:len(bu)], dim=1)
+            local_i = local_i + F.normalize(mm[len(bu):], dim=1)
+            h_users, h_bi, h_gi, lam = ghe[m]
+            views[f"user_{m}"] = f_u
+            views[f"ghe_user_{m}"], views[f"ghe_item_{m}"] = h_users[:len(bu)] @ lam, h_bi @ lam
+            views[f"cand_user_{m}"], views[f"cand_item_{m}"], views[f"hyper_lambda_{m}"] = h_users[len(bu):], h_gi, lam
+            g_u, g_i = g_u + views[f"ghe_user_{m}"], g_i + views[f"ghe_item_{m}"]
+        user = local_u + self.alpha * F.normalize(g_u, dim=1)
+        item = local_i + self.alpha * F.normalize(g_i, dim=1)
+        return Embeddings(user, item, views), local_batch(batch, bu, bi)
+
+    def _mge_sampled(self, bu: Tensor, bi: Tensor, mb: MiniBatch) -> dict[str, tuple[Tensor, Tensor]]:
+        """Per modality: M^m at [bu; bi] (rows in that order) and F_u^m at bu, from one neighbourhood sample
+        shared by the modalities. The hooks see the needed items' rows, the batch's items ``bi`` first."""
+        adj, r = self._csr
+        gen, n_u = mb.generator, self.n_users
+        nodes, blocks = sample_blocks(adj, torch.cat([bu, bi + n_u]), mb.hops(self.n_mm_layers), gen)
+        front = nodes[-1]  # starts with [bu; bi + n_u], as every node set does
+        is_user = front < n_u
+        f_users = front[is_user]
+        owner, nbr, w = r.sample(f_users, mb.hops(self.n_mm_layers + 1)[-1], gen)
+        w = w * self.inv_deg_u[f_users[owner], 0]  # a sum estimate of R's row, divided by the degree: a mean
+        items = extend(bi, torch.cat([front[~is_user] - n_u, nbr]))
+        at_item, at_nbr = positions(items, front[~is_user] - n_u), positions(items, nbr)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for m in self.modalities:
+            x = self.modality_input(m, getattr(self, f"feat_{m}").index_select(0, items))
+            f_i = self.modality_hook(m, x @ self.trs[m])  # [items, d]
+            f_u = torch.zeros(len(f_users), f_i.shape[1], dtype=f_i.dtype, device=f_i.device)
+            f_u = f_u.index_add(0, owner, f_i[at_nbr] * w[:, None].to(f_i.dtype))
+            h = torch.empty(len(front), f_i.shape[1], dtype=f_i.dtype, device=f_i.device)
+            h = h.index_put((is_user.nonzero().squeeze(1),), f_u)
+            h = h.index_put(((~is_user).nonzero().squeeze(1),), f_i[at_item])
+            for block in reversed(blocks):  # M is the last layer only (no layer mean)
+                h = aggregate(block, h)
+            out[m] = (h, f_u[:len(bu)])  # the first users of the frontier are bu
+        return out
+
+    def _ghe_sampled(self, users: Tensor, bi: Tensor, gi: Tensor, c_g: Tensor, mb: MiniBatch
+                     ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """Per modality: hyperedge assignments of ``users``, of ``bi`` and of the uniform item sample ``gi``,
+        and the last Λ, estimated on ``gi`` (whose C rows are ``c_g``)."""
+        _, r = self._csr
+        owner, nbr, w = r.sample(users, mb.hops(1)[0], mb.generator)  # Z_u = R Z_i: a sum estimate
+        items = torch.unique(torch.cat([bi, gi, nbr]))
+        at_nbr, at_bi, at_gi = positions(items, nbr), positions(items, bi), positions(items, gi)
+        scale = self.n_items / len(gi)
+        out: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+        for m in self.modalities:
+            z_i = getattr(self, f"feat_{m}").index_select(0, items) @ self.hyper[m]  # [items, H]
+            z_u = torch.zeros(len(users), z_i.shape[1], dtype=z_i.dtype, device=z_i.device)
+            z_u = z_u.index_add(0, owner, z_i[at_nbr] * w[:, None].to(z_i.dtype))
+            h_i, h_u = self.drop(self._assign(z_i)), self.drop(self._assign(z_u))
+            h_g, e = h_i[at_gi], c_g
+            for _ in range(self.n_hyper_layer):
+                lam = scale * (h_g.T @ e)
+                e = h_g @ lam
+            out[m] = (h_u, h_i[at_bi], h_g, lam)
+        return out
+
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]
         bpr_ = bpr((u * i).sum(-1), (u * j).sum(-1))
         v = emb.views
+        if "cand_user_text" in v:  # --minibatch sampled: uniform candidates (propagate_batch)
+            hcl = (info_nce_sum_sampled(batch.users, v["ghe_user_image"], v["ghe_user_text"], v["cand_user_text"],
+                                        v["hyper_lambda_text"], self.n_users)
+                   + info_nce_sum_sampled(batch.pos, v["ghe_item_image"], v["ghe_item_text"], v["cand_item_text"],
+                                          v["hyper_lambda_text"], self.n_items))
+            return {"bpr": bpr_, "hcl": self.cl_weight * hcl, "reg": self.reg_weight * emb_norm_loss(u, i, j)}
         # = info_nce_sum(G_u^v[u], G_u^t[u], G_u^t) + info_nce_sum(G_i^v[i], G_i^t[i], G_i^t), computed
         # through the rank-H factors G^t = H^t Λ^t (same value, ~H/d of the flops)
         hcl = (info_nce_sum_lowrank(batch.users, v["ghe_user_image"], v["ghe_user_text"],

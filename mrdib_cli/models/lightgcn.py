@@ -36,6 +36,24 @@ def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
     return acc / (n_layers + 1)
 
 
+def node_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor) -> Tensor:
+    """Rows of the joint node table [users; items] at ``nodes``, read with sparse gradients."""
+    n_users = user_table.shape[0]
+    is_user = nodes < n_users
+    ego = torch.empty(len(nodes), user_table.shape[1], dtype=user_table.dtype, device=nodes.device)
+    ego = ego.index_put((is_user.nonzero().squeeze(1),), table_rows(user_table, nodes[is_user]))
+    return ego.index_put(((~is_user).nonzero().squeeze(1),), table_rows(item_table, nodes[~is_user] - n_users))
+
+
+def sampled_layer_mean(graph: CSRGraph, user_table: Tensor, item_table: Tensor, seeds: Tensor, hops: list[int],
+                       generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """LightGCN's readout mean_l Â^l E at the distinct ``seeds`` (ids of the joint node table), from sampled
+    neighbourhoods: (those ids, sorted; their readout rows; their ego rows)."""
+    nodes, blocks = sample_blocks(graph, seeds, hops, generator)
+    ego = node_rows(user_table, item_table, nodes[-1])
+    return nodes[0], horner_mean(blocks, ego), ego[:len(nodes[0])]
+
+
 @register("lightgcn")
 class LightGCN(Backbone):
     modalities = ()
@@ -68,15 +86,9 @@ class LightGCN(Backbone):
             self._csr = CSRGraph(self.norm_adj)
         u = self.n_users
         seeds = torch.cat([batch.users, batch.pos + u, batch.neg + u])
-        nodes, blocks = sample_blocks(self._csr, seeds, mb.hops(self.n_layers), mb.generator)
-        last = nodes[-1]
-        is_user = last < u
-        ego = torch.empty(len(last), self.dim, dtype=self.user_embedding.dtype, device=last.device)
-        ego = ego.index_put((is_user.nonzero().squeeze(1),), table_rows(self.user_embedding, last[is_user]))
-        ego = ego.index_put(((~is_user).nonzero().squeeze(1),), table_rows(self.item_embedding, last[~is_user] - u))
-        out = horner_mean(blocks, ego)
-        ego0 = ego[:len(nodes[0])]
-        return Embeddings(out, out, {"ego_user": ego0, "ego_item": ego0}), local_batch(batch, nodes[0], nodes[0], u)
+        nodes, out, ego0 = sampled_layer_mean(self._csr, self.user_embedding, self.item_embedding, seeds,
+                                              mb.hops(self.n_layers), mb.generator)
+        return Embeddings(out, out, {"ego_user": ego0, "ego_item": ego0}), local_batch(batch, nodes, nodes, u)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:
         u, i, j = emb.rows("user", batch.users), emb.item[batch.pos], emb.item[batch.neg]

@@ -57,6 +57,7 @@ class VBPR(Backbone):
     mmrec_grid: dict[str, list[Any]] = {"reg_weight": [2.0, 1.0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5]}
     item_local_hooks = True  # h_i^m reaches only e_i, and the loss reads e at the batch's items
     sparse_tables = ("u_embedding", "i_embedding")
+    sampled_hook_rows = True  # propagate_batch projects exactly the batch's distinct items, in sorted order
 
     def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)

@@ -238,6 +238,11 @@ class MRdIB(Plugin):
             if on_input:
                 backbone.install_hook(m, self._observe)
 
+    def refuses_sampled(self) -> str | None:
+        if self.cfg.dual_path:
+            return "--dual-path scores a second, whole-catalogue forward, which the sampled step does not run"
+        return None
+
     def _unique_side(self, m: str, d_item: int, emb: Embeddings) -> None:
         """The unique term's parameters for modality ``m`` whose item side has ``d_item`` columns: an
         independent user table (``unique_decoders="independent"``), or the alignment A_m to the backbone's

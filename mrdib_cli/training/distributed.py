@@ -22,6 +22,7 @@ NCCL is used when the workers train on CUDA devices (one per local rank), gloo o
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from typing import Any
 
@@ -34,6 +35,7 @@ from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch
 from mrdib_cli.training.plugin import forward_terms
+from mrdib_cli.training.row_exchange import RowExchange, make_exchange, owner_of
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
 class _Step(nn.Module):
@@ -91,8 +93,8 @@ class DistributedTrainer(Trainer):
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
             self.step = step = _Step(self.backbone, self.plugin)
-            # sampled mode: the tables' gradients are sparse, which DDP would send dense; _reduce_sampled
-            # averages them itself (every rank built the same initial parameters from the run seed)
+            # sampled mode: the tables' gradients are sparse, which DDP would send dense; the row exchange
+            # (mrdib_cli.training.row_exchange) averages them (every rank built the same initial parameters)
             self.ddp = step if cfg.train.minibatch == "sampled" else nn.parallel.DistributedDataParallel(
                 step,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -145,15 +147,21 @@ class DistributedTrainer(Trainer):
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
             terms = self.ddp(part.users, part.pos, part.neg, weight > 0, minibatch)
             loss = sum(terms.values()) * weight
-            check = loss.detach().clone()
-            dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
-            if not torch.isfinite(check):
-                raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._reduce_sampled()
+            if minibatch is None:
+                check = loss.detach().clone()
+                dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
+                if not torch.isfinite(check):
+                    raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the gradients during the backward
+            else:  # the loss check travels with the gradients (nothing is applied before it)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if not math.isfinite(self._rows().reduce(self._dense_params(), loss.detach())):
+                    raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
             self.optimizer.step()
-            self._share_rows()
+            if minibatch is not None:
+                self._rows().publish()
             share = weight / self.world  # n_r / n: rank shares of a term add up to its global-batch mean
             if self.plugin:
                 self.plugin.after_step(part, self.step.last_emb)
@@ -176,44 +184,17 @@ class DistributedTrainer(Trainer):
         dist.all_reduce(total)
         return float(total)
 
-    def _reduce_sampled(self) -> None:
-        """Sampled mode: average every gradient over the ranks, the tables' as sparse tensors (only the rows
-        the ranks touched travel, where DDP would send the whole tables), and keep of a table's gradient only
-        the rows this rank owns (row % world == rank): each rank runs the lazy Adam on its share of the rows
-        and holds only their moments, so the optimiser's work is divided too (:meth:`_share_rows` then
-        sends every rank the updated rows)."""
-        self._touched: dict[str, torch.Tensor] = {}
-        if self.cfg.train.minibatch != "sampled":
-            return
-        tables = {id(getattr(self.backbone, n)): n for n in self.backbone.sparse_tables}
-        for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]:
-            if not p.requires_grad:
-                continue
-            if id(p) not in tables:
-                grad = p.grad if p.grad is not None else torch.zeros_like(p)
-                dist.all_reduce(grad)
-                p.grad = grad / self.world
-                continue
-            grad = p.grad if p.grad is not None else torch.sparse_coo_tensor(
-                torch.empty(1, 0, dtype=torch.int64), torch.empty(0, *p.shape[1:]), p.shape)
-            grad = grad.coalesce()
-            dist.all_reduce(grad)
-            grad = grad.coalesce()
-            rows = grad.indices()[0]
-            own = rows % self.world == self.rank
-            self._touched[tables[id(p)]] = rows
-            p.grad = torch.sparse_coo_tensor(grad.indices()[:, own], grad.values()[own] / self.world, p.shape)
+    def _rows(self) -> RowExchange:
+        """Sampled mode's exchange of the tables' rows (built at the first step, after any resume)."""
+        if getattr(self, "_exchange", None) is None:
+            self._exchange = make_exchange(self.backbone.sparse_parameters(), self.rank, self.world)
+        return self._exchange
 
-    @torch.no_grad()
-    def _share_rows(self) -> None:
-        """After the step: every touched row's new value from its owner (one sum in which only the owner's
-        term is non-zero, so the value arrives exactly)."""
-        for name, rows in getattr(self, "_touched", {}).items():
-            p = getattr(self.backbone, name)
-            own = (rows % self.world == self.rank).unsqueeze(1)
-            vals = torch.where(own, p.index_select(0, rows), torch.zeros((), dtype=p.dtype))
-            dist.all_reduce(vals)
-            p.index_copy_(0, rows, vals)
+    def _dense_params(self) -> list[nn.Parameter]:
+        """Every trained parameter but the sparse tables (averaged over the ranks, updated everywhere)."""
+        tables = {id(p) for p in self.backbone.sparse_parameters().values()}
+        return [p for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]
+                if p.requires_grad and id(p) not in tables]
 
     def _row_adams(self) -> list[Any]:
         from mrdib_cli.training.trainer import RowAdam
@@ -241,7 +222,7 @@ class DistributedTrainer(Trainer):
             for moments in o.state.values():
                 for name in ("exp_avg", "exp_avg_sq"):
                     t = moments[name]
-                    t[torch.arange(t.shape[0]) % self.world != self.rank] = 0
+                    t[owner_of(torch.arange(t.shape[0]), t.shape[0], self.world) != self.rank] = 0
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:

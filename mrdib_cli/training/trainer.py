@@ -228,6 +228,8 @@ class Trainer:
             self.plugin = create_plugin(cfg.plugin["name"], opts)
             self.plugin.attach(self.backbone)
             self.plugin.to(self.device)
+            if tc.minibatch == "sampled" and (why := self.plugin.refuses_sampled()):
+                raise UsageError(f"--minibatch sampled: {why}; use --minibatch full")
         # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
         resume = self._prepare_run_dir(resume, overwrite)
         self.optimizer = self._make_optimizer()
@@ -255,7 +257,7 @@ class Trainer:
         params = [p for p in params if p.requires_grad]
         if tc.minibatch == "full":
             return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        tables = {id(getattr(self.backbone, n)) for n in self.backbone.sparse_tables}
+        tables = {id(p) for p in self.backbone.sparse_parameters().values()}
         return LazyTablesAdam([p for p in params if id(p) in tables],
                               [p for p in params if id(p) not in tables], tc.lr)
 
@@ -601,9 +603,10 @@ def check_minibatch(cfg: RunConfig) -> None:
     if cfg.backbone not in supported:
         raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
                          f"{', '.join(supported)}); use --minibatch full")
-    if cfg.plugin and not get_backbone(cfg.backbone).item_local_hooks:
-        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones whose hook rows stay with their "
-                         f"item (vbpr), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
+    if cfg.plugin and not get_backbone(cfg.backbone).sampled_hook_rows:
+        able = ", ".join(n for n in supported if get_backbone(n).sampled_hook_rows)
+        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones that pass its hooks the step's "
+                         f"rows ({able}), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
     if tc.weight_decay:
         raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
                          "set weight_decay to 0 or use --minibatch full")

@@ -149,14 +149,15 @@ def _norm_share_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from mrdib_cli.models._common import batch_norm, batch_split_across_ranks
+    from mrdib_cli.models._common import batch_norms, batch_split_across_ranks
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         full = torch.arange(1.0, 13.0).reshape(6, 2) / 7.0  # the global batch, 3 rows per rank
         part = full[3 * rank:3 * rank + 3].clone().requires_grad_()
         with batch_split_across_ranks():
-            share = batch_norm(part)
+            first, second = batch_norms(part, 2 * part)  # one all-reduce for both
+        share = first + second
         share.backward()
         value = share.detach().clone()
         dist.all_reduce(value)
@@ -169,7 +170,8 @@ def _norm_share_worker(rank: int, world: int, init: str, out: str) -> None:
 
 
 def test_batch_norm_shares_add_up_to_the_global_norm(tmp_path) -> None:
-    """EmbLoss under DDP: the ranks' shares sum to ||E|| and their gradients are the slices of grad ||E||."""
+    """EmbLoss under DDP: the ranks' shares sum to ||E|| and their gradients are the slices of grad ||E|| (two
+    tensors at once: ||E|| + ||2E||)."""
     import torch
     import torch.multiprocessing as mp
 
@@ -177,7 +179,7 @@ def test_batch_norm_shares_add_up_to_the_global_norm(tmp_path) -> None:
     mp.spawn(_norm_share_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(out)), nprocs=2, join=True)
     got = torch.load(out)
     full = (torch.arange(1.0, 13.0).reshape(6, 2) / 7.0).requires_grad_()
-    ref = torch.linalg.norm(full)
+    ref = torch.linalg.norm(full) + torch.linalg.norm(2 * full)
     ref.backward()
     assert float(got["sum"]) == pytest.approx(float(ref.detach()), rel=1e-6)
     assert torch.allclose(got["grad"], full.grad, atol=1e-7)

@@ -1,0 +1,78 @@
+"""The sampled mode's row exchanges (collectives, shared memory) give every rank the same averaged gradients
+and, after the owners' updates, the same tables."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+ROWS = {"a": [[1, 2, 5, 2], [2, 3, 9]], "b": [[0], [6, 0, 4]]}  # per rank; row 2 of a twice on rank 0
+SHAPES = {"a": (10, 3), "b": (7, 2)}
+
+
+def _raw_grads(rank: int) -> dict[str, torch.Tensor]:
+    """The dense gradient each rank's term gives each table (what the exchange must average)."""
+    g = torch.Generator().manual_seed(rank + 1)
+    out = {}
+    for name, shape in SHAPES.items():
+        ids = torch.tensor(ROWS[name][rank])
+        w = torch.randn(len(ids), shape[1], generator=g)
+        out[name] = torch.zeros(shape).index_add_(0, ids, w)
+    return out
+
+
+def _worker(rank: int, world: int, init: str, kind: str, out: str) -> None:
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from mrdib_cli.training.row_exchange import GatherExchange, SharedExchange
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial tables and dense parameter on every rank
+        tables = {"a": torch.nn.Parameter(torch.randn(10, 3)), "b": torch.nn.Parameter(torch.randn(7, 2))}
+        dense = torch.nn.Parameter(torch.randn(4))
+        ex = (SharedExchange if kind == "shared" else GatherExchange)(tables, rank, world)
+        g = torch.Generator().manual_seed(rank + 1)
+        loss = 0.0
+        for name, p in tables.items():
+            ids = torch.tensor(ROWS[name][rank])
+            w = torch.randn(len(ids), p.shape[1], generator=g)
+            term = (F.embedding(ids, p, sparse=True) * w).sum()
+            term.backward()
+            loss = loss + float(term)
+        (dense * (rank + 1)).sum().backward()
+        total = ex.reduce([dense], torch.tensor(loss))
+        grads = {n: p.grad.to_dense().clone() for n, p in tables.items()}
+        with torch.no_grad():  # the owner's "optimiser step": its rows move by their gradient
+            for p in tables.values():
+                p.index_add_(0, p.grad.coalesce().indices()[0], -p.grad.coalesce().values())
+        ex.publish()
+        torch.save({"total": total, "loss": loss, "dense": dense.grad.clone(), "grads": grads,
+                    "tables": {n: p.detach().clone() for n, p in tables.items()}}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["gather", "shared"])
+def test_exchange_averages_owned_rows_and_shares_the_update(tmp_path, kind) -> None:
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "r")
+    mp.spawn(_worker, args=(2, f"file://{tmp_path / 'rdv'}", kind, out), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    assert r0["total"] == r1["total"] == pytest.approx(r0["loss"] + r1["loss"], rel=1e-6)
+    assert torch.allclose(r0["dense"], torch.full((4,), 1.5)) and torch.allclose(r1["dense"], r0["dense"])
+    for name in ("a", "b"):
+        both = r0["grads"][name] + r1["grads"][name]  # each rank holds only its own rows (a block each)
+        assert torch.allclose(both, (_raw_grads(0)[name] + _raw_grads(1)[name]) / 2, atol=1e-6)
+        owned0 = torch.arange(both.shape[0]) < (both.shape[0] + 1) // 2
+        assert not r0["grads"][name][~owned0].any() and not r1["grads"][name][owned0].any()
+        torch.manual_seed(0)
+        start = {"a": torch.randn(10, 3), "b": torch.randn(7, 2)}[name]
+        # every rank ends with the same table: the start minus the averaged gradient of every touched row
+        assert torch.equal(r0["tables"][name], r1["tables"][name])
+        assert torch.allclose(r0["tables"][name], start - both, atol=1e-6)
+        touched = both.abs().sum(1) > 0
+        assert touched.sum() >= 3 and torch.equal(r0["tables"][name][~touched], start[~touched])
