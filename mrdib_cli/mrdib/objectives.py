@@ -239,8 +239,13 @@ class MRdIB(Plugin):
                 backbone.install_hook(m, self._observe)
 
     def refuses_sampled(self) -> str | None:
+        hint = "add --mrdib-preset current (or --no-dual-path --placement projection)"
         if self.cfg.dual_path:
-            return "--dual-path scores a second, whole-catalogue forward, which the sampled step does not run"
+            return ("the dual path (on in the default preset) scores a second, whole-catalogue forward, which the "
+                    f"sampled step does not run: {hint}")
+        if self.cfg.placement == "input":
+            return ("the input placement (the default preset's) encodes every item's raw features, which the "
+                    f"sampled step does not project: {hint}")
         return None
 
     def _unique_side(self, m: str, d_item: int, emb: Embeddings) -> None:

@@ -181,7 +181,7 @@ def test_vbpr_sampled_step_with_mrdib(handle):
     from mrdib_cli.training.plugin import create_plugin, forward_terms
 
     model = _build("vbpr", handle)
-    plugin = create_plugin("mrdib", {})
+    plugin = create_plugin("mrdib", {"preset": "current"})  # the reading the sampled step supports
     plugin.attach(model)
     model.train(), plugin.train()
     emb, terms = forward_terms(model, plugin, _batch(handle, n=32), MiniBatch((10,), torch.Generator()))
@@ -245,7 +245,7 @@ def test_lgmrec_sampled_step_with_mrdib(handle):
     from mrdib_cli.training.plugin import create_plugin, forward_terms
 
     model = _build("lgmrec", handle)
-    plugin = create_plugin("mrdib", {})
+    plugin = create_plugin("mrdib", {"preset": "current"})  # the reading the sampled step supports
     plugin.attach(model)
     model.train(), plugin.train()
     batch = _batch(handle, n=32)
@@ -278,8 +278,8 @@ def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir, name)
     import json
 
     make_dataset(workdir)
-    code, _, err = cli("train", "-b", name, "--mrdib", "--epochs", "2", "--threads", "1", "--minibatch",
-                       "sampled", "--fanout", "4", "-n", "lg")
+    code, _, err = cli("train", "-b", name, "--mrdib", "--mrdib-preset", "current", "--epochs", "2", "--threads",
+                       "1", "--minibatch", "sampled", "--fanout", "4", "-n", "lg")
     assert code == 0, err
     run = workdir / "runs" / "lg"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -290,7 +290,9 @@ def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir, name)
     ev = json.loads(next(run.glob("eval-*.json")).read_text())
     # the run's own test figures are a full-ranking evaluation of its best embeddings: `eval` agrees
     assert ev["metrics"]["recall@20"] == pytest.approx(res["test"]["recall@20"], abs=1e-9)
-    code, _, err = cli("train", "-b", name, "--mrdib", "--dual-path", "--epochs", "1", "--minibatch",
-                       "sampled", "-n", "dp")
-    assert code == 2 and "--dual-path" in err and "Traceback" not in err
+    code, _, err = cli("train", "-b", name, "--mrdib", "--epochs", "1", "--minibatch", "sampled", "-n", "dp")
+    assert code == 2 and "add --mrdib-preset current" in err and "Traceback" not in err  # the default's reading
+    code, _, err = cli("train", "-b", name, "--mrdib", "--no-dual-path", "--epochs", "1", "--minibatch", "sampled",
+                       "-n", "dp")
+    assert code == 2 and "input placement" in err and "Traceback" not in err
     assert not (run.parent / "dp").exists()
