@@ -321,11 +321,19 @@ def run(ctx: Context) -> dict[str, Any]:
     from mrdib_cli.mrdib.objectives import MRdIBConfig
 
     out["default_options"] = asdict(MRdIBConfig.resolve({}))
+    out["trained"] = trained(ctx)
     for bb in [b for b in DEFAULT_BACKBONES if b in backbones]:
         hp = out["plain"][bb]["hp"]
         runs = with_at5(ctx, train_many(ctx, [make_spec(ctx, "sci", bb, s, hp, {}) for s in ctx.seeds]))
         out["test"][bb]["--mrdib"] = compare(ctx, per[bb]["plain_runs"], runs)
     return out
+
+
+def trained(ctx: Context) -> dict[str, float]:
+    """Every finished run of the study in the workspace and their summed wall time: the section may be resumed
+    many times, so its own wall time says little about what the table cost."""
+    stamps = [json.loads(p.read_text()) for p in (ctx.ws / "runs").glob("rd-*/bench-spec.json")]
+    return {"runs": len(stamps), "wall_h": sum(s["wall_s"] for s in stamps) / 3600}
 
 
 def _alias_demo(ctx: Context) -> None:
@@ -391,7 +399,9 @@ def render(res: dict[str, Any]) -> str:
              f"reading best on validation). Both readings on {deep}, today's elsewhere; alpha_uni searched on "
              f"{', '.join(res.get('uni_backbones', BACKBONES))}. Selection on the chronological split at seeds "
              f"{res['sweep_seeds']}; alpha grid {res['alpha_grid']}. Test metrics at the best-validation epoch. "
-             "The protocol and its bounds: benchmarks/sections/mrdib_readings.py." + cap, "",
+             "The protocol and its bounds: benchmarks/sections/mrdib_readings.py." + cap
+             + (f" Trained runs: {res['trained']['runs']}, summed training wall time {res['trained']['wall_h']:.1f} h "
+                "(two at a time)." if res.get("trained") else ""), "",
              "### Tuned plain backbones (selected on validation over the backbone's grid)", ""]
     parts.append(md_table(["backbone", "grid points", "trained (coordinate search)", "selected", "valid R@20"],
                           [[bb, p["grid_size"], p.get("points_trained", p["grid_size"]), _opts(p["hp"]),
