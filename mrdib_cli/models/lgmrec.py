@@ -187,6 +187,9 @@ class LGMRec(Backbone):
             self.hyper[m] = xavier_uniform(x.shape[1], self.hyper_num)
         self.drop = nn.Dropout(p=1.0 - self.keep_rate)
         self._csr: tuple[CSRGraph, CSRGraph] | None = None  # (Â, R) for --minibatch sampled, built on first use
+        #: --minibatch sampled: per modality, the propagated features Â^L_mm [R̄ X; X] and the sums R X
+        #: (computed on first use; see _feature_sums)
+        self._sums: dict[str, tuple[Tensor, Tensor]] = {}
 
     # ------------------------------------------------------------------------------ parts
     def _mge(self, m: str) -> tuple[Tensor, Tensor]:
@@ -239,10 +242,10 @@ class LGMRec(Backbone):
 
         * C: LightGCN's readout from sampled ``n_ui_layers``-hop neighbourhoods (also at a uniform item sample,
           which the hypergraph's Λ reads);
-        * M^m: ``n_mm_layers`` sampled hops of Â; at the last hop an item's F_i^m is its projected feature (the
-          hook) and a user's F_u^m the mean of its sampled items' (unbiased; exact when the fan-out covers it);
+        * M^m: exact, from the rows of Â^L_mm [R̄ X; X] projected by W (linear in W, see _feature_sums); with a
+          plug-in at the modality hook (not linear), ``n_mm_layers`` sampled hops of Â instead (_mge_hops);
         * Γ: Λ = H_iᵀ E_I estimated on the uniform item sample (I/S times the sample's sum); a user's hyperedge
-          logits Z_u = R Z_i from its sampled items; the contrastive denominators from uniform samples.
+          logits Z_u = (R X) V exact; the contrastive denominators from uniform samples.
         """
         if self._csr is None:
             self._csr = (CSRGraph(self.norm_adj), CSRGraph(self.r))
@@ -257,7 +260,7 @@ class LGMRec(Backbone):
                                          torch.cat([bu, bi + n_u, gi + n_u]), mb.hops(self.n_ui_layers), gen)
         c_u, c_i, c_g = (c[torch.searchsorted(nodes, ids)] for ids in (bu, bi + n_u, gi + n_u))
         mge = self._mge_sampled(bu, bi, mb)
-        ghe = self._ghe_sampled(torch.cat([bu, gu]), bi, gi, c_g, mb)
+        ghe = self._ghe_sampled(torch.cat([bu, gu]), bi, gi, c_g)
         local_u, local_i, g_u, g_i, views = c_u, c_i, 0.0, 0.0, {}
         for m in self.modalities:
             mm, f_u = mge[m]
@@ -272,9 +275,38 @@ class LGMRec(Backbone):
         item = local_i + self.alpha * F.normalize(g_i, dim=1)
         return Embeddings(user, item, views), local_batch(batch, bu, bi)
 
+    def _feature_sums(self, m: str) -> tuple[Tensor, Tensor]:
+        """(Â^L_mm [R̄ X_m; X_m], R X_m), computed once: the frozen features' share of M^m and of Z_u.
+
+        M^m = Â^L_mm [R̄ X W; X W] = (Â^L_mm [R̄ X; X]) W and Z_u = R (X V) = (R X) V, so a step that reads
+        these rows and projects them gets M^m and Z_u exactly, at the cost of its batch: the neighbourhood of
+        ``n_mm_layers`` hops, which covers most of the graph from two hops on, is never sampled. Memory: one
+        (users + items) x d_m and one users x d_m table per modality (docs/scaling.md)."""
+        if m not in self._sums:
+            with torch.no_grad():
+                x = getattr(self, f"feat_{m}")
+                rx = spmm(self.r, x, self.r_t)
+                h = torch.cat([rx * self.inv_deg_u, x], dim=0)
+                for _ in range(self.n_mm_layers):
+                    h = spmm(self.norm_adj, h)
+            self._sums[m] = (h, rx)
+        return self._sums[m]
+
     def _mge_sampled(self, bu: Tensor, bi: Tensor, mb: MiniBatch) -> dict[str, tuple[Tensor, Tensor]]:
-        """Per modality: M^m at [bu; bi] (rows in that order) and F_u^m at bu, from one neighbourhood sample
-        shared by the modalities. The hooks see the needed items' rows, the batch's items ``bi`` first."""
+        """Per modality: M^m at [bu; bi] (rows in that order) and F_u^m at bu."""
+        if any(m in self._hooks or m in self._input_hooks for m in self.modalities):
+            return self._mge_hops(bu, bi, mb)
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for m in self.modalities:
+            h, rx = self._feature_sums(m)
+            out[m] = (h[torch.cat([bu, bi + self.n_users])] @ self.trs[m], (rx[bu] * self.inv_deg_u[bu]) @ self.trs[m])
+        return out
+
+    def _mge_hops(self, bu: Tensor, bi: Tensor, mb: MiniBatch) -> dict[str, tuple[Tensor, Tensor]]:
+        """M^m and F_u^m as in :meth:`_mge_sampled` when a plug-in transforms F_i^m: from one neighbourhood
+        sample of ``n_mm_layers`` hops shared by the modalities; at the last hop an item's F_i^m is its
+        projected feature (the hook) and a user's F_u^m the mean of its sampled items' (unbiased; exact when
+        the fan-out covers it). The hooks see the needed items' rows, the batch's items ``bi`` first."""
         adj, r = self._csr
         gen, n_u = mb.generator, self.n_users
         nodes, blocks = sample_blocks(adj, torch.cat([bu, bi + n_u]), mb.hops(self.n_mm_layers), gen)
@@ -299,20 +331,17 @@ class LGMRec(Backbone):
             out[m] = (h, f_u[:len(bu)])  # the first users of the frontier are bu
         return out
 
-    def _ghe_sampled(self, users: Tensor, bi: Tensor, gi: Tensor, c_g: Tensor, mb: MiniBatch
+    def _ghe_sampled(self, users: Tensor, bi: Tensor, gi: Tensor, c_g: Tensor
                      ) -> dict[str, tuple[Tensor, Tensor, Tensor, Tensor]]:
         """Per modality: hyperedge assignments of ``users``, of ``bi`` and of the uniform item sample ``gi``,
         and the last Λ, estimated on ``gi`` (whose C rows are ``c_g``)."""
-        _, r = self._csr
-        owner, nbr, w = r.sample(users, mb.hops(1)[0], mb.generator)  # Z_u = R Z_i: a sum estimate
-        items = torch.unique(torch.cat([bi, gi, nbr]))
-        at_nbr, at_bi, at_gi = positions(items, nbr), positions(items, bi), positions(items, gi)
+        items = torch.unique(torch.cat([bi, gi]))
+        at_bi, at_gi = positions(items, bi), positions(items, gi)
         scale = self.n_items / len(gi)
         out: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         for m in self.modalities:
             z_i = getattr(self, f"feat_{m}").index_select(0, items) @ self.hyper[m]  # [items, H]
-            z_u = torch.zeros(len(users), z_i.shape[1], dtype=z_i.dtype, device=z_i.device)
-            z_u = z_u.index_add(0, owner, z_i[at_nbr] * w[:, None].to(z_i.dtype))
+            z_u = self._feature_sums(m)[1][users] @ self.hyper[m]  # Z_u = (R X) V
             h_i, h_u = self.drop(self._assign(z_i)), self.drop(self._assign(z_u))
             h_g, e = h_i[at_gi], c_g
             for _ in range(self.n_hyper_layer):

@@ -239,6 +239,25 @@ def test_sampled_step_work_is_bounded_by_batch_and_fanout(wide, name, monkeypatc
     assert all(r == wide.n_items for rows in seen.values() for r in rows)
 
 
+def test_lgmrec_modality_embedding_is_exact_at_any_fanout(handle):
+    """Without a plug-in at the modality hooks, M^m and F_u^m are linear in the features, so the sampled step
+    reads them exactly even at fan-out 1 (no sampled hops); a hook switches to the sampled hops."""
+    model = _build("lgmrec", handle)
+    model.eval()
+    batch = _batch(handle, n=32, seed=3)
+    bu, bi = torch.unique(batch.users), torch.unique(torch.cat([batch.pos, batch.neg]))
+    mge = model._mge_sampled(bu, bi, MiniBatch((1,), torch.Generator().manual_seed(0)))
+    for m in model.modalities:
+        full_m, full_fu = model._mge(m)
+        assert torch.allclose(mge[m][0], full_m[torch.cat([bu, bi + model.n_users])], atol=1e-6), m
+        assert torch.allclose(mge[m][1], full_fu[bu], atol=1e-6), m
+    model.install_hook("image", lambda name, h: h)
+    model._csr = None
+    model.propagate_batch(batch, MiniBatch((1,), torch.Generator().manual_seed(0)))  # builds the sampler
+    hops = model._mge_sampled(bu, bi, MiniBatch((1,), torch.Generator().manual_seed(0)))
+    assert not torch.allclose(hops["image"][0], mge["image"][0], atol=1e-6)  # fan-out 1 samples away
+
+
 def test_lgmrec_sampled_step_with_mrdib(handle):
     """MRdIB on LGMRec in sampled mode: the hooks see the step's rows with the batch's items first, so the
     plug-in's per-item terms read the batch's items; its gradients reach the bottleneck."""
