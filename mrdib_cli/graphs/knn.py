@@ -25,6 +25,11 @@ from mrdib_cli.errors import UsageError
 NORMS = ("sym_binary", "sym", "rw", "none")
 
 
+#: at most this many similarities (float32) held at once: a 2,048-row block of a 451k-item catalogue would be
+#: 3.7 GB (and its argpartition as much again), so large catalogues take fewer rows per block
+BLOCK_CELLS = 1 << 26
+
+
 def topk_cosine(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(indices [n, k] int64, cosine values [n, k] float32) of each row's k most similar rows.
 
@@ -40,6 +45,7 @@ def topk_cosine(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, n
     xn = np.divide(xn, norms, out=np.zeros_like(xn), where=norms > 0)
     idx = np.empty((n, k), dtype=np.int64)
     val = np.empty((n, k), dtype=np.float32)
+    block = max(1, min(block, BLOCK_CELLS // n))
     for start in range(0, n, block):
         sim = xn[start:start + block] @ xn.T  # [b, n]: the only block-sized buffer
         part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (len(sim), 1))

@@ -60,6 +60,23 @@ def test_topk_cosine_matches_brute_force_and_is_block_invariant():
     np.testing.assert_array_equal(idx, idx2)
 
 
+def test_topk_cosine_holds_at_most_block_cells_similarities(monkeypatch):
+    """A large catalogue takes fewer rows per block (the similarity buffer stays bounded); same result."""
+    import mrdib_cli.graphs.knn as knn
+
+    x = np.random.default_rng(3).standard_normal((57, 9)).astype(np.float32)
+    shapes: list[tuple[int, ...]] = []
+    real = np.argpartition
+    monkeypatch.setattr(knn.np, "argpartition", lambda a, *args, **kw: shapes.append(a.shape) or real(a, *args, **kw))
+    idx, _ = topk_cosine(x, 5)
+    assert shapes == [(57, 57)]
+    monkeypatch.setattr(knn, "BLOCK_CELLS", 57 * 10)
+    shapes.clear()
+    idx2, _ = topk_cosine(x, 5)
+    assert max(s[0] for s in shapes) == 10 and sum(s[0] for s in shapes) == 57
+    np.testing.assert_array_equal(idx, idx2)
+
+
 def test_knn_normalisations():
     x = np.random.default_rng(2).random((40, 6)).astype(np.float32)
     k = 4
