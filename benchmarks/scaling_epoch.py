@@ -1,8 +1,9 @@
 """One training epoch (no validation) of a backbone on a scaling dataset, in this process; prints JSON.
 
 Used by ``benchmarks/sections/scaling.py`` for the ``--minibatch sampled`` points, where a full-ranking
-validation pass at 64x Baby would take far longer than the epoch being measured (evaluation is timed on its
-own). Peak RSS is this process's.
+validation pass at 64x Baby would take far longer than the epoch being measured: ``--eval`` times one pass
+after the epoch, separately (the section asks it of one backbone). Peak RSS is this process's, after the
+epoch and (``peak_rss_eval_mib``) after the evaluation.
 
     python benchmarks/scaling_epoch.py WORKDIR DATASET BACKBONE --minibatch sampled --threads 1
 """
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--minibatch", default="sampled")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=999)
+    ap.add_argument("--eval", action="store_true", help="also time one full-ranking pass over the valid split")
     args = ap.parse_args()
     from mrdib_cli.training.resolve import resolve_run
     from mrdib_cli.training.trainer import Trainer
@@ -43,9 +45,15 @@ def main() -> None:
     cpu0 = time.process_time()
     tr._train_epoch()
     t2 = time.perf_counter()
-    print(json.dumps({"setup_s": round(t1 - t0, 2), "train_s_per_epoch": round(t2 - t1, 2),
-                      "train_cpu_s": round(time.process_time() - cpu0, 2), "batches": len(tr.sampler),
-                      "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}))
+    out = {"setup_s": round(t1 - t0, 2), "train_s_per_epoch": round(t2 - t1, 2),
+           "train_cpu_s": round(time.process_time() - cpu0, 2), "batches": len(tr.sampler),
+           "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if args.eval:  # the trainer's own per-epoch validation: the full forward, then exact full ranking
+        u, i = tr._eval_embeddings()
+        tr._evaluate(u, i, "valid")
+        out.update(valid_s_per_pass=round(time.perf_counter() - t2, 2),
+                   peak_rss_eval_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

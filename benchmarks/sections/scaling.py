@@ -37,6 +37,9 @@ SAMPLED_QUICK_FACTORS, SAMPLED_FULL_FACTORS = (1, 2, 4), (1, 4, 16, 64)
 BACKBONES = ("lightgcn", "vbpr")
 #: the sampled mode also covers LGMRec (its full mode is left out: slower than LightGCN's, same square law)
 SAMPLED_BACKBONES = ("lightgcn", "vbpr", "lgmrec")
+#: the sampled points time evaluation for this backbone only: the pass is the same exact full ranking for every
+#: backbone and both modes (only the forward before it differs), and at 64x it costs minutes per backbone
+EVAL_BACKBONE = "lightgcn"
 FEATURE_DIM = 64
 METRICS = (("train_s_per_epoch", "training epoch (s)"), ("valid_s_per_pass", "full evaluation, valid split (s)"),
            ("peak_rss_mib", "peak RSS (MiB)"))
@@ -143,17 +146,20 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     return res
 
 
-def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int) -> dict:
-    """One ``--minibatch sampled`` training epoch without validation (``benchmarks/scaling_epoch.py``) in a
-    subprocess; stored beside the run like :func:`train_once`'s points."""
+def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int, evaluate: bool = False
+                  ) -> dict:
+    """One ``--minibatch sampled`` training epoch (``benchmarks/scaling_epoch.py``; with ``evaluate``, then one
+    full-ranking validation pass, timed apart) in a subprocess; stored beside the run like :func:`train_once`'s
+    points."""
     name = f"{dataset}-{backbone}-sampled"
     point = workdir / "runs" / f"{name}.json"
     spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
-            .get("created"), "backbone": backbone, "threads": threads, "seed": seed, "minibatch": "sampled"}
+            .get("created"), "backbone": backbone, "threads": threads, "seed": seed, "minibatch": "sampled",
+            "evaluate": evaluate}
     if point.exists() and json.loads(point.read_text()).get("spec") == spec:
         return {**json.loads(point.read_text())["result"], "reused": True}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling_epoch.py"), str(workdir), dataset, backbone,
-           "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed)]
+           "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed)] + (["--eval"] if evaluate else [])
     env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -175,14 +181,43 @@ def run_sampled(ctx, ws: Path, seed: int) -> dict:
         ds = write_dataset(ws, f)
         card = json.loads((ws / "datasets" / ds / "dataset.json").read_text())
         for b in SAMPLED_BACKBONES:
-            r = sampled_epoch(ws, ds, b, ctx.threads, seed)
+            r = sampled_epoch(ws, ds, b, ctx.threads, seed, evaluate=b == EVAL_BACKBONE)
             ctx.log(f"scaling (sampled): {ds} {b}: train {r['train_s_per_epoch']:.1f} s/epoch, "
-                    f"peak RSS {r['peak_rss_mib']} MiB")
-            rows.append({"factor": f, "backbone": b, "n_interactions": card["n_interactions"], **r})
+                    f"peak RSS {r['peak_rss_mib']} MiB"
+                    + (f", valid pass {r['valid_s_per_pass']:.1f} s" if "valid_s_per_pass" in r else ""))
+            rows.append({"factor": f, "backbone": b, "n_interactions": card["n_interactions"],
+                         "n_users": card["n_users"], "n_items": card["n_items"], **r})
     exps = {b: {m: fit_exponent([r["factor"] for r in rows if r["backbone"] == b],
                                 [r[m] for r in rows if r["backbone"] == b])
-                for m in ("train_s_per_epoch", "train_cpu_s", "peak_rss_mib")} for b in SAMPLED_BACKBONES}
-    return {"factors": list(factors), "rows": rows, "exponents": exps}
+                for m in ("train_s_per_epoch", "train_cpu_s", "peak_rss_mib", "valid_s_per_pass")
+                if all(m in r for r in rows if r["backbone"] == b)} for b in SAMPLED_BACKBONES}
+    graph = build_graph_point(ws, write_dataset(ws, factors[-1]), ctx.threads)
+    ctx.log(f"scaling: build-graph at {factors[-1]}x: {graph['wall_s']:.0f} s, peak RSS {graph['peak_rss_mib']} MiB")
+    return {"factors": list(factors), "rows": rows, "exponents": exps, "eval_backbone": EVAL_BACKBONE,
+            "graph": {"factor": factors[-1], **graph}}
+
+
+def build_graph_point(workdir: Path, dataset: str, threads: int) -> dict:
+    """``mrdib build-graph`` (user-item adjacency and both modalities' item-item kNN graphs, blockwise) in a
+    subprocess at the largest size: wall seconds and its peak RSS; stored like the other points."""
+    point = workdir / "runs" / f"{dataset}-build-graph.json"
+    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
+            .get("created"), "threads": threads}
+    if point.exists() and json.loads(point.read_text()).get("spec") == spec:
+        return {**json.loads(point.read_text())["result"], "reused": True}
+    cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "build-graph", "-d", dataset, "--force"]
+    env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"build-graph on {dataset} failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    res = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+           "peak_rss_mib": round(usage.ru_maxrss / 1024)}
+    point.parent.mkdir(parents=True, exist_ok=True)
+    point.write_text(json.dumps({"spec": spec, "result": res}))
+    return res
 
 
 def fit_exponent(x: Any, y: Any) -> float:
@@ -197,6 +232,9 @@ def run(ctx) -> dict:
         factors = tuple(int(f) for f in os.environ["MRDIB_SCALING_FACTORS"].split(","))
     ws = Path(ctx.workdir) / "ws"
     seed = ctx.seeds[0]
+    sampled = run_sampled(ctx, ws, seed) if ctx.device == "cpu" else None
+    if os.environ.get("MRDIB_SCALING_PARTS") == "sampled":
+        return keep_full_part(ctx, sampled)
     rows = []
     for f in factors:
         t = time.perf_counter()
@@ -217,9 +255,18 @@ def run(ctx) -> dict:
             for b in BACKBONES}
     res = {"factors": list(factors), "backbones": list(BACKBONES), "feature_dim": FEATURE_DIM, "rows": rows,
            "exponents": exps, "device": ctx.device, "threads": ctx.threads, "seed": seed, "mode": ctx.mode,
-           "figures": [], "sampled": run_sampled(ctx, ws, seed) if ctx.device == "cpu" else None}
+           "figures": [], "sampled": sampled}
     fig = plot(res, Path(ctx.out_dir) / "scaling-loglog.png")
     res["figures"].append(fig)
+    return res
+
+
+def keep_full_part(ctx, sampled: dict | None) -> dict:
+    """``MRDIB_SCALING_PARTS=sampled``: measure the sampled points only and keep the stored full-mode rows (the
+    full mode's 16x point alone costs a quarter of an hour); the page names the run they come from."""
+    stored = json.loads((Path(ctx.out_dir) / "scaling.json").read_text())
+    res = {**stored["result"], "sampled": sampled,
+           "full_from": {k: stored["meta"].get(k) for k in ("date", "commit", "cpu")}}
     return res
 
 
@@ -291,25 +338,48 @@ def render(res: dict) -> str:
             "evaluated user against every item (also ~2 asymptotically); at small sizes its fixed costs (masks, "
             "embedding export) lower the fitted slope. Peak RSS includes the ~1 GB baseline of a Python process "
             "with torch loaded, which dominates the small sizes."]
+    if res.get("full_from"):
+        f = res["full_from"]
+        out += ["", f"The full-mode rows above are from the run of {f['date']} ({f['cpu']}, commit {f['commit']}); "
+                "the sampled part below was measured again (`MRDIB_SCALING_PARTS=sampled`)."]
     out += render_sampled(res.get("sampled"), res["threads"])
     out += [f"\n![Scaling on log-log axes](results/{f})" for f in res.get("figures", [])]
     return "\n".join(out)
 
 
 def render_sampled(sampled: dict | None, threads: int) -> list[str]:
-    """The ``--minibatch sampled`` table: train epoch (no validation) and peak RSS up to 64x."""
+    """The ``--minibatch sampled`` table up to 64x: train epoch, one evaluation pass (one backbone), peak RSS;
+    their exponents; the graph build at the largest size."""
     if not sampled:
         return []
+    ev = sampled.get("eval_backbone")
     out = ["", f"**`--minibatch sampled`** (fan-out 10, the defaults; CPU, {threads} thread(s)): one training "
-           "epoch without validation (`benchmarks/scaling_epoch.py`), peak RSS of that process. The full mode "
-           "above stops at 16x: it grows like size^2 and 64x would take hours per epoch here.", "",
-           "| size | interactions | backbone | train s/epoch | train CPU s/epoch | peak RSS MiB |", "|---|---|---|---|---|---|"]
+           "epoch (`benchmarks/scaling_epoch.py`), peak RSS of that process after it"
+           + (f"; for {ev}, then one full-ranking pass over the valid split (the trainer's per-epoch validation: "
+              "the full forward, exact ranking over every item, train masked) and the peak RSS after it. The pass "
+              "is the same exact ranking for every backbone and both modes" if ev else "")
+           + ". The full mode above stops at 16x: it grows like size^2 and 64x would take hours per epoch here.", "",
+           "| size | users | items | interactions | backbone | train s/epoch | train CPU s/epoch | peak RSS MiB "
+           "| eval s | peak RSS with eval MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sampled["rows"]:
-        out.append(f"| {r['factor']}x | {r['n_interactions']:,} | {r['backbone']} | {r['train_s_per_epoch']:.2f} | "
-                   f"{r['train_cpu_s']:.2f} | {r['peak_rss_mib']:,} |")
-    out += ["", "| backbone | exponent: train epoch (s) | exponent: train epoch (CPU s) | exponent: peak RSS |",
-            "|---|---|---|---|"]
+        users = f"{r['n_users']:,}" if "n_users" in r else "-"
+        items = f"{r['n_items']:,}" if "n_items" in r else "-"
+        out.append(f"| {r['factor']}x | {users} | {items} | {r['n_interactions']:,} | {r['backbone']} | "
+                   f"{r['train_s_per_epoch']:.2f} | {r['train_cpu_s']:.2f} | {r['peak_rss_mib']:,} | "
+                   + (f"{r['valid_s_per_pass']:.1f} | {r['peak_rss_eval_mib']:,} |" if "valid_s_per_pass" in r
+                      else "- | - |"))
+    out += ["", "| backbone | exponent: train epoch (s) | exponent: train epoch (CPU s) | exponent: peak RSS "
+            "| exponent: evaluation |", "|---|---|---|---|---|"]
     for b, e in sampled["exponents"].items():
-        out.append(f"| {b} | {e['train_s_per_epoch']:.2f} | {e['train_cpu_s']:.2f} | {e['peak_rss_mib']:.2f} |")
-    out += ["", "CPU seconds are the process's own: on a shared machine they move far less than wall seconds."]
+        ex = f"{e['valid_s_per_pass']:.2f}" if "valid_s_per_pass" in e else "-"
+        out.append(f"| {b} | {e['train_s_per_epoch']:.2f} | {e['train_cpu_s']:.2f} | {e['peak_rss_mib']:.2f} | {ex} |")
+    g = sampled.get("graph")
+    if g:
+        out += ["", f"`mrdib build-graph` at {g['factor']}x (user-item adjacency and the image and text item-item "
+                f"kNN graphs, k = 10, blockwise exact cosine): {g['wall_s']:.0f} s wall, {g['cpu_s']:.0f} CPU s, "
+                f"peak RSS {g['peak_rss_mib']:,} MiB."]
+    out += ["", "CPU seconds are the process's own: on a shared machine they move far less than wall seconds. "
+            "Evaluation scores every user against every item, so it grows like users x items (exponent ~2): "
+            "it is streamed in user batches, so its memory stays bounded, but its time is the cost of exact "
+            "full ranking."]
     return out
