@@ -596,3 +596,38 @@ def test_scientific_multi_table_adds_the_centred_row_and_its_test_only_where_it_
     row = _row(md, "vbpr + MRdIB (alpha_kl 0.0001, centre_logvar) | ")
     assert row[2] == "0.2200 ± 0.0000" and row[5:8] == ["+10.0%", "2.0e-04", "2.0e-04"]
     assert "Centred vs uncentred, pooled paired t-test on R@20: vbpr +4.8% (p = 0.030)." in md
+
+
+def test_sampled_baby_specs_pair_the_modes_and_cap_lgmrec_only() -> None:
+    from benchmarks.sections import sampled_baby
+
+    full = sampled_baby.specs(_ctx(Path("/nowhere"), None, [1, 2, 3], "full"))
+    assert len(full) == len(sampled_baby.BACKBONES) * 2 * 3
+    for s in full:
+        assert s.args[:2] in (["--minibatch", "full"], ["--minibatch", "sampled"])
+        cap = ["--epochs", str(sampled_baby.LGMREC_EPOCH_CAP)]
+        assert (s.args[2:] == cap) == (s.backbone == "lgmrec"), s
+    quick = sampled_baby.specs(_ctx(Path("/nowhere"), None, [1], "quick"))
+    assert all(s.args[2:] == ["--epochs", str(sampled_baby.QUICK_EPOCHS)] for s in quick)
+    assert len({s.name for s in full + quick}) == len(full) + len(quick)
+
+
+def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
+    from benchmarks.sections import sampled_baby
+
+    def runs(r20: list[float]) -> list[dict]:
+        return [{"run": f"r{k}", "seed": k, "best_epoch": 10 + k, "epochs_run": 30 + k, "wall_s": 1.0,
+                 "train_s_per_epoch": 2.0, "valid": _metrics(x / 1.5), "test": _metrics(x / 1.5)}
+                for k, x in enumerate(r20, 1)]
+
+    res = {"dataset": "baby-rand64", "features": "random 64-d", "tolerance": 0.03, "backbones": {
+        "lightgcn": {"epoch_cap": None, "runs": {"full": runs([0.0750, 0.0740]), "sampled": runs([0.0745, 0.0735])},
+                     "paired": {"recall@20": {"base": 0.0745, "new": 0.0740, "p_ttest": 0.21}}},
+        "lgmrec": {"epoch_cap": 40, "runs": {"full": runs([0.0550, 0.0540]), "sampled": runs([0.0520, 0.0510])},
+                   "paired": {"recall@20": {"base": 0.0545, "new": 0.0515, "p_ttest": 0.001}}}}}
+    md = sampled_baby.render(res)
+    assert _row(md, "lgmrec | sampled")[6] == f"{0.0515 / 0.0545:.3f}"
+    assert _row(md, "lightgcn | full")[6] == "-"
+    assert "lightgcn: -0.7% (within 3%, to early stopping)" in md
+    assert "lgmrec: -5.5% (outside 3%, both modes capped at 40 epochs)" in md
+    assert md.index("| lgmrec |") < md.index("| lightgcn |")

@@ -146,3 +146,27 @@ def test_speed_gpu_import_keeps_the_successful_line_and_names_what_is_missing() 
     md = speed_gpu.render({"rows": rows, "gpu": "Some GPU", "source": "run"})
     assert "Some GPU" in md and "| vbpr | 1.40 | 0.70 | 0.86 | 246 | 1,983 |" in md
     assert "lightgcn" in md.split("Not measured")[1]  # the backbones without a row are named
+
+
+def test_scaling_render_shows_the_sampled_part_its_evaluation_and_the_graph_build():
+    res = _scaling_result()
+    rows = []
+    for f in (1, 4):
+        for b in scaling.SAMPLED_BACKBONES:
+            r = {"factor": f, "backbone": b, "n_users": 19445 * f, "n_items": 7050 * f, "n_interactions": 160790 * f,
+                 "train_s_per_epoch": 3.0 * f, "train_cpu_s": 2.0 * f, "peak_rss_mib": 900 + f}
+            if b == scaling.EVAL_BACKBONE:
+                r.update(valid_s_per_pass=1.25 * f * f, peak_rss_eval_mib=1000 + f)
+            rows.append(r)
+    exps = {b: {"train_s_per_epoch": 1.0, "train_cpu_s": 1.11, "peak_rss_mib": 0.1,
+                **({"valid_s_per_pass": 2.0} if b == scaling.EVAL_BACKBONE else {})} for b in scaling.SAMPLED_BACKBONES}
+    res["sampled"] = {"factors": [1, 4], "rows": rows, "exponents": exps, "eval_backbone": scaling.EVAL_BACKBONE,
+                      "graph": {"factor": 4, "wall_s": 61.0, "cpu_s": 58.0, "peak_rss_mib": 2345}}
+    res["full_from"] = {"date": "2026-11-27 06:48 UTC", "commit": "e97e9f1", "cpu": "Xeon"}
+    md = scaling.render(res)
+    assert "| 4x | 77,780 | 28,200 | 643,160 | lightgcn | 12.00 | 8.00 | 904 | 20.0 | 1,004 |" in md
+    assert "| 4x | 77,780 | 28,200 | 643,160 | lgmrec | 12.00 | 8.00 | 904 | - | - |" in md
+    assert "| lightgcn | 1.00 | 1.11 | 0.10 | 2.00 |" in md and "| vbpr | 1.00 | 1.11 | 0.10 | - |" in md
+    assert "`mrdib build-graph` at 4x" in md and "61 s wall" in md and "2,345 MiB" in md
+    assert "from the run of 2026-11-27 06:48 UTC (Xeon, commit e97e9f1)" in md
+    json.dumps(res)
