@@ -131,19 +131,25 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "train", "-b", backbone, "-d", dataset,
            "-n", name, "--epochs", "1", "--device", device, "--threads", str(threads), "--seed", str(seed),
            "--force"]
-    env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"train {backbone} on {dataset} failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    wall, usage = measured(cmd, threads, f"train {backbone} on {dataset}")
     line = json.loads((workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()[0])
     res = {"train_s_per_epoch": line["time"]["train_s"], "valid_s_per_pass": line["time"]["valid_s"],
            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
     point.write_text(json.dumps({"spec": spec, "result": res}))
     return res
+
+
+def measured(cmd: list[str], threads: int, what: str) -> tuple[float, Any]:
+    """Run ``cmd`` (output discarded) and return its wall seconds and its own resource usage (os.wait4: the
+    peak RSS is that process's, not this one's); a failure raises with its last error line."""
+    env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{what} failed: {(err.strip().splitlines() or ['?'])[-1]}")
+    return time.perf_counter() - t0, usage
 
 
 def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int, evaluate: bool = False
@@ -206,14 +212,8 @@ def build_graph_point(workdir: Path, dataset: str, threads: int) -> dict:
     if point.exists() and json.loads(point.read_text()).get("spec") == spec:
         return {**json.loads(point.read_text())["result"], "reused": True}
     cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "build-graph", "-d", dataset, "--force"]
-    env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"build-graph on {dataset} failed: {(err.strip().splitlines() or ['?'])[-1]}")
-    res = {"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+    wall, usage = measured(cmd, threads, f"build-graph on {dataset}")
+    res = {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
            "peak_rss_mib": round(usage.ru_maxrss / 1024)}
     point.parent.mkdir(parents=True, exist_ok=True)
     point.write_text(json.dumps({"spec": spec, "result": res}))
