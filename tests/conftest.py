@@ -12,6 +12,8 @@ SHARED_DATA = Path(os.environ.get("MRDIB_SHARED_DATA", ROOT.parent / "shared" / 
 
 os.environ.setdefault("MRDIB_NO_PROGRESS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# tables and help wrap at the terminal width; tests read them whole, whatever terminal (or none) runs them
+os.environ["COLUMNS"] = "200"
 
 
 def shared_data(sub: str) -> Path:
