@@ -70,9 +70,10 @@ def _import(ctx: Context) -> None:
 
 def run(ctx: Context) -> dict[str, Any]:
     _import(ctx)
-    runs = train_many(ctx, specs(ctx))
+    plan = specs(ctx)
+    runs = train_many(ctx, plan)
     by: dict[tuple[str, str], list[dict[str, Any]]] = {(b, m): [] for b in BACKBONES for m in MODES}
-    for spec, r in zip(specs(ctx), runs):
+    for spec, r in zip(plan, runs):
         by[(spec.backbone, spec.args[1])].append(r)  # args start with --minibatch MODE
     keep = ("run", "seed", "best_epoch", "epochs_run", "test", "valid", "wall_s", "train_s_per_epoch")
     out: dict[str, Any] = {"dataset": DATASET, "features": f"random {FEATURE_DIM}-d image and text, seed "

@@ -114,6 +114,27 @@ def write_dataset(workdir: Path, factor: int, seed: int = 0) -> str:
 
 
 # --------------------------------------------------------------------------------------------- runs
+def _spec(workdir: Path, dataset: str, **fields: Any) -> dict:
+    """What makes a stored point the same measurement: the dataset (with its card's creation stamp) and ``fields``."""
+    card = json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
+    return {"dataset": dataset, "created": card.get("created"), **fields}
+
+
+def _reuse(point: Path, spec: dict) -> dict | None:
+    """The stored result of ``point`` when it was measured with ``spec`` (an interrupted run resumes)."""
+    if point.exists():
+        stored = json.loads(point.read_text())
+        if stored.get("spec") == spec:
+            return {**stored["result"], "reused": True}
+    return None
+
+
+def _keep(point: Path, spec: dict, res: dict) -> dict:
+    point.parent.mkdir(parents=True, exist_ok=True)
+    point.write_text(json.dumps({"spec": spec, "result": res}))
+    return res
+
+
 def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads: int, seed: int) -> dict:
     """One training epoch + validation pass via the real CLI in a subprocess; its own peak RSS (os.wait4).
 
@@ -121,13 +142,10 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     card's creation stamp), so an interrupted ``--full`` run resumes without redoing the sizes it measured.
     """
     name = f"{dataset}-{backbone}"
-    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
-            .get("created"), "backbone": backbone, "device": device, "threads": threads, "seed": seed}
+    spec = _spec(workdir, dataset, backbone=backbone, device=device, threads=threads, seed=seed)
     point = workdir / "runs" / name / "scaling-point.json"
-    if point.exists():
-        stored = json.loads(point.read_text())
-        if stored.get("spec") == spec:
-            return {**stored["result"], "reused": True}
+    if (stored := _reuse(point, spec)) is not None:
+        return stored
     cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "train", "-b", backbone, "-d", dataset,
            "-n", name, "--epochs", "1", "--device", device, "--threads", str(threads), "--seed", str(seed),
            "--force"]
@@ -135,8 +153,7 @@ def train_once(workdir: Path, dataset: str, backbone: str, device: str, threads:
     line = json.loads((workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()[0])
     res = {"train_s_per_epoch": line["time"]["train_s"], "valid_s_per_pass": line["time"]["valid_s"],
            "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024)}
-    point.write_text(json.dumps({"spec": spec, "result": res}))
-    return res
+    return _keep(point, spec, res)
 
 
 def measured(cmd: list[str], threads: int, what: str) -> tuple[float, Any]:
@@ -159,11 +176,10 @@ def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed
     points."""
     name = f"{dataset}-{backbone}-sampled"
     point = workdir / "runs" / f"{name}.json"
-    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
-            .get("created"), "backbone": backbone, "threads": threads, "seed": seed, "minibatch": "sampled",
-            "evaluate": evaluate}
-    if point.exists() and json.loads(point.read_text()).get("spec") == spec:
-        return {**json.loads(point.read_text())["result"], "reused": True}
+    spec = _spec(workdir, dataset, backbone=backbone, threads=threads, seed=seed, minibatch="sampled",
+                 evaluate=evaluate)
+    if (stored := _reuse(point, spec)) is not None:
+        return stored
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling_epoch.py"), str(workdir), dataset, backbone,
            "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed)] + (["--eval"] if evaluate else [])
     env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
@@ -171,10 +187,7 @@ def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed
     if proc.returncode != 0:
         raise RuntimeError(f"sampled epoch of {backbone} on {dataset} failed: "
                            f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    point.parent.mkdir(parents=True, exist_ok=True)
-    point.write_text(json.dumps({"spec": spec, "result": res}))
-    return res
+    return _keep(point, spec, json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def run_sampled(ctx, ws: Path, seed: int) -> dict:
@@ -207,19 +220,15 @@ def run_sampled(ctx, ws: Path, seed: int) -> dict:
 
 def build_graph_point(workdir: Path, dataset: str, threads: int) -> dict:
     """``mrdib build-graph`` (user-item adjacency and both modalities' item-item kNN graphs, blockwise) in a
-    subprocess at the largest size: wall seconds and its peak RSS; stored like the other points."""
+    subprocess: wall and CPU seconds and its peak RSS; stored like the other points."""
     point = workdir / "runs" / f"{dataset}-build-graph.json"
-    spec = {"dataset": dataset, "created": json.loads((workdir / "datasets" / dataset / "dataset.json").read_text())
-            .get("created"), "threads": threads}
-    if point.exists() and json.loads(point.read_text()).get("spec") == spec:
-        return {**json.loads(point.read_text())["result"], "reused": True}
+    spec = _spec(workdir, dataset, threads=threads)
+    if (stored := _reuse(point, spec)) is not None:
+        return stored
     cmd = [sys.executable, "-m", "mrdib_cli", "--workdir", str(workdir), "build-graph", "-d", dataset, "--force"]
     wall, usage = measured(cmd, threads, f"build-graph on {dataset}")
-    res = {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-           "peak_rss_mib": round(usage.ru_maxrss / 1024)}
-    point.parent.mkdir(parents=True, exist_ok=True)
-    point.write_text(json.dumps({"spec": spec, "result": res}))
-    return res
+    return _keep(point, spec, {"wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                               "peak_rss_mib": round(usage.ru_maxrss / 1024)})
 
 
 def fit_exponent(x: Any, y: Any) -> float:
