@@ -631,3 +631,29 @@ def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
     assert "lightgcn: -0.7% (within 3%, to early stopping)" in md
     assert "lgmrec: -5.5% (outside 3%, both modes capped at 40 epochs)" in md
     assert md.index("| lgmrec |") < md.index("| lightgcn |")
+
+
+def test_a_larger_epoch_cap_continues_the_stored_run_as_if_trained_at_once(tmp_path: Path) -> None:
+    """A section that raises its epoch cap resumes its stored runs instead of training them again, and ends
+    where one uninterrupted run with the new cap ends."""
+    from benchmarks.sections._common import TrainSpec, _train_one, cli, extends
+
+    ctx = _ctx(tmp_path, None)
+    cli(ctx, "prepare", "demo", "--users", "120", "--items", "60", "--interactions", "1500", "--image-size", "16")
+    base = ["--set", "n_layers=1", "--batch-size", "512"]
+    spec = lambda name, n: TrainSpec("demo", "lightgcn", 1, name, None, base + ["--epochs", str(n)])  # noqa: E731
+    first = _train_one(ctx, spec("grown", 2))
+    metrics = ctx.ws / "runs" / "grown" / "metrics.jsonl"
+    epochs_1_2 = metrics.read_text().splitlines()  # their timings would differ if trained again
+    grown = _train_one(ctx, spec("grown", 4))
+    assert metrics.read_text().splitlines()[:2] == epochs_1_2
+    once = _train_one(ctx, spec("once", 4))
+    assert (first["epochs_run"], grown["epochs_run"], once["epochs_run"]) == (2, 4, 4)
+    assert not grown["reused"] and grown["wall_s"] > first["wall_s"]
+    assert grown["test"] == once["test"] and grown["valid"] == once["valid"]
+    # only the cap may differ, and only upwards
+    key = lambda s: {"spec": {**s.__dict__}}  # noqa: E731
+    assert extends(key(spec("r", 2)), key(spec("r", 4)))
+    assert not extends(key(spec("r", 4)), key(spec("r", 2)))
+    other = TrainSpec("demo", "lightgcn", 2, "r", None, base + ["--epochs", "4"])
+    assert not extends(key(spec("r", 2)), key(other))

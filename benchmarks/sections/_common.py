@@ -176,21 +176,42 @@ def _test_tag(run_dir: Path) -> str:
     return result_tag("test", ks=json.loads((run_dir / "config.json").read_text())["train"]["ks"])
 
 
+def _epochs(args: list[str]) -> tuple[list[str], int | None]:
+    """``args`` without its ``--epochs N``, and N (None when absent)."""
+    if "--epochs" not in args:
+        return list(args), None
+    i = args.index("--epochs")
+    return args[:i] + args[i + 2:], int(args[i + 1])
+
+
+def extends(old_key: dict[str, Any], key: dict[str, Any]) -> bool:
+    """Whether ``key`` is ``old_key``'s run with a larger epoch cap, so the stored run can be continued."""
+    old, new = old_key.get("spec"), key["spec"]
+    if not old or {k: v for k, v in old.items() if k != "args"} != {k: v for k, v in new.items() if k != "args"}:
+        return False
+    (rest_old, n_old), (rest_new, n_new) = _epochs(old["args"]), _epochs(new["args"])
+    return rest_old == rest_new and n_old is not None and (n_new is None or n_new > n_old)
+
+
 def _train_one(ctx: Context, spec: TrainSpec, priority: int = 0) -> dict[str, Any]:
     run_dir = ctx.ws / "runs" / spec.name
     stamp = run_dir / "bench-spec.json"
     key = _spec_key(spec)
     out = {"run": spec.name, "dataset": spec.dataset, "backbone": spec.backbone, "seed": spec.seed,
            "mrdib": spec.mrdib}
+    argv, wall_before = spec.argv(ctx), 0.0
     if stamp.exists() and (run_dir / "results.json").exists():
         old = json.loads(stamp.read_text())
         if old.get("key") == key:  # same spec, already trained: reuse (run_all can be resumed)
             return {**out, **run_dir_result(run_dir), "wall_s": old["wall_s"], "device": old.get("device"),
                     "gpu": old.get("gpu"), "reused": True}
+        if extends(old.get("key", {}), key) and (run_dir / "checkpoints" / "last.pt").exists():
+            # a larger epoch cap: continue the stored run (resume is bit-identical to training it at once)
+            argv, wall_before = [a for a in argv if a != "--force"] + ["--resume"], float(old["wall_s"])
     with _slots(ctx.jobs).take(priority):
         t0 = time.perf_counter()
-        p = subprocess.run(spec.argv(ctx), cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
-        wall = time.perf_counter() - t0
+        p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, env=_env(ctx))
+        wall = wall_before + time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"training {spec.name} failed (rc {p.returncode}): {p.stderr.strip()[-2000:]}")
     gpu = _gpu_name() if ctx.device == "cuda" else None
