@@ -84,6 +84,12 @@ def main() -> None:
         print(f"{r['nproc']} process(es), {args.device}: train {r['train_s_median']:.2f} s/epoch, "
               f"{r['train_cpu_s_median']:.2f} CPU s/epoch over all ranks "
               f"(epochs {r['train_s']}), valid {r['valid_s']}, wall {r['wall_s']} s, recall@20 {r['recall@20']:.4f}")
+    one = next((r for r in rows if r["nproc"] == 1), None)
+    for r in rows:
+        if one and r is not one and one["train_cpu_s_median"]:
+            # the test of scale-out: N ranks should not spend more CPU than one process (within 10%)
+            print(f"{r['nproc']} processes / 1: {r['train_cpu_s_median'] / one['train_cpu_s_median']:.2f}x the "
+                  f"CPU seconds per epoch, {one['train_s_median'] / r['train_s_median']:.2f}x the speed")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

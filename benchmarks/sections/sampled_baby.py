@@ -87,6 +87,13 @@ def run(ctx: Context) -> dict[str, Any]:
     return out
 
 
+def _cap_note(r: dict[str, Any]) -> str:
+    """How the cap bound each mode: a run that reached it was still improving, one below it stopped early."""
+    at_cap = {m: sum(x["epochs_run"] >= r["epoch_cap"] for x in r["runs"][m]) for m in MODES}
+    return (f", both modes capped at {r['epoch_cap']} epochs; runs that reached the cap: "
+            + ", ".join(f"{m} {at_cap[m]} of {len(r['runs'][m])}" for m in MODES))
+
+
 def render(res: dict[str, Any]) -> str:
     header = ["backbone", "mode", "test R@20", "test N@20", "best / last epoch", "train s/epoch",
               "sampled / full (R@20)", "paired t p (R@20)"]
@@ -101,7 +108,7 @@ def render(res: dict[str, Any]) -> str:
                          ", ".join(f"{x['best_epoch']} / {x['epochs_run']}" for x in runs),
                          f"{np.mean([x['train_s_per_epoch'] for x in runs]):.1f}",
                          f"{ratio:.3f}" if ratio else "-", f"{p['p_ttest']:.2g}" if ratio else "-"])
-        cap = f", both modes capped at {r['epoch_cap']} epochs" if r["epoch_cap"] else ", to early stopping"
+        cap = _cap_note(r) if r["epoch_cap"] else ", to early stopping"
         ok = abs(p["new"] / p["base"] - 1) <= res["tolerance"]
         verdicts.append(f"{b}: {p['new'] / p['base'] - 1:+.1%} ({'within' if ok else 'outside'} "
                         f"{res['tolerance']:.0%}{cap})")
