@@ -48,6 +48,27 @@ def emb_norm_loss(*embs: Tensor) -> Tensor:
     return total / embs[-1].shape[0]
 
 
+#: below this many elements a sum over the ranks goes through an all-gather: gloo's all-reduce of a few floats
+#: cost 0.56-0.81 ms of CPU per rank on a 2-core machine, its all-gather 0.28-0.29 ms (equal near 64k floats)
+SMALL_SUM = 16384
+
+
+def sum_across_ranks(t: Tensor) -> None:
+    """In-place sum of ``t`` over the ranks, the same bits on every rank.
+
+    Why not always ``all_reduce``: the sampled mode sums a few small tensors at every step, and for small
+    payloads gloo's all-reduce costs about twice the CPU of an all-gather followed by a local sum (in rank
+    order, so every rank gets the same bits)."""
+    import torch.distributed as dist
+
+    if t.numel() > SMALL_SUM:
+        dist.all_reduce(t)
+        return
+    out = t.new_empty(dist.get_world_size() * t.numel())
+    dist.all_gather_into_tensor(out, t.contiguous().view(-1))
+    t.copy_(out.view(-1, *t.shape).sum(0))
+
+
 class _BatchSplit:
     """Set by the distributed trainer while this process computes the loss of its slice of the global batch."""
 
@@ -75,11 +96,9 @@ def batch_norms(*embs: Tensor) -> list[Tensor]:
     """
     if not _BatchSplit.active:
         return [torch.linalg.norm(e) for e in embs]
-    import torch.distributed as dist
-
     sq = torch.stack([e.pow(2).sum() for e in embs])
     total = sq.detach() * (1.0 if _BatchSplit.contributes else 0.0)
-    dist.all_reduce(total)
+    sum_across_ranks(total)
     half = sq / (2.0 * total.sqrt().clamp_min(1e-12))  # gradient e_r / ||E||
     return list((half + half.detach()).unbind())  # value ||e_r||^2 / ||E||
 

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from mrdib_cli.models._common import sum_across_ranks
+
 #: where the shared tables are mapped from (a RAM-backed file system)
 SHM_DIR = Path("/dev/shm")
 
@@ -63,7 +65,7 @@ class RowExchange:
         dev = loss.device
         flat = torch.cat([*(p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel(), device=dev)
                             for p in dense), loss.reshape(1).float(), counts.reshape(-1).to(dev)])
-        dist.all_reduce(flat)  # one collective for every dense gradient, the loss and the row counts
+        sum_across_ranks(flat)  # one collective for every dense gradient, the loss and the row counts
         at = 0
         for p in dense:
             p.grad = flat[at:at + p.numel()].view_as(p) / self.world

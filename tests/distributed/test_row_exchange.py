@@ -76,3 +76,33 @@ def test_exchange_averages_owned_rows_and_shares_the_update(tmp_path, kind) -> N
         assert torch.allclose(r0["tables"][name], start - both, atol=1e-6)
         touched = both.abs().sum(1) > 0
         assert touched.sum() >= 3 and torch.equal(r0["tables"][name][~touched], start[~touched])
+
+
+def _sum_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from mrdib_cli.models._common import SMALL_SUM, sum_across_ranks
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank + 7)
+        got = {}
+        for n in (5, SMALL_SUM + 3):  # below the all-gather bound and above it (all-reduce)
+            x = torch.randn(n, generator=g)
+            mine = x.clone()
+            sum_across_ranks(x)
+            got[n] = (mine, x)
+        torch.save(got, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sum_across_ranks_gives_every_rank_the_same_sum_at_any_size(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "s")
+    mp.spawn(_sum_worker, args=(2, f"file://{tmp_path / 'rdv'}", out), nprocs=2, join=True)
+    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
+    for n in r0:
+        assert torch.equal(r0[n][1], r1[n][1])  # the same bits on both ranks
+        assert torch.allclose(r0[n][1], r0[n][0] + r1[n][0], atol=1e-6)
