@@ -11,7 +11,9 @@ these helpers, so they sit below all three.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from mrdib_cli.errors import UsageError
+from mrdib_cli.errors import MrdibError, UsageError
 
 T = TypeVar("T")
 
@@ -146,12 +148,46 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
+#: set by :func:`launch` for its workers: a folder where a worker leaves its one-line error (a file named by
+#: its rank) instead of printing it, so an error every rank hits (a missing input, a run that exists) is
+#: shown once, by the launcher
+ERRORS_ENV = "MRDIB_WORKER_ERRORS"
+
+
+def leave_error(message: str) -> bool:
+    """In a worker started by :func:`launch`: hand ``message`` to the launcher; False when it must be printed
+    here (started by torchrun directly, or the note could not be written)."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not (folder and launched()):
+        return False
+    try:
+        with open(os.path.join(folder, str(rank())), "w", encoding="utf-8") as f:
+            f.write(message)
+    except OSError:
+        return False
+    return True
+
+
+def _worker_errors(folder: str) -> str | None:
+    """The workers' errors as one line: the message once when every failed rank gave the same one."""
+    notes = {}
+    for name in sorted(os.listdir(folder), key=int):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            notes[int(name)] = f.read()
+    if not notes:
+        return None
+    if len(set(notes.values())) == 1:
+        return next(iter(notes.values()))
+    return "; ".join(f"rank {r}: {m}" for r, m in notes.items())
+
+
 def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     """Re-run this command line in ``nproc`` local workers through torch.distributed.run (torchrun).
 
     Standalone rendezvous on this machine (a free port is picked); for several machines run torchrun
-    directly (docs/scaling.md). Returns the exit code of the first failed worker, 0 on success; the workers
-    print their own one-line errors.
+    directly (docs/scaling.md). Returns 0 on success; when workers fail with one-line errors, raises them
+    as one :class:`MrdibError` with the first failed worker's exit code (otherwise returns that code; the
+    worker printed its own report).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -162,17 +198,26 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
     import logging
 
-    # the workers print their own one-line errors; the agent's warnings/tracebacks would only repeat them
+    # the workers hand their one-line errors to this process (leave_error); the agent's warnings and tracebacks
+    # would only repeat them
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     env_threads = os.environ.get("OMP_NUM_THREADS")
+    folder = tempfile.mkdtemp(prefix="mrdib-errors-")
+    os.environ[ERRORS_ENV] = folder
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         run(args)
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if f.exitcode]
-        return int(codes[0]) if codes and codes[0] > 0 else 1
+        code = int(codes[0]) if codes and codes[0] > 0 else 1
+        message = _worker_errors(folder)
+        if message is not None:
+            raise MrdibError(message, exit_code=code) from None
+        return code
     finally:
+        os.environ.pop(ERRORS_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     return 0

@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(code)
 
 
+def _left_for_launcher(message: str) -> bool:
+    """A worker of ``--nproc`` hands its one-line error to the launcher, which prints it once for all ranks."""
+    launch = sys.modules.get("mrdib_cli.launch")
+    return launch is not None and launch.leave_error(message)
+
+
 def _in_worker() -> bool:
     """True in a worker of a multi-process job (mrdib_cli.launch is imported only by commands that can be one)."""
     dist_mod = sys.modules.get("mrdib_cli.launch")
@@ -141,7 +147,8 @@ def _run(argv: list[str] | None) -> None:
     except MrdibError as e:
         if verbose:
             err.print_exception()
-        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        if not _left_for_launcher(str(e)):
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("[red]error:[/red] interrupted")

@@ -203,3 +203,27 @@ def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
         for k, v in a["valid"].items():
             assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
         assert a["time"]["train_cpu_s"] > 0 and b["time"]["train_cpu_s"] > 0
+
+
+def test_an_error_every_rank_hits_is_printed_once_with_its_exit_code(ws):
+    """--nproc 2: each worker hands its one-line error to the launcher, which prints it once (not once per
+    rank) and exits with the worker's code; nothing is left in the temporary folder."""
+    args = ("train", "-b", "lightgcn", "-n", "taken", "--epochs", "1", "--device", "cpu", "--threads", "1")
+    _cli(ws.root, *args)
+    env = {**os.environ, "MRDIB_HOME": str(ws.root), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "mrdib_cli", *args, "--nproc", "2"], capture_output=True, text=True,
+                       env=env, cwd=str(ROOT), timeout=300)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("run 'taken' already exists") == 1, p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_workers_with_different_errors_are_each_named(tmp_path):
+    from mrdib_cli.launch import _worker_errors
+
+    assert _worker_errors(str(tmp_path)) is None
+    (tmp_path / "1").write_text("disk full")
+    (tmp_path / "0").write_text("bad shard")
+    assert _worker_errors(str(tmp_path)) == "rank 0: bad shard; rank 1: disk full"
+    (tmp_path / "0").write_text("disk full")
+    assert _worker_errors(str(tmp_path)) == "disk full"
