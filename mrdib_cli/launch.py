@@ -106,6 +106,25 @@ def barrier() -> None:
         dist.barrier()
 
 
+#: below this many elements a sum over the ranks goes through an all-gather: gloo's all-reduce of a few floats
+#: cost 0.56-0.81 ms of CPU per rank on a 2-core machine, its all-gather 0.28-0.29 ms (equal near 64k floats)
+SMALL_SUM = 16384
+
+
+def sum_across_ranks(t: torch.Tensor) -> None:
+    """In-place sum of ``t`` over the ranks, the same bits on every rank.
+
+    Why not always ``all_reduce``: the sampled mode sums a few small tensors at every step, and for small
+    payloads gloo's all-reduce costs about twice the CPU of an all-gather followed by a local sum (in rank
+    order, so every rank gets the same bits)."""
+    if t.numel() > SMALL_SUM:
+        dist.all_reduce(t)
+        return
+    out = t.new_empty(dist.get_world_size() * t.numel())
+    dist.all_gather_into_tensor(out, t.contiguous().view(-1))
+    t.copy_(out.view(-1, *t.shape).sum(0))
+
+
 def rank0_first(fn: Callable[[], T]) -> T | None:
     """Run ``fn`` on rank 0 only; every rank gets its (picklable) result, or its error as a UsageError.
 

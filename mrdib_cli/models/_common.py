@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import MissingInputError
 from mrdib_cli.graphs.bipartite import to_torch_sparse
+from mrdib_cli.launch import sum_across_ranks
 
 
 #: epsilon of MMRec's ``BPRLoss`` (LightGCN, VBPR)
@@ -46,27 +47,6 @@ def emb_norm_loss(*embs: Tensor) -> Tensor:
     """MMRec's ``EmbLoss``: sum of Frobenius norms (**not** squared) divided by the batch size."""
     total = sum(batch_norms(*embs))
     return total / embs[-1].shape[0]
-
-
-#: below this many elements a sum over the ranks goes through an all-gather: gloo's all-reduce of a few floats
-#: cost 0.56-0.81 ms of CPU per rank on a 2-core machine, its all-gather 0.28-0.29 ms (equal near 64k floats)
-SMALL_SUM = 16384
-
-
-def sum_across_ranks(t: Tensor) -> None:
-    """In-place sum of ``t`` over the ranks, the same bits on every rank.
-
-    Why not always ``all_reduce``: the sampled mode sums a few small tensors at every step, and for small
-    payloads gloo's all-reduce costs about twice the CPU of an all-gather followed by a local sum (in rank
-    order, so every rank gets the same bits)."""
-    import torch.distributed as dist
-
-    if t.numel() > SMALL_SUM:
-        dist.all_reduce(t)
-        return
-    out = t.new_empty(dist.get_world_size() * t.numel())
-    dist.all_gather_into_tensor(out, t.contiguous().view(-1))
-    t.copy_(out.view(-1, *t.shape).sum(0))
 
 
 class _BatchSplit:

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mrdib_cli.models._common import sum_across_ranks
+from mrdib_cli.launch import sum_across_ranks
 
 #: where the shared tables are mapped from (a RAM-backed file system)
 SHM_DIR = Path("/dev/shm")

@@ -81,7 +81,7 @@ def test_exchange_averages_owned_rows_and_shares_the_update(tmp_path, kind) -> N
 def _sum_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from mrdib_cli.models._common import SMALL_SUM, sum_across_ranks
+    from mrdib_cli.launch import SMALL_SUM, sum_across_ranks
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
