@@ -115,6 +115,10 @@ def train_cmd(
     fanout: List[int] = typer.Option([], "--fanout", min=1, rich_help_panel=PANEL_MODEL,
                                      help="Sampled mode: neighbours kept per node, one value per hop (the last "
                                           "repeats) [10]. Repeatable: --fanout 10 --fanout 5."),
+    node_budget: Optional[int] = typer.Option(None, "--node-budget", min=0, rich_help_panel=PANEL_MODEL,
+                                              help="Sampled mode: most new nodes one hop may add to a step's "
+                                                   "neighbourhood, so a step's cost stops growing with the "
+                                                   "catalogue [0: no bound] (docs/scaling.md)."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,
@@ -150,7 +154,7 @@ def train_cmd(
     file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
-                   "fanout": list(fanout) or None}
+                   "fanout": list(fanout) or None, "node_budget": node_budget}
     selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
     claimed, extra = claim_plugin_args(list(ctx.args), selected)
     plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}

@@ -8,6 +8,13 @@ For a frontier of nodes V and a fan-out k, every v in V keeps all its neighbours
 otherwise k neighbours drawn uniformly with replacement, each weighted by Â[v,u] · deg(v) / k. The
 weighted sum over the kept neighbours is then an unbiased estimate of (Â h)[v], and exact when
 deg(v) <= k (so a fan-out above the largest degree reproduces the full-graph propagation).
+
+A node budget B bounds what a hop may add: when the kept neighbours include more than B nodes not yet in
+the neighbourhood, B of those are drawn uniformly without replacement and the edges to the others dropped;
+each remaining edge to a new node is weighted by (new nodes) / B, its inverse inclusion probability, so the
+estimate stays unbiased. Why: with fan-outs alone a step's work grows with the catalogue until the
+neighbourhoods stop overlapping (two hops at fan-out 10 reach most of a Baby-sized graph, a tenth of a
+64-times larger one); with a budget it is bounded by the batch, the fan-outs and B from the start.
 """
 
 from __future__ import annotations
@@ -57,9 +64,10 @@ class CSRGraph:
         return owner, self.indices[edge], self.values[edge] * scale
 
 
-def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator: torch.Generator | None = None
-                  ) -> tuple[list[Tensor], list[Block]]:
-    """Nested node sets N_0 = unique(seeds) ⊆ N_1 ⊆ ... ⊆ N_L and the hops between them.
+def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator: torch.Generator | None = None,
+                  budget: int = 0) -> tuple[list[Tensor], list[Block]]:
+    """Nested node sets N_0 = unique(seeds) ⊆ N_1 ⊆ ... ⊆ N_L and the hops between them; with a ``budget``
+    (> 0), each hop adds at most that many nodes (module docstring).
 
     Each N_{t+1} starts with N_t in the same order (so ``x[N_{t+1}][:len(N_t)]`` is ``x[N_t]``), which lets
     :func:`horner_mean` add a layer's own rows without another gather.
@@ -69,10 +77,27 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
     for k in fanouts:
         cur = nodes[-1]
         owner, nbr, w = graph.sample(cur, int(k), generator)
+        if budget > 0:
+            owner, nbr, w = cap_new_nodes(cur, owner, nbr, w, budget, generator)
         nxt = extend(cur, nbr)
         blocks.append(Block(owner, positions(nxt, nbr), w, len(cur)))
         nodes.append(nxt)
     return nodes, blocks
+
+
+def cap_new_nodes(cur: Tensor, owner: Tensor, nbr: Tensor, w: Tensor, budget: int,
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The hop's edges with at most ``budget`` distinct neighbours outside ``cur``, reweighted to stay
+    unbiased; unchanged (and no random number drawn) when there are no more than that."""
+    new = ~torch.isin(nbr, cur)
+    fresh = nbr[new].unique()
+    if len(fresh) <= budget:
+        return owner, nbr, w
+    gen_dev = generator.device if generator is not None else fresh.device
+    chosen = fresh[torch.randperm(len(fresh), generator=generator, device=gen_dev)[:budget].to(fresh.device)]
+    keep = ~new | torch.isin(nbr, chosen)
+    w = torch.where(new, w * (len(fresh) / budget), w)
+    return owner[keep], nbr[keep], w[keep]
 
 
 def extend(first: Tensor, more: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.errors import UsageError
+from mrdib_cli.graphs.sampling import Block, CSRGraph, sample_blocks
 from mrdib_cli.options import Option, options_from_defaults
 
 HookFn = Callable[[str, Tensor], Tensor]
@@ -101,10 +102,15 @@ class MiniBatch:
 
     fanout: tuple[int, ...]  # neighbours kept per node, per hop; the last value serves the deeper hops
     generator: torch.Generator | None = None
+    node_budget: int = 0  # most new nodes one hop may add (0: no bound), see graphs/sampling.py
 
     def hops(self, n: int) -> list[int]:
         """The fan-outs of an ``n``-hop neighbourhood."""
         return [self.fanout[min(h, len(self.fanout) - 1)] for h in range(n)]
+
+    def neighbourhood(self, graph: CSRGraph, seeds: Tensor, n: int) -> tuple[list[Tensor], list[Block]]:
+        """The sampled ``n``-hop neighbourhood of ``seeds`` under this step's fan-outs, budget and generator."""
+        return sample_blocks(graph, seeds, self.hops(n), self.generator, self.node_budget)
 
 
 class Backbone(nn.Module):

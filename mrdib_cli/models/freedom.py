@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.graphs.ops import bipartite_edges
-from mrdib_cli.graphs.sampling import CSRGraph, aggregate, sample_blocks
+from mrdib_cli.graphs.sampling import CSRGraph, aggregate
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
 from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, local_batch, prop, spmm, table_rows
@@ -138,12 +138,12 @@ class FREEDOM(Backbone):
         adj = self.masked_adj if (self.training and self.masked_adj is not None) else self.norm_adj
         bu = torch.unique(batch.users)
         bi = torch.unique(torch.cat([batch.pos, batch.neg]))
-        n_u, gen = self.n_users, mb.generator
+        n_u = self.n_users
         nodes, out, _ = sampled_layer_mean(self._sampler("ui", adj), self.user_embedding.weight,
                                            self.item_id_embedding.weight, torch.cat([bu, bi + n_u]),
-                                           mb.hops(self.hp["n_ui_layers"]), gen)
+                                           mb, self.hp["n_ui_layers"])
         # nodes = [bu; bi + n_u]: two sorted id sets in disjoint ranges
-        items, blocks = sample_blocks(self._sampler("mm", self.mm_adj), bi, mb.hops(self.hp["n_mm_layers"]), gen)
+        items, blocks = mb.neighbourhood(self._sampler("mm", self.mm_adj), bi, self.hp["n_mm_layers"])
         h = table_rows(self.item_id_embedding.weight, items[-1])
         for block in reversed(blocks):  # S^L E_i: the last layer only, as the full forward
             h = aggregate(block, h)

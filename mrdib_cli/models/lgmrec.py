@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.graphs.sampling import CSRGraph, aggregate, extend, positions, sample_blocks, uniform_sample
+from mrdib_cli.graphs.sampling import CSRGraph, aggregate, extend, positions, uniform_sample
 from mrdib_cli.models._common import bpr, emb_norm_loss, local_batch, spmm, xavier_uniform
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 from mrdib_cli.models.lightgcn import light_propagate, sampled_layer_mean
@@ -257,7 +257,7 @@ class LGMRec(Backbone):
         gi = uniform_sample(self.n_items, GLOBAL_SAMPLE, gen, dev)
         gu = uniform_sample(n_u, GLOBAL_SAMPLE, gen, dev)
         nodes, c, _ = sampled_layer_mean(adj, self.user_embedding, self.item_id_embedding,
-                                         torch.cat([bu, bi + n_u, gi + n_u]), mb.hops(self.n_ui_layers), gen)
+                                         torch.cat([bu, bi + n_u, gi + n_u]), mb, self.n_ui_layers)
         c_u, c_i, c_g = (c[torch.searchsorted(nodes, ids)] for ids in (bu, bi + n_u, gi + n_u))
         mge = self._mge_sampled(bu, bi, mb)
         ghe = self._ghe_sampled(torch.cat([bu, gu]), bi, gi, c_g)
@@ -309,7 +309,7 @@ class LGMRec(Backbone):
         the fan-out covers it). The hooks see the needed items' rows, the batch's items ``bi`` first."""
         adj, r = self._csr
         gen, n_u = mb.generator, self.n_users
-        nodes, blocks = sample_blocks(adj, torch.cat([bu, bi + n_u]), mb.hops(self.n_mm_layers), gen)
+        nodes, blocks = mb.neighbourhood(adj, torch.cat([bu, bi + n_u]), self.n_mm_layers)
         front = nodes[-1]  # starts with [bu; bi + n_u], as every node set does
         is_user = front < n_u
         f_users = front[is_user]

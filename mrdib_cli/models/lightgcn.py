@@ -21,7 +21,7 @@ from torch import Tensor
 
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
-from mrdib_cli.graphs.sampling import CSRGraph, horner_mean, sample_blocks
+from mrdib_cli.graphs.sampling import CSRGraph, horner_mean
 from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, spmm, table_rows,
                                       xavier_uniform)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
@@ -45,11 +45,11 @@ def node_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor) -> Tensor:
     return ego.index_put(((~is_user).nonzero().squeeze(1),), table_rows(item_table, nodes[~is_user] - n_users))
 
 
-def sampled_layer_mean(graph: CSRGraph, user_table: Tensor, item_table: Tensor, seeds: Tensor, hops: list[int],
-                       generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+def sampled_layer_mean(graph: CSRGraph, user_table: Tensor, item_table: Tensor, seeds: Tensor, mb: MiniBatch,
+                       n_layers: int) -> tuple[Tensor, Tensor, Tensor]:
     """LightGCN's readout mean_l Â^l E at the distinct ``seeds`` (ids of the joint node table), from sampled
     neighbourhoods: (those ids, sorted; their readout rows; their ego rows)."""
-    nodes, blocks = sample_blocks(graph, seeds, hops, generator)
+    nodes, blocks = mb.neighbourhood(graph, seeds, n_layers)
     ego = node_rows(user_table, item_table, nodes[-1])
     return nodes[0], horner_mean(blocks, ego), ego[:len(nodes[0])]
 
@@ -86,8 +86,8 @@ class LightGCN(Backbone):
             self._csr = CSRGraph(self.norm_adj)
         u = self.n_users
         seeds = torch.cat([batch.users, batch.pos + u, batch.neg + u])
-        nodes, out, ego0 = sampled_layer_mean(self._csr, self.user_embedding, self.item_embedding, seeds,
-                                              mb.hops(self.n_layers), mb.generator)
+        nodes, out, ego0 = sampled_layer_mean(self._csr, self.user_embedding, self.item_embedding, seeds, mb,
+                                              self.n_layers)
         return Embeddings(out, out, {"ego_user": ego0, "ego_item": ego0}), local_batch(batch, nodes, nodes, u)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

@@ -40,6 +40,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = the free cores (cores minus the 1-minute load)
     minibatch: str = "full"  # full: MMRec's whole-graph forward per step; sampled: the batch's neighbourhoods
     fanout: list[int] = field(default_factory=lambda: [10])  # sampled: neighbours per node per hop (last repeats)
+    node_budget: int = 0  # sampled: most new nodes one hop may add to a step's neighbourhood (0: no bound)
 
     def validate(self) -> None:
         if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
@@ -59,6 +60,8 @@ class TrainConfig:
             raise UsageError(f"minibatch must be {' or '.join(MINIBATCH_MODES)}, got {self.minibatch!r}")
         if not self.fanout or any(not isinstance(k, int) or k < 1 for k in self.fanout):
             raise UsageError(f"fanout must be a non-empty list of positive integers, got {self.fanout!r}")
+        if not isinstance(self.node_budget, int) or isinstance(self.node_budget, bool) or self.node_budget < 0:
+            raise UsageError(f"node_budget must be an integer >= 0 (0: no bound), got {self.node_budget!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -140,7 +140,7 @@ def train_threads(requested: int | None, stored: int | None = None) -> tuple[int
 
 #: training options added after runs were already being checkpointed: left out of a run's identity while at
 #: their defaults, so that runs started before them still resume
-LATER_TRAIN_KEYS = ("minibatch", "fanout")
+LATER_TRAIN_KEYS = ("minibatch", "fanout", "node_budget")
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -263,7 +263,7 @@ class Trainer:
 
     def _minibatch(self, generator: torch.Generator) -> MiniBatch | None:
         tc = self.cfg.train
-        return MiniBatch(tuple(tc.fanout), generator) if tc.minibatch == "sampled" else None
+        return MiniBatch(tuple(tc.fanout), generator, tc.node_budget) if tc.minibatch == "sampled" else None
 
     # ------------------------------------------------------------------------------ run folder
     @property
@@ -598,6 +598,9 @@ def check_minibatch(cfg: RunConfig) -> None:
     """Refuse a ``--minibatch sampled`` run this version cannot train, before anything is written."""
     tc = cfg.train
     if tc.minibatch == "full":
+        if tc.node_budget:
+            raise UsageError("--node-budget bounds the sampled neighbourhoods of --minibatch sampled; "
+                             "add --minibatch sampled or drop --node-budget")
         return
     supported = sampled_backbones()
     if cfg.backbone not in supported:

@@ -81,6 +81,48 @@ def test_sampler_is_unbiased_and_bounded():
     assert float((acc / n - exact).abs().max()) < 0.05  # without the deg/k weights: off by ~exact itself
 
 
+def _small_graph(seed: int = 1):
+    import scipy.sparse as sp
+
+    r = sp.random(30, 20, density=0.4, format="csr", random_state=seed)
+    r.data[:] = 1.0
+    return to_torch_sparse(norm_adj_symmetric(r))
+
+
+def test_node_budget_bounds_every_hop_and_keeps_the_estimate_unbiased():
+    """Each hop adds at most the budget's nodes, and the two-hop layer mean still averages to the exact one
+    (the kept new nodes' edges carry the inverse of their inclusion probability)."""
+    adj = _small_graph()
+    graph = CSRGraph(adj)
+    a = adj.to_dense().double()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((50, 4)))
+    seeds = torch.tensor([0, 7, 31, 44])
+    exact = ((x + a @ x + a @ a @ x) / 3)[seeds]
+    gen = torch.Generator().manual_seed(0)
+    acc, n, capped = torch.zeros_like(exact), 6000, 0
+    for _ in range(n):
+        nodes, blocks = sample_blocks(graph, seeds, [4, 4], gen, budget=5)
+        for before, after in zip(nodes, nodes[1:]):
+            assert len(after) - len(before) <= 5
+        capped += len(nodes[2]) - len(nodes[1]) == 5
+        acc += horner_mean(blocks, x[nodes[-1]])
+    assert capped > n // 2  # the budget bound most draws (without it the second hop adds more)
+    assert float((acc / n - exact).abs().max()) < 0.05  # without the reweighting: off by 0.17 here
+
+
+def test_a_budget_that_does_not_bind_changes_nothing():
+    """Same nodes, blocks and generator state as without a budget: runs whose neighbourhoods stay under the
+    budget are those of a run without one."""
+    graph = CSRGraph(_small_graph())
+    seeds = torch.tensor([3, 12, 40])
+    g0, g1 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    n0, b0 = sample_blocks(graph, seeds, [3, 3], g0)
+    n1, b1 = sample_blocks(graph, seeds, [3, 3], g1, budget=50)
+    assert all(torch.equal(u, v) for u, v in zip(n0, n1))
+    assert all(torch.equal(getattr(u, f), getattr(v, f)) for u, v in zip(b0, b1) for f in ("dst", "src", "weight"))
+    assert torch.equal(g0.get_state(), g1.get_state())
+
+
 def test_nested_node_sets_keep_the_frontier_first():
     import scipy.sparse as sp
 
@@ -117,6 +159,16 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert not (workdir / "runs" / "m").exists()
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "tiny", "-n", "t")
     assert code == 2 and "minibatch must be" in err
+    code, _, err = cli("train", "-b", "lightgcn", "--node-budget", "100", "-n", "t")
+    assert code == 2 and "--minibatch sampled" in err and "Traceback" not in err
+    code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--set", "train.node_budget=-1",
+                       "-n", "t")
+    assert code == 2 and "node_budget must be" in err
+    assert not (workdir / "runs" / "t").exists()
+    code, _, err = cli("train", "-b", "lightgcn", "--epochs", "1", "--threads", "1", "--minibatch", "sampled",
+                       "--node-budget", "8", "-n", "nb")
+    assert code == 0, err
+    assert json.loads((workdir / "runs" / "nb" / "config.json").read_text())["train"]["node_budget"] == 8
 
 
 def test_vbpr_step_forward_is_bit_identical_to_the_full_forward(handle):
