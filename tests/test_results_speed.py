@@ -160,6 +160,9 @@ def test_scaling_render_shows_the_sampled_part_its_evaluation_and_the_graph_buil
             rows.append(r)
     exps = {b: {"train_s_per_epoch": 1.0, "train_cpu_s": 1.11, "peak_rss_mib": 0.1,
                 **({"valid_s_per_pass": 2.0} if b == scaling.EVAL_BACKBONE else {})} for b in scaling.SAMPLED_BACKBONES}
+    budgeted = scaling.variant_label("lgmrec", 8192)
+    rows.append({**rows[-1], "backbone": budgeted, "train_cpu_s": 5.5})
+    exps[budgeted] = {"train_s_per_epoch": 1.0, "train_cpu_s": 1.02, "peak_rss_mib": 0.1}
     res["sampled"] = {"factors": [1, 4], "rows": rows, "exponents": exps, "eval_backbone": scaling.EVAL_BACKBONE,
                       "graph": {"factor": 4, "wall_s": 61.0, "cpu_s": 58.0, "peak_rss_mib": 2345}}
     res["full_from"] = {"date": "2026-11-27 06:48 UTC", "commit": "e97e9f1", "cpu": "Xeon"}
@@ -167,6 +170,24 @@ def test_scaling_render_shows_the_sampled_part_its_evaluation_and_the_graph_buil
     assert "| 4x | 77,780 | 28,200 | 643,160 | lightgcn | 12.00 | 8.00 | 904 | 20.0 | 1,004 |" in md
     assert "| 4x | 77,780 | 28,200 | 643,160 | lgmrec | 12.00 | 8.00 | 904 | - | - |" in md
     assert "| lightgcn | 1.00 | 1.11 | 0.10 | 2.00 |" in md and "| vbpr | 1.00 | 1.11 | 0.10 | - |" in md
+    assert "| 4x | 77,780 | 28,200 | 643,160 | lgmrec, node budget 8192 | 12.00 | 5.50 | 904 | - | - |" in md
+    assert "| lgmrec, node budget 8192 | 1.00 | 1.02 | 0.10 | - |" in md and "`--node-budget N`" in md
     assert "`mrdib build-graph` at 4x" in md and "61 s wall" in md and "2,345 MiB" in md
     assert "from the run of 2026-11-27 06:48 UTC (Xeon, commit e97e9f1)" in md
     json.dumps(res)
+
+
+def test_a_second_sampled_only_rerun_keeps_naming_the_run_of_the_full_mode_rows(tmp_path):
+    """``MRDIB_SCALING_PARTS=sampled`` keeps the stored full-mode rows; rebuilt twice, the page must still name
+    the run those rows came from, not the first rebuild."""
+    from types import SimpleNamespace
+
+    origin = {"date": "2026-11-27 06:48 UTC", "commit": "e97e9f1", "cpu": "Xeon"}
+    first = {"meta": {**origin, "threads": 1}, "result": {**_scaling_result(), "sampled": None}}
+    (tmp_path / "scaling.json").write_text(json.dumps(first))
+    ctx = SimpleNamespace(out_dir=tmp_path)
+    once = scaling.keep_full_part(ctx, {"rows": []})
+    assert once["full_from"] == origin
+    (tmp_path / "scaling.json").write_text(json.dumps(
+        {"meta": {"date": "2026-12-07 05:49 UTC", "commit": "dde2adc", "cpu": "EPYC"}, "result": once}))
+    assert scaling.keep_full_part(ctx, {"rows": []})["full_from"] == origin

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.sections._common import NODE_BUDGET
+
 TITLE = "Scaling with dataset size"
 ORDER = 50
 
@@ -40,6 +42,8 @@ SAMPLED_BACKBONES = ("lightgcn", "vbpr", "lgmrec")
 #: the sampled points time evaluation for this backbone only: the pass is the same exact full ranking for every
 #: backbone and both modes (only the forward before it differs), and at 64x it costs minutes per backbone
 EVAL_BACKBONE = "lightgcn"
+#: the backbones whose steps sample a graph, measured again with a node budget (VBPR samples nothing)
+BUDGET_BACKBONES = ("lightgcn", "lgmrec")
 FEATURE_DIM = 64
 METRICS = (("train_s_per_epoch", "training epoch (s)"), ("valid_s_per_pass", "full evaluation, valid split (s)"),
            ("peak_rss_mib", "peak RSS (MiB)"))
@@ -169,25 +173,31 @@ def measured(cmd: list[str], threads: int, what: str) -> tuple[float, Any]:
     return time.perf_counter() - t0, usage
 
 
-def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int, evaluate: bool = False
-                  ) -> dict:
+def sampled_epoch(workdir: Path, dataset: str, backbone: str, threads: int, seed: int, evaluate: bool = False,
+                  budget: int = 0) -> dict:
     """One ``--minibatch sampled`` training epoch (``benchmarks/scaling_epoch.py``; with ``evaluate``, then one
-    full-ranking validation pass, timed apart) in a subprocess; stored beside the run like :func:`train_once`'s
-    points."""
-    name = f"{dataset}-{backbone}-sampled"
+    full-ranking validation pass, timed apart; with ``budget``, under that ``--node-budget``) in a subprocess;
+    stored beside the run like :func:`train_once`'s points."""
+    name = f"{dataset}-{backbone}-sampled" + (f"-budget{budget}" if budget else "")
     point = workdir / "runs" / f"{name}.json"
     spec = _spec(workdir, dataset, backbone=backbone, threads=threads, seed=seed, minibatch="sampled",
-                 evaluate=evaluate)
+                 evaluate=evaluate, **({"node_budget": budget} if budget else {}))
     if (stored := _reuse(point, spec)) is not None:
         return stored
     cmd = [sys.executable, str(ROOT / "benchmarks" / "scaling_epoch.py"), str(workdir), dataset, backbone,
-           "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed)] + (["--eval"] if evaluate else [])
+           "--minibatch", "sampled", "--threads", str(threads), "--seed", str(seed), "--node-budget", str(budget)
+           ] + (["--eval"] if evaluate else [])
     env = {**os.environ, "MRDIB_NO_PROGRESS": "1", "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"sampled epoch of {backbone} on {dataset} failed: "
                            f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return _keep(point, spec, json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def variant_label(backbone: str, budget: int) -> str:
+    """How a sampled point is named in the tables: the backbone, and its node budget when it has one."""
+    return f"{backbone}, node budget {budget}" if budget else backbone
 
 
 def run_sampled(ctx, ws: Path, seed: int) -> dict:
@@ -199,17 +209,21 @@ def run_sampled(ctx, ws: Path, seed: int) -> dict:
     for f in factors:
         ds = write_dataset(ws, f)
         card = json.loads((ws / "datasets" / ds / "dataset.json").read_text())
-        for b in SAMPLED_BACKBONES:
-            r = sampled_epoch(ws, ds, b, ctx.threads, seed, evaluate=b == EVAL_BACKBONE)
-            ctx.log(f"scaling (sampled): {ds} {b}: train {r['train_s_per_epoch']:.1f} s/epoch, "
+        variants = [(b, 0) for b in SAMPLED_BACKBONES] + [(b, NODE_BUDGET) for b in BUDGET_BACKBONES]
+        for b, budget in variants:
+            r = sampled_epoch(ws, ds, b, ctx.threads, seed, evaluate=b == EVAL_BACKBONE and not budget,
+                              budget=budget)
+            label = variant_label(b, budget)
+            ctx.log(f"scaling (sampled): {ds} {label}: train {r['train_s_per_epoch']:.1f} s/epoch, "
                     f"peak RSS {r['peak_rss_mib']} MiB"
                     + (f", valid pass {r['valid_s_per_pass']:.1f} s" if "valid_s_per_pass" in r else ""))
-            rows.append({"factor": f, "backbone": b, "n_interactions": card["n_interactions"],
+            rows.append({"factor": f, "backbone": label, "n_interactions": card["n_interactions"],
                          "n_users": card["n_users"], "n_items": card["n_items"], **r})
+    labels = list(dict.fromkeys(r["backbone"] for r in rows))
     exps = {b: {m: fit_exponent([r["factor"] for r in rows if r["backbone"] == b],
                                 [r[m] for r in rows if r["backbone"] == b])
                 for m in ("train_s_per_epoch", "train_cpu_s", "peak_rss_mib", "valid_s_per_pass")
-                if all(m in r for r in rows if r["backbone"] == b)} for b in SAMPLED_BACKBONES}
+                if all(m in r for r in rows if r["backbone"] == b)} for b in labels}
     # exact kNN costs items^2: at 64x about an hour of one core per modality, so a short run may name a smaller size
     gf = int(os.environ.get("MRDIB_SCALING_GRAPH_FACTOR", factors[-1]))
     graph = build_graph_point(ws, write_dataset(ws, gf), ctx.threads)
@@ -276,9 +290,9 @@ def keep_full_part(ctx, sampled: dict | None) -> dict:
     """``MRDIB_SCALING_PARTS=sampled``: measure the sampled points only and keep the stored full-mode rows (the
     full mode's 16x point alone costs a quarter of an hour); the page names the run they come from."""
     stored = json.loads((Path(ctx.out_dir) / "scaling.json").read_text())
-    res = {**stored["result"], "sampled": sampled,
-           "full_from": {k: stored["meta"].get(k) for k in ("date", "commit", "cpu")}}
-    return res
+    # a page already rebuilt this way names the run its full-mode rows come from; its own meta is that rebuild's
+    full_from = stored["result"].get("full_from") or {k: stored["meta"].get(k) for k in ("date", "commit", "cpu")}
+    return {**stored["result"], "sampled": sampled, "full_from": full_from}
 
 
 def plot(res: dict, path: Path) -> str:
@@ -365,7 +379,8 @@ def render_sampled(sampled: dict | None, threads: int) -> list[str]:
         return []
     ev = sampled.get("eval_backbone")
     out = ["", f"**`--minibatch sampled`** (fan-out 10, the defaults; CPU, {threads} thread(s)): one training "
-           "epoch (`benchmarks/scaling_epoch.py`), peak RSS of that process after it"
+           "epoch (`benchmarks/scaling_epoch.py`), peak RSS of that process after it; the rows named with a node "
+           "budget add `--node-budget N` (each hop adds at most N nodes to a step's neighbourhood)"
            + (f"; for {ev}, then one full-ranking pass over the valid split (the trainer's per-epoch validation: "
               "the full forward, exact ranking over every item, train masked) and the peak RSS after it. The pass "
               "is the same exact ranking for every backbone and both modes" if ev else "")
