@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--minibatch", default="sampled")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=999)
+    ap.add_argument("--node-budget", type=int, default=0, help="the sampled mode's node budget (0: none)")
     ap.add_argument("--eval", action="store_true", help="also time one full-ranking pass over the valid split")
     args = ap.parse_args()
     from mrdib_cli.training.resolve import resolve_run
@@ -36,9 +37,9 @@ def main() -> None:
     from mrdib_cli.workspace import Workspace
 
     cfg = resolve_run(flags={"backbone": args.backbone, "dataset": args.dataset,
-                             "run_name": f"{args.dataset}-{args.backbone}-{args.minibatch}-epoch",
+                             "run_name": f"{args.dataset}-{args.backbone}-{args.minibatch}-{args.node_budget}-epoch",
                              "train": {"epochs": 1, "device": "cpu", "threads": args.threads, "seed": args.seed,
-                                       "minibatch": args.minibatch}})
+                                       "minibatch": args.minibatch, "node_budget": args.node_budget}})
     t0 = time.perf_counter()
     tr = Trainer(Workspace(args.workdir), cfg, overwrite=True)
     t1 = time.perf_counter()

@@ -602,14 +602,16 @@ def test_sampled_baby_specs_pair_the_modes_and_cap_lgmrec_only() -> None:
     from benchmarks.sections import sampled_baby
 
     full = sampled_baby.specs(_ctx(Path("/nowhere"), None, [1, 2, 3], "full"))
-    assert len(full) == len(sampled_baby.BACKBONES) * 2 * 3
-    for s in full:
-        assert s.args[:2] in (["--minibatch", "full"], ["--minibatch", "sampled"])
+    assert len(full) == len(sampled_baby.BACKBONES) * 3 * 3
+    for mode, s in full:
+        margs = sampled_baby.MODE_ARGS[mode]
+        assert s.args[:len(margs)] == margs and f"-{mode}-" in s.name
         cap = ["--epochs", str(sampled_baby.LGMREC_EPOCH_CAP)]
-        assert (s.args[2:] == cap) == (s.backbone == "lgmrec"), s
+        assert (s.args[len(margs):] == cap) == (s.backbone == "lgmrec"), s
+    assert {m for m, _ in full} == {"full", "sampled", "budget"}
     quick = sampled_baby.specs(_ctx(Path("/nowhere"), None, [1], "quick"))
-    assert all(s.args[2:] == ["--epochs", str(sampled_baby.QUICK_EPOCHS)] for s in quick)
-    assert len({s.name for s in full + quick}) == len(full) + len(quick)
+    assert all(s.args[-2:] == ["--epochs", str(sampled_baby.QUICK_EPOCHS)] for _, s in quick)
+    assert len({s.name for _, s in full + quick}) == len(full) + len(quick)
 
 
 def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
@@ -620,17 +622,28 @@ def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
                  "train_s_per_epoch": 2.0, "valid": _metrics(x / 1.5), "test": _metrics(x / 1.5)}
                 for k, x in enumerate(r20, 1)]
 
-    res = {"dataset": "baby-rand64", "features": "random 64-d", "tolerance": 0.03, "backbones": {
-        "lightgcn": {"epoch_cap": None, "runs": {"full": runs([0.0750, 0.0740]), "sampled": runs([0.0745, 0.0735])},
-                     "paired": {"recall@20": {"base": 0.0745, "new": 0.0740, "p_ttest": 0.21}}},
-        "lgmrec": {"epoch_cap": 32, "runs": {"full": runs([0.0550, 0.0540]), "sampled": runs([0.0520, 0.0510, 0.05])},
-                   "paired": {"recall@20": {"base": 0.0545, "new": 0.0515, "p_ttest": 0.001}}}}}
+    def pair(base: float, new: float, p: float) -> dict:
+        return {"recall@20": {"base": base, "new": new, "p_ttest": p}}
+
+    res = {"dataset": "baby-rand64", "features": "random 64-d", "tolerance": 0.03, "node_budget": 8192,
+           "backbones": {
+               "lightgcn": {"epoch_cap": None, "runs": {"full": runs([0.0750, 0.0740]),
+                                                        "sampled": runs([0.0745, 0.0735]),
+                                                        "budget": runs([0.0760, 0.0750])},
+                            "paired": {"sampled": pair(0.0745, 0.0740, 0.21), "budget": pair(0.0745, 0.0755, 0.3)}},
+               "lgmrec": {"epoch_cap": 32, "runs": {"full": runs([0.0550, 0.0540]),
+                                                    "sampled": runs([0.0520, 0.0510, 0.05]),
+                                                    "budget": runs([0.0550, 0.0540])},
+                          "paired": {"sampled": pair(0.0545, 0.0515, 0.001), "budget": pair(0.0545, 0.0545, 1.0)}}}}
     md = sampled_baby.render(res)
-    assert _row(md, "lgmrec | sampled")[6] == f"{0.0515 / 0.0545:.3f}"
+    assert _row(md, "lgmrec | sampled |")[6] == f"{0.0515 / 0.0545:.3f}"
+    assert _row(md, "lightgcn | sampled, node budget 8192")[6] == f"{0.0755 / 0.0745:.3f}"
     assert _row(md, "lightgcn | full")[6] == "-"
-    assert "lightgcn: -0.7% (within 3%, to early stopping)" in md
-    assert ("lgmrec: -5.5% (outside 3%, both modes capped at 32 epochs; runs that reached the cap: full 1 of 2, "
-            "sampled 2 of 3)") in md
+    assert "lightgcn sampled: -0.7% (within 3%, to early stopping)" in md
+    assert "lightgcn sampled, node budget 8192: +1.3% (within 3%, to early stopping)" in md
+    assert ("lgmrec sampled: -5.5% (outside 3%, every mode capped at 32 epochs; runs that reached the cap: "
+            "full 1 of 2, sampled 2 of 3, budget 1 of 2)") in md
+    assert "`--node-budget 8192`" in md
     assert md.index("| lgmrec |") < md.index("| lightgcn |")
 
 

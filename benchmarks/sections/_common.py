@@ -27,6 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20"]
+#: the ``--node-budget`` the sampled-mode sections measure (sampled_baby's quality, scaling's epochs): at
+#: fan-out 10 it binds on Baby itself (a step's first hop would add about 13,000 nodes), so the quality table
+#: tests it where it already changes the step
+NODE_BUDGET = 8192
 
 
 class SkipSection(Exception):
