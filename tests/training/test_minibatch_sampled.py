@@ -369,3 +369,33 @@ def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir):
                        "-n", "dp")
     assert code == 2 and "input placement" in err and "Traceback" not in err
     assert not (run.parent / "dp").exists()
+
+
+@pytest.mark.parametrize("name", ["lightgcn", "lgmrec", "freedom"])
+def test_a_node_budget_bounds_the_rows_a_step_touches(wide, name, monkeypatch):
+    """Structural, not timed: with a budget B, the embedding rows a step reads (and updates) are at most its
+    seeds plus B per hop of each neighbourhood it samples, however wide the fan-out and the catalogue."""
+    import mrdib_cli.models.lgmrec as lgmrec_mod
+
+    monkeypatch.setattr(lgmrec_mod, "GLOBAL_SAMPLE", 16)
+    batch = _batch(wide, n=8, seed=5)
+    model = _build(name, wide)
+    model.train()
+    budget = 5
+    emb, local = model.propagate_batch(batch, MiniBatch((50,), torch.Generator().manual_seed(0), budget))
+    sum(model.loss(local, emb).values()).backward()
+    seeds = len(torch.unique(batch.users)) + len(torch.unique(torch.cat([batch.pos, batch.neg])))
+    hops = model.hp.get("n_layers", model.hp.get("n_ui_layers"))
+    if name == "lgmrec":
+        seeds += 16  # the uniform item sample joins the collaborative neighbourhood's seeds
+    if name == "freedom":  # its item table is also read over the item-item graph's hops from the batch's items
+        hops += model.hp["n_mm_layers"]
+    rows = sum(len(p.grad.coalesce().indices()[0]) for p in model.sparse_parameters().values()
+               if p.grad is not None and p.dim() == 2 and p.shape[1] == model.dim)
+    assert 0 < rows <= seeds + hops * budget
+    unbounded = _build(name, wide)
+    unbounded.train()
+    emb, local = unbounded.propagate_batch(batch, MiniBatch((50,), torch.Generator().manual_seed(0)))
+    sum(unbounded.loss(local, emb).values()).backward()
+    assert sum(len(p.grad.coalesce().indices()[0]) for p in unbounded.sparse_parameters().values()
+               if p.grad is not None and p.dim() == 2 and p.shape[1] == model.dim) > seeds + hops * budget
