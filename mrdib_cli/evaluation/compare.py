@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import polars as pl
 
-from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, settled_train
 from mrdib_cli.errors import DataError, ProtocolMismatchError, UsageError
 from mrdib_cli.evaluation.engine import Protocol
 from mrdib_cli.evaluation.runs import NOT_SETTINGS, Run, evaluate_run, result_tag
@@ -77,7 +77,7 @@ def _settings(run: Run) -> dict[str, Any]:
     """A run's hyper-parameters, training options and plug-in options, flat (``n_layers``, ``train.lr``)."""
     c = run.config
     flat = {k: v for k, v in (c.get("hparams") or {}).items()}
-    flat.update({f"train.{k}": v for k, v in (c.get("train") or {}).items() if k not in NOT_SETTINGS})
+    flat.update({f"train.{k}": v for k, v in settled_train(c.get("train") or {}, NOT_SETTINGS).items()})
     flat.update({f"plugin.{k}": v for k, v in (c.get("plugin") or {}).items() if k != "name"})
     return flat
 

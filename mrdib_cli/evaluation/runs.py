@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
@@ -112,7 +112,7 @@ class Run:
 
         cfg = {k: v for k, v in self.config.items()
                if k not in ("run_name", "created", "version", "code", "runtime", "dataset_dir")}
-        cfg["train"] = {k: v for k, v in (cfg.get("train") or {}).items() if k not in NOT_SETTINGS}
+        cfg["train"] = settled_train(cfg.get("train") or {}, NOT_SETTINGS)
         return digest_obj(cfg)
 
     def label(self) -> str:

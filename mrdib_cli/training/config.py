@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, SEED
+from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, LATER_TRAIN_DEFAULTS, SEED
 from mrdib_cli.errors import MissingInputError, UsageError
 
 MINIBATCH_MODES = ("full", "sampled")
@@ -38,9 +38,12 @@ class TrainConfig:
     eval_batch_users: int = EVAL_BATCH_USERS
     test_mask: str = "train"  # MMRec masks only train items at test time; "train+valid" also masks valid
     threads: int = 0  # torch CPU threads; 0 = the free cores (cores minus the 1-minute load)
-    minibatch: str = "full"  # full: MMRec's whole-graph forward per step; sampled: the batch's neighbourhoods
-    fanout: list[int] = field(default_factory=lambda: [10])  # sampled: neighbours per node per hop (last repeats)
-    node_budget: int = 0  # sampled: most new nodes one hop may add to a step's neighbourhood (0: no bound)
+    # full: MMRec's whole-graph forward per step; sampled: the batch's neighbourhoods
+    minibatch: str = LATER_TRAIN_DEFAULTS["minibatch"]
+    # sampled: neighbours per node per hop (the last repeats)
+    fanout: list[int] = field(default_factory=lambda: list(LATER_TRAIN_DEFAULTS["fanout"]))
+    # sampled: at most this many new nodes per hop of a step's neighbourhood (0: no bound)
+    node_budget: int = LATER_TRAIN_DEFAULTS["node_budget"]
 
     def validate(self) -> None:
         if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):

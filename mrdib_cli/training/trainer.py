@@ -40,13 +40,13 @@ import torch.utils.deterministic
 
 from mrdib_cli import __version__
 from mrdib_cli.cpu import auto_threads, choose_threads
+from mrdib_cli.defaults import settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
-from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone, sampled_backbones
+from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.config import TrainConfig
-from mrdib_cli.training.resolve import RunConfig
+from mrdib_cli.training.resolve import RunConfig, check_minibatch
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
@@ -138,9 +138,6 @@ def train_threads(requested: int | None, stored: int | None = None) -> tuple[int
     return choose_threads(None)
 
 
-#: training options added after runs were already being checkpointed: left out of a run's identity while at
-#: their defaults, so that runs started before them still resume
-LATER_TRAIN_KEYS = ("minibatch", "fanout", "node_budget")
 
 
 def default_run_name(backbone: str, dataset: str) -> str:
@@ -306,8 +303,7 @@ class Trainer:
         keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
         if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
             keep["feature_digests"] = conf["feature_digests"]
-        keep["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads", "epochs")
-                         and not (k in LATER_TRAIN_KEYS and v == getattr(TrainConfig(), k))}
+        keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
         return digest_obj(keep)
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
@@ -592,27 +588,6 @@ def _discard(run_dir: Path) -> None:
     aside = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{run_dir.name}.", dir=run_dir.parent))
     os.replace(run_dir, aside / "d")
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def check_minibatch(cfg: RunConfig) -> None:
-    """Refuse a ``--minibatch sampled`` run this version cannot train, before anything is written."""
-    tc = cfg.train
-    if tc.minibatch == "full":
-        if tc.node_budget:
-            raise UsageError("--node-budget bounds the sampled neighbourhoods of --minibatch sampled; "
-                             "add --minibatch sampled or drop --node-budget")
-        return
-    supported = sampled_backbones()
-    if cfg.backbone not in supported:
-        raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
-                         f"{', '.join(supported)}); use --minibatch full")
-    if cfg.plugin and not get_backbone(cfg.backbone).sampled_hook_rows:
-        able = ", ".join(n for n in supported if get_backbone(n).sampled_hook_rows)
-        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones that pass its hooks the step's "
-                         f"rows ({able}), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
-    if tc.weight_decay:
-        raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
-                         "set weight_decay to 0 or use --minibatch full")
 
 
 class RowAdam(torch.optim.Optimizer):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.defaults import settled_train
 from mrdib_cli.workflow.config import BackboneSpec, DatasetSpec, Study
 from mrdib_cli.workspace import (Manifest, StepResult, Workspace, cached_step, file_digest,
                                  read_json)
@@ -296,7 +297,7 @@ def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, A
         p = handle.feature_path(m, cfg.features.get(m))
         if p is not None:
             inputs[f"features:{m}"] = file_digest(p)
-    train = {k: v for k, v in asdict(cfg.train).items() if k not in RUNTIME_TRAIN_KEYS}
+    train = settled_train(asdict(cfg.train), RUNTIME_TRAIN_KEYS)
     params = {"backbone": cls.name, "hparams": dict(cfg.hparams),
               "plugin": None if cfg.plugin is None else dict(cfg.plugin), "train": train,
               "features": dict(cfg.features)}

@@ -119,3 +119,20 @@ def test_mrdib_on_off_runs_and_report(tiny_ws, tmp_path):
     assert plugins[0] is None and plugins[1]["name"] == "mrdib" and plugins[1]["alpha_kl"] == 0.01
     assert (res.report / "mrdib-terms-tiny.png").stat().st_size > 5000
     assert "vbpr+mrdib" in (res.report / "report.md").read_text()
+
+
+def test_a_study_cached_before_a_later_training_option_stays_cached(tiny_ws):
+    """A training option added later (minibatch, fanout, node_budget) stays out of a cached step's identity
+    while at its default: the manifests written before it existed lack it, and must still match (otherwise
+    an upgrade retrains every finished study). Set to another value, it changes the identity."""
+    from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS as LATER_TRAIN_KEYS
+
+    ws, study, first = tiny_ws
+    for run in first.runs:
+        stored = json.loads((ws.runs_dir / ".manifests" / f"train-{run}.json").read_text())
+        assert not set(LATER_TRAIN_KEYS) & set(stored["params"]["train"]), stored["params"]["train"]
+    assert all(s.state == "cached" for s in run_pipeline(ws, study, dry_run=True).steps)
+    changed = copy.deepcopy(TINY)
+    changed["train"].update(minibatch="sampled", node_budget=16)
+    dry = run_pipeline(ws, parse_study(changed, where="t.yaml"), dry_run=True)
+    assert [s.state for s in dry.steps if s.kind == "train"] == ["will run", "will run"]
