@@ -116,9 +116,10 @@ def train_cmd(
                                      help="Sampled mode: neighbours kept per node, one value per hop (the last "
                                           "repeats) [10]. Repeatable: --fanout 10 --fanout 5."),
     node_budget: Optional[int] = typer.Option(None, "--node-budget", min=0, rich_help_panel=PANEL_MODEL,
-                                              help="Sampled mode: most new nodes one hop may add to a step's "
+                                              help="Sampled mode only: at most N new nodes per hop of a step's "
                                                    "neighbourhood, so a step's cost stops growing with the "
-                                                   "catalogue [0: no bound] (docs/scaling.md)."),
+                                                   "catalogue (VBPR samples no graph: no effect) [0: no bound] "
+                                                   "(docs/scaling.md)."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),
     plugin: Optional[str] = typer.Option(None, "--plugin", rich_help_panel=PANEL_MODEL,

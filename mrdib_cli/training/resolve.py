@@ -172,10 +172,37 @@ def resolve_run(ws: Any = None, *, stored: Mapping[str, Any] | None = None,
         if key not in sources:
             ds_default = key.startswith("hparams.") and key[8:] in _dataset_defaults(cls, dataset)
             sources[key] = f"{cls.name} default for {dataset}" if ds_default else DEFAULT
-    return RunConfig(backbone=cls.name, dataset=None if dataset is None else str(dataset),
-                     run_name=layers.values.get("run_name"), train=tc, hparams=MappingProxyType(hparams),
-                     plugin=MappingProxyType(plug) if plug else None,
-                     features=MappingProxyType(layers.section("features")), sources=MappingProxyType(sources))
+    cfg = RunConfig(backbone=cls.name, dataset=None if dataset is None else str(dataset),
+                    run_name=layers.values.get("run_name"), train=tc, hparams=MappingProxyType(hparams),
+                    plugin=MappingProxyType(plug) if plug else None,
+                    features=MappingProxyType(layers.section("features")), sources=MappingProxyType(sources))
+    check_minibatch(cfg)
+    return cfg
+
+
+def check_minibatch(cfg: RunConfig) -> None:
+    """Refuse a ``--minibatch sampled`` run this version cannot train (and a sampled-only option without it),
+    when the configuration is resolved: before anything is written, and in ``--print-config`` and dry runs."""
+    from mrdib_cli.models.base import get_backbone, sampled_backbones
+
+    tc = cfg.train
+    if tc.minibatch == "full":
+        if tc.node_budget:
+            raise UsageError("node_budget (--node-budget) bounds the neighbourhoods of --minibatch sampled; "
+                             "set minibatch to sampled, or node_budget to 0")
+        return
+    supported = sampled_backbones()
+    if cfg.backbone not in supported:
+        raise UsageError(f"--minibatch sampled is not available for {cfg.backbone} (available for: "
+                         f"{', '.join(supported)}); use --minibatch full")
+    if cfg.plugin and not get_backbone(cfg.backbone).sampled_hook_rows:
+        able = ", ".join(n for n in supported if get_backbone(n).sampled_hook_rows)
+        raise UsageError(f"--minibatch sampled takes a plug-in only on backbones that pass its hooks the step's "
+                         f"rows ({able}), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
+    if tc.weight_decay:
+        raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
+                         "set weight_decay to 0 or use --minibatch full")
+
 
 
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:

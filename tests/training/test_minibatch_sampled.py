@@ -161,6 +161,8 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert code == 2 and "minibatch must be" in err
     code, _, err = cli("train", "-b", "lightgcn", "--node-budget", "100", "-n", "t")
     assert code == 2 and "--minibatch sampled" in err and "Traceback" not in err
+    code, out, err = cli("train", "-b", "lightgcn", "--set", "train.node_budget=100", "--print-config")
+    assert code == 2 and "node_budget (--node-budget)" in err, out  # refused when resolved, not only when trained
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--set", "train.node_budget=-1",
                        "-n", "t")
     assert code == 2 and "node_budget must be" in err
