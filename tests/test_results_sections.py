@@ -619,7 +619,8 @@ def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
 
     def runs(r20: list[float]) -> list[dict]:
         return [{"run": f"r{k}", "seed": k, "best_epoch": 10 + k, "epochs_run": 30 + k, "wall_s": 1.0,
-                 "train_s_per_epoch": 2.0, "valid": _metrics(x / 1.5), "test": _metrics(x / 1.5)}
+                 "train_s_per_epoch": 2.0, "train_cpu_s_per_epoch": 1.5, "valid": _metrics(x / 1.5),
+                 "test": _metrics(x / 1.5)}
                 for k, x in enumerate(r20, 1)]
 
     def pair(base: float, new: float, p: float) -> dict:
@@ -636,9 +637,10 @@ def test_sampled_baby_render_gives_the_ratio_and_the_verdict() -> None:
                                                     "budget": runs([0.0550, 0.0540])},
                           "paired": {"sampled": pair(0.0545, 0.0515, 0.001), "budget": pair(0.0545, 0.0545, 1.0)}}}}
     md = sampled_baby.render(res)
-    assert _row(md, "lgmrec | sampled |")[6] == f"{0.0515 / 0.0545:.3f}"
-    assert _row(md, "lightgcn | sampled, node budget 8192")[6] == f"{0.0755 / 0.0745:.3f}"
-    assert _row(md, "lightgcn | full")[6] == "-"
+    assert _row(md, "lgmrec | sampled |")[7] == f"{0.0515 / 0.0545:.3f}"
+    assert _row(md, "lightgcn | sampled, node budget 8192")[7] == f"{0.0755 / 0.0745:.3f}"
+    assert _row(md, "lightgcn | full")[7] == "-"
+    assert _row(md, "lightgcn | full")[6] == "1.5"
     assert "lightgcn sampled: -0.7% (within 3%, to early stopping)" in md
     assert "lightgcn sampled, node budget 8192: +1.3% (within 3%, to early stopping)" in md
     assert ("lgmrec sampled: -5.5% (outside 3%, every mode capped at 32 epochs; runs that reached the cap: "

@@ -166,10 +166,13 @@ def run_dir_result(run_dir: Path) -> dict[str, Any]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train_s = [r["time"]["train_s"] for r in rows if "time" in r]
     valid_s = [r["time"]["valid_s"] for r in rows if "time" in r and r["time"].get("valid_s") is not None]
+    cpu_s = [r["time"]["train_cpu_s"] for r in rows if r.get("time", {}).get("train_cpu_s") is not None]
     return {"best_epoch": res["best_epoch"], "epochs_run": res["epochs_run"],
             "valid": {m: res["valid"][m] for m in METRICS}, "test": {m: res["test"][m] for m in METRICS},
             "train_s_per_epoch": float(np.median(train_s)) if train_s else None,
             "valid_s_per_pass": float(np.median(valid_s)) if valid_s else None,
+            # the process's own CPU seconds: on a shared machine they move far less than wall seconds
+            "train_cpu_s_per_epoch": float(np.median(cpu_s)) if cpu_s else None,
             "per_user": str(run_dir / f"per_user-{_test_tag(run_dir)}.parquet")}
 
 

@@ -83,7 +83,8 @@ def run(ctx: Context) -> dict[str, Any]:
     by: dict[tuple[str, str], list[dict[str, Any]]] = {(b, m): [] for b in BACKBONES for m in MODES}
     for (mode, spec), r in zip(plan, runs):
         by[(spec.backbone, mode)].append(r)
-    keep = ("run", "seed", "best_epoch", "epochs_run", "test", "valid", "wall_s", "train_s_per_epoch")
+    keep = ("run", "seed", "best_epoch", "epochs_run", "test", "valid", "wall_s", "train_s_per_epoch",
+            "train_cpu_s_per_epoch")
     out: dict[str, Any] = {"dataset": DATASET, "features": f"random {FEATURE_DIM}-d image and text, seed "
                            f"{FEATURE_SEED}", "tolerance": TOLERANCE, "node_budget": NODE_BUDGET, "backbones": {}}
     for b in BACKBONES:
@@ -101,8 +102,12 @@ def _cap_note(r: dict[str, Any]) -> str:
             + ", ".join(f"{m} {at_cap[m]} of {len(r['runs'][m])}" for m in MODES))
 
 
+def _mean_or_dash(xs: list[float | None]) -> str:
+    return f"{np.mean(xs):.1f}" if xs and all(x is not None for x in xs) else "-"
+
+
 def render(res: dict[str, Any]) -> str:
-    header = ["backbone", "mode", "test R@20", "test N@20", "best / last epoch", "train s/epoch",
+    header = ["backbone", "mode", "test R@20", "test N@20", "best / last epoch", "train s/epoch", "train CPU s/epoch",
               "against full (R@20)", "paired t p (R@20)"]
     rows, verdicts = [], []
     for b, r in sorted(res["backbones"].items(), key=lambda kv: BACKBONES.index(kv[0])):
@@ -114,6 +119,7 @@ def render(res: dict[str, Any]) -> str:
                          fmt_mean_std([x["test"]["ndcg@20"] for x in runs]),
                          ", ".join(f"{x['best_epoch']} / {x['epochs_run']}" for x in runs),
                          f"{np.mean([x['train_s_per_epoch'] for x in runs]):.1f}",
+                         _mean_or_dash([x.get("train_cpu_s_per_epoch") for x in runs]),
                          f"{p['new'] / p['base']:.3f}" if p else "-", f"{p['p_ttest']:.2g}" if p else "-"])
             if p:
                 ok = abs(p["new"] / p["base"] - 1) <= res["tolerance"]
@@ -126,7 +132,8 @@ def render(res: dict[str, Any]) -> str:
         "sampled` (fan-out neighbourhoods, lazy Adam) and against the same with `--node-budget "
         f"{res['node_budget']}` (each hop adds at most that many nodes to a step's neighbourhood), the same "
         "seeds; test at the best-validation epoch. Mean ± sample std over seeds; the ratio and the paired "
-        "t-test pool every (seed, user) pair.",
+        "t-test pool every (seed, user) pair. Epoch times are medians over a run's epochs, wall and the "
+        "process's CPU seconds (runs shared the machine's two cores, so the wall seconds depend on the load).",
         "", md_table(header, rows), "",
         "Against full, test Recall@20: " + "; ".join(verdicts) + ".",
     ])
