@@ -204,7 +204,6 @@ def check_minibatch(cfg: RunConfig) -> None:
                          "set weight_decay to 0 or use --minibatch full")
 
 
-
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:
     """Hyper-parameters whose default ``cls`` sets per dataset, for this dataset (e.g. LGMRec on Sports)."""
     name = str(dataset or "").lower()

@@ -138,8 +138,6 @@ def train_threads(requested: int | None, stored: int | None = None) -> tuple[int
     return choose_threads(None)
 
 
-
-
 def default_run_name(backbone: str, dataset: str) -> str:
     return f"{backbone}-{dataset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
