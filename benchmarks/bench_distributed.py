@@ -37,6 +37,8 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
         cmd += ["--threads", str(args.threads)]
     if args.minibatch:
         cmd += ["--minibatch", args.minibatch]
+    if args.node_budget:
+        cmd += ["--node-budget", str(args.node_budget)]
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1"}
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, cwd=str(ROOT), capture_output=True)
@@ -65,6 +67,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=1500)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--minibatch", default=None, help="full or sampled (default: the trainer's, full)")
+    ap.add_argument("--node-budget", type=int, default=0, help="the sampled mode's --node-budget (default: none)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch CPU threads per process [trainer default: all cores for 1 process, "
                          "cores / N for N processes]")

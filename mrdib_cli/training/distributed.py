@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from torch import nn
 
 from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_bounds, worker_device
 from mrdib_cli.models._common import batch_split_across_ranks
-from mrdib_cli.models.base import Batch
+from mrdib_cli.models.base import Batch, MiniBatch
 from mrdib_cli.training.plugin import forward_terms
 from mrdib_cli.training.row_exchange import RowExchange, make_exchange, owner_of
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
@@ -123,6 +124,14 @@ class DistributedTrainer(Trainer):
         return conf
 
     # ------------------------------------------------------------------ one epoch
+    def _minibatch(self, generator: torch.Generator) -> MiniBatch | None:
+        """The sampled mode's settings for this rank's slice. The node budget is the step's, like the batch:
+        each rank gets its share (rounded up), so that N ranks read about the nodes one process reads."""
+        mb = super()._minibatch(generator)
+        if mb is None or not mb.node_budget:
+            return mb
+        return replace(mb, node_budget=math.ceil(mb.node_budget / self.world))
+
     def _train_epoch(self) -> dict[str, float]:
         self.backbone.train()
         if self.plugin:

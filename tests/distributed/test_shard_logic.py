@@ -83,3 +83,23 @@ def test_a_worker_ends_with_os_exit_keeping_its_exit_code(monkeypatch) -> None:
             with pytest.raises(SystemExit) as e:
                 app_mod.main([])
             assert e.value.code == want and not exits
+
+
+def test_each_rank_gets_its_share_of_the_step_node_budget():
+    """The node budget is the step's, like the batch: with N ranks each slice gets budget / N (rounded up),
+    so that N ranks together read about the nodes one process reads; no budget stays no budget."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mrdib_cli.training.distributed import DistributedTrainer
+
+    def share(budget: int, world: int, minibatch: str = "sampled"):
+        t = object.__new__(DistributedTrainer)  # the method reads only the configuration and the world size
+        t.cfg, t.world = SimpleNamespace(train=SimpleNamespace(minibatch=minibatch, fanout=[10], node_budget=budget)), world
+        mb = t._minibatch(torch.Generator())
+        return None if mb is None else mb.node_budget
+
+    assert share(8192, 2) == 4096 and share(8192, 3) == 2731 and share(8192, 1) == 8192
+    assert share(0, 4) == 0 and share(1, 4) == 1
+    assert share(8192, 2, "full") is None
