@@ -133,7 +133,8 @@ def _left_for_launcher(message: str) -> bool:
 
 
 def _in_worker() -> bool:
-    """True in a worker of a multi-process job (mrdib_cli.launch is imported only by commands that can be one)."""
+    """True in a worker of a multi-process job (looked up, not imported: a command that never loaded the
+    launch helpers, and torch with them, cannot be one)."""
     dist_mod = sys.modules.get("mrdib_cli.launch")
     return dist_mod is not None and dist_mod.launched()
 

@@ -77,27 +77,30 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
     for k in fanouts:
         cur = nodes[-1]
         owner, nbr, w = graph.sample(cur, int(k), generator)
-        if budget > 0:
-            owner, nbr, w = cap_new_nodes(cur, owner, nbr, w, budget, generator)
-        nxt = extend(cur, nbr)
+        if budget > 0:  # the capped hop knows its new nodes already: no second pass over the edges
+            owner, nbr, w, new_nodes = cap_new_nodes(cur, owner, nbr, w, budget, generator)
+            nxt = torch.cat([cur, new_nodes])
+        else:
+            nxt = extend(cur, nbr)
         blocks.append(Block(owner, positions(nxt, nbr), w, len(cur)))
         nodes.append(nxt)
     return nodes, blocks
 
 
 def cap_new_nodes(cur: Tensor, owner: Tensor, nbr: Tensor, w: Tensor, budget: int,
-                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The hop's edges with at most ``budget`` distinct neighbours outside ``cur``, reweighted to stay
-    unbiased; unchanged (and no random number drawn) when there are no more than that."""
+    unbiased, and those neighbours (sorted, as :func:`extend` adds them); the edges unchanged (and no random
+    number drawn) when there are no more than that."""
     new = ~torch.isin(nbr, cur)
     fresh = nbr[new].unique()
     if len(fresh) <= budget:
-        return owner, nbr, w
+        return owner, nbr, w, fresh
     gen_dev = generator.device if generator is not None else fresh.device
     chosen = fresh[torch.randperm(len(fresh), generator=generator, device=gen_dev)[:budget].to(fresh.device)]
     keep = ~new | torch.isin(nbr, chosen)
     w = torch.where(new, w * (len(fresh) / budget), w)
-    return owner[keep], nbr[keep], w[keep]
+    return owner[keep], nbr[keep], w[keep], chosen.sort().values
 
 
 def extend(first: Tensor, more: Tensor) -> Tensor:
