@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from mrdib_cli.ids import isin_ids, unique_ids, unique_ids_inverse
+
 
 @dataclass(frozen=True)
 class Block:
@@ -72,7 +74,7 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
     Each N_{t+1} starts with N_t in the same order (so ``x[N_{t+1}][:len(N_t)]`` is ``x[N_t]``), which lets
     :func:`horner_mean` add a layer's own rows without another gather.
     """
-    nodes = [torch.unique(seeds)]
+    nodes = [unique_ids(seeds)]
     blocks: list[Block] = []
     for k in fanouts:
         cur = nodes[-1]
@@ -92,20 +94,22 @@ def cap_new_nodes(cur: Tensor, owner: Tensor, nbr: Tensor, w: Tensor, budget: in
     """The hop's edges with at most ``budget`` distinct neighbours outside ``cur``, reweighted to stay
     unbiased, and those neighbours (sorted, as :func:`extend` adds them); the edges unchanged (and no random
     number drawn) when there are no more than that."""
-    new = ~torch.isin(nbr, cur)
-    fresh = nbr[new].unique()
+    new = ~isin_ids(nbr, cur)
+    fresh, inv = unique_ids_inverse(nbr[new])
     if len(fresh) <= budget:
         return owner, nbr, w, fresh
     gen_dev = generator.device if generator is not None else fresh.device
-    chosen = fresh[torch.randperm(len(fresh), generator=generator, device=gen_dev)[:budget].to(fresh.device)]
-    keep = ~new | torch.isin(nbr, chosen)
+    pick = torch.zeros(len(fresh), dtype=torch.bool, device=fresh.device)
+    pick[torch.randperm(len(fresh), generator=generator, device=gen_dev)[:budget].to(fresh.device)] = True
+    keep = ~new
+    keep[new] = pick[inv]  # an edge to a new node stays when its node was drawn
     w = torch.where(new, w * (len(fresh) / budget), w)
-    return owner[keep], nbr[keep], w[keep], chosen.sort().values
+    return owner[keep], nbr[keep], w[keep], fresh[pick]
 
 
 def extend(first: Tensor, more: Tensor) -> Tensor:
     """``first`` (distinct ids, order kept) followed by the ids of ``more`` not in it, sorted and distinct."""
-    return torch.cat([first, more[~torch.isin(more, first)].unique()])
+    return torch.cat([first, unique_ids(more[~isin_ids(more, first)])])
 
 
 def positions(table: Tensor, ids: Tensor) -> Tensor:
