@@ -18,19 +18,15 @@ Two carriers, one result:
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mrdib_cli.launch import sum_across_ranks
-
-#: where the shared tables are mapped from (a RAM-backed file system)
-SHM_DIR = Path("/dev/shm")
-
+from mrdib_cli.ids import unique_ids, unique_ids_inverse
+from mrdib_cli.launch import local_channel, step_barrier, sum_across_ranks
+from mrdib_cli.local_channel import map_shared, shared_setup
 
 def owner_of(ids: Tensor, n_rows: int, world: int) -> Tensor:
     """The rank that owns each row: contiguous blocks of rows, so that sorted ids come grouped by owner."""
@@ -47,7 +43,7 @@ def local_rows(p: nn.Parameter) -> tuple[Tensor, Tensor]:
 
 def sum_rows(ids: Tensor, vals: Tensor, shape: torch.Size, scale: float) -> Tensor:
     """Sparse gradient of ``shape`` with the rows ``vals`` summed per id and multiplied by ``scale``."""
-    uniq, inv = torch.unique(ids, return_inverse=True)
+    uniq, inv = unique_ids_inverse(ids)
     summed = vals.new_zeros(len(uniq), *vals.shape[1:]).index_add_(0, inv, vals).mul_(scale)
     return torch.sparse_coo_tensor(uniq.unsqueeze(0), summed, shape, is_coalesced=True)
 
@@ -113,7 +109,7 @@ class GatherExchange(RowExchange):
                 ids.append(buf[start:start + 2 * n].clone().view(torch.int64))
                 vals.append(buf[start + 2 * n:start + n * (2 + w)].view(n, *p.shape[1:]))
             all_ids, all_vals = torch.cat(ids), torch.cat(vals)
-            self.touched[name] = torch.unique(all_ids)
+            self.touched[name] = unique_ids(all_ids)
             own = owner_of(all_ids, p.shape[0], self.world) == self.rank
             p.grad = sum_rows(all_ids[own], all_vals[own], p.shape, 1.0 / self.world)
 
@@ -149,26 +145,19 @@ class SharedExchange(RowExchange):
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         super().__init__(tables, rank, world)
-        tag = [f"mrdib-rows-{uuid.uuid4().hex}" if rank == 0 else ""]
-        dist.broadcast_object_list(tag, src=0)
         self.stage_ids: dict[str, Tensor] = {}
         self.stage_vals: dict[str, Tensor] = {}
-        paths: list[Path] = []
-        for step in ("create", "map"):  # rank 0 creates and fills the files, then every other rank maps them
-            if (step == "create") == (rank == 0):
-                for name, p in tables.items():
-                    shared = _map(SHM_DIR / f"{tag[0]}-{name}", p.shape, p.dtype, paths)
-                    if rank == 0:
-                        shared.copy_(p.detach())
-                    self.stage_ids[name] = _map(SHM_DIR / f"{tag[0]}-{name}.ids", (world, p.shape[0]),
-                                                torch.int64, paths)
-                    self.stage_vals[name] = _map(SHM_DIR / f"{tag[0]}-{name}.rows", (world, *p.shape), p.dtype,
-                                                 paths)
-                    p.data = shared
-            dist.barrier()
-        if rank == 0:  # every rank holds its mappings: the names can go (nothing is left behind on a crash)
-            for path in paths:
-                path.unlink(missing_ok=True)
+
+        def create(base: Path, made: list[Path]) -> None:  # rank 0 creates and fills, the others map
+            for name, p in tables.items():
+                shared = map_shared(Path(f"{base}-{name}"), p.shape, p.dtype, made)
+                if rank == 0:
+                    shared.copy_(p.detach())
+                self.stage_ids[name] = map_shared(Path(f"{base}-{name}.ids"), (world, p.shape[0]), torch.int64, made)
+                self.stage_vals[name] = map_shared(Path(f"{base}-{name}.rows"), (world, *p.shape), p.dtype, made)
+                p.data = shared
+
+        shared_setup(rank, create, "mrdib-rows")
 
     def _stage(self) -> Tensor:
         """Sum this rank's gradient rows per id straight into its staging area (sorted ids: grouped by owner)."""
@@ -178,7 +167,7 @@ class SharedExchange(RowExchange):
                 continue
             g = p.grad
             ids, vals = (g.indices()[0], g.values()) if g.is_coalesced() else (g._indices()[0], g._values())
-            uniq, inv = torch.unique(ids, return_inverse=True)
+            uniq, inv = unique_ids_inverse(ids)
             self.stage_ids[name][self.rank, :len(uniq)] = uniq
             self.stage_vals[name][self.rank, :len(uniq)].zero_().index_add_(0, inv, vals)
             counts[self.rank, :, t] = torch.bincount(owner_of(uniq, p.shape[0], self.world), minlength=self.world)
@@ -190,8 +179,7 @@ class SharedExchange(RowExchange):
             for w in range(self.world):
                 start = sum(counts[w][k][t] for k in range(self.rank))
                 spans.append((w, start, start + counts[w][self.rank][t]))
-            uniq, inv = torch.unique(torch.cat([self.stage_ids[name][w, a:b] for w, a, b in spans]),
-                                     return_inverse=True)
+            uniq, inv = unique_ids_inverse(torch.cat([self.stage_ids[name][w, a:b] for w, a, b in spans]))
             acc = p.new_zeros(len(uniq), *p.shape[1:])
             at = 0
             for w, a, b in spans:  # read in place from the staging areas
@@ -203,20 +191,12 @@ class SharedExchange(RowExchange):
     def publish(self) -> None:
         # the owners wrote their rows into the shared tables; wait until all did (and until every owner has
         # read the staging areas, which the next step overwrites)
-        dist.barrier()
-
-
-def _map(path: Path, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype, made: list[Path]) -> Tensor:
-    """A tensor backed by the shared file ``path`` (created at its size when missing)."""
-    made.append(path)
-    n = max(math.prod(shape), 1)  # a mapping cannot be empty
-    return torch.from_file(str(path), shared=True, size=n, dtype=dtype)[:math.prod(shape)].view(*shape)
+        step_barrier()
 
 
 def make_exchange(tables: dict[str, nn.Parameter], rank: int, world: int) -> RowExchange:
     """Shared memory when every rank is on this machine and trains on the CPU, collectives otherwise."""
-    one_node = int(os.environ.get("LOCAL_WORLD_SIZE", "0")) == world
     on_cpu = all(p.device.type == "cpu" for p in tables.values())
-    if one_node and on_cpu and SHM_DIR.is_dir() and dist.get_backend() == "gloo":
+    if on_cpu and local_channel() is not None:
         return SharedExchange(tables, rank, world)
     return GatherExchange(tables, rank, world)
