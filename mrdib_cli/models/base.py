@@ -103,6 +103,12 @@ class MiniBatch:
     fanout: tuple[int, ...]  # neighbours kept per node, per hop; the last value serves the deeper hops
     generator: torch.Generator | None = None
     node_budget: int = 0  # most new nodes one hop may add (0: no bound), see graphs/sampling.py
+    ranks: int = 1  # ranks that share the step (--nproc), each with its slice of the batch
+
+    def share(self, size: int) -> int:
+        """This rank's part of a sample drawn once per step (LGMRec's uniform candidates): the sample is the
+        step's, split among the ranks like the batch, so that N ranks draw about what one process draws."""
+        return math.ceil(size / self.ranks)
 
     def hops(self, n: int) -> list[int]:
         """The fan-outs of an ``n``-hop neighbourhood."""

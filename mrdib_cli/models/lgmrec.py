@@ -254,8 +254,8 @@ class LGMRec(Backbone):
         bu = torch.unique(batch.users)
         bi = torch.unique(torch.cat([batch.pos, batch.neg]))
         dev = bu.device
-        gi = uniform_sample(self.n_items, GLOBAL_SAMPLE, gen, dev)
-        gu = uniform_sample(n_u, GLOBAL_SAMPLE, gen, dev)
+        gi = uniform_sample(self.n_items, mb.share(GLOBAL_SAMPLE), gen, dev)
+        gu = uniform_sample(n_u, mb.share(GLOBAL_SAMPLE), gen, dev)
         nodes, c, _ = sampled_layer_mean(adj, self.user_embedding, self.item_id_embedding,
                                          torch.cat([bu, bi + n_u, gi + n_u]), mb, self.n_ui_layers)
         c_u, c_i, c_g = (c[torch.searchsorted(nodes, ids)] for ids in (bu, bi + n_u, gi + n_u))

@@ -125,12 +125,14 @@ class DistributedTrainer(Trainer):
 
     # ------------------------------------------------------------------ one epoch
     def _minibatch(self, generator: torch.Generator) -> MiniBatch | None:
-        """The sampled mode's settings for this rank's slice. The node budget is the step's, like the batch:
-        each rank gets its share (rounded up), so that N ranks read about the nodes one process reads."""
+        """The sampled mode's settings for this rank's slice. The node budget and the samples drawn once per
+        step are the step's, like the batch: each rank gets its share (rounded up), so that N ranks read about
+        the nodes one process reads."""
         mb = super()._minibatch(generator)
-        if mb is None or not mb.node_budget:
+        if mb is None:
             return mb
-        return replace(mb, node_budget=math.ceil(mb.node_budget / self.world))
+        mb = replace(mb, ranks=self.world)
+        return replace(mb, node_budget=mb.share(mb.node_budget))
 
     def _train_epoch(self) -> dict[str, float]:
         self.backbone.train()

@@ -87,7 +87,8 @@ def test_a_worker_ends_with_os_exit_keeping_its_exit_code(monkeypatch) -> None:
 
 def test_each_rank_gets_its_share_of_the_step_node_budget():
     """The node budget is the step's, like the batch: with N ranks each slice gets budget / N (rounded up),
-    so that N ranks together read about the nodes one process reads; no budget stays no budget."""
+    so that N ranks together read about the nodes one process reads; no budget stays no budget. The step
+    knows its rank count (LGMRec's uniform samples are split the same way)."""
     from types import SimpleNamespace
 
     import torch
@@ -98,8 +99,8 @@ def test_each_rank_gets_its_share_of_the_step_node_budget():
         t = object.__new__(DistributedTrainer)  # the method reads only the configuration and the world size
         t.cfg, t.world = SimpleNamespace(train=SimpleNamespace(minibatch=minibatch, fanout=[10], node_budget=budget)), world
         mb = t._minibatch(torch.Generator())
-        return None if mb is None else mb.node_budget
+        return None if mb is None else (mb.node_budget, mb.ranks)
 
-    assert share(8192, 2) == 4096 and share(8192, 3) == 2731 and share(8192, 1) == 8192
-    assert share(0, 4) == 0 and share(1, 4) == 1
+    assert share(8192, 2) == (4096, 2) and share(8192, 3) == (2731, 3) and share(8192, 1) == (8192, 1)
+    assert share(0, 4) == (0, 4) and share(1, 4) == (1, 4)
     assert share(8192, 2, "full") is None

@@ -401,3 +401,21 @@ def test_a_node_budget_bounds_the_rows_a_step_touches(wide, name, monkeypatch):
     sum(unbounded.loss(local, emb).values()).backward()
     assert sum(len(p.grad.coalesce().indices()[0]) for p in unbounded.sparse_parameters().values()
                if p.grad is not None and p.dim() == 2 and p.shape[1] == model.dim) > seeds + hops * budget
+
+
+def test_ranks_share_lgmrec_uniform_samples(wide, monkeypatch):
+    """LGMRec's uniform candidates are drawn once per step: with N ranks each rank draws its share (rounded up),
+    as the batch and the node budget are split, so N ranks do not each repeat one process's sample."""
+    import mrdib_cli.models.lgmrec as lgmrec_mod
+
+    sizes: list[int] = []
+    real = lgmrec_mod.uniform_sample
+    monkeypatch.setattr(lgmrec_mod, "GLOBAL_SAMPLE", 15)
+    monkeypatch.setattr(lgmrec_mod, "uniform_sample",
+                        lambda n, size, *a, **k: sizes.append(size) or real(n, size, *a, **k))
+    model = _build("lgmrec", wide)
+    model.train()
+    batch = _batch(wide, n=8, seed=5)
+    for ranks in (1, 2, 4):
+        model.propagate_batch(batch, MiniBatch((50,), torch.Generator().manual_seed(0), ranks=ranks))
+    assert sizes == [15, 15, 8, 8, 4, 4]  # items and users, per call
