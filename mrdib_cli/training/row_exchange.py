@@ -10,9 +10,10 @@ Two carriers, one result:
 * :class:`GatherExchange` (any topology, gloo or NCCL): the touched rows travel through collectives, all
   tables packed into one buffer per exchange;
 * :class:`SharedExchange` (every rank on one machine, on CPU): the tables and a gradient staging area live in
-  shared memory, so the rows do not travel at all: a rank writes its gradient rows once, the owners read them
-  after one small all-reduce, and an owner's update is at once every rank's. Over loopback TCP, moving the
-  touched rows cost about as much CPU as computing the step; a memory copy costs a fraction of that.
+  shared memory, so the rows do not travel at all: a rank writes its gradient rows once, the owners read
+  them after one small sum over the ranks (:mod:`mrdib_cli.local_channel`), and an owner's update is at once
+  every rank's. Over loopback TCP, moving the touched rows cost about as much CPU as computing the step; a
+  memory copy costs a fraction of that.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from mrdib_cli.ids import unique_ids, unique_ids_inverse
 from mrdib_cli.launch import local_channel, step_barrier, sum_across_ranks
 from mrdib_cli.local_channel import map_shared, shared_setup
+
 
 def owner_of(ids: Tensor, n_rows: int, world: int) -> Tensor:
     """The rank that owns each row: contiguous blocks of rows, so that sorted ids come grouped by owner."""
@@ -140,7 +142,7 @@ class GatherExchange(RowExchange):
 class SharedExchange(RowExchange):
     """Rows through shared memory (every rank on this machine, CPU tensors). Each table is replaced by one
     mapping shared by all ranks, and each rank has a staging area of the table's size for its gradient rows,
-    written summed per id and sorted, hence grouped by owner; the reduce's all-reduce carries every
+    written summed per id and sorted, hence grouped by owner; the reduce's sum over the ranks carries every
     (writer, owner) count."""
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
