@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -240,6 +241,7 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     as one :class:`MrdibError` with the first failed worker's exit code (otherwise returns that code; the
     worker printed its own report).
     """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -259,6 +261,10 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         run(args)
+    except SignalException as e:  # the agent's own stop: Ctrl-C is an interrupt like a one-process run's
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise MrdibError(f"stopped by signal {signal.Signals(e.sigval).name}", exit_code=128 + int(e.sigval)) from None
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if f.exitcode]
         code = int(codes[0]) if codes and codes[0] > 0 else 1

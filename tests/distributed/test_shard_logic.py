@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from mrdib_cli.launch import slice_bounds, strip_option
 from tests.synth_data import make_dataset
@@ -104,3 +105,28 @@ def test_each_rank_gets_its_share_of_the_step_node_budget():
     assert share(8192, 2) == (4096, 2) and share(8192, 3) == (2731, 3) and share(8192, 1) == (8192, 1)
     assert share(0, 4) == (0, 4) and share(1, 4) == (1, 4)
     assert share(8192, 2, "full") is None
+
+
+def test_ctrl_c_on_the_launcher_is_an_interrupt(monkeypatch):
+    """torchrun's agent turns a Ctrl-C into its own SignalException; the launcher hands it on as the interrupt a
+    one-process run gets (the CLI prints "interrupted" and exits 130), and another signal as a one-line error."""
+    import signal
+
+    import torch.distributed.run as run_mod
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from mrdib_cli import launch
+    from mrdib_cli.errors import MrdibError
+
+    def stopped(sig):
+        def run(args):
+            raise SignalException(f"Process 1 got signal: {int(sig)}", sig)
+        return run
+
+    monkeypatch.setattr(run_mod, "run", stopped(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        launch.launch(2, ["train"])
+    monkeypatch.setattr(run_mod, "run", stopped(signal.SIGTERM))
+    with pytest.raises(MrdibError) as e:
+        launch.launch(2, ["train"])
+    assert e.value.exit_code == 128 + signal.SIGTERM and "SIGTERM" in str(e.value)
