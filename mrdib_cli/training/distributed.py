@@ -35,6 +35,7 @@ from torch import nn
 from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_bounds, worker_device
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch, MiniBatch
+from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.plugin import forward_terms
 from mrdib_cli.training.row_exchange import RowExchange, make_exchange, owner_of
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
@@ -213,8 +214,8 @@ class DistributedTrainer(Trainer):
         return [o for o in getattr(self.optimizer, "parts", []) if isinstance(o, RowAdam)]
 
     def _state(self) -> dict[str, Any]:
-        """The checkpoint, with the lazy Adam's moment tables gathered from their owners (every rank calls
-        this: a collective); a rank's own tables keep only its rows."""
+        """The checkpoint, with the lazy Adam's moment tables gathered from their owners and every rank's RNG
+        states (every rank calls this: a collective); a rank's own tables keep only its rows."""
         st = super()._state()
         parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
         for k, o in enumerate(self._row_adams()):
@@ -225,7 +226,21 @@ class DistributedTrainer(Trainer):
                     gathered[name] = moments[name].clone()
                     dist.all_reduce(gathered[name])  # other ranks' rows are zero here: the sum is every row
                 packed[key] = gathered
+        # every rank's global RNG states: the ranks draw different amounts (dropout on slices of different
+        # sizes), so rank 0's state alone would resume the other ranks on another stream
+        states: list[Any] = [None] * self.world
+        dist.all_gather_object(states, ckpt.rng_state())
+        st["rank_rng"] = states
         return st
+
+    def _restore_rng(self, st: dict[str, Any]) -> None:
+        """This rank's own RNG states; with another number of ranks than the checkpoint's (or a checkpoint
+        from before they were kept), rank 0's, as a one-process run would resume."""
+        ranks = st.get("rank_rng")
+        if ranks and len(ranks) == self.world:
+            ckpt.set_rng_state(ranks[self.rank])
+        else:
+            super()._restore_rng(st)
 
     def _restore(self) -> None:
         super()._restore()

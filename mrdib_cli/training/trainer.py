@@ -368,7 +368,7 @@ class Trainer:
                 self.plugin.load_state_dict(st["plugin"])
         except (RuntimeError, KeyError, ValueError, TypeError):
             raise foreign from None
-        ckpt.set_rng_state(st["rng"])
+        self._restore_rng(st)
         self.sampler.set_state(st["sampler"])
         self.epoch = int(st["epoch"])
         self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
@@ -386,6 +386,9 @@ class Trainer:
             self.folder.keep_metrics(kept)
         self.on_info(f"resumed run '{self.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
+
+    def _restore_rng(self, st: dict[str, Any]) -> None:
+        ckpt.set_rng_state(st["rng"])
 
     def _restore_best(self, unit: dict[str, Any] | None) -> None:
         """Take the best epoch from the checkpoint; rewrite embeddings.npz/best.pt when a crash left them at

@@ -205,6 +205,25 @@ def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
         assert a["time"]["train_cpu_s"] > 0 and b["time"]["train_cpu_s"] > 0
 
 
+def test_two_rank_resume_equals_an_uninterrupted_run_with_dropout(tmp_path):
+    """Each rank's RNG state is checkpointed: LGMRec's dropout draws a different amount on each rank's slice, so
+    resuming every rank from rank 0's state put the second rank on another stream (the runs then differed)."""
+    from mrdib_cli.workspace import Workspace
+
+    make_dataset(tmp_path, n_users=120, n_items=60)
+    ws = Workspace(tmp_path)
+    common = ("-b", "lgmrec", "--seed", "3", "--device", "cpu", "--threads", "1", "--minibatch", "sampled",
+              "--nproc", "2", "--batch-size", "128")
+    _cli(ws.root, "train", "-n", "whole", "--epochs", "3", *common)
+    _cli(ws.root, "train", "-n", "cut", "--epochs", "2", *common)
+    _cli(ws.root, "train", "-n", "cut", "--resume", "--epochs", "3", "--nproc", "2")
+    whole, cut = ([json.loads(x) for x in (ws.run_dir(n) / "metrics.jsonl").read_text().splitlines()]
+                  for n in ("whole", "cut"))
+    assert [r["epoch"] for r in cut] == [1, 2, 3]
+    for a, b in zip(whole, cut):
+        assert a["loss"] == b["loss"] and a["valid"] == b["valid"], a["epoch"]
+
+
 def test_an_error_every_rank_hits_is_printed_once_with_its_exit_code(ws):
     """--nproc 2: each worker hands its one-line error to the launcher, which prints it once (not once per
     rank) and exits with the worker's code; nothing is left in the temporary folder."""
