@@ -142,6 +142,9 @@ class Backbone(nn.Module):
     #: e.g. VBPR) and ``loss`` reads item rows only at the batch's items: a plug-in may then transform just the
     #: rows a training batch uses. False for graph backbones, where every row reaches every item.
     item_local_hooks: ClassVar[bool] = False
+    #: loss terms that sum over the batch's rows instead of averaging them (LGMRec's contrastive term, as in
+    #: MMRec): with --nproc each rank's share is weighted so that the ranks add up to the whole batch's sum
+    batch_sum_terms: ClassVar[tuple[str, ...]] = ()
     #: True when :meth:`propagate_batch` passes the hooks only the rows of the items its step needs, the
     #: batch's items first in the order of the re-indexed batch: a plug-in's per-item terms, indexed by that
     #: batch, then read the right rows (``--minibatch sampled`` with a plug-in)

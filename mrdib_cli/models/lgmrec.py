@@ -130,6 +130,7 @@ class _LowRankLogSumExp(torch.autograd.Function):
 
 @register("lgmrec")
 class LGMRec(Backbone):
+    batch_sum_terms = ("hcl",)  # MMRec's hypergraph InfoNCE is a sum over the batch, not a mean
     modalities = ("image", "text")
     required_modalities = ("image", "text")
     defaults: dict[str, Any] = {

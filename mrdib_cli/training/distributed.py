@@ -9,7 +9,8 @@ Training (:class:`DistributedTrainer`) is data-parallel over the BPR batches:
   one a single-process run draws; rank ``r`` keeps the ``r``-th contiguous slice of it. Negatives are thus
   reproducible and independent of the number of processes, and ``--resume`` may even change ``--nproc``;
 * each rank's loss is weighted by ``world * n_r / n`` so that DDP's gradient *average* equals the gradient
-  of the global batch mean: the update is the single-process one up to float reduction order and the
+  of the global batch mean (a term that sums over the batch, ``Backbone.batch_sum_terms``, by ``world``: the
+  average is then the global sum): the update is the single-process one up to float reduction order and the
   terms that do not split over a batch (MMRec's ``EmbLoss`` is a sum of non-squared norms / batch size;
   in-batch contrastive terms see only the rank's slice);
 * validation and the final test are sharded over users (:mod:`mrdib_cli.evaluation.sharded`) and merged on
@@ -158,7 +159,7 @@ class DistributedTrainer(Trainer):
             part = Batch(batch.users[lo:hi], batch.pos[lo:hi],
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
             terms = self.ddp(part.users, part.pos, part.neg, weight > 0, minibatch)
-            loss = sum(terms.values()) * weight
+            loss = self._rank_loss(terms, weight)
             if minibatch is None:
                 check = loss.detach().clone()
                 dist.all_reduce(check)  # the global batch loss; non-finite on one rank = on all ranks
@@ -179,8 +180,8 @@ class DistributedTrainer(Trainer):
                 self.plugin.after_step(part, self.step.last_emb)
                 for k, v in self.plugin.logs.items():
                     self._acc(sums, names, k, float(v) * share)
-            for k, v in terms.items():
-                self._acc(sums, names, k, float(v.detach()) * share)
+            for k, v in terms.items():  # a batch sum's shares add up as they are
+                self._acc(sums, names, k, float(v.detach()) * (float(weight > 0) if k in self._sum_terms else share))
             # this rank's share of the global batch loss, like every term (``check`` is already the sum over
             # ranks, and _reduce_logs sums again)
             self._acc(sums, names, "total", float(loss.detach()) / self.world)
@@ -189,6 +190,22 @@ class DistributedTrainer(Trainer):
             if task:
                 task()
         return self._reduce_logs(sums, names, n_steps)
+
+    @property
+    def _sum_terms(self) -> tuple[str, ...]:
+        return getattr(self.backbone, "batch_sum_terms", ())
+
+    def _rank_loss(self, terms: dict[str, Any], weight: float) -> Any:
+        """This rank's part of the global batch loss, for gradients that are averaged over the ranks: a term that
+        averages over the batch weighted by world × n_r / n (the average is then the global batch mean); a term
+        that sums over it (``Backbone.batch_sum_terms``) by world (the average is then the global sum). A
+        weight of 1 for both would divide a sum term's weight by the number of ranks."""
+        means = [v for k, v in terms.items() if k not in self._sum_terms]
+        loss = sum(means) * weight
+        batch_sums = [v for k, v in terms.items() if k in self._sum_terms]
+        if batch_sums:
+            loss = loss + sum(batch_sums) * (self.world if weight > 0 else 0.0)
+        return loss
 
     def _job_cpu_s(self, seconds: float) -> float:
         """The epoch's training CPU seconds summed over the ranks (does scale-out add work?)."""

@@ -246,3 +246,20 @@ def test_workers_with_different_errors_are_each_named(tmp_path):
     assert _worker_errors(str(tmp_path)) == "rank 0: bad shard; rank 1: disk full"
     (tmp_path / "0").write_text("disk full")
     assert _worker_errors(str(tmp_path)) == "disk full"
+
+
+def test_a_batch_sum_term_keeps_its_weight_on_two_ranks(tmp_path):
+    """LGMRec's contrastive term sums over the batch: two ranks must log it (and train on it) at one process's
+    size, not half of it (each rank's share was weighted like a mean's, so N ranks trained on cl_weight / N)."""
+    from mrdib_cli.workspace import Workspace
+
+    make_dataset(tmp_path, n_users=120, n_items=60)
+    ws = Workspace(tmp_path)
+    common = ("-b", "lgmrec", "--seed", "5", "--device", "cpu", "--threads", "1", "--epochs", "1",
+              "--batch-size", "128", "--cl-weight", "0.01")
+    _cli(ws.root, "train", "-n", "one", *common)
+    _cli(ws.root, "train", "-n", "two", *common, "--nproc", "2")
+    one, two = (json.loads((ws.run_dir(n) / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+                for n in ("one", "two"))
+    assert two["hcl"] == pytest.approx(one["hcl"], rel=0.05)
+    assert two["bpr"] == pytest.approx(one["bpr"], rel=0.05)
