@@ -238,8 +238,9 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
 
     Standalone rendezvous on this machine (a free port is picked); for several machines run torchrun
     directly (docs/scaling.md). Returns 0 on success; when workers fail with one-line errors, raises them
-    as one :class:`MrdibError` with the first failed worker's exit code (otherwise returns that code; the
-    worker printed its own report).
+    as one :class:`MrdibError` with the first failed worker's exit code; when a worker was killed by a signal,
+    one line that names it (exit code 128 + signal); otherwise returns the failed worker's code (the worker
+    printed its own report).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -271,6 +272,12 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
         message = _worker_errors(folder)
         if message is not None:
             raise MrdibError(message, exit_code=code) from None
+        killed = [(f.exitcode == -signal.SIGTERM, f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode < 0]
+        if killed:  # a worker killed by a signal printed nothing: say which, or the job ends without a word (the
+            _, _, r, f = min(killed)  # agent stops the others with SIGTERM: another signal is the cause)
+            raise MrdibError(f"rank {r} was killed by {signal.Signals(-f.exitcode).name} and the other ranks were "
+                             "stopped; a training run continues from its last checkpoint with --resume",
+                             exit_code=128 - f.exitcode) from None
         return code
     finally:
         os.environ.pop(ERRORS_ENV, None)

@@ -130,3 +130,24 @@ def test_ctrl_c_on_the_launcher_is_an_interrupt(monkeypatch):
     with pytest.raises(MrdibError) as e:
         launch.launch(2, ["train"])
     assert e.value.exit_code == 128 + signal.SIGTERM and "SIGTERM" in str(e.value)
+
+
+def test_a_worker_killed_by_a_signal_is_named(monkeypatch, tmp_path):
+    """A worker killed outright (SIGKILL: out of memory, a scheduler) writes no error of its own; the launcher
+    names it in one line with exit code 128 + signal instead of ending the job without a word."""
+    import signal
+
+    import torch.distributed.run as run_mod
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from mrdib_cli import launch
+    from mrdib_cli.errors import MrdibError
+
+    def run(args):
+        raise ChildFailedError("mrdib_cli", {1: ProcessFailure(1, 4242, -int(signal.SIGKILL), str(tmp_path / "none"))})
+
+    monkeypatch.setattr(run_mod, "run", run)
+    with pytest.raises(MrdibError) as e:
+        launch.launch(2, ["train"])
+    assert e.value.exit_code == 128 + signal.SIGKILL
+    assert "rank 1 was killed by SIGKILL" in str(e.value) and "--resume" in str(e.value)
