@@ -253,8 +253,10 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     import logging
 
     # the workers hand their one-line errors to this process (leave_error); the agent's warnings and tracebacks
-    # would only repeat them
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # would only repeat them; its modules' loggers carry their own level, so each is set, not only the parent
+    for name in ["torch.distributed.elastic", *logging.Logger.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     env_threads = os.environ.get("OMP_NUM_THREADS")
     folder = tempfile.mkdtemp(prefix="mrdib-errors-")
     os.environ[ERRORS_ENV] = folder

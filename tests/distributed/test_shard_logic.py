@@ -151,3 +151,18 @@ def test_a_worker_killed_by_a_signal_is_named(monkeypatch, tmp_path):
         launch.launch(2, ["train"])
     assert e.value.exit_code == 128 + signal.SIGKILL
     assert "rank 1 was killed by SIGKILL" in str(e.value) and "--resume" in str(e.value)
+
+
+def test_the_agent_logs_nothing_the_workers_already_said(monkeypatch):
+    """torchrun's agent modules set their own log level, so silencing only the parent logger left lines such as
+    "Received 2 death signal, shutting down workers" on every Ctrl-C."""
+    import logging
+
+    import torch.distributed.elastic.agent.server.api  # noqa: F401 - the module that printed the line
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import launch
+
+    monkeypatch.setattr(run_mod, "run", lambda args: None)
+    launch.launch(2, ["train"])
+    assert logging.getLogger("torch.distributed.elastic.agent.server.api").getEffectiveLevel() == logging.CRITICAL
