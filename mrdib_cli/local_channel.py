@@ -106,8 +106,9 @@ class LocalChannel:
             self._read(self.rank)
 
     def _read(self, r: int) -> None:
-        ready, _, _ = select.select([self.pipes[r]], [], [], self.timeout_s)
-        if not ready or not os.read(self.pipes[r], 1):
+        poller = select.poll()  # not select(): a process may hold descriptors above FD_SETSIZE
+        poller.register(self.pipes[r], select.POLLIN)
+        if not poller.poll(int(self.timeout_s * 1000)) or not os.read(self.pipes[r], 1):
             raise MrdibError(f"rank {self.rank}: another rank stopped answering for {self.timeout_s:.0f} s; "
                              "see the other ranks' messages")
 
