@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,12 +14,14 @@ import torch
 from mrdib_cli.errors import MrdibError
 
 
-def _sums_worker(rank: int, world: int, init: str, out: str) -> None:
+def _sums_worker(rank: int, world: int, init: str, out: str, shm: str) -> None:
     import torch.distributed as dist
 
-    from mrdib_cli import launch
+    from mrdib_cli import launch, local_channel
 
     os.environ["LOCAL_WORLD_SIZE"] = str(world)  # as torchrun sets it: every rank on this machine
+    # this test's own folder: other test files run in parallel and make (and remove) their names in /dev/shm
+    launch.SHM_DIR = local_channel.SHM_DIR = Path(shm)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         assert launch.local_channel() is not None
@@ -47,8 +50,9 @@ def _sums_worker(rank: int, world: int, init: str, out: str) -> None:
 def test_channel_sums_match_the_process_group_and_every_rank_agrees(tmp_path, world: int) -> None:
     import torch.multiprocessing as mp
 
-    out = str(tmp_path / "r")
-    mp.spawn(_sums_worker, args=(world, f"file://{tmp_path / 'rdv'}", out), nprocs=world, join=True)
+    out, shm = str(tmp_path / "r"), tmp_path / "shm"
+    shm.mkdir()
+    mp.spawn(_sums_worker, args=(world, f"file://{tmp_path / 'rdv'}", out, str(shm)), nprocs=world, join=True)
     results = [torch.load(f"{out}.{r}") for r in range(world)]
     for k, ref in enumerate(results[0]["ref"]):
         assert torch.allclose(results[0]["got"][k], ref, rtol=1e-6), k
@@ -56,7 +60,7 @@ def test_channel_sums_match_the_process_group_and_every_rank_agrees(tmp_path, wo
             assert torch.equal(other["got"][k], results[0]["got"][k])  # the same bits on every rank
     total = sum(range(world))
     assert results[0]["counts"].tolist() == [[total, 2 * total]]
-    assert not [p for p in os.listdir("/dev/shm") if p.startswith(("mrdib-pipes", "mrdib-sums"))]
+    assert not list(shm.iterdir())  # every pipe and buffer name removed once the ranks held them
 
 
 def _multi_node_worker(rank: int, world: int, init: str, out: str) -> None:
