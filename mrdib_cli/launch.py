@@ -274,9 +274,11 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
         message = _worker_errors(folder)
         if message is not None:
             raise MrdibError(message, exit_code=code) from None
+        # a worker killed by a signal printed nothing: name it, or the job ends without a word. The agent stops
+        # the other workers with SIGTERM, so another signal, where there is one, is the cause
         killed = [(f.exitcode == -signal.SIGTERM, f.timestamp, r, f) for r, f in e.failures.items() if f.exitcode < 0]
-        if killed:  # a worker killed by a signal printed nothing: say which, or the job ends without a word (the
-            _, _, r, f = min(killed)  # agent stops the others with SIGTERM: another signal is the cause)
+        if killed:
+            _, _, r, f = min(killed)
             raise MrdibError(f"rank {r} was killed by {signal.Signals(-f.exitcode).name} and the other ranks were "
                              "stopped; a training run continues from its last checkpoint with --resume",
                              exit_code=128 - f.exitcode) from None
