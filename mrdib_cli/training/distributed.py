@@ -38,7 +38,7 @@ from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch, MiniBatch
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.plugin import forward_terms
-from mrdib_cli.training.row_exchange import RowExchange, make_exchange, owner_of
+from mrdib_cli.training.row_exchange import RowExchange, gather_block, make_exchange, owned_block
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
 
 class _Step(nn.Module):
@@ -225,23 +225,35 @@ class DistributedTrainer(Trainer):
         return [p for p in [*self.backbone.parameters(), *(self.plugin.parameters() if self.plugin else ())]
                 if p.requires_grad and id(p) not in tables]
 
-    def _row_adams(self) -> list[Any]:
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        """The one-process optimiser; in the sampled mode each rank keeps the lazy Adam's moments of the rows
+        it owns only (row_exchange.owned_block), so the moments are sharded over the ranks, not replicated."""
+        optimizer = super()._make_optimizer()
+        self._own_moments(optimizer)
+        return optimizer
+
+    def _own_moments(self, optimizer: torch.optim.Optimizer) -> None:
+        for o in self._row_adams(optimizer):
+            for p in (p for g in o.param_groups for p in g["params"]):
+                o.keep_rows(p, *owned_block(len(p), self.rank, self.world))
+
+    def _row_adams(self, optimizer: torch.optim.Optimizer | None = None) -> list[Any]:
         from mrdib_cli.training.trainer import RowAdam
 
-        return [o for o in getattr(self.optimizer, "parts", []) if isinstance(o, RowAdam)]
+        return [o for o in getattr(optimizer or self.optimizer, "parts", []) if isinstance(o, RowAdam)]
 
     def _state(self) -> dict[str, Any]:
-        """The checkpoint, with the lazy Adam's moment tables gathered from their owners and every rank's RNG
-        states (every rank calls this: a collective); a rank's own tables keep only its rows."""
+        """The checkpoint, with the lazy Adam's moments of every row gathered from their owners on rank 0 (the
+        writer) and every rank's RNG states (every rank calls this: a collective)."""
         st = super()._state()
         parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
         for k, o in enumerate(self._row_adams()):
             packed = parts[k]["state"]
+            params = [p for g in o.param_groups for p in g["params"]]
             for key, moments in list(packed.items()):
                 gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
                 for name in ("exp_avg", "exp_avg_sq"):
-                    gathered[name] = moments[name].clone()
-                    dist.all_reduce(gathered[name])  # other ranks' rows are zero here: the sum is every row
+                    gathered[name] = gather_block(moments[name], len(params[key]), self.rank, self.world)
                 packed[key] = gathered
         # every rank's global RNG states: the ranks draw different amounts (dropout on slices of different
         # sizes), so rank 0's state alone would resume the other ranks on another stream
@@ -261,11 +273,7 @@ class DistributedTrainer(Trainer):
 
     def _restore(self) -> None:
         super()._restore()
-        for o in self._row_adams():  # keep only the owned rows (the checkpoint has every row)
-            for moments in o.state.values():
-                for name in ("exp_avg", "exp_avg_sq"):
-                    t = moments[name]
-                    t[owner_of(torch.arange(t.shape[0]), t.shape[0], self.world) != self.rank] = 0
+        self._own_moments(self.optimizer)  # the checkpoint has every row's moments: keep the owned ones
 
     @staticmethod
     def _acc(sums: dict[str, Any], names: list[str], k: str, v: float) -> None:

@@ -35,6 +35,24 @@ def owner_of(ids: Tensor, n_rows: int, world: int) -> Tensor:
     return torch.div(ids * world, n_rows, rounding_mode="floor")
 
 
+def owned_block(n_rows: int, rank: int, world: int) -> tuple[int, int]:
+    """The rows ``lo .. hi-1`` that :func:`owner_of` gives to ``rank``."""
+    return -(-rank * n_rows // world), -(-(rank + 1) * n_rows // world)
+
+
+def gather_block(block: Tensor, n_rows: int, rank: int, world: int) -> Tensor:
+    """Every rank's :func:`owned_block` of a table's rows, assembled on rank 0 (the checkpoint's writer);
+    other ranks get their own block back. One gather of blocks padded to the largest."""
+    size = -(-n_rows // world)
+    padded = torch.cat([block, block.new_zeros(size - len(block), *block.shape[1:])])
+    parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
+    dist.gather(padded, parts, dst=0)
+    if parts is None:
+        return block
+    return torch.cat([part[:hi - lo] for part, (lo, hi) in
+                      zip(parts, (owned_block(n_rows, r, world) for r in range(world)))])
+
+
 def local_rows(p: nn.Parameter) -> tuple[Tensor, Tensor]:
     """(sorted distinct row ids, their gradient rows) of a table's sparse gradient on this rank."""
     if p.grad is None:

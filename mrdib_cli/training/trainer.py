@@ -603,6 +603,30 @@ class RowAdam(torch.optim.Optimizer):
     def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+        #: per table, the rows whose moments this optimiser keeps (all of them unless :meth:`keep_rows` says)
+        self.blocks: dict[torch.Tensor, tuple[int, int]] = {}
+
+    def keep_rows(self, p: torch.Tensor, lo: int, hi: int) -> None:
+        """Keep the moments of ``p``'s rows ``lo .. hi-1`` only, the only rows this optimiser will be asked to
+        update: when the ranks of a job share the tables' updates, each then holds 2/N of the tables in
+        moments instead of twice every table. Moments held for every row (a checkpoint's) are cut down."""
+        self.blocks[p] = (lo, hi)
+        st = self.state[p]
+        if not st:
+            self._init_state(p)
+            return
+        for name in ("exp_avg", "exp_avg_sq"):
+            if len(st[name]) == len(p):
+                st[name] = st[name][lo:hi].clone()
+            elif len(st[name]) != hi - lo:
+                raise ValueError(f"moments of {len(st[name])} rows for a block of {hi - lo}")
+
+    def _init_state(self, p: torch.Tensor) -> dict[str, Any]:
+        lo, hi = self.blocks.get(p, (0, len(p)))
+        st = self.state[p]
+        st["step"] = torch.zeros((), dtype=torch.float64)
+        st["exp_avg"], st["exp_avg_sq"] = (p.new_zeros(hi - lo, *p.shape[1:]) for _ in range(2))
+        return st
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
@@ -613,16 +637,14 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 grad = p.grad.coalesce()
                 rows, g = grad.indices()[0], grad.values()
-                st = self.state[p]
-                if not st:
-                    st["step"] = torch.zeros((), dtype=torch.float64)
-                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                st = self.state[p] or self._init_state(p)
                 st["step"] += 1
                 t = float(st["step"])
-                m = st["exp_avg"].index_select(0, rows).mul_(b1).add_(g, alpha=1 - b1)
-                v = st["exp_avg_sq"].index_select(0, rows).mul_(b2).addcmul_(g, g, value=1 - b2)
-                st["exp_avg"].index_copy_(0, rows, m)
-                st["exp_avg_sq"].index_copy_(0, rows, v)
+                at = rows - self.blocks[p][0] if p in self.blocks else rows  # rows of the kept block
+                m = st["exp_avg"].index_select(0, at).mul_(b1).add_(g, alpha=1 - b1)
+                v = st["exp_avg_sq"].index_select(0, at).mul_(b2).addcmul_(g, g, value=1 - b2)
+                st["exp_avg"].index_copy_(0, at, m)
+                st["exp_avg_sq"].index_copy_(0, at, v)
                 denom = v.div_(1 - b2 ** t).sqrt_().add_(group["eps"])
                 p.index_add_(0, rows, m.div_(denom).mul_(-group["lr"] / (1 - b1 ** t)))
 

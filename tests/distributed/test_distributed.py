@@ -203,6 +203,16 @@ def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
         for k, v in a["valid"].items():
             assert b["valid"][k] == pytest.approx(v, abs=0.02), (a["epoch"], k)
         assert a["time"]["train_cpu_s"] > 0 and b["time"]["train_cpu_s"] > 0
+    # the checkpoint holds every row's moments, gathered from both ranks' blocks
+    import torch
+
+    st = torch.load(ws.run_dir("two") / "checkpoints" / "last.pt", weights_only=False)
+    moments = st["optimizer"]["parts"][0]["state"]
+    n_rows = {len(t) for t in st["model"].values() if t.dim() == 2}
+    for m in moments.values():
+        rows = len(m["exp_avg"])
+        assert rows in n_rows
+        assert m["exp_avg_sq"][:rows // 2].abs().sum() > 0 and m["exp_avg_sq"][rows // 2:].abs().sum() > 0
 
 
 def test_two_rank_resume_equals_an_uninterrupted_run_with_dropout(tmp_path):

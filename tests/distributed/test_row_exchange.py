@@ -106,3 +106,37 @@ def test_sum_across_ranks_gives_every_rank_the_same_sum_at_any_size(tmp_path) ->
     for n in r0:
         assert torch.equal(r0[n][1], r1[n][1])  # the same bits on both ranks
         assert torch.allclose(r0[n][1], r0[n][0] + r1[n][0], atol=1e-6)
+
+
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from mrdib_cli.training.row_exchange import gather_block, owned_block
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        table = torch.arange(10 * 3, dtype=torch.float32).view(10, 3)
+        lo, hi = owned_block(10, rank, world)
+        torch.save(gather_block(table[lo:hi].clone(), 10, rank, world), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_owned_blocks_match_the_owners_and_gather_into_the_whole_table(tmp_path) -> None:
+    """Each rank keeps the block of rows owner_of gives it (10 rows over 3 ranks: blocks of 4, 3, 3); rank 0,
+    the checkpoint's writer, assembles the whole table from the blocks, and the others keep their own."""
+    import torch.multiprocessing as mp
+
+    from mrdib_cli.training.row_exchange import owned_block, owner_of
+
+    for n_rows in (1, 2, 7, 10, 1001):
+        for world in (1, 2, 3, 4):
+            owners = owner_of(torch.arange(n_rows), n_rows, world)
+            for r in range(world):
+                lo, hi = owned_block(n_rows, r, world)
+                assert torch.equal((owners == r).nonzero().squeeze(1), torch.arange(lo, hi)), (n_rows, world, r)
+    out = str(tmp_path / "g")
+    mp.spawn(_gather_worker, args=(3, f"file://{tmp_path / 'rdv'}", out), nprocs=3, join=True)
+    table = torch.arange(10 * 3, dtype=torch.float32).view(10, 3)
+    assert torch.equal(torch.load(f"{out}.0"), table)
+    assert torch.equal(torch.load(f"{out}.1"), table[4:7]) and torch.equal(torch.load(f"{out}.2"), table[7:10])

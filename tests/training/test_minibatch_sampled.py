@@ -212,6 +212,36 @@ def test_row_adam_matches_sparse_adam():
     assert not torch.allclose(a[touched], start[touched])
 
 
+def test_row_adam_keeping_a_block_of_rows_updates_them_as_the_whole_table_does():
+    """A rank's lazy Adam keeps the moments of its own rows only: updating them gives the bits the optimiser
+    holding every row gives, with moments of the block's size; moments of every row (a checkpoint's) are cut
+    down to the block, and moments of another size are refused."""
+    from mrdib_cli.training.trainer import RowAdam
+
+    torch.manual_seed(0)
+    whole = torch.nn.Parameter(torch.randn(30, 4))
+    part = torch.nn.Parameter(whole.detach().clone())
+    opt_w, opt_p = RowAdam([whole], lr=0.01), RowAdam([part], lr=0.01)
+    opt_p.keep_rows(part, 10, 20)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        ids = torch.randint(10, 20, (8,), generator=g)
+        w = torch.randn(8, 4, generator=g)
+        for p, opt in ((whole, opt_w), (part, opt_p)):
+            opt.zero_grad()
+            (torch.nn.functional.embedding(ids, p, sparse=True) * w).sum().backward()
+            opt.step()
+    assert torch.equal(whole, part)
+    full, kept = opt_w.state[whole], opt_p.state[part]
+    assert kept["exp_avg"].shape == (10, 4) and full["exp_avg"].shape == (30, 4)
+    for name in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(kept[name], full[name][10:20])
+    opt_w.keep_rows(whole, 10, 20)  # what a rank does with a checkpoint's moments of every row
+    assert torch.equal(opt_w.state[whole]["exp_avg_sq"], kept["exp_avg_sq"])
+    with pytest.raises(ValueError, match="moments of 10 rows for a block of 5"):
+        opt_w.keep_rows(whole, 0, 5)
+
+
 def test_runs_from_before_the_option_keep_their_identity(cli, workdir):
     """A run folder written before --minibatch existed (no minibatch/fanout in config.json) still resumes."""
     import json
