@@ -154,7 +154,9 @@ def sum_across_ranks(t: torch.Tensor) -> None:
         dist.all_reduce(t)
         return
     out = t.new_empty(dist.get_world_size() * t.numel())
-    dist.all_gather_into_tensor(out, t.contiguous().view(-1))
+    # torch 2.14 renamed all_gather_into_tensor (the old name prints a FutureWarning)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, t.contiguous().view(-1))
     t.copy_(out.view(-1, *t.shape).sum(0))
 
 

@@ -273,3 +273,39 @@ def test_a_batch_sum_term_keeps_its_weight_on_two_ranks(tmp_path):
                 for n in ("one", "two"))
     assert two["hcl"] == pytest.approx(one["hcl"], rel=0.05)
     assert two["bpr"] == pytest.approx(one["bpr"], rel=0.05)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
+    """Two torchrun agents meeting at a rendezvous (two "machines", one rank each: the ranks share no memory, so
+    the rows and sums travel through collectives) train the sampled mode to the same bits as two ranks on one
+    machine (shared memory), each keeping the moments of its own rows, and print no library warnings."""
+    import torch
+
+    common = ("train", "-b", "lightgcn", "--batch-size", "128", "--seed", "7", "--device", "cpu",
+              "--minibatch", "sampled", "--threads", "1", "--epochs", "2")
+    _cli(ws.root, *common, "-n", "one-machine", "--nproc", "2")
+    env = {**os.environ, "MRDIB_HOME": str(ws.root), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200"}
+    rdzv = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "two-machines")
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "mrdib_cli", *common,
+                                "-n", "two-machines"], env=env, cwd=str(ROOT), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [a.communicate(timeout=300) for a in agents]
+    for a, (out, err) in zip(agents, outs):
+        assert a.returncode == 0, f"{out}\n{err}"
+        assert "Warning" not in err, err
+    a, b = (torch.load(ws.run_dir(n) / "checkpoints" / "last.pt", weights_only=False)
+            for n in ("one-machine", "two-machines"))
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key, moments in a["optimizer"]["parts"][0]["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], b["optimizer"]["parts"][0]["state"][key]["exp_avg_sq"])
