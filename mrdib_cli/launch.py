@@ -22,12 +22,27 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.errors import ERRORS_ENV, MrdibError, UsageError
 from mrdib_cli.local_channel import SHM_DIR, LocalChannel
 
 T = TypeVar("T")
 
-TIMEOUT = timedelta(minutes=int(os.environ.get("MRDIB_DIST_TIMEOUT_MIN", "30")))
+
+
+def _timeout() -> timedelta:
+    """How long a rank waits for the others (at a collective, or for the machines of a job to meet):
+    ``MRDIB_DIST_TIMEOUT_MIN`` minutes, 30 by default."""
+    raw = os.environ.get("MRDIB_DIST_TIMEOUT_MIN", "30")
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = -1.0
+    if not 0 < minutes < 10**6:
+        raise UsageError(f"MRDIB_DIST_TIMEOUT_MIN must be a positive number of minutes (got '{raw}')")
+    return timedelta(minutes=minutes)
+
+
+TIMEOUT = _timeout()
 
 
 # --------------------------------------------------------------------------------------------- environment
@@ -202,12 +217,6 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-#: set by :func:`launch` for its workers: a folder where a worker leaves its one-line error (a file named by
-#: its rank) instead of printing it, so an error every rank hits (a missing input, a run that exists) is
-#: shown once, by the launcher
-ERRORS_ENV = "MRDIB_WORKER_ERRORS"
-
-
 def leave_error(message: str) -> bool:
     """In a worker started by :func:`launch`: hand ``message`` to the launcher; False when it must be printed
     here (started by torchrun directly, or the note could not be written)."""
@@ -220,6 +229,43 @@ def leave_error(message: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def _is_this_machine(host: str) -> bool:
+    """Whether ``host`` names this machine (its launcher then serves the rendezvous store)."""
+    import socket
+
+    names = {"localhost", socket.gethostname(), socket.getfqdn()}
+    if host in names or host.startswith("127.") or host == "::1":
+        return True
+    try:
+        ours = set(socket.gethostbyname_ex(socket.gethostname())[2])
+        return socket.gethostbyname(host) in ours
+    except OSError:
+        return False
+
+
+def _wait_for_endpoint(endpoint: str) -> None:
+    """Wait until the rendezvous endpoint of another machine accepts connections, then hand over to torchrun,
+    or refuse in one line after the timeout. Without it torch retries on its own, printing a C++ stack trace
+    per try for a minute, whatever the timeout."""
+    import socket
+    import time
+
+    host, _, port = endpoint.rpartition(":")
+    if _is_this_machine(host):
+        return
+    deadline = time.monotonic() + TIMEOUT.total_seconds()
+    while True:
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise MrdibError(f"no launcher answered at {endpoint} within {TIMEOUT.total_seconds() / 60:g} min "
+                                 f"({e.strerror or e}); start the same command on the machine named there, or "
+                                 "give an --rdzv-endpoint every machine reaches", exit_code=1) from None
+            time.sleep(1.0)
 
 
 def _worker_errors(folder: str) -> str | None:
@@ -235,22 +281,42 @@ def _worker_errors(folder: str) -> str | None:
     return "; ".join(f"rank {r}: {m}" for r, m in notes.items())
 
 
-def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
-    """Re-run this command line in ``nproc`` local workers through torch.distributed.run (torchrun).
+def wants_launch(nproc: int | None, nnodes: int, endpoint: str | None) -> bool:
+    """Whether this command line starts a job of several processes (``--nproc``, ``--nnodes``), refusing an
+    incomplete multi-machine request in one line."""
+    if nnodes > 1 and not endpoint:
+        raise UsageError("--nnodes needs --rdzv-endpoint HOST:PORT, an address every machine reaches "
+                         "(e.g. the first machine's), given the same on every machine")
+    if endpoint and nnodes < 2:
+        raise UsageError("--rdzv-endpoint is where the machines of a --nnodes job meet; add --nnodes N (N > 1)")
+    if endpoint and (endpoint.count(":") != 1 or not endpoint.rpartition(":")[2].isdigit()):
+        raise UsageError(f"--rdzv-endpoint must be HOST:PORT (got '{endpoint}')")
+    return not launched() and ((nproc or 1) > 1 or nnodes > 1)
 
-    Standalone rendezvous on this machine (a free port is picked); for several machines run torchrun
-    directly (docs/scaling.md). Returns 0 on success; when workers fail with one-line errors, raises them
-    as one :class:`MrdibError` with the first failed worker's exit code; when a worker was killed by a signal,
-    one line that names it (exit code 128 + signal); otherwise returns the failed worker's code (the worker
-    printed its own report).
+
+def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1,
+           endpoint: str | None = None) -> int:
+    """Re-run this command line in ``nproc`` workers on this machine through torch.distributed.run (torchrun).
+
+    One machine: standalone rendezvous (a free port is picked). Several (``nnodes`` > 1): the same command
+    runs on every machine, and their launchers meet at ``endpoint`` (torchrun's c10d rendezvous). Returns 0
+    on success; when workers fail with one-line errors, raises them as one :class:`MrdibError` with the first
+    failed worker's exit code; when a worker was killed by a signal, one line that names it (exit code 128 +
+    signal); otherwise returns the failed worker's code (the worker printed its own report).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import get_args_parser, run
 
-    argv = strip_option(list(sys.argv[1:] if argv is None else argv), "--nproc")
-    args = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={int(nproc)}",
-                                         "--module", "mrdib_cli"])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for option in ("--nproc", "--nnodes", "--rdzv-endpoint"):
+        argv = strip_option(argv, option)
+    nproc = int(nproc or 1)
+    meet = ["--standalone"] if nnodes < 2 else [
+        f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=mrdib",
+        f"--rdzv-conf=join_timeout={TIMEOUT.total_seconds():g},read_timeout={TIMEOUT.total_seconds():g}"]
+    args = get_args_parser().parse_args([*meet, f"--nproc-per-node={nproc}", "--module", "mrdib_cli"])
     args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
     import logging
 
@@ -265,7 +331,13 @@ def launch(nproc: int, argv: Sequence[str] | None = None) -> int:
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        if nnodes > 1:
+            _wait_for_endpoint(str(endpoint))
         run(args)
+    except RendezvousError:  # the machines did not all come within the timeout, or the endpoint went away
+        raise MrdibError(f"the {nnodes} machines of the job did not all meet at {endpoint} within "
+                         f"{TIMEOUT.total_seconds() / 60:g} min (MRDIB_DIST_TIMEOUT_MIN); run the same command on "
+                         "every machine", exit_code=1) from None
     except SignalException as e:  # the agent's own stop: Ctrl-C is an interrupt like a one-process run's
         if e.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None

@@ -13,6 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from mrdib_cli.defaults import SEED
+from mrdib_cli.errors import ERRORS_ENV
 from mrdib_cli.workspace import Workspace
 
 # Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
@@ -58,6 +59,15 @@ def info(msg: str) -> None:
         err.print(msg)
 
 
+def announce(msg: str) -> None:
+    """What a command resolved before its work starts (dataset, run), said once per job: by the launcher of
+    ``--nproc``/``--nnodes`` (its workers resolve the same again and stay quiet), or by rank 0 of a job that
+    torchrun started directly."""
+    worker = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if not worker or (int(os.environ.get("RANK", "0") or 0) == 0 and ERRORS_ENV not in os.environ):
+        info(msg)
+
+
 def warn(msg: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {msg}")
 
@@ -100,7 +110,7 @@ def dataset_target(command: str, name: str | None) -> tuple[str, str]:
 def target_dataset(command: str, name: str | None) -> str:
     """The dataset ``command`` acts on, announced on its first line with the reason."""
     resolved, why = dataset_target(command, name)
-    info(f"{command}: dataset '{resolved}' ({why})")
+    announce(f"{command}: dataset '{resolved}' ({why})")
     return resolved
 
 
@@ -121,7 +131,7 @@ def target_run(command: str, name: str | None, dataset: str | None = None) -> st
         why = "given with --run"
     else:
         why += "; --run NAME picks another"
-    info(f"{command}: run '{resolved}' of dataset '{ds}' ({why})")
+    announce(f"{command}: run '{resolved}' of dataset '{ds}' ({why})")
     return resolved
 
 
@@ -131,5 +141,11 @@ SeedOption = typer.Option(SEED, "--seed", envvar="MRDIB_SEED", rich_help_panel=P
                           help=f"Random seed (MMRec's default {SEED}).")
 DatasetOption = typer.Option(None, "--dataset", "-d", rich_help_panel=PANEL_DATA,
                              help="Dataset name (default: the active dataset).")
+NnodesOption = typer.Option(1, "--nnodes", min=1, rich_help_panel=PANEL_RUNTIME,
+                            help="Machines in the job, --nproc processes on each: run the same command on "
+                                 "every machine, with the same --rdzv-endpoint (docs/scaling.md).")
+EndpointOption = typer.Option(None, "--rdzv-endpoint", metavar="HOST:PORT", rich_help_panel=PANEL_RUNTIME,
+                              help="Where the machines of a --nnodes job meet: an address and free port that "
+                                   "every machine reaches, e.g. the first machine's.")
 ForceOption = typer.Option(False, "--force", rich_help_panel=PANEL_RUNTIME,
                            help="Recompute even when the cached result is up to date.")

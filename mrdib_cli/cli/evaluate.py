@@ -14,9 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from mrdib_cli.defaults import EVAL_BATCH_USERS, KS
-from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, DatasetOption, err, info, make_progress, out,
-                                  target_run, warn,
-                                  ws)
+from mrdib_cli.cli.common import (PANEL_EVAL, PANEL_RUNTIME, DatasetOption, EndpointOption, NnodesOption, err,
+                                  info, make_progress, out, target_run, warn, ws)
 from mrdib_cli.errors import UsageError
 from mrdib_cli.workspace import atomic_write_text
 
@@ -105,6 +104,8 @@ def eval_cmd(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
                                         help="Shard the users over N processes (torch.distributed); exact "
                                              "search only. See docs/scaling.md."),
+    nnodes: int = NnodesOption,
+    endpoint: Optional[str] = EndpointOption,
     extra: Optional[List[str]] = typer.Argument(None, hidden=True, metavar="K"),
 ) -> None:
     """Full-ranking evaluation of a trained run (exact FAISS search over all items, MMRec's metrics)."""
@@ -118,11 +119,12 @@ def eval_cmd(
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
-    if (nproc and nproc > 1) or distributed.launched():
+    several = distributed.wants_launch(nproc, nnodes, endpoint)
+    if several or distributed.launched():
         if index != "flat" or verify_exact:
             raise UsageError("--nproc shards exact search only; drop --index/--verify-exact or --nproc")
-        if not distributed.launched():
-            raise typer.Exit(distributed.launch(nproc or 1))
+        if several:
+            raise typer.Exit(distributed.launch(nproc, nnodes=nnodes, endpoint=endpoint))
         from mrdib_cli.evaluation.sharded import evaluate_run_sharded
 
         distributed.init("cpu")  # FAISS search runs on CPU: gloo

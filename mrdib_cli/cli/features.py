@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, DeviceOption,
-                                  ForceOption, SeedOption, err, info, out, progress_enabled, target_dataset,
+                                  EndpointOption, ForceOption, NnodesOption, SeedOption, err, info, out, progress_enabled, target_dataset,
                                   warn, ws)
 from mrdib_cli.errors import UsageError
 
@@ -155,6 +155,8 @@ def register(app: typer.Typer) -> None:
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
                                             help="Split the item shards over N processes (one GPU each, else "
                                                  "CPU); see docs/scaling.md."),
+        nnodes: int = NnodesOption,
+        endpoint: Optional[str] = EndpointOption,
         as_json: bool = typer.Option(False, "--json", help="Print paths, coverage and provenance as JSON "
                                      "instead of a table."),
     ) -> None:
@@ -179,8 +181,8 @@ def register(app: typer.Typer) -> None:
         _preflight(mods, io, to)
         from mrdib_cli import launch as distributed
 
-        if nproc and nproc > 1 and not distributed.launched():
-            raise typer.Exit(distributed.launch(nproc))
+        if distributed.wants_launch(nproc, nnodes, endpoint):
+            raise typer.Exit(distributed.launch(nproc, nnodes=nnodes, endpoint=endpoint))
         if distributed.launched():
             from mrdib_cli.features.sharded import extract_sharded
 

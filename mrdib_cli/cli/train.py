@@ -18,7 +18,7 @@ from typer.core import TyperCommand
 
 from mrdib_cli.defaults import SEED
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption,
-                                  dataset_target, err, info, make_progress, out, warn, ws)
+                                  EndpointOption, NnodesOption, dataset_target, err, info, make_progress, out, warn, ws)
 from mrdib_cli.errors import MissingInputError, UsageError
 from mrdib_cli.options import Option
 from mrdib_cli.workspace import read_json
@@ -139,6 +139,8 @@ def train_cmd(
     nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
                                         help="Train with N processes on this machine (torch.distributed DDP, "
                                              "one GPU each, else CPU/gloo); see docs/scaling.md."),
+    nnodes: int = NnodesOption,
+    endpoint: Optional[str] = EndpointOption,
 ) -> None:
     """Train a backbone (BPR, Adam, validation every epoch, early stopping on valid Recall@20, test once
     on the best-validation epoch). Checkpoints every epoch; Ctrl-C stops cleanly; --resume continues."""
@@ -173,10 +175,11 @@ def train_cmd(
 
     from mrdib_cli import launch as distributed
 
+    several = distributed.wants_launch(nproc, nnodes, endpoint)
     if not distributed.launched():
-        cfg = _announce(cfg, threads, stored, single=not (nproc and nproc > 1))
-    if nproc and nproc > 1 and not distributed.launched():
-        raise typer.Exit(distributed.launch(nproc))
+        cfg = _announce(cfg, threads, stored, single=not several)
+    if several:
+        raise typer.Exit(distributed.launch(nproc, nnodes=nnodes, endpoint=endpoint))
     if distributed.launched():
         from mrdib_cli.training.distributed import DistributedTrainer as trainer_cls
     else:

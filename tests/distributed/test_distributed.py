@@ -83,7 +83,8 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
 
 
 def test_sharded_eval_equals_single_process(ws):
-    """mrdib eval --nproc 2 writes exactly the per-user metrics and top-K rows of a one-process eval."""
+    """mrdib eval --nproc 2 writes exactly the per-user metrics and top-K rows of a one-process eval, and names
+    the run it evaluates once."""
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.evaluation.engine import evaluate_split
 
@@ -97,7 +98,8 @@ def test_sharded_eval_equals_single_process(ws):
     (d / "config.json").write_text(json.dumps({"run_name": "emb", "dataset": "tiny", "backbone": "external",
                                                "dataset_digest": h.digest, "train": {"seed": 0}}))
     ref = evaluate_split(h, user, item, "test", mask="train", ks=(5, 10))
-    _cli(ws.root, "eval", "--run", "emb", "--split", "test", "--k", "5", "--k", "10", "--nproc", "2")
+    p = _cli(ws.root, "eval", "--run", "emb", "--split", "test", "--k", "5", "--k", "10", "--nproc", "2")
+    assert p.stderr.count("eval: run 'emb'") == 1, p.stderr  # said by the launcher, not again by each worker
     got = pl.read_parquet(d / "per_user-test.k-5-10.parquet")
     assert got.equals(ref.per_user)
     topk = pl.read_parquet(d / "topk-test.k-5-10.parquet")
@@ -283,24 +285,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30") -> list[tuple[int, str, str]]:
+    """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint:
+    (exit code, stdout, stderr) of each launcher."""
+    env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200",
+           "MRDIB_DIST_TIMEOUT_MIN": timeout_min}
+    meet = ("--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
+    launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *meet], env=env, cwd=str(ROOT),
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    outs = [p.communicate(timeout=300) for p in launchers]
+    return [(p.returncode, out, err) for p, (out, err) in zip(launchers, outs)]
+
+
 def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
-    """Two torchrun agents meeting at a rendezvous (two "machines", one rank each: the ranks share no memory, so
-    the rows and sums travel through collectives) train the sampled mode to the same bits as two ranks on one
-    machine (shared memory), each keeping the moments of its own rows, and print no library warnings."""
+    """Two launchers meeting at a rendezvous endpoint (two "machines", one rank each: the ranks share no memory,
+    so the rows and sums travel through collectives) train the sampled mode to the same bits as two ranks on
+    one machine (shared memory), each keeping the moments of its own rows, and print no library warnings."""
     import torch
 
     common = ("train", "-b", "lightgcn", "--batch-size", "128", "--seed", "7", "--device", "cpu",
               "--minibatch", "sampled", "--threads", "1", "--epochs", "2")
     _cli(ws.root, *common, "-n", "one-machine", "--nproc", "2")
-    env = {**os.environ, "MRDIB_HOME": str(ws.root), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200"}
-    rdzv = ("--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
-            "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "two-machines")
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *rdzv, "-m", "mrdib_cli", *common,
-                                "-n", "two-machines"], env=env, cwd=str(ROOT), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
-    outs = [a.communicate(timeout=300) for a in agents]
-    for a, (out, err) in zip(agents, outs):
-        assert a.returncode == 0, f"{out}\n{err}"
+    for code, out, err in _machines(ws.root, *common, "-n", "two-machines"):
+        assert code == 0, f"{out}\n{err}"
         assert "Warning" not in err, err
     a, b = (torch.load(ws.run_dir(n) / "checkpoints" / "last.pt", weights_only=False)
             for n in ("one-machine", "two-machines"))
@@ -309,3 +316,16 @@ def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
         assert torch.equal(a["model"][k], b["model"][k]), k
     for key, moments in a["optimizer"]["parts"][0]["state"].items():
         assert torch.equal(moments["exp_avg_sq"], b["optimizer"]["parts"][0]["state"][key]["exp_avg_sq"])
+
+
+def test_an_error_on_every_machine_is_one_line_on_each(ws):
+    """A refusal every rank shares (the run folder exists) ends each machine's launcher with the one line and
+    the exit code a one-process run gives, no torchrun traceback; a machine alone waits for the others only as
+    long as MRDIB_DIST_TIMEOUT_MIN says, then says so in one line."""
+    args = ("train", "-b", "lightgcn", "-n", "taken", "--epochs", "1", "--device", "cpu", "--threads", "1")
+    _cli(ws.root, *args)
+    for code, out, err in _machines(ws.root, *args):
+        assert code == 2, f"{out}\n{err}"
+        assert err.count("run 'taken' already exists") == 1 and "Traceback" not in err, err
+    [(code, out, err)] = _machines(ws.root, *args, n=1, timeout_min="0.05")
+    assert code == 1 and "did not all meet at 127.0.0.1" in err and "Traceback" not in err, err

@@ -166,3 +166,74 @@ def test_the_agent_logs_nothing_the_workers_already_said(monkeypatch):
     monkeypatch.setattr(run_mod, "run", lambda args: None)
     launch.launch(2, ["train"])
     assert logging.getLogger("torch.distributed.elastic.agent.server.api").getEffectiveLevel() == logging.CRITICAL
+
+
+def test_a_job_on_several_machines_is_asked_for_completely():
+    """--nnodes needs the endpoint where the machines meet and the endpoint needs --nnodes: each half alone is
+    refused in one line, before anything starts."""
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.launch import wants_launch
+
+    assert wants_launch(None, 1, None) is False and wants_launch(1, 1, None) is False
+    assert wants_launch(2, 1, None) is True and wants_launch(None, 2, "node01:29400") is True
+    with pytest.raises(UsageError, match="--nnodes needs --rdzv-endpoint"):
+        wants_launch(2, 2, None)
+    with pytest.raises(UsageError, match="add --nnodes"):
+        wants_launch(2, 1, "node01:29400")
+    for bad in ("node01", "node01:port", "a:b:1"):
+        with pytest.raises(UsageError, match="HOST:PORT"):
+            wants_launch(1, 2, bad)
+
+
+def test_the_launcher_hands_torchrun_the_rendezvous_and_not_its_own_options(monkeypatch):
+    """Several machines: c10d rendezvous at the endpoint, the job's timeout for the meeting; the workers' command
+    line keeps no launch option (a worker must not launch again)."""
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import launch
+
+    seen = []
+    monkeypatch.setattr(run_mod, "run", seen.append)
+    monkeypatch.setattr(launch, "_wait_for_endpoint", lambda endpoint: None)
+    argv = ["train", "-b", "lightgcn", "--nproc", "4", "--nnodes=2", "--rdzv-endpoint", "node01:29400", "--resume"]
+    assert launch.launch(4, argv, nnodes=2, endpoint="node01:29400") == 0
+    args = seen[0]
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint) == ("2", "4", "c10d", "node01:29400")
+    assert not args.standalone and "join_timeout=" in args.rdzv_conf
+    assert args.training_script_args == ["train", "-b", "lightgcn", "--resume"]
+    assert launch.launch(2, ["train", "--nproc", "2"]) == 0
+    assert seen[1].standalone and seen[1].training_script_args == ["train"]
+
+
+def test_a_machine_waits_for_the_endpoint_and_gives_up_in_one_line(monkeypatch):
+    """Another machine's endpoint: the launcher waits until something answers there (the first machine may start
+    later), and after the timeout refuses in one line instead of torch's retries with a stack trace each."""
+    import socket
+    from datetime import timedelta
+
+    from mrdib_cli import launch
+    from mrdib_cli.errors import MrdibError
+
+    monkeypatch.setattr(launch, "_is_this_machine", lambda host: False)
+    monkeypatch.setattr(launch, "TIMEOUT", timedelta(seconds=1.5))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again below: nothing answers there
+    with pytest.raises(MrdibError, match=f"no launcher answered at 127.0.0.1:{port} within"):
+        launch._wait_for_endpoint(f"127.0.0.1:{port}")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        launch._wait_for_endpoint(f"127.0.0.1:{server.getsockname()[1]}")  # answers: returns at once
+
+
+def test_the_job_timeout_must_be_a_number_of_minutes(monkeypatch):
+    from mrdib_cli import launch
+    from mrdib_cli.errors import UsageError
+
+    monkeypatch.setenv("MRDIB_DIST_TIMEOUT_MIN", "0.5")
+    assert launch._timeout().total_seconds() == 30
+    for bad in ("abc", "0", "-3"):
+        monkeypatch.setenv("MRDIB_DIST_TIMEOUT_MIN", bad)
+        with pytest.raises(UsageError, match="MRDIB_DIST_TIMEOUT_MIN must be a positive number of minutes"):
+            launch._timeout()
