@@ -232,17 +232,17 @@ def leave_error(message: str) -> bool:
 
 
 def _is_this_machine(host: str) -> bool:
-    """Whether ``host`` names this machine (its launcher then serves the rendezvous store)."""
-    import socket
-
-    names = {"localhost", socket.gethostname(), socket.getfqdn()}
-    if host in names or host.startswith("127.") or host == "::1":
+    """Whether torchrun will serve the rendezvous store on this machine for ``host``: the same test torch's
+    c10d rendezvous makes, so that a machine never waits for a store that it should serve itself (without
+    that test, it skips the wait)."""
+    try:
+        from torch.distributed.elastic.rendezvous.utils import _matches_machine_hostname
+    except ImportError:
         return True
     try:
-        ours = set(socket.gethostbyname_ex(socket.gethostname())[2])
-        return socket.gethostbyname(host) in ours
+        return bool(_matches_machine_hostname(host))
     except OSError:
-        return False
+        return True
 
 
 def _wait_for_endpoint(endpoint: str) -> None:
@@ -289,8 +289,9 @@ def wants_launch(nproc: int | None, nnodes: int, endpoint: str | None) -> bool:
                          "(e.g. the first machine's), given the same on every machine")
     if endpoint and nnodes < 2:
         raise UsageError("--rdzv-endpoint is where the machines of a --nnodes job meet; add --nnodes N (N > 1)")
-    if endpoint and (endpoint.count(":") != 1 or not endpoint.rpartition(":")[2].isdigit()):
-        raise UsageError(f"--rdzv-endpoint must be HOST:PORT (got '{endpoint}')")
+    host, _, port = (endpoint or "").rpartition(":")
+    if endpoint and not (host and port.isdigit() and 0 < int(port) < 65536):
+        raise UsageError(f"--rdzv-endpoint must be HOST:PORT with a port from 1 to 65535 (got '{endpoint}')")
     return not launched() and ((nproc or 1) > 1 or nnodes > 1)
 
 

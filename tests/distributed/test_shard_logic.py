@@ -180,7 +180,8 @@ def test_a_job_on_several_machines_is_asked_for_completely():
         wants_launch(2, 2, None)
     with pytest.raises(UsageError, match="add --nnodes"):
         wants_launch(2, 1, "node01:29400")
-    for bad in ("node01", "node01:port", "a:b:1"):
+    assert wants_launch(None, 2, "[::1]:29400") is True
+    for bad in ("node01", "node01:port", ":29400", "node01:0", "node01:70000"):
         with pytest.raises(UsageError, match="HOST:PORT"):
             wants_launch(1, 2, bad)
 
