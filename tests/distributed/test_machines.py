@@ -1,0 +1,82 @@
+"""Jobs on several machines, simulated on one host: launchers meeting at a local rendezvous endpoint are
+machines to the code (one rank each: the ranks share no memory). Kept apart from test_distributed.py so that
+the test runner can run both files at once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.distributed.test_distributed import _cli
+from tests.synth_data import make_dataset
+
+torch_dist = pytest.importorskip("torch.distributed")
+if not torch_dist.is_available() or not torch_dist.is_gloo_available():
+    pytest.skip("torch.distributed with gloo is not available in this build", allow_module_level=True)
+
+
+@pytest.fixture
+def ws(tmp_path):
+    from mrdib_cli.workspace import Workspace
+
+    make_dataset(tmp_path, n_users=120, n_items=60, features=False)
+    return Workspace(tmp_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30") -> list[tuple[int, str, str]]:
+    """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint:
+    (exit code, stdout, stderr) of each launcher."""
+    env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200",
+           "MRDIB_DIST_TIMEOUT_MIN": timeout_min}
+    meet = ("--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
+    launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *meet], env=env, cwd=str(ROOT),
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    outs = [p.communicate(timeout=300) for p in launchers]
+    return [(p.returncode, out, err) for p, (out, err) in zip(launchers, outs)]
+
+
+def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
+    """Two launchers meeting at a rendezvous endpoint (two "machines", one rank each: the ranks share no memory,
+    so the rows and sums travel through collectives) train the sampled mode to the same bits as two ranks on
+    one machine (shared memory), each keeping the moments of its own rows, and print no library warnings."""
+    import torch
+
+    common = ("train", "-b", "lightgcn", "--batch-size", "128", "--seed", "7", "--device", "cpu",
+              "--minibatch", "sampled", "--threads", "1", "--epochs", "2")
+    _cli(ws.root, *common, "-n", "one-machine", "--nproc", "2")
+    for code, out, err in _machines(ws.root, *common, "-n", "two-machines"):
+        assert code == 0, f"{out}\n{err}"
+        assert "Warning" not in err, err
+    a, b = (torch.load(ws.run_dir(n) / "checkpoints" / "last.pt", weights_only=False)
+            for n in ("one-machine", "two-machines"))
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key, moments in a["optimizer"]["parts"][0]["state"].items():
+        assert torch.equal(moments["exp_avg_sq"], b["optimizer"]["parts"][0]["state"][key]["exp_avg_sq"])
+
+
+def test_an_error_on_every_machine_is_one_line_on_each(ws):
+    """A refusal every rank shares (the run folder exists) ends each machine's launcher with the one line and
+    the exit code a one-process run gives, no torchrun traceback; a machine alone waits for the others only as
+    long as MRDIB_DIST_TIMEOUT_MIN says, then says so in one line."""
+    args = ("train", "-b", "lightgcn", "-n", "taken", "--epochs", "1", "--device", "cpu", "--threads", "1")
+    _cli(ws.root, *args)
+    for code, out, err in _machines(ws.root, *args):
+        assert code == 2, f"{out}\n{err}"
+        assert err.count("run 'taken' already exists") == 1 and "Traceback" not in err, err
+    [(code, out, err)] = _machines(ws.root, *args, n=1, timeout_min="0.05")
+    assert code == 1 and "did not all meet at 127.0.0.1" in err and "Traceback" not in err, err
