@@ -11,6 +11,7 @@ these helpers, so they sit below all three.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -231,6 +232,31 @@ def leave_error(message: str) -> bool:
     return True
 
 
+def _stop_by_signal(sig: int, frame: Any) -> None:
+    """SIGTERM before torchrun handles signals itself: the same exception its agent raises later."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    raise SignalException(f"got signal: {sig}", signal.Signals(sig))
+
+
+_LOST_PEER = re.compile(r"gloo/transport|connection (reset|closed) by peer|broken pipe|remote server shut ?down",
+                        re.IGNORECASE)
+
+
+def lost_peer(e: BaseException) -> bool:
+    """Whether a worker's error is the loss of another rank (its process or machine stopped, the network
+    failed): what the collectives raise then names a socket or a C++ file, not the cause."""
+    if not launched():
+        return False
+    return type(e).__name__ in ("DistNetworkError", "DistStoreError") or bool(_LOST_PEER.search(str(e)))
+
+
+#: what a worker says when another rank was lost (see :func:`lost_peer`)
+LOST_PEER_MESSAGE = ("lost contact with another rank of the job (its process or machine stopped, or the network "
+                     "failed), so this rank stopped too; a training run continues from its last checkpoint with "
+                     "--resume")
+
+
 def _is_this_machine(host: str) -> bool:
     """Whether torchrun will serve the rendezvous store on this machine for ``host``: the same test torch's
     c10d rendezvous makes, so that a machine never waits for a store that it should serve itself (without
@@ -253,6 +279,7 @@ def _wait_for_endpoint(endpoint: str) -> None:
     import time
 
     host, _, port = endpoint.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [IPv6]:port
     if _is_this_machine(host):
         return
     deadline = time.monotonic() + TIMEOUT.total_seconds()
@@ -290,7 +317,7 @@ def wants_launch(nproc: int | None, nnodes: int, endpoint: str | None) -> bool:
     if endpoint and nnodes < 2:
         raise UsageError("--rdzv-endpoint is where the machines of a --nnodes job meet; add --nnodes N (N > 1)")
     host, _, port = (endpoint or "").rpartition(":")
-    if endpoint and not (host and port.isdigit() and 0 < int(port) < 65536):
+    if endpoint and not (host and re.fullmatch(r"[1-9][0-9]{0,4}", port) and int(port) < 65536):
         raise UsageError(f"--rdzv-endpoint must be HOST:PORT with a port from 1 to 65535 (got '{endpoint}')")
     return not launched() and ((nproc or 1) > 1 or nnodes > 1)
 
@@ -314,9 +341,10 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     for option in ("--nproc", "--nnodes", "--rdzv-endpoint"):
         argv = strip_option(argv, option)
     nproc = int(nproc or 1)
+    wait_s = max(1, round(TIMEOUT.total_seconds()))  # torchrun takes whole seconds
     meet = ["--standalone"] if nnodes < 2 else [
         f"--nnodes={nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=mrdib",
-        f"--rdzv-conf=join_timeout={TIMEOUT.total_seconds():g},read_timeout={TIMEOUT.total_seconds():g}"]
+        f"--rdzv-conf=join_timeout={wait_s},read_timeout={wait_s}"]
     args = get_args_parser().parse_args([*meet, f"--nproc-per-node={nproc}", "--module", "mrdib_cli"])
     args.training_script_args = argv  # set after parsing: torchrun's parser would take '--run' as its own
     import logging
@@ -328,17 +356,22 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
             logging.getLogger(name).setLevel(logging.CRITICAL)
     env_threads = os.environ.get("OMP_NUM_THREADS")
     folder = tempfile.mkdtemp(prefix="mrdib-errors-")
+    args.log_dir = tempfile.mkdtemp(prefix="mrdib-agent-")  # torchrun's own, which it leaves behind in /tmp
     os.environ[ERRORS_ENV] = folder
+    # before the workers start, torchrun has no handler of its own: a SIGTERM would end this process without
+    # a word and leave the folder above
+    term = signal.signal(signal.SIGTERM, _stop_by_signal)
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
         if nnodes > 1:
             _wait_for_endpoint(str(endpoint))
         run(args)
-    except RendezvousError:  # the machines did not all come within the timeout, or the endpoint went away
-        raise MrdibError(f"the {nnodes} machines of the job did not all meet at {endpoint} within "
-                         f"{TIMEOUT.total_seconds() / 60:g} min (MRDIB_DIST_TIMEOUT_MIN); run the same command on "
-                         "every machine", exit_code=1) from None
+    except RendezvousError:  # the machines did not all come in time, or the endpoint's launcher went away
+        raise MrdibError(f"the {nnodes} machines of the job lost each other at {endpoint}: not every machine came "
+                         f"within {TIMEOUT.total_seconds() / 60:g} min (MRDIB_DIST_TIMEOUT_MIN), or the launcher "
+                         "there stopped; run the same command on every machine (a training run continues from "
+                         "its last checkpoint with --resume)", exit_code=1) from None
     except SignalException as e:  # the agent's own stop: Ctrl-C is an interrupt like a one-process run's
         if e.sigval == signal.SIGINT:
             raise KeyboardInterrupt from None
@@ -359,8 +392,10 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
                              exit_code=128 - f.exitcode) from None
         return code
     finally:
+        signal.signal(signal.SIGTERM, term)
         os.environ.pop(ERRORS_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(args.log_dir, ignore_errors=True)
         if env_threads is None:
             os.environ.pop("OMP_NUM_THREADS", None)
     return 0

@@ -171,6 +171,13 @@ def _run(argv: list[str] | None) -> None:
             _bug(e, verbose)
         _write_failure(e.errno, e.strerror, e.filename, verbose)
     except Exception as e:  # a bug, or an OS error wrapped by a Rust library
+        launch = sys.modules.get("mrdib_cli.launch")
+        if launch is not None and launch.lost_peer(e):  # another rank stopped: say so, not the socket's words
+            if verbose:
+                err.print_exception()
+            if not _left_for_launcher(launch.LOST_PEER_MESSAGE):
+                err.print(f"[red]error:[/red] {launch.LOST_PEER_MESSAGE}", highlight=False)
+            sys.exit(EXIT_RUNTIME)
         code = _wrapped_errno(e)
         if code is None:
             _bug(e, verbose)

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mrdib_cli.errors import UsageError
 from mrdib_cli.launch import barrier, default_threads, init, rank0_first, slice_bounds, worker_device
 from mrdib_cli.models._common import batch_split_across_ranks
 from mrdib_cli.models.base import Batch, MiniBatch
@@ -60,6 +61,22 @@ class _Step(nn.Module):
             emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg), minibatch)
         self.last_emb = emb
         return terms
+
+
+def _first_difference(a: dict[str, Any], b: dict[str, Any], at: str = "") -> str:
+    """The first key (dotted path) whose value differs between two nested dicts."""
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                return _first_difference(a[k], b[k], f"{at}{k}.")
+            return f"{at}{k}"
+    return at.rstrip(".")
+
+
+def _value(conf: dict[str, Any], key: str) -> str:
+    for part in key.split("."):
+        conf = conf.get(part) if isinstance(conf, dict) else None
+    return repr(conf)
 
 
 class _NoLock(contextlib.ExitStack):
@@ -92,6 +109,7 @@ class DistributedTrainer(Trainer):
 
             cfg = with_run_name(cfg, rank0_first(lambda: default_run_name(get_backbone(cfg.backbone).name,
                                                                           DatasetHandle.open(ws, cfg.dataset).name)))
+        self._same_everywhere(cfg, kwargs)
         super().__init__(ws, cfg, **kwargs)
         with warnings.catch_warnings():  # torch 2.14 renames broadcast_buffers; the old flag still skips init sync
             warnings.simplefilter("ignore", FutureWarning)
@@ -104,6 +122,23 @@ class DistributedTrainer(Trainer):
                 broadcast_buffers=False,  # buffers (graphs, frozen features) are built identically per rank
                 # plug-ins (e.g. MRdIB's critics) own parameters that the batch loss does not touch
                 find_unused_parameters=self.plugin is not None)
+
+    def _same_everywhere(self, cfg: Any, kwargs: dict[str, Any]) -> None:
+        """Refuse, on every rank, a job whose machines were given different runs: each machine resolves its
+        own command line, and two of them that differ (another run name, backbone, epoch count) would train
+        another run silently or stop in a collective of another size. The device and the thread count may
+        differ per machine."""
+        conf = cfg.to_dict()
+        conf["train"] = {k: v for k, v in conf["train"].items() if k not in ("device", "threads")}
+        conf["resume"], conf["force"] = bool(kwargs.get("resume")), bool(kwargs.get("overwrite"))
+        confs: list[Any] = [None] * self.world
+        dist.all_gather_object(confs, conf)
+        for r, other in enumerate(confs):
+            if other != confs[0]:
+                key = _first_difference(confs[0], other)
+                raise UsageError(f"the ranks were started with different runs: {key} is {_value(confs[0], key)} "
+                                 f"on rank 0 and {_value(other, key)} on rank {r}; run the same command on every "
+                                 "machine")
 
     # ------------------------------------------------------------------ run folder: rank 0 writes (RunFolder)
     def _setup(self, ws: Any, cfg: Any, **kwargs: Any) -> None:

@@ -5,6 +5,7 @@ the test runner can run both files at once."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,14 +37,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30") -> list[tuple[int, str, str]]:
-    """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint:
-    (exit code, stdout, stderr) of each launcher."""
+def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30",
+              each: tuple[tuple[str, ...], ...] = ()) -> list[tuple[int, str, str]]:
+    """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint (machine
+    i adds ``each[i]``): (exit code, stdout, stderr) of each launcher."""
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200",
            "MRDIB_DIST_TIMEOUT_MIN": timeout_min}
     meet = ("--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
-    launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *meet], env=env, cwd=str(ROOT),
-                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(n)]
+    launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *(each[i] if each else ()), *meet],
+                                  env=env, cwd=str(ROOT), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for i in range(n)]
     outs = [p.communicate(timeout=300) for p in launchers]
     return [(p.returncode, out, err) for p, (out, err) in zip(launchers, outs)]
 
@@ -79,4 +82,18 @@ def test_an_error_on_every_machine_is_one_line_on_each(ws):
         assert code == 2, f"{out}\n{err}"
         assert err.count("run 'taken' already exists") == 1 and "Traceback" not in err, err
     [(code, out, err)] = _machines(ws.root, *args, n=1, timeout_min="0.05")
-    assert code == 1 and "did not all meet at 127.0.0.1" in err and "Traceback" not in err, err
+    assert code == 1 and "lost each other at 127.0.0.1" in err and "not every machine came" in err, err
+    assert "Traceback" not in err
+
+
+def test_machines_given_different_runs_refuse_before_writing(ws):
+    """Each machine resolves its own command line: two that differ (here the epoch count; a run name would
+    train one run and leave the other machine's user without theirs) are refused on every machine in one
+    line, before any run folder is written, instead of failing in a collective of another size."""
+    args = ("train", "-b", "lightgcn", "-n", "mixed", "--device", "cpu", "--threads", "1")
+    outs = _machines(ws.root, *args, each=(("--epochs", "2"), ("--epochs", "3")))
+    for code, out, err in outs:
+        assert code == 2, f"{out}\n{err}"
+        assert re.search(r"train.epochs is [23] on rank 0 and [23] on rank 1; run the same command", err), err
+        assert "Traceback" not in err
+    assert not ws.run_dir("mixed").exists()

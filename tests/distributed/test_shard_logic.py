@@ -181,7 +181,8 @@ def test_a_job_on_several_machines_is_asked_for_completely():
     with pytest.raises(UsageError, match="add --nnodes"):
         wants_launch(2, 1, "node01:29400")
     assert wants_launch(None, 2, "[::1]:29400") is True
-    for bad in ("node01", "node01:port", ":29400", "node01:0", "node01:70000"):
+    for bad in ("node01", "node01:port", ":29400", "node01:0", "node01:70000", "node01:029400",
+                "node01:\u0662\u0669\u0664\u0660\u0660"):  # a leading zero; digits that are not ASCII
         with pytest.raises(UsageError, match="HOST:PORT"):
             wants_launch(1, 2, bad)
 
@@ -200,7 +201,7 @@ def test_the_launcher_hands_torchrun_the_rendezvous_and_not_its_own_options(monk
     assert launch.launch(4, argv, nnodes=2, endpoint="node01:29400") == 0
     args = seen[0]
     assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint) == ("2", "4", "c10d", "node01:29400")
-    assert not args.standalone and "join_timeout=" in args.rdzv_conf
+    assert not args.standalone and args.rdzv_conf == "join_timeout=1800,read_timeout=1800"
     assert args.training_script_args == ["train", "-b", "lightgcn", "--resume"]
     assert launch.launch(2, ["train", "--nproc", "2"]) == 0
     assert seen[1].standalone and seen[1].training_script_args == ["train"]
@@ -238,3 +239,54 @@ def test_the_job_timeout_must_be_a_number_of_minutes(monkeypatch):
         monkeypatch.setenv("MRDIB_DIST_TIMEOUT_MIN", bad)
         with pytest.raises(UsageError, match="MRDIB_DIST_TIMEOUT_MIN must be a positive number of minutes"):
             launch._timeout()
+
+
+def test_a_launcher_stopped_before_its_workers_start_says_so_and_cleans_up(monkeypatch, tmp_path):
+    """SIGTERM while the launcher waits for the other machines (torchrun has no handler yet): one line and exit
+    code 143 as during training, and neither the error folder nor torchrun's log folder is left behind; a
+    timeout under a second still gives torchrun whole seconds."""
+    import os
+    import signal
+    import time
+    from datetime import timedelta
+
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import launch
+    from mrdib_cli.errors import MrdibError
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(launch.tempfile, "tempdir", None)
+    monkeypatch.setattr(launch, "TIMEOUT", timedelta(seconds=0.2))
+    monkeypatch.setattr(launch, "_wait_for_endpoint", lambda endpoint: None)
+    seen = []
+
+    def rendezvous(args):
+        seen.append(args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    monkeypatch.setattr(run_mod, "run", rendezvous)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(MrdibError, match="stopped by signal SIGTERM") as e:
+        launch.launch(1, ["train"], nnodes=2, endpoint="node01:29400")
+    assert e.value.exit_code == 143
+    assert seen[0].rdzv_conf == "join_timeout=1,read_timeout=1"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_lost_rank_is_named_as_such(monkeypatch):
+    """In a worker, the errors collectives raise when another rank is gone (gloo's socket errors) become one
+    line that says so and points at --resume; the same words outside a job are not touched."""
+    from mrdib_cli import launch
+
+    gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:17321: "
+                        "Connection reset by peer")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not launch.lost_peer(gloo)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch.lost_peer(gloo)
+    assert launch.lost_peer(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 30000ms"))
+    assert not launch.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert "--resume" in launch.LOST_PEER_MESSAGE
