@@ -29,7 +29,6 @@ from mrdib_cli.local_channel import SHM_DIR, LocalChannel
 T = TypeVar("T")
 
 
-
 def _timeout() -> timedelta:
     """How long a rank waits for the others (at a collective, or for the machines of a job to meet):
     ``MRDIB_DIST_TIMEOUT_MIN`` minutes, 30 by default."""
@@ -273,8 +272,8 @@ def _is_this_machine(host: str) -> bool:
 
 def _wait_for_endpoint(endpoint: str) -> None:
     """Wait until the rendezvous endpoint of another machine accepts connections, then hand over to torchrun,
-    or refuse in one line after the timeout. Without it torch retries on its own, printing a C++ stack trace
-    per try for a minute, whatever the timeout."""
+    or refuse in one line after the timeout. Without it torch retries on its own and prints a C++ stack trace
+    at every try."""
     import socket
     import time
 

@@ -15,8 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_MODEL, PANEL_RUNTIME, DatasetOption, DeviceOption,
-                                  EndpointOption, ForceOption, NnodesOption, SeedOption, err, info, out, progress_enabled, target_dataset,
-                                  warn, ws)
+                                  EndpointOption, ForceOption, NnodesOption, SeedOption, err, info, out,
+                                  progress_enabled, target_dataset, warn, ws)
 from mrdib_cli.errors import UsageError
 
 PANEL_IMAGE = "Image encoder (open_clip)"

@@ -200,7 +200,8 @@ def test_the_launcher_hands_torchrun_the_rendezvous_and_not_its_own_options(monk
     argv = ["train", "-b", "lightgcn", "--nproc", "4", "--nnodes=2", "--rdzv-endpoint", "node01:29400", "--resume"]
     assert launch.launch(4, argv, nnodes=2, endpoint="node01:29400") == 0
     args = seen[0]
-    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint) == ("2", "4", "c10d", "node01:29400")
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend) == ("2", "4", "c10d")
+    assert args.rdzv_endpoint == "node01:29400"
     assert not args.standalone and args.rdzv_conf == "join_timeout=1800,read_timeout=1800"
     assert args.training_script_args == ["train", "-b", "lightgcn", "--resume"]
     assert launch.launch(2, ["train", "--nproc", "2"]) == 0
