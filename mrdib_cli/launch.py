@@ -97,7 +97,27 @@ def init(device: str = "auto") -> bool:
     if cuda:
         torch.cuda.set_device(local_rank())
     dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    _same_command()
     return True
+
+
+#: options whose values may differ between the machines of a job (their hardware)
+PER_MACHINE_OPTIONS = ("--threads", "--device")
+
+
+def _same_command() -> None:
+    """Refuse, on every rank, a job whose machines were given different commands: each machine runs its
+    own, and two that differ would evaluate or train different runs into one job's shards and merges."""
+    argv = sys.argv[1:]
+    for option in PER_MACHINE_OPTIONS:
+        argv = strip_option(argv, option)
+    argvs: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(argvs, argv)
+    for r, other in enumerate(argvs):
+        if other != argvs[0]:
+            raise UsageError(f"the machines were given different commands: rank 0 runs 'mrdib {' '.join(argvs[0])}' "
+                             f"and rank {r} 'mrdib {' '.join(other)}'; run the same command on every machine "
+                             f"({', '.join(PER_MACHINE_OPTIONS)} may differ)")
 
 
 def shutdown(sync: bool = False) -> None:

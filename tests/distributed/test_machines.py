@@ -38,14 +38,17 @@ def _free_port() -> int:
 
 
 def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30",
-              each: tuple[tuple[str, ...], ...] = ()) -> list[tuple[int, str, str]]:
+              each: tuple[tuple[str, ...], ...] = (), env_each: tuple[dict[str, str], ...] = ()
+              ) -> list[tuple[int, str, str]]:
     """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint (machine
-    i adds ``each[i]``): (exit code, stdout, stderr) of each launcher."""
+    i adds ``each[i]`` to its command line and ``env_each[i]`` to its environment): (exit code, stdout,
+    stderr) of each launcher."""
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200",
            "MRDIB_DIST_TIMEOUT_MIN": timeout_min}
     meet = ("--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
     launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *(each[i] if each else ()), *meet],
-                                  env=env, cwd=str(ROOT), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                  env={**env, **(env_each[i] if env_each else {})}, cwd=str(ROOT), text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                  for i in range(n)]
     outs = [p.communicate(timeout=300) for p in launchers]
     return [(p.returncode, out, err) for p, (out, err) in zip(launchers, outs)]
@@ -89,11 +92,17 @@ def test_an_error_on_every_machine_is_one_line_on_each(ws):
 def test_machines_given_different_runs_refuse_before_writing(ws):
     """Each machine resolves its own command line: two that differ (here the epoch count; a run name would
     train one run and leave the other machine's user without theirs) are refused on every machine in one
-    line, before any run folder is written, instead of failing in a collective of another size."""
-    args = ("train", "-b", "lightgcn", "-n", "mixed", "--device", "cpu", "--threads", "1")
-    outs = _machines(ws.root, *args, each=(("--epochs", "2"), ("--epochs", "3")))
-    for code, out, err in outs:
-        assert code == 2, f"{out}\n{err}"
-        assert re.search(r"train.epochs is [23] on rank 0 and [23] on rank 1; run the same command", err), err
-        assert "Traceback" not in err
-    assert not ws.run_dir("mixed").exists()
+    line, before any run folder is written, instead of failing in a collective of another size. The same
+    command that resolves differently (a seed from the environment) is refused too, naming what differs."""
+    args = ("train", "-b", "lightgcn", "-n", "mixed", "--device", "cpu", "--epochs", "2")
+    for kw, wanted in ((dict(each=(("--threads", "1", "--patience", "2"), ("--threads", "2", "--patience", "3"))),
+                        r"given different commands: rank 0 runs 'mrdib train .*--patience [23]' and rank 1 'mrdib "
+                        r"train .*--patience [23]'; run the same command on every machine"),
+                       (dict(env_each=({"MRDIB_SEED": "1"}, {"MRDIB_SEED": "2"})),
+                        r"started with different runs: train.seed is [12] on rank 0 and [12] on rank 1")):
+        for code, out, err in _machines(ws.root, *args, **kw):
+            assert code == 2, f"{out}\n{err}"
+            assert re.search(wanted, err), err
+            assert "Traceback" not in err
+            assert "--threads 1" not in err and "--threads 2" not in err  # may differ: not compared
+        assert not ws.run_dir("mixed").exists()
