@@ -16,11 +16,6 @@ EXIT_USAGE = 2
 EXIT_MISSING = 3
 EXIT_PROTOCOL = 4
 
-#: set by the ``--nproc``/``--nnodes`` launcher for its workers: a folder where a worker leaves its one-line
-#: error (a file named by its rank) instead of printing it, so an error every rank hits (a missing input, a
-#: run that exists) is shown once, by the launcher (mrdib_cli.launch)
-ERRORS_ENV = "MRDIB_WORKER_ERRORS"
-
 
 class MrdibError(Exception):
     """A user-facing error: ``str(err)`` is the one line shown to the user."""

@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from mrdib_cli.errors import ERRORS_ENV, MrdibError, UsageError
+from mrdib_cli.errors import MrdibError, UsageError
+from mrdib_cli.job import (ERRORS_ENV, is_main, launched, local_rank, local_world_size,  # noqa: F401
+                           rank, world_size)
 from mrdib_cli.local_channel import SHM_DIR, LocalChannel
 
 T = TypeVar("T")
@@ -46,32 +48,6 @@ TIMEOUT = _timeout()
 
 
 # --------------------------------------------------------------------------------------------- environment
-def world_size() -> int:
-    """Processes in the job: torchrun's WORLD_SIZE (1 when not launched by torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1") or 1)
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0)
-
-
-def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())) or 1)
-
-
-def launched() -> bool:
-    """True inside a worker started by torchrun (or ``--nproc``) with more than one process."""
-    return world_size() > 1
-
-
-def is_main() -> bool:
-    return rank() == 0
-
-
 def wants_cuda(device: str) -> bool:
     return device != "cpu" and torch.cuda.is_available() and (device in ("auto", "cuda")
                                                              or device.startswith("cuda"))

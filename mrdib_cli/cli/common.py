@@ -13,7 +13,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from mrdib_cli.defaults import SEED
-from mrdib_cli.errors import ERRORS_ENV
+from mrdib_cli.job import announces
 from mrdib_cli.workspace import Workspace
 
 # Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
@@ -60,11 +60,8 @@ def info(msg: str) -> None:
 
 
 def announce(msg: str) -> None:
-    """What a command resolved before its work starts (dataset, run), said once per job: by the launcher of
-    ``--nproc``/``--nnodes`` (its workers resolve the same again and stay quiet), or by rank 0 of a job that
-    torchrun started directly."""
-    worker = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-    if not worker or (int(os.environ.get("RANK", "0") or 0) == 0 and ERRORS_ENV not in os.environ):
+    """What a command resolved before its work starts (dataset, run), said once per job (job.announces)."""
+    if announces():
         info(msg)
 
 
