@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 #: set by the ``--nproc``/``--nnodes`` launcher for its workers: a folder where a worker leaves its one-line
 #: error (a file named by its rank) instead of printing it, so an error every rank hits (a missing input, a
 #: run that exists) is shown once, by the launcher
 ERRORS_ENV = "MRDIB_WORKER_ERRORS"
+
+#: set by the launcher for its workers: its process id (see :func:`die_with_launcher`)
+LAUNCHER_ENV = "MRDIB_LAUNCHER_PID"
 
 
 def world_size() -> int:
@@ -30,6 +34,11 @@ def local_world_size() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size())) or 1)
 
 
+def node_rank() -> int:
+    """This machine's place among the machines of the job: torchrun's GROUP_RANK (rank 0 runs on machine 0)."""
+    return int(os.environ.get("GROUP_RANK", "0") or 0)
+
+
 def launched() -> bool:
     """True inside a worker started by torchrun (or ``--nproc``) with more than one process."""
     return world_size() > 1
@@ -37,6 +46,41 @@ def launched() -> bool:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def die_with_launcher() -> None:
+    """In a worker of mrdib's launcher: be stopped (SIGTERM) when the launcher ends, however it ends. torchrun
+    starts each worker in a session of its own, so a launcher killed outright (``kill -9``, the out-of-memory
+    killer) would leave its workers training on in the background, unseen, still writing the run folder; the
+    agent's own stop (Ctrl-C, SIGTERM) already stops them. Linux only (``prctl``); elsewhere nothing changes."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not (launcher and launched() and sys.platform.startswith("linux")):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != launcher:  # the launcher ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: set by the command line for a launcher of ``--nnodes``: it lowered torch's C++ log level (see
+#: :func:`quiet_store_warnings`), which the launcher gives back before its workers start
+QUIET_ENV = "MRDIB_QUIET_CPP_LOG"
+
+
+def quiet_store_warnings(argv: list[str]) -> None:
+    """In the launcher of a job on several machines, before torch loads (it reads the level once): when another
+    machine's launcher goes away, torch's rendezvous store prints C++ warnings with stack traces on this one,
+    ahead of the one line that the launcher prints about it. A level the user set is kept, and the workers
+    get the user's environment back (:func:`mrdib_cli.launch.launch`)."""
+    if "TORCH_CPP_LOG_LEVEL" in os.environ or not any(a == "--nnodes" or a.startswith("--nnodes=") for a in argv):
+        return
+    os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
+    os.environ[QUIET_ENV] = "1"
 
 
 def announces() -> bool:

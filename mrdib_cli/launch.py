@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 
 from mrdib_cli.errors import MrdibError, UsageError
-from mrdib_cli.job import (ERRORS_ENV, is_main, launched, local_rank, local_world_size,  # noqa: F401
-                           rank, world_size)
+from mrdib_cli.job import (ERRORS_ENV, LAUNCHER_ENV, QUIET_ENV, is_main, launched,  # noqa: F401
+                           local_rank, local_world_size, node_rank, rank, world_size)
 from mrdib_cli.local_channel import SHM_DIR, LocalChannel
 
 T = TypeVar("T")
@@ -353,12 +353,15 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     folder = tempfile.mkdtemp(prefix="mrdib-errors-")
     args.log_dir = tempfile.mkdtemp(prefix="mrdib-agent-")  # torchrun's own, which it leaves behind in /tmp
     os.environ[ERRORS_ENV] = folder
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
     # before the workers start, torchrun has no handler of its own: a SIGTERM would end this process without
     # a word and leave the folder above
     term = signal.signal(signal.SIGTERM, _stop_by_signal)
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+        if os.environ.pop(QUIET_ENV, None):  # the workers get the user's C++ log level (job.quiet_store_warnings)
+            os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
         if nnodes > 1:
             _wait_for_endpoint(str(endpoint))
         run(args)
@@ -369,6 +372,9 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
                          "its last checkpoint with --resume)", exit_code=1) from None
     except SignalException as e:  # the agent's own stop: Ctrl-C is an interrupt like a one-process run's
         if e.sigval == signal.SIGINT:
+            note = _worker_errors(folder)  # what a machine without rank 0 has to say (cli/train.py)
+            if note is not None:
+                raise MrdibError(note, exit_code=130) from None
             raise KeyboardInterrupt from None
         raise MrdibError(f"stopped by signal {signal.Signals(e.sigval).name}", exit_code=128 + int(e.sigval)) from None
     except ChildFailedError as e:
@@ -389,6 +395,7 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     finally:
         signal.signal(signal.SIGTERM, term)
         os.environ.pop(ERRORS_ENV, None)
+        os.environ.pop(LAUNCHER_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(args.log_dir, ignore_errors=True)
         if env_threads is None:

@@ -27,6 +27,7 @@ except ImportError:  # pragma: no cover - older typer
 from mrdib_cli import __version__
 from mrdib_cli.cli.common import Globals, err, set_globals
 from mrdib_cli.errors import EXIT_RUNTIME, EXIT_USAGE, MrdibError
+from mrdib_cli.job import die_with_launcher, quiet_store_warnings
 from mrdib_cli.workspace import Workspace
 
 app = typer.Typer(
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     by the interpreter's C++ teardown while a peer's last messages are in flight, which aborts a worker that
     had finished cleanly ("terminate called without an active exception", exit code 1 for the whole job).
     """
+    quiet_store_warnings(sys.argv[1:] if argv is None else argv)
+    die_with_launcher()
     try:
         _run(argv)
     except SystemExit as e:

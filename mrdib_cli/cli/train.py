@@ -19,7 +19,7 @@ from typer.core import TyperCommand
 from mrdib_cli.defaults import SEED
 from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUNTIME, DatasetOption,
                                   EndpointOption, NnodesOption, dataset_target, err, info, make_progress, out, warn, ws)
-from mrdib_cli.errors import MissingInputError, UsageError
+from mrdib_cli.errors import MissingInputError, MrdibError, UsageError
 from mrdib_cli.options import Option
 from mrdib_cli.workspace import read_json
 
@@ -218,16 +218,21 @@ def train_cmd(
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
             _say_features(trainer.feature_tables(), cfg.features)
-        finished = False
+        in_step = False  # whether the ranks end together: not after an error, nor after Ctrl-C on one machine
         try:
             result = trainer.fit()
-            finished = True
+            in_step = result.status != "stopped"
         finally:
             del trainer  # drops DDP's reducer and its pending gloo/NCCL work before the group goes away
-            distributed.shutdown(sync=finished)
+            distributed.shutdown(sync=in_step)
     if not main:
         if result.status == "failed":
             raise UsageError(result.message, exit_code=1)
+        if result.status == "stopped" and distributed.node_rank() != 0:
+            # Ctrl-C on a machine without rank 0, which alone says what was kept: say it here too
+            raise MrdibError("interrupted; the job stops on every machine, and rank 0's machine keeps the last "
+                             f"checkpoint: continue with 'mrdib train --resume --run-name {result.run_name}' on "
+                             "every machine", exit_code=130)
         return
 
     t = Table(title=f"{result.run_name}: best epoch {result.best_epoch} of {result.epochs_run} ({result.status})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import polars as pl
 import pytest
@@ -291,3 +293,52 @@ def test_a_lost_rank_is_named_as_such(monkeypatch):
     assert launch.lost_peer(RuntimeError("[gloo/transport/tcp/unbound_buffer.cc:129] Timed out waiting 30000ms"))
     assert not launch.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert "--resume" in launch.LOST_PEER_MESSAGE
+
+
+def test_a_machine_without_rank_0_says_what_its_ctrl_c_did(monkeypatch, tmp_path):
+    """Ctrl-C on a machine whose workers do not include rank 0: that worker leaves a note, and the launcher,
+    stopped by the same Ctrl-C, prints it (exit 130) instead of ending without a word."""
+    import signal
+
+    import torch.distributed.run as run_mod
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from mrdib_cli import launch
+    from mrdib_cli.errors import MrdibError
+
+    def run(args):
+        with open(os.path.join(os.environ[launch.ERRORS_ENV], "1"), "w") as f:
+            f.write("interrupted; the job stops on every machine")
+        raise SignalException("got signal: 2", signal.SIGINT)
+
+    monkeypatch.setattr(run_mod, "run", run)
+    monkeypatch.setattr(launch, "_wait_for_endpoint", lambda endpoint: None)
+    with pytest.raises(MrdibError, match="^interrupted; the job stops") as e:
+        launch.launch(1, ["train"], nnodes=2, endpoint="127.0.0.1:29400")
+    assert e.value.exit_code == 130
+
+
+def test_only_a_launcher_across_machines_quiets_torchs_cpp_warnings(monkeypatch):
+    """torch reads its C++ log level once, at import: a launcher of --nnodes lowers it before (the rendezvous
+    store's stack traces when another machine goes away), unless the user chose one; the workers get the
+    user's environment back, and learn the launcher's pid (to stop with it)."""
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import job, launch
+
+    for var in ("TORCH_CPP_LOG_LEVEL", job.QUIET_ENV):
+        monkeypatch.delenv(var, raising=False)
+    job.quiet_store_warnings(["train", "--nproc", "2"])
+    assert "TORCH_CPP_LOG_LEVEL" not in os.environ
+    job.quiet_store_warnings(["train", "--nnodes=2", "--rdzv-endpoint", "h:1"])
+    assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR"
+    seen = []
+    monkeypatch.setattr(run_mod, "run", lambda args: seen.append(dict(os.environ)))
+    monkeypatch.setattr(launch, "_wait_for_endpoint", lambda endpoint: None)
+    launch.launch(1, ["train"], nnodes=2, endpoint="h:1")
+    assert "TORCH_CPP_LOG_LEVEL" not in seen[0] and seen[0][job.LAUNCHER_ENV] == str(os.getpid())
+    assert "TORCH_CPP_LOG_LEVEL" not in os.environ and job.LAUNCHER_ENV not in os.environ
+    monkeypatch.setenv("TORCH_CPP_LOG_LEVEL", "INFO")  # the user's own level stays, also for the workers
+    job.quiet_store_warnings(["train", "--nnodes", "2"])
+    launch.launch(1, ["train"], nnodes=2, endpoint="h:1")
+    assert seen[1]["TORCH_CPP_LOG_LEVEL"] == "INFO" == os.environ["TORCH_CPP_LOG_LEVEL"]
