@@ -227,6 +227,11 @@ def leave_error(message: str) -> bool:
     return True
 
 
+#: the signals whose handlers torchrun's agent replaces
+_AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+                       if hasattr(signal, name))
+
+
 def _stop_by_signal(sig: int, frame: Any) -> None:
     """SIGTERM before torchrun handles signals itself: the same exception its agent raises later."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
@@ -354,9 +359,12 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     args.log_dir = tempfile.mkdtemp(prefix="mrdib-agent-")  # torchrun's own, which it leaves behind in /tmp
     os.environ[ERRORS_ENV] = folder
     os.environ[LAUNCHER_ENV] = str(os.getpid())
+    # torchrun installs its own handlers once the workers start and leaves them installed: a Ctrl-C after the
+    # job (on a machine whose workers ended first) raised its SignalException during this process's exit
+    handlers = {sig: signal.getsignal(sig) for sig in _AGENT_SIGNALS}
     # before the workers start, torchrun has no handler of its own: a SIGTERM would end this process without
     # a word and leave the folder above
-    term = signal.signal(signal.SIGTERM, _stop_by_signal)
+    signal.signal(signal.SIGTERM, _stop_by_signal)
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
             os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
@@ -393,7 +401,8 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
                              exit_code=128 - f.exitcode) from None
         return code
     finally:
-        signal.signal(signal.SIGTERM, term)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         os.environ.pop(ERRORS_ENV, None)
         os.environ.pop(LAUNCHER_ENV, None)
         shutil.rmtree(folder, ignore_errors=True)

@@ -416,7 +416,9 @@ class Workspace:
         ones a user means by "the latest result"."""
         if name is not None:
             if not (self.run_dir(name) / "config.json").exists():
-                raise MissingInputError(f"run '{name}' not found in {self.runs_dir}")
+                began = " (its folder is there, but the run was stopped before its training began: start it " \
+                        "again with 'mrdib train')" if self.run_dir(name).is_dir() else ""
+                raise MissingInputError(f"run '{name}' not found in {self.runs_dir}{began}")
             return name, "given"
         ds = dataset or self.state().get("active_dataset")
         if ds is None:

@@ -81,6 +81,18 @@ def test_resolve_dataset_errors(tmp_path: Path) -> None:
         ws.resolve_dataset("nope")
 
 
+def test_a_run_stopped_before_its_training_began_is_named_as_such(tmp_path: Path) -> None:
+    """A run folder without config.json (stopped between its creation and its first write, e.g. a job whose
+    other machine was interrupted while starting) is not a run to resume; say why instead of only "not
+    found" beside a folder the user can see."""
+    ws = Workspace(tmp_path)
+    with pytest.raises(MissingInputError, match=r"^run 'gone' not found in [^(]*$"):
+        ws.resolve_run("gone")
+    (ws.run_dir("early") / "checkpoints").mkdir(parents=True)
+    with pytest.raises(MissingInputError, match="stopped before its training began: start it again"):
+        ws.resolve_run("early")
+
+
 def test_digest_obj_is_order_independent() -> None:
     assert digest_obj({"a": 1, "b": 2}) == digest_obj({"b": 2, "a": 1})
 

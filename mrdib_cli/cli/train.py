@@ -231,8 +231,8 @@ def train_cmd(
         if result.status == "stopped" and distributed.node_rank() != 0:
             # Ctrl-C on a machine without rank 0, which alone says what was kept: say it here too
             raise MrdibError("interrupted; the job stops on every machine, and rank 0's machine keeps the last "
-                             f"checkpoint: continue with 'mrdib train --resume --run-name {result.run_name}' on "
-                             "every machine", exit_code=130)
+                             f"checkpoint: continue with 'mrdib train --resume --run-name {result.run_name}' and "
+                             "the same launch options on every machine", exit_code=130)
         return
 
     t = Table(title=f"{result.run_name}: best epoch {result.best_epoch} of {result.epochs_run} ({result.status})")

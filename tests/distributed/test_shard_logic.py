@@ -342,3 +342,24 @@ def test_only_a_launcher_across_machines_quiets_torchs_cpp_warnings(monkeypatch)
     job.quiet_store_warnings(["train", "--nnodes", "2"])
     launch.launch(1, ["train"], nnodes=2, endpoint="h:1")
     assert seen[1]["TORCH_CPP_LOG_LEVEL"] == "INFO" == os.environ["TORCH_CPP_LOG_LEVEL"]
+
+
+def test_the_launcher_gives_back_the_signal_handlers_torchrun_installed(monkeypatch):
+    """torchrun's agent replaces the handlers of SIGINT, SIGTERM, SIGHUP and SIGQUIT once its workers start
+    and leaves them installed; a Ctrl-C after the job then raised the agent's SignalException during the
+    launcher's exit (a traceback, exit 0 or 1). The launcher restores the handlers it found."""
+    import signal
+
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import launch
+
+    before = {sig: signal.getsignal(sig) for sig in launch._AGENT_SIGNALS}
+
+    def run(args):  # what the agent does when it starts the workers
+        for sig in launch._AGENT_SIGNALS:
+            signal.signal(sig, lambda signum, frame: None)
+
+    monkeypatch.setattr(run_mod, "run", run)
+    assert launch.launch(2, ["train"]) == 0
+    assert {sig: signal.getsignal(sig) for sig in launch._AGENT_SIGNALS} == before
