@@ -10,6 +10,7 @@ these helpers, so they sit below all three.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -295,6 +297,32 @@ def _wait_for_endpoint(endpoint: str) -> None:
             time.sleep(1.0)
 
 
+#: the launcher's temporary folders: mrdib-launch-{errors,agent}-PID-XXXXXXXX
+_FOLDER_PREFIX = "mrdib-launch-"
+
+
+def _remove_orphaned_folders() -> None:
+    """Remove the temporary folders of launchers that ended without removing them (killed with SIGKILL): their
+    names carry the launcher's process id, and a folder whose process is gone belongs to nobody."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*-*"):
+        pid = path.name[len(_FOLDER_PREFIX):].split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if path.stat().st_uid == os.getuid():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _worker_errors(folder: str) -> str | None:
     """The workers' errors as one line: the message once when every failed rank gave the same one."""
     notes = {}
@@ -355,8 +383,10 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
         if name.startswith("torch.distributed.elastic"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
     env_threads = os.environ.get("OMP_NUM_THREADS")
-    folder = tempfile.mkdtemp(prefix="mrdib-errors-")
-    args.log_dir = tempfile.mkdtemp(prefix="mrdib-agent-")  # torchrun's own, which it leaves behind in /tmp
+    _remove_orphaned_folders()
+    folder = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}errors-{os.getpid()}-")
+    # torchrun's own log folder, which it would leave behind in /tmp
+    args.log_dir = tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}agent-{os.getpid()}-")
     os.environ[ERRORS_ENV] = folder
     os.environ[LAUNCHER_ENV] = str(os.getpid())
     # torchrun installs its own handlers once the workers start and leaves them installed: a Ctrl-C after the

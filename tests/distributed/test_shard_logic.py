@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import polars as pl
@@ -363,3 +364,32 @@ def test_the_launcher_gives_back_the_signal_handlers_torchrun_installed(monkeypa
     monkeypatch.setattr(run_mod, "run", run)
     assert launch.launch(2, ["train"]) == 0
     assert {sig: signal.getsignal(sig) for sig in launch._AGENT_SIGNALS} == before
+
+
+def test_a_launcher_removes_the_folders_of_launchers_killed_before_they_could(monkeypatch, tmp_path):
+    """A launcher killed with SIGKILL cannot remove its error and log folders; their names carry its process id,
+    and the next launcher removes those whose process is gone, never a living launcher's or other files."""
+    import subprocess
+
+    import torch.distributed.run as run_mod
+
+    from mrdib_cli import launch
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(launch.tempfile, "tempdir", None)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    orphans = [tmp_path / f"mrdib-launch-{kind}-{dead}-abc123" for kind in ("errors", "agent")]
+    kept = [tmp_path / f"mrdib-launch-errors-{os.getpid()}-xyz789", tmp_path / "mrdib-launch-notes",
+            tmp_path / "someone-elses"]
+    for path in (*orphans, *kept):
+        path.mkdir()
+    (orphans[0] / "1").write_text("a worker's note")
+    seen = []
+    monkeypatch.setattr(run_mod, "run", lambda args: seen.append(sorted(p.name for p in tmp_path.iterdir())))
+    assert launch.launch(2, ["train"]) == 0
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+    # while it ran, its own two folders were there, named with its process id
+    own = {kind for kind in ("errors", "agent") for name in set(seen[0]) - {p.name for p in kept}
+           if name.startswith(f"mrdib-launch-{kind}-{os.getpid()}-")}
+    assert own == {"errors", "agent"}, seen[0]
