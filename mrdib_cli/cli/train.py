@@ -230,7 +230,7 @@ def train_cmd(
             raise UsageError(result.message, exit_code=1)
         if result.status == "stopped" and distributed.node_rank() != 0:
             # Ctrl-C on a machine without rank 0, which alone says what was kept: say it here too
-            raise MrdibError("interrupted; the job stops on every machine, and rank 0's machine keeps the last "
+            raise MrdibError("interrupted; the job stops on every machine, and the run folder keeps the last "
                              f"checkpoint: continue with 'mrdib train --resume --run-name {result.run_name}' and "
                              "the same launch options on every machine", exit_code=130)
         return
