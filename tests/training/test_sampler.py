@@ -66,3 +66,28 @@ def test_pairs_mode_and_infeasible_user():
     assert b.neg is None
     with pytest.raises(DataError, match="interacted with all"):
         BPRSampler(np.zeros(3, dtype=np.int64), np.arange(3), 3)
+
+
+def test_the_history_check_answers_membership_in_any_order_and_keeps_the_stream():
+    """The check searches in the queries' sorted order (much faster on large epochs); it must give each query
+    its own answer, whatever the order, for repeated pairs and for pairs above the largest key, so that the
+    negatives, and every result trained on them, are those of a plain search."""
+    u, i, n_items = _data(seed=5)
+    s = BPRSampler(u, i, n_items, seed=6)
+    hist = set(zip(u.tolist(), i.tolist()))
+    rng = np.random.default_rng(7)
+    qu = np.r_[rng.integers(0, 200, 5000), u[:50], np.full(3, 199)]
+    qi = np.r_[rng.integers(0, n_items, 5000), i[:50], np.full(3, n_items - 1)]
+    assert s._in_history(qu, qi).tolist() == [(a, b) in hist for a, b in zip(qu.tolist(), qi.tolist())]
+
+    class PlainSearch(BPRSampler):
+        def _in_history(self, users, items):
+            q = users * self.n_items + items
+            pos = np.searchsorted(self.keys, q)
+            pos[pos == len(self.keys)] = 0
+            return self.keys[pos] == q
+
+    plain = PlainSearch(u, i, n_items, seed=6)
+    for _ in range(2):  # two epochs: the generator's state after the first must match too
+        mine, theirs = ([b.neg.numpy() for b in sampler.epoch()] for sampler in (s, plain))
+        assert all(np.array_equal(x, y) for x, y in zip(mine, theirs))
