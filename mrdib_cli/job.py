@@ -77,10 +77,20 @@ def quiet_store_warnings(argv: list[str]) -> None:
     machine's launcher goes away, torch's rendezvous store prints C++ warnings with stack traces on this one,
     ahead of the one line that the launcher prints about it. A level the user set is kept, and the workers
     get the user's environment back (:func:`mrdib_cli.launch.launch`)."""
-    if "TORCH_CPP_LOG_LEVEL" in os.environ or not any(a == "--nnodes" or a.startswith("--nnodes=") for a in argv):
+    if "TORCH_CPP_LOG_LEVEL" in os.environ or _option_value(argv, "--nnodes") in (None, "1"):
         return
     os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"
     os.environ[QUIET_ENV] = "1"
+
+
+def _option_value(argv: list[str], name: str) -> str | None:
+    """The value of ``name`` on a command line (``NAME VALUE`` or ``NAME=VALUE``), None when absent."""
+    for k, a in enumerate(argv):
+        if a == name and k + 1 < len(argv):
+            return argv[k + 1]
+        if a.startswith(name + "="):
+            return a[len(name) + 1:]
+    return None
 
 
 def announces() -> bool:

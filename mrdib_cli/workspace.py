@@ -415,11 +415,12 @@ class Workspace:
         one). A run still training, interrupted or failed is never picked silently: its numbers are not the
         ones a user means by "the latest result"."""
         if name is not None:
-            if not (self.run_dir(name) / "config.json").exists():
-                began = " (its folder is there, but the run was stopped before its training began: start it " \
-                        "again with 'mrdib train')" if self.run_dir(name).is_dir() else ""
-                raise MissingInputError(f"run '{name}' not found in {self.runs_dir}{began}")
-            return name, "given"
+            if (self.run_dir(name) / "config.json").exists():
+                return name, "given"
+            if self.run_dir(name).is_dir():  # its job was stopped between making the folder and writing it
+                raise MissingInputError(f"run '{name}' in {self.runs_dir} was stopped before its training began: "
+                                        "start it again with 'mrdib train'")
+            raise MissingInputError(f"run '{name}' not found in {self.runs_dir}")
         ds = dataset or self.state().get("active_dataset")
         if ds is None:
             raise MissingInputError(f"no run given and no dataset is active in {self.root}; pass --run NAME "

@@ -330,6 +330,7 @@ def test_only_a_launcher_across_machines_quiets_torchs_cpp_warnings(monkeypatch)
     for var in ("TORCH_CPP_LOG_LEVEL", job.QUIET_ENV):
         monkeypatch.delenv(var, raising=False)
     job.quiet_store_warnings(["train", "--nproc", "2"])
+    job.quiet_store_warnings(["train", "--nnodes", "1"])  # one machine: nothing to quiet
     assert "TORCH_CPP_LOG_LEVEL" not in os.environ
     job.quiet_store_warnings(["train", "--nnodes=2", "--rdzv-endpoint", "h:1"])
     assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR"
