@@ -208,10 +208,32 @@ def gated_modality_views(module: nn.Module, feats: dict[str, Tensor], n_layers: 
     return mm
 
 
-def table_rows(table: Tensor, ids: Tensor) -> Tensor:
-    """Rows ``ids`` of an embedding table with a *sparse* gradient (``--minibatch sampled``): the backward
-    and the lazy Adam step then touch only these rows instead of the whole table."""
-    return F.embedding(ids, table, sparse=True)
+class RowSource:
+    """Where a sharded table's rows come from (see :data:`ROW_SOURCES`)."""
+
+    def fetch(self, reads: list[tuple[str, Tensor]]) -> list[Tensor]:
+        """The rows ``ids`` of each (table name, ids), read together (a collective)."""
+        raise NotImplementedError
+
+
+#: tables whose rows are held by other processes (a distributed ``--minibatch sampled`` job on GPUs or several
+#: machines shards them): ``id(table)`` -> (its source, its name there). The training layer registers them;
+#: every sampled forward reads its tables through :func:`tables_rows`, so a backbone needs
+#: no code of its own for sharded tables.
+ROW_SOURCES: dict[int, tuple[RowSource, str]] = {}
+
+
+def tables_rows(reads: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """Rows ``ids`` of each (embedding table, ids), with *sparse* gradients (``--minibatch sampled``): the
+    backward and the lazy Adam step then touch only these rows instead of the whole table. Read together,
+    sharded tables cost one exchange, not one per table."""
+    sources = [ROW_SOURCES.get(id(table)) for table, _ in reads]
+    if not any(sources):
+        return [F.embedding(ids, table, sparse=True) for table, ids in reads]
+    source = sources[0][0] if sources[0] else None
+    if any(s is None or s[0] is not source for s in sources):
+        raise ValueError("tables_rows reads sharded tables of one source only")
+    return source.fetch([(s[1], ids) for s, (_, ids) in zip(sources, reads)])
 
 
 def local_batch(batch: Any, users_ix: Tensor, items_ix: Tensor, item_offset: int = 0) -> Any:

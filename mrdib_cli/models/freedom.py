@@ -31,7 +31,7 @@ from mrdib_cli.graphs.ops import bipartite_edges
 from mrdib_cli.graphs.sampling import CSRGraph, aggregate
 from mrdib_cli.graphs.pruning import bipartite_degree_weights, pruned_adjacency
 from mrdib_cli.graphs.store import ensure_knn, ensure_norm_adj
-from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, local_batch, prop, spmm, table_rows
+from mrdib_cli.models._common import add_graph, dot_bpr, id_embeddings, local_batch, prop, spmm, tables_rows
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 from mrdib_cli.models.lightgcn import sampled_layer_mean
 
@@ -141,14 +141,14 @@ class FREEDOM(Backbone):
         n_u = self.n_users
         nodes, out, _ = sampled_layer_mean(self._sampler("ui", adj), self.user_embedding.weight,
                                            self.item_id_embedding.weight, torch.cat([bu, bi + n_u]),
-                                           mb, self.hp["n_ui_layers"])
+                                           mb, self.hp["n_ui_layers"], n_u)
         # nodes = [bu; bi + n_u]: two sorted id sets in disjoint ranges
         items, blocks = mb.neighbourhood(self._sampler("mm", self.mm_adj), bi, self.hp["n_mm_layers"])
-        h = table_rows(self.item_id_embedding.weight, items[-1])
+        h, *feats = tables_rows([(self.item_id_embedding.weight, items[-1]), *((self.feat[m], bi) for m in self.feat)])
         for block in reversed(blocks):  # S^L E_i: the last layer only, as the full forward
             h = aggregate(block, h)
-        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, table_rows(self.feat[m], bi))))
-                 for m in self.feat}
+        views = {f"item_{m}": self.modality_hook(m, self.trs[m](self.modality_input(m, x)))
+                 for m, x in zip(self.feat, feats)}
         return Embeddings(out[:len(bu)], out[len(bu):] + h, views), local_batch(batch, bu, bi)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

@@ -258,7 +258,7 @@ class LGMRec(Backbone):
         gi = uniform_sample(self.n_items, mb.share(GLOBAL_SAMPLE), gen, dev)
         gu = uniform_sample(n_u, mb.share(GLOBAL_SAMPLE), gen, dev)
         nodes, c, _ = sampled_layer_mean(adj, self.user_embedding, self.item_id_embedding,
-                                         torch.cat([bu, bi + n_u, gi + n_u]), mb, self.n_ui_layers)
+                                         torch.cat([bu, bi + n_u, gi + n_u]), mb, self.n_ui_layers, n_u)
         c_u, c_i, c_g = (c[torch.searchsorted(nodes, ids)] for ids in (bu, bi + n_u, gi + n_u))
         mge = self._mge_sampled(bu, bi, mb)
         ghe = self._ghe_sampled(torch.cat([bu, gu]), bi, gi, c_g)

@@ -22,7 +22,7 @@ from torch import Tensor
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.graphs import ensure_norm_adj, to_torch_sparse
 from mrdib_cli.graphs.sampling import CSRGraph, horner_mean
-from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, spmm, table_rows,
+from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, spmm, tables_rows,
                                       xavier_uniform)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 
@@ -36,21 +36,22 @@ def light_propagate(adj: Tensor, ego: Tensor, n_layers: int) -> Tensor:
     return acc / (n_layers + 1)
 
 
-def node_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor) -> Tensor:
-    """Rows of the joint node table [users; items] at ``nodes``, read with sparse gradients."""
-    n_users = user_table.shape[0]
+def node_rows(user_table: Tensor, item_table: Tensor, nodes: Tensor, n_users: int) -> Tensor:
+    """Rows of the joint node table [users; items] at ``nodes``, read with sparse gradients (``n_users`` given:
+    a sharded table holds only some of its rows)."""
     is_user = nodes < n_users
     ego = torch.empty(len(nodes), user_table.shape[1], dtype=user_table.dtype, device=nodes.device)
-    ego = ego.index_put((is_user.nonzero().squeeze(1),), table_rows(user_table, nodes[is_user]))
-    return ego.index_put(((~is_user).nonzero().squeeze(1),), table_rows(item_table, nodes[~is_user] - n_users))
+    users, items = tables_rows([(user_table, nodes[is_user]), (item_table, nodes[~is_user] - n_users)])
+    ego = ego.index_put((is_user.nonzero().squeeze(1),), users)
+    return ego.index_put(((~is_user).nonzero().squeeze(1),), items)
 
 
 def sampled_layer_mean(graph: CSRGraph, user_table: Tensor, item_table: Tensor, seeds: Tensor, mb: MiniBatch,
-                       n_layers: int) -> tuple[Tensor, Tensor, Tensor]:
-    """LightGCN's readout mean_l Â^l E at the distinct ``seeds`` (ids of the joint node table), from sampled
-    neighbourhoods: (those ids, sorted; their readout rows; their ego rows)."""
+                       n_layers: int, n_users: int) -> tuple[Tensor, Tensor, Tensor]:
+    """LightGCN's readout mean_l Â^l E at the distinct ``seeds`` (ids of the joint node table, ``n_users``
+    users first), from sampled neighbourhoods: (those ids, sorted; their readout rows; their ego rows)."""
     nodes, blocks = mb.neighbourhood(graph, seeds, n_layers)
-    ego = node_rows(user_table, item_table, nodes[-1])
+    ego = node_rows(user_table, item_table, nodes[-1], n_users)
     return nodes[0], horner_mean(blocks, ego), ego[:len(nodes[0])]
 
 
@@ -87,7 +88,7 @@ class LightGCN(Backbone):
         u = self.n_users
         seeds = torch.cat([batch.users, batch.pos + u, batch.neg + u])
         nodes, out, ego0 = sampled_layer_mean(self._csr, self.user_embedding, self.item_embedding, seeds, mb,
-                                              self.n_layers)
+                                              self.n_layers, u)
         return Embeddings(out, out, {"ego_user": ego0, "ego_item": ego0}), local_batch(batch, nodes, nodes, u)
 
     def loss(self, batch: Batch, emb: Embeddings) -> dict[str, Tensor]:

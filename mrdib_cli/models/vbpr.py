@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, table_rows,
+from mrdib_cli.models._common import (MMREC_BPR_EPS, bpr, emb_norm_loss, local_batch, tables_rows,
                                       xavier_uniform)
 from mrdib_cli.models.base import Backbone, Batch, Embeddings, FeatureTables, MiniBatch, register
 
@@ -111,14 +111,14 @@ class VBPR(Backbone):
         exactly (no sampling), at the cost of the batch instead of the catalogue."""
         users = torch.unique(batch.users)
         items = torch.unique(batch.pos if batch.neg is None else torch.cat([batch.pos, batch.neg]))
-        theta = table_rows(self.u_embedding, users)
+        theta, own = tables_rows([(self.u_embedding, users), (self.i_embedding, items)])
         f = self.bias
         views: dict[str, Tensor] = {}
         for m in self.present:
             h = self.modality_hook(m, getattr(self, f"feat_{m}").index_select(0, items) @ self.proj[m])
             views[f"item_{m}"], views[f"user_{m}"] = h, theta[:, self.dim:]
             f = f + h
-        item = torch.cat([table_rows(self.i_embedding, items), f.expand(len(items), -1)], dim=1)
+        item = torch.cat([own, f.expand(len(items), -1)], dim=1)
         columns = {f"user_{m}": (self.dim, 2 * self.dim) for m in self.present}
         return Embeddings(theta, item, views, user_columns=columns), local_batch(batch, users, items)
 

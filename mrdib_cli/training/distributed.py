@@ -185,6 +185,7 @@ class DistributedTrainer(Trainer):
         task = self.progress(len(self.sampler)) if self.progress else None
         # sampled mode: each rank samples the neighbourhoods of its own slice only (its own stream)
         minibatch = self._minibatch(torch.Generator().manual_seed(int(gen.initial_seed()) + self.rank))
+        rows = self._rows() if minibatch is not None else None  # before the first forward: it may read through it
         for batch in self.sampler.epoch():  # the global batch: identical on every rank
             n = len(batch.users)
             lo, hi = slice_bounds(n, self.rank, self.world)
@@ -193,6 +194,8 @@ class DistributedTrainer(Trainer):
                 lo, hi = 0, 1
             part = Batch(batch.users[lo:hi], batch.pos[lo:hi],
                          None if batch.neg is None else batch.neg[lo:hi]).to(self.device)
+            if rows is not None:
+                rows.begin_step()
             terms = self.ddp(part.users, part.pos, part.neg, weight > 0, minibatch)
             loss = self._rank_loss(terms, weight)
             if minibatch is None:
@@ -205,11 +208,11 @@ class DistributedTrainer(Trainer):
             else:  # the loss check travels with the gradients (nothing is applied before it)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if not math.isfinite(self._rows().reduce(self._dense_params(), loss.detach())):
+                if not math.isfinite(rows.reduce(self._dense_params(), loss.detach())):
                     raise TrainingDiverged.at(self.epoch, terms, where=f"rank {self.rank}: ")
             self.optimizer.step()
-            if minibatch is not None:
-                self._rows().publish()
+            if rows is not None:
+                rows.publish()
             share = weight / self.world  # n_r / n: rank shares of a term add up to its global-batch mean
             if self.plugin:
                 self.plugin.after_step(part, self.step.last_emb)
@@ -249,10 +252,24 @@ class DistributedTrainer(Trainer):
         return float(total)
 
     def _rows(self) -> RowExchange:
-        """Sampled mode's exchange of the tables' rows (built at the first step, after any resume)."""
+        """Sampled mode's exchange of the tables' rows (built at the first epoch, after any resume). Sharded
+        tables leave each rank its own block, whose rows the lazy Adam then numbers from 0."""
         if getattr(self, "_exchange", None) is None:
             self._exchange = make_exchange(self.backbone.sparse_parameters(), self.rank, self.world)
+            if self._exchange.sharded:
+                for o in self._row_adams():
+                    for p in (p for g in o.param_groups for p in g["params"]):
+                        o.keep_rows(p, 0, len(p))
         return self._exchange
+
+    def _whole_tables(self) -> contextlib.AbstractContextManager[None]:
+        """Whole tables on every rank for the block (a collective when they are sharded)."""
+        exchange = getattr(self, "_exchange", None)
+        return exchange.whole_tables() if exchange is not None else contextlib.nullcontext()
+
+    def _eval_embeddings(self) -> Any:
+        with self._whole_tables():
+            return super()._eval_embeddings()
 
     def _dense_params(self) -> list[nn.Parameter]:
         """Every trained parameter but the sparse tables (averaged over the ranks, updated everywhere)."""
@@ -280,16 +297,17 @@ class DistributedTrainer(Trainer):
     def _state(self) -> dict[str, Any]:
         """The checkpoint, with the lazy Adam's moments of every row gathered from their owners on rank 0 (the
         writer) and every rank's RNG states (every rank calls this: a collective)."""
-        st = super()._state()
-        parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
-        for k, o in enumerate(self._row_adams()):
-            packed = parts[k]["state"]
-            params = [p for g in o.param_groups for p in g["params"]]
-            for key, moments in list(packed.items()):
-                gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
-                for name in ("exp_avg", "exp_avg_sq"):
-                    gathered[name] = gather_block(moments[name], len(params[key]), self.rank, self.world)
-                packed[key] = gathered
+        with self._whole_tables():  # sharded tables: whole in the checkpoint, and numbered as in it
+            st = super()._state()
+            parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
+            for k, o in enumerate(self._row_adams()):
+                packed = parts[k]["state"]
+                params = [p for g in o.param_groups for p in g["params"]]
+                for key, moments in list(packed.items()):
+                    gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
+                    for name in ("exp_avg", "exp_avg_sq"):
+                        gathered[name] = gather_block(moments[name], len(params[key]), self.rank, self.world)
+                    packed[key] = gathered
         # every rank's global RNG states: the ranks draw different amounts (dropout on slices of different
         # sizes), so rank 0's state alone would resume the other ranks on another stream
         states: list[Any] = [None] * self.world

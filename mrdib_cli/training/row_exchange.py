@@ -1,14 +1,15 @@
 """How the ranks of a ``--minibatch sampled`` job combine their gradients each step (docs/scaling.md).
 
-Every rank keeps a copy of the model; each row of an embedding table has an owner rank (:func:`owner_of`), which
-alone runs the lazy Adam update of that row and keeps its moments. A step therefore needs two exchanges:
-the gradients of the touched rows go to their owners (:meth:`RowExchange.reduce`), and the owners' new row
-values go to every rank (:meth:`RowExchange.publish`). Dense parameters are averaged and updated everywhere.
+Each row of an embedding table has an owner rank (:func:`owner_of`), which alone runs the lazy Adam update of
+that row and keeps its moments. A step therefore sends the gradients of the rows it read to their owners
+(:meth:`RowExchange.reduce`), and every rank must then read the owners' new values. Dense parameters are
+averaged and updated everywhere.
 
 Two carriers, one result:
 
-* :class:`GatherExchange` (any topology, gloo or NCCL): the touched rows travel through collectives, all
-  tables packed into one buffer per exchange;
+* :class:`ShardedExchange` (any topology, gloo or NCCL): the tables themselves are sharded, each rank holding
+  its own rows only; a step reads the rows it needs from their owners and sends their gradients back, through
+  all-to-all collectives;
 * :class:`SharedExchange` (every rank on one machine, on CPU): the tables and a gradient staging area live in
   shared memory, so the rows do not travel at all: a rank writes its gradient rows once, the owners read
   them after one small sum over the ranks (:mod:`mrdib_cli.local_channel`), and an owner's update is at once
@@ -18,16 +19,21 @@ Two carriers, one result:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mrdib_cli.ids import unique_ids, unique_ids_inverse
+from mrdib_cli.ids import unique_ids_inverse
 from mrdib_cli.launch import local_channel, step_barrier, sum_across_ranks
 from mrdib_cli.local_channel import map_shared, shared_setup
+from mrdib_cli.models._common import ROW_SOURCES, RowSource
 
 
 def owner_of(ids: Tensor, n_rows: int, world: int) -> Tensor:
@@ -43,22 +49,29 @@ def owned_block(n_rows: int, rank: int, world: int) -> tuple[int, int]:
 def gather_block(block: Tensor, n_rows: int, rank: int, world: int) -> Tensor:
     """Every rank's :func:`owned_block` of a table's rows, assembled on rank 0 (the checkpoint's writer);
     other ranks get their own block back. One gather of blocks padded to the largest."""
-    size = -(-n_rows // world)
-    padded = torch.cat([block, block.new_zeros(size - len(block), *block.shape[1:])])
+    padded = _padded(block, n_rows, world)
     parts = [torch.empty_like(padded) for _ in range(world)] if rank == 0 else None
     dist.gather(padded, parts, dst=0)
-    if parts is None:
-        return block
+    return block if parts is None else _joined(parts, n_rows, world)
+
+
+def all_blocks(block: Tensor, n_rows: int, world: int) -> Tensor:
+    """:func:`gather_block` on every rank (one all-gather)."""
+    padded = _padded(block, n_rows, world)
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return _joined(parts, n_rows, world)
+
+
+def _padded(block: Tensor, n_rows: int, world: int) -> Tensor:
+    """A block padded to the largest block's size (collectives move equal sizes)."""
+    return torch.cat([block, block.new_zeros(-(-n_rows // world) - len(block), *block.shape[1:])])
+
+
+def _joined(parts: list[Tensor], n_rows: int, world: int) -> Tensor:
+    """The table from every rank's padded block."""
     return torch.cat([part[:hi - lo] for part, (lo, hi) in
                       zip(parts, (owned_block(n_rows, r, world) for r in range(world)))])
-
-
-def local_rows(p: nn.Parameter) -> tuple[Tensor, Tensor]:
-    """(sorted distinct row ids, their gradient rows) of a table's sparse gradient on this rank."""
-    if p.grad is None:
-        return torch.empty(0, dtype=torch.int64, device=p.device), p.new_empty(0, *p.shape[1:])
-    g = p.grad.coalesce()
-    return g.indices()[0], g.values()
 
 
 def sum_rows(ids: Tensor, vals: Tensor, shape: torch.Size, scale: float) -> Tensor:
@@ -72,8 +85,18 @@ def sum_rows(ids: Tensor, vals: Tensor, shape: torch.Size, scale: float) -> Tens
 class RowExchange:
     """The step's two exchanges; subclasses carry the table rows (see the module docstring)."""
 
+    #: whether each rank holds only its own rows of the tables (see :meth:`whole_tables`)
+    sharded = False
+
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         self.tables, self.rank, self.world = tables, rank, world
+
+    def begin_step(self) -> None:
+        """Called before each step's forward."""
+
+    def whole_tables(self) -> contextlib.AbstractContextManager[None]:
+        """A block within which every table is whole on this rank (it always is unless :attr:`sharded`)."""
+        return contextlib.nullcontext()
 
     def reduce(self, dense: list[nn.Parameter], loss: Tensor) -> float:
         """Average the gradients over the ranks (a table's: only the rows this rank owns) and return the
@@ -103,59 +126,134 @@ class RowExchange:
         raise NotImplementedError
 
 
-class GatherExchange(RowExchange):
-    """Rows through collectives: one all-gather of every rank's touched rows and gradients (int64 ids as
-    pairs of float32 words, bit for bit), one all-gather of the owners' new values."""
+@dataclass
+class _Read:
+    """One read of a sharded table in a step: the rows it got and what its exchanges sent where."""
+
+    name: str
+    rows: Tensor  # the distinct rows read, a leaf: its gradient goes back to their owners
+    asked: Tensor  # ids (in the whole table) the other ranks read from this rank's block, in rank order
+    sent: list[int]  # how many rows this rank read from each owner
+    served: list[int]  # how many rows each rank read from this rank's block
+
+
+def _by_rank(parts: list[Tensor], counts: list[list[int]], world: int) -> Tensor:
+    """Flat buffers, each cut into consecutive pieces of ``counts[j][k]`` elements for rank k, packed rank by
+    rank (rank k's pieces of every buffer, in buffer order): an all-to-all's send buffer."""
+    pieces = [part.split(c) for part, c in zip(parts, counts)]
+    return torch.cat([p[k] for k in range(world) for p in pieces])
+
+
+def _from_ranks(buf: Tensor, counts: list[list[int]], world: int) -> list[Tensor]:
+    """The inverse of :func:`_by_rank` on a received buffer: each buffer's pieces from every rank, joined."""
+    out: list[list[Tensor]] = [[] for _ in counts]
+    at = 0
+    for k in range(world):
+        for j, c in enumerate(counts):
+            out[j].append(buf[at:at + c[k]])
+            at += c[k]
+    return [torch.cat(p) if p else buf[:0] for p in out]
+
+
+class ShardedExchange(RowExchange, RowSource):
+    """Rows through collectives, the tables sharded: each rank holds only its own block of every table (its
+    rows and their moments). A step's forward reads its rows from their owners as it goes (every read goes
+    through ``tables_rows``: all-to-alls of the counts, the ids and the rows), and the reduce sends the
+    gradients of the rows read back to their owners (one all-to-all for all the step's reads). Nothing is
+    published: no rank keeps another's rows. Each rank thus sends and receives what its own slice reads, not every rank's
+    touched rows. Evaluation and checkpoints see whole tables inside :meth:`whole_tables`."""
+
+    sharded = True
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         super().__init__(tables, rank, world)
-        self.widths = [math.prod(p.shape[1:]) for p in tables.values()]
-        self.touched: dict[str, Tensor] = {}
+        self.n_rows = {n: len(p) for n, p in tables.items()}
+        self.lo = {n: owned_block(len(p), rank, world)[0] for n, p in tables.items()}
+        self.reads: list[_Read] = []
+        for name, p in tables.items():
+            lo, hi = owned_block(len(p), rank, world)
+            p.data = p.data[lo:hi].clone()
+            ROW_SOURCES[id(p)] = (self, name)
+            weakref.finalize(p, ROW_SOURCES.pop, id(p), None)  # an id is reused once its table is gone
+
+    def begin_step(self) -> None:
+        self.reads = []
+
+    def fetch(self, reads: list[tuple[str, Tensor]]) -> list[Tensor]:
+        """Rows ``ids`` of each (table name, ids) from their owners: three all-to-alls for all of them (the
+        counts, the ids, the rows). A collective: every rank reads at the same point of its forward."""
+        world = self.world
+        uniq, inv, sent = [], [], []
+        for name, ids in reads:
+            u, i = unique_ids_inverse(ids)  # sorted, so grouped by owner
+            uniq.append(u)
+            inv.append(i)
+            sent.append(torch.bincount(owner_of(u, self.n_rows[name], world), minlength=world))
+        sent_t = torch.stack(sent, dim=1)  # [owner, read]
+        served_t = torch.empty_like(sent_t)  # [reader, read]
+        dist.all_to_all_single(served_t, sent_t)
+        sent_l, served_l = sent_t.T.tolist(), served_t.T.tolist()  # [read][rank]
+        asked_all = uniq[0].new_empty(int(served_t.sum()))
+        dist.all_to_all_single(asked_all, _by_rank(uniq, sent_l, world), served_t.sum(1).tolist(),
+                               sent_t.sum(1).tolist())
+        asked = _from_ranks(asked_all, served_l, world)
+        widths = [math.prod(self.tables[name].shape[1:]) for name, _ in reads]
+        with torch.no_grad():
+            mine = [self.tables[name].index_select(0, a - self.lo[name]).reshape(-1)
+                    for (name, _), a in zip(reads, asked)]
+            got = self._all_to_all(mine, served_l, sent_l, widths)
+        out = []
+        for (name, _), g, u, i, a, w_sent, w_served in zip(reads, got, uniq, inv, asked, sent_l, served_l):
+            rows = g.view(len(u), *self.tables[name].shape[1:]).requires_grad_(torch.is_grad_enabled())
+            self.reads.append(_Read(name, rows, a, w_sent, w_served))
+            out.append(rows.index_select(0, i))
+        return out
+
+    def _all_to_all(self, parts: list[Tensor], send: list[list[int]], recv: list[list[int]],
+                    widths: list[int]) -> list[Tensor]:
+        """One all-to-all of several flat buffers, each cut by rank in rows of its width: part j sends
+        ``send[j][k]`` rows to rank k and gets ``recv[j][k]`` from it. Returns what each part got."""
+        world, like = self.world, next(iter(self.tables.values()))
+        rows_to = [[n * w for n in counts] for counts, w in zip(send, widths)]
+        rows_from = [[n * w for n in counts] for counts, w in zip(recv, widths)]
+        buf = like.new_empty(sum(map(sum, rows_from)))
+        dist.all_to_all_single(buf, _by_rank(parts, rows_to, world) if parts else like.new_empty(0),
+                               [sum(c[k] for c in rows_from) for k in range(world)],
+                               [sum(c[k] for c in rows_to) for k in range(world)])
+        return _from_ranks(buf, rows_from, world)
 
     def _stage(self) -> Tensor:
-        self.local = {n: local_rows(p) for n, p in self.tables.items()}
-        counts = torch.zeros(self.world, len(self.tables))
-        counts[self.rank] = torch.tensor([float(len(ids)) for ids, _ in self.local.values()])
-        return counts
+        return torch.zeros(0)
 
     def _combine(self, counts: list) -> None:
-        mine = torch.cat([torch.cat([ids.contiguous().view(torch.float32), vals.reshape(-1)])
-                          for ids, vals in self.local.values()])
-        out = self._all_gather(mine, [sum(c * (2 + w) for c, w in zip(row, self.widths)) for row in counts])
-        for t, (name, p) in enumerate(self.tables.items()):
-            ids, vals = [], []
-            for buf, row in zip(out, counts):
-                start = sum(c * (2 + w) for c, w in zip(row[:t], self.widths[:t]))
-                n, w = row[t], self.widths[t]
-                ids.append(buf[start:start + 2 * n].clone().view(torch.int64))
-                vals.append(buf[start + 2 * n:start + n * (2 + w)].view(n, *p.shape[1:]))
-            all_ids, all_vals = torch.cat(ids), torch.cat(vals)
-            self.touched[name] = unique_ids(all_ids)
-            own = owner_of(all_ids, p.shape[0], self.world) == self.rank
-            p.grad = sum_rows(all_ids[own], all_vals[own], p.shape, 1.0 / self.world)
+        """Every read's gradient rows to their owners in one all-to-all; each owner sums, per table, what the
+        ranks sent for its rows into the gradient of its block."""
+        reads = self.reads
+        grads = [(r.rows.grad if r.rows.grad is not None else torch.zeros_like(r.rows)).reshape(-1) for r in reads]
+        got = self._all_to_all(grads, [r.sent for r in reads], [r.served for r in reads],
+                               [math.prod(r.rows.shape[1:]) for r in reads])
+        for name, p in self.tables.items():
+            mine = [(r.asked - self.lo[name], g.view(len(r.asked), *p.shape[1:])) for r, g in zip(reads, got)
+                    if r.name == name]
+            p.grad = (sum_rows(torch.cat([i for i, _ in mine]), torch.cat([v for _, v in mine]), p.shape,
+                               1.0 / self.world) if mine else None)
+        self.reads = []
 
-    def _all_gather(self, mine: Tensor, sizes: list[int]) -> list[Tensor]:
-        """Every rank's buffer (each padded to the longest for the collective, then cut to its size)."""
-        out = [mine.new_empty(max(sizes)) for _ in range(self.world)]
-        dist.all_gather(out, torch.cat([mine, mine.new_zeros(max(sizes) - len(mine))]))
-        return [buf[:n] for buf, n in zip(out, sizes)]
-
-    @torch.no_grad()
     def publish(self) -> None:
-        owned = {n: [rows[owner_of(rows, self.tables[n].shape[0], self.world) == k] for k in range(self.world)]
-                 for n, rows in self.touched.items()}
-        width = {n: math.prod(p.shape[1:]) for n, p in self.tables.items()}
-        sizes = [sum(len(owned[n][k]) * width[n] for n in owned) for k in range(self.world)]
-        mine = torch.cat([self.tables[n].index_select(0, owned[n][self.rank]).reshape(-1) for n in owned]
-                         or [torch.empty(0)])
-        for k, buf in enumerate(self._all_gather(mine, sizes)):
-            at = 0
-            for n, rows in owned.items():
-                p, ids = self.tables[n], rows[k]
-                if k != self.rank:
-                    p.index_copy_(0, ids, buf[at:at + len(ids) * width[n]].view(len(ids), *p.shape[1:]))
-                at += len(ids) * width[n]
-        self.touched = {}
+        """Nothing to send: each table's rows changed only on their owner, which alone holds them."""
+
+    @contextlib.contextmanager
+    def whole_tables(self) -> Iterator[None]:
+        """Within this block every rank holds whole tables (one all-gather per table); after it, its block
+        again. For evaluation and checkpoints, which need every row."""
+        blocks = {n: p.data for n, p in self.tables.items()}
+        try:
+            for n, p in self.tables.items():
+                p.data = all_blocks(blocks[n], self.n_rows[n], self.world)
+            yield
+        finally:
+            for n, p in self.tables.items():
+                p.data = blocks[n]
 
 
 class SharedExchange(RowExchange):
@@ -220,4 +318,4 @@ def make_exchange(tables: dict[str, nn.Parameter], rank: int, world: int) -> Row
     on_cpu = all(p.device.type == "cpu" for p in tables.values())
     if on_cpu and local_channel() is not None:
         return SharedExchange(tables, rank, world)
-    return GatherExchange(tables, rank, world)
+    return ShardedExchange(tables, rank, world)

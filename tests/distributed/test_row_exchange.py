@@ -26,56 +26,72 @@ def _worker(rank: int, world: int, init: str, kind: str, out: str) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from mrdib_cli.training.row_exchange import GatherExchange, SharedExchange
+    from mrdib_cli.models._common import tables_rows
+    from mrdib_cli.training.row_exchange import ShardedExchange, SharedExchange
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         torch.manual_seed(0)  # the same initial tables and dense parameter on every rank
         tables = {"a": torch.nn.Parameter(torch.randn(10, 3)), "b": torch.nn.Parameter(torch.randn(7, 2))}
         dense = torch.nn.Parameter(torch.randn(4))
-        ex = (SharedExchange if kind == "shared" else GatherExchange)(tables, rank, world)
+        ex = (SharedExchange if kind == "shared" else ShardedExchange)(tables, rank, world)
+        held = {n: len(p) for n, p in tables.items()}
+        ex.begin_step()
         g = torch.Generator().manual_seed(rank + 1)
+        reads = [(p, torch.tensor(ROWS[name][rank])) for name, p in tables.items()]
+        rows = tables_rows(reads) if ex.sharded else [F.embedding(ids, p, sparse=True) for p, ids in reads]
         loss = 0.0
-        for name, p in tables.items():
-            ids = torch.tensor(ROWS[name][rank])
-            w = torch.randn(len(ids), p.shape[1], generator=g)
-            term = (F.embedding(ids, p, sparse=True) * w).sum()
+        for r, (p, ids) in zip(rows, reads):
+            term = (r * torch.randn(len(ids), p.shape[1], generator=g)).sum()
             term.backward()
             loss = loss + float(term)
         (dense * (rank + 1)).sum().backward()
         total = ex.reduce([dense], torch.tensor(loss))
-        grads = {n: p.grad.to_dense().clone() for n, p in tables.items()}
+        grads = {n: p.grad.coalesce() for n, p in tables.items()}
         with torch.no_grad():  # the owner's "optimiser step": its rows move by their gradient
-            for p in tables.values():
-                p.index_add_(0, p.grad.coalesce().indices()[0], -p.grad.coalesce().values())
+            for p, gr in zip(tables.values(), grads.values()):
+                p.index_add_(0, gr.indices()[0], -gr.values())
         ex.publish()
-        torch.save({"total": total, "loss": loss, "dense": dense.grad.clone(), "grads": grads,
-                    "tables": {n: p.detach().clone() for n, p in tables.items()}}, f"{out}.{rank}")
+        with ex.whole_tables():
+            whole = {n: p.detach().clone() for n, p in tables.items()}
+        torch.save({"total": total, "loss": loss, "dense": dense.grad.clone(), "held": held,
+                    "grads": {n: (gr.indices()[0], gr.values()) for n, gr in grads.items()},
+                    "tables": whole, "after": {n: len(p) for n, p in tables.items()}}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind", ["gather", "shared"])
+@pytest.mark.parametrize("kind", ["sharded", "shared"])
 def test_exchange_averages_owned_rows_and_shares_the_update(tmp_path, kind) -> None:
+    """Both carriers give each owner the average over the ranks of its rows' gradients, and every rank the
+    owners' new rows; the sharded one keeps only its own block of each table on each rank, reads the rows it
+    needs from their owners and numbers its block's rows from 0."""
     import torch.multiprocessing as mp
+
+    from mrdib_cli.training.row_exchange import owned_block
 
     out = str(tmp_path / "r")
     mp.spawn(_worker, args=(2, f"file://{tmp_path / 'rdv'}", kind, out), nprocs=2, join=True)
-    r0, r1 = torch.load(f"{out}.0"), torch.load(f"{out}.1")
-    assert r0["total"] == r1["total"] == pytest.approx(r0["loss"] + r1["loss"], rel=1e-6)
-    assert torch.allclose(r0["dense"], torch.full((4,), 1.5)) and torch.allclose(r1["dense"], r0["dense"])
-    for name in ("a", "b"):
-        both = r0["grads"][name] + r1["grads"][name]  # each rank holds only its own rows (a block each)
+    r = [torch.load(f"{out}.{k}") for k in (0, 1)]
+    assert r[0]["total"] == r[1]["total"] == pytest.approx(r[0]["loss"] + r[1]["loss"], rel=1e-6)
+    assert torch.allclose(r[0]["dense"], torch.full((4,), 1.5)) and torch.allclose(r[1]["dense"], r[0]["dense"])
+    for name, shape in SHAPES.items():
+        both = torch.zeros(shape)  # each rank's gradient holds only its own rows (a block each)
+        for k in (0, 1):
+            lo, hi = owned_block(shape[0], k, 2)
+            ids, vals = r[k]["grads"][name]
+            rows = ids + lo if kind == "sharded" else ids
+            assert ((rows >= lo) & (rows < hi)).all()
+            both.index_add_(0, rows, vals)
+            assert r[k]["held"][name] == r[k]["after"][name] == (hi - lo if kind == "sharded" else shape[0])
         assert torch.allclose(both, (_raw_grads(0)[name] + _raw_grads(1)[name]) / 2, atol=1e-6)
-        owned0 = torch.arange(both.shape[0]) < (both.shape[0] + 1) // 2
-        assert not r0["grads"][name][~owned0].any() and not r1["grads"][name][owned0].any()
         torch.manual_seed(0)
         start = {"a": torch.randn(10, 3), "b": torch.randn(7, 2)}[name]
         # every rank ends with the same table: the start minus the averaged gradient of every touched row
-        assert torch.equal(r0["tables"][name], r1["tables"][name])
-        assert torch.allclose(r0["tables"][name], start - both, atol=1e-6)
+        assert torch.equal(r[0]["tables"][name], r[1]["tables"][name])
+        assert torch.allclose(r[0]["tables"][name], start - both, atol=1e-6)
         touched = both.abs().sum(1) > 0
-        assert touched.sum() >= 3 and torch.equal(r0["tables"][name][~touched], start[~touched])
+        assert touched.sum() >= 3 and torch.equal(r[0]["tables"][name][~touched], start[~touched])
 
 
 def _sum_worker(rank: int, world: int, init: str, out: str) -> None:
