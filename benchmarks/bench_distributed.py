@@ -8,6 +8,11 @@ warm-up). On CPU the processes share the cores, so expect little or no gain (doc
     python benchmarks/bench_distributed.py                         # 1 vs 2 processes, CPU
     python benchmarks/bench_distributed.py --threads 1             # same, one thread per process
     python benchmarks/bench_distributed.py --device cuda --nproc 1 2 4 --dataset baby --workdir ~/mrdib
+    python benchmarks/bench_distributed.py --minibatch sampled --machines 2   # + 2 one-process "machines"
+
+``--machines M`` adds a row for M launchers started at once on this host with ``--nnodes M`` (one process
+each), meeting over loopback TCP: the ranks share no memory, so the sampled mode's tables are sharded and
+its rows travel through collectives, as between real machines (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -26,13 +31,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> dict:
-    name = f"bench-{args.backbone}-{nproc}p"
+def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace, machines: int = 1) -> dict:
+    """One configuration: ``nproc`` processes on this machine, or ``machines`` one-process launchers."""
+    name = f"bench-{args.backbone}-{machines}m" if machines > 1 else f"bench-{args.backbone}-{nproc}p"
     cmd = [sys.executable, "-m", "mrdib_cli", "train", "-b", args.backbone, "-d", dataset, "-n", name,
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--device", args.device,
            "--force", "--seed", "999"]
     if nproc > 1:
         cmd += ["--nproc", str(nproc)]
+    if machines > 1:
+        cmd += ["--nnodes", str(machines), "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.minibatch:
@@ -41,11 +49,17 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
         cmd += ["--node-budget", str(args.node_budget)]
     env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1"}
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, cwd=str(ROOT), capture_output=True)
+    launchers = [subprocess.Popen(cmd, env=env, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(machines)]
+    for p in launchers:
+        _, err = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed (exit {p.returncode}):\n{err}")
     wall = time.perf_counter() - t0
     lines = [json.loads(x) for x in (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     train_s = [ln["time"]["train_s"] for ln in lines]
-    return {"nproc": nproc, "train_s_median": statistics.median(train_s[1:] or train_s), "train_s": train_s,
+    return {"nproc": nproc, "machines": machines, "label": f"{machines} machines" if machines > 1 else
+            f"{nproc} process(es)", "train_s_median": statistics.median(train_s[1:] or train_s), "train_s": train_s,
             "valid_s": [ln["time"]["valid_s"] for ln in lines], "wall_s": round(wall, 1),
             # CPU seconds of the epoch's training summed over the ranks: equal to 1 process's when the ranks
             # split the work instead of repeating it
@@ -54,9 +68,19 @@ def run(workdir: Path, dataset: str, nproc: int, args: argparse.Namespace) -> di
             "recall@20": lines[-1]["valid"]["recall@20"]}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--machines", type=int, nargs="*", default=[],
+                    help="also run as M one-process launchers meeting over loopback (--nnodes M), for each M")
     ap.add_argument("--backbone", default="lightgcn")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=3)
@@ -83,15 +107,16 @@ def main() -> None:
     else:
         workdir, dataset = args.workdir or Path(os.environ.get("MRDIB_HOME", "~/.mrdib")).expanduser(), args.dataset
     rows = [run(workdir, dataset, n, args) for n in args.nproc]
+    rows += [run(workdir, dataset, 1, args, machines=m) for m in args.machines if m > 1]
     for r in rows:
-        print(f"{r['nproc']} process(es), {args.device}: train {r['train_s_median']:.2f} s/epoch, "
+        print(f"{r['label']}, {args.device}: train {r['train_s_median']:.2f} s/epoch, "
               f"{r['train_cpu_s_median']:.2f} CPU s/epoch over all ranks "
               f"(epochs {r['train_s']}), valid {r['valid_s']}, wall {r['wall_s']} s, recall@20 {r['recall@20']:.4f}")
-    one = next((r for r in rows if r["nproc"] == 1), None)
+    one = next((r for r in rows if r["nproc"] == 1 and r["machines"] == 1), None)
     for r in rows:
         if one and r is not one and one["train_cpu_s_median"]:
             # scale-out should divide the work: ideally N ranks spend no more CPU seconds than one process
-            print(f"{r['nproc']} processes / 1: {r['train_cpu_s_median'] / one['train_cpu_s_median']:.2f}x the "
+            print(f"{r['label']} / 1 process: {r['train_cpu_s_median'] / one['train_cpu_s_median']:.2f}x the "
                   f"CPU seconds per epoch, {one['train_s_median'] / r['train_s_median']:.2f}x the speed")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
