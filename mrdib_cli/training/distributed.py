@@ -260,7 +260,15 @@ class DistributedTrainer(Trainer):
                 for o in self._row_adams():
                     for p in (p for g in o.param_groups for p in g["params"]):
                         o.keep_rows(p, 0, len(p))
+                self.backbone.register_state_dict_pre_hook(self._refuse_blocks)
         return self._exchange
+
+    def _refuse_blocks(self, *_: Any) -> None:
+        """A saved model must hold whole tables: a state read while each rank holds its block would write
+        a model of the rank's rows only, which loads nowhere."""
+        if not self._exchange.whole:
+            raise RuntimeError("the model's state was read while its tables are sharded; read it inside "
+                               "_whole_tables()")
 
     def _whole_tables(self) -> contextlib.AbstractContextManager[None]:
         """Whole tables on every rank for the block (a collective when they are sharded)."""
@@ -270,6 +278,10 @@ class DistributedTrainer(Trainer):
     def _eval_embeddings(self) -> Any:
         with self._whole_tables():
             return super()._eval_embeddings()
+
+    def _best_unit(self, user: np.ndarray, item: np.ndarray) -> dict[str, Any]:
+        with self._whole_tables():
+            return super()._best_unit(user, item)
 
     def _dense_params(self) -> list[nn.Parameter]:
         """Every trained parameter but the sparse tables (averaged over the ranks, updated everywhere)."""

@@ -87,6 +87,8 @@ class RowExchange:
 
     #: whether each rank holds only its own rows of the tables (see :meth:`whole_tables`)
     sharded = False
+    #: whether the tables are whole on this rank now
+    whole = True
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         self.tables, self.rank, self.world = tables, rank, world
@@ -170,6 +172,7 @@ class ShardedExchange(RowExchange, RowSource):
         self.n_rows = {n: len(p) for n, p in tables.items()}
         self.lo = {n: owned_block(len(p), rank, world)[0] for n, p in tables.items()}
         self.reads: list[_Read] = []
+        self.whole = False
         for name, p in tables.items():
             lo, hi = owned_block(len(p), rank, world)
             p.data = p.data[lo:hi].clone()
@@ -246,12 +249,17 @@ class ShardedExchange(RowExchange, RowSource):
     def whole_tables(self) -> Iterator[None]:
         """Within this block every rank holds whole tables (one all-gather per table); after it, its block
         again. For evaluation and checkpoints, which need every row."""
+        if self.whole:  # already inside such a block
+            yield
+            return
         blocks = {n: p.data for n, p in self.tables.items()}
         try:
             for n, p in self.tables.items():
                 p.data = all_blocks(blocks[n], self.n_rows[n], self.world)
+            self.whole = True
             yield
         finally:
+            self.whole = False
             for n, p in self.tables.items():
                 p.data = blocks[n]
 

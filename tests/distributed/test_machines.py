@@ -68,9 +68,14 @@ def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
         assert "Warning" not in err, err
     a, b = (torch.load(ws.run_dir(n) / "checkpoints" / "last.pt", weights_only=False)
             for n in ("one-machine", "two-machines"))
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    best_a, best_b = (torch.load(ws.run_dir(n) / "checkpoints" / "best.pt", weights_only=False)
+                      for n in ("one-machine", "two-machines"))
+    # the tables are sharded across the machines: every saved model must hold them whole all the same
+    for one, two in ((a["model"], b["model"]), (a["best"]["model"], b["best"]["model"]),
+                     (best_a["model"], best_b["model"])):
+        assert one.keys() == two.keys()
+        for k in one:
+            assert torch.equal(one[k], two[k]), k
     for key, moments in a["optimizer"]["parts"][0]["state"].items():
         assert torch.equal(moments["exp_avg_sq"], b["optimizer"]["parts"][0]["state"][key]["exp_avg_sq"])
 
