@@ -5,8 +5,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
 
 #: set by the ``--nproc``/``--nnodes`` launcher for its workers: a folder where a worker leaves its one-line
 #: error (a file named by its rank) instead of printing it, so an error every rank hits (a missing input, a
@@ -15,6 +22,27 @@ ERRORS_ENV = "MRDIB_WORKER_ERRORS"
 
 #: set by the launcher for its workers: its process id (see :func:`die_with_launcher`)
 LAUNCHER_ENV = "MRDIB_LAUNCHER_PID"
+
+
+#: a worker's note for the launcher when it has told the user why it ended (rank 0's stopped run): nothing to add
+ALREADY_SAID = ""
+#: the note of a worker stopped by Ctrl-C
+INTERRUPTED = "interrupted"
+
+
+def leave_error(message: str) -> bool:
+    """In a worker started by the launcher: hand ``message`` to it (printed once for every rank); False when it
+    must be printed here (started by torchrun directly, or the note could not be written). Here, not with the
+    launcher's torch code: a worker interrupted while it starts has not imported torch yet."""
+    folder = os.environ.get(ERRORS_ENV)
+    if not (folder and launched()):
+        return False
+    try:
+        with open(os.path.join(folder, str(rank())), "w", encoding="utf-8") as f:
+            f.write(message)
+    except OSError:
+        return False
+    return True
 
 
 def world_size() -> int:
@@ -98,3 +126,35 @@ def announces() -> bool:
     launcher of ``--nproc``/``--nnodes`` (its workers resolve the same again and stay quiet), or rank 0 of a
     job that torchrun started directly."""
     return not launched() or (is_main() and ERRORS_ENV not in os.environ)
+
+
+#: a second SIGINT this soon after the first is the same key press delivered twice: a terminal signals the
+#: whole process group, and a wrapper in it (``timeout``, a script's trap) passes the signal on again
+REPEATED_INTERRUPT_S = 1.0
+_clock = time.monotonic
+
+
+@contextlib.contextmanager
+def one_interrupt_per_press() -> Iterator[None]:
+    """Within this block a Ctrl-C raises KeyboardInterrupt once per key press. Why: a stopped training run
+    still evaluates the test split and writes results.json, and any command then says it was interrupted; a
+    copy of the same Ctrl-C arriving during that work would abort it (a traceback, or nothing written). A
+    Ctrl-C that comes later is the user insisting, and interrupts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    last = [-math.inf]
+
+    def on_interrupt(signum: int, frame: Any) -> None:
+        now, seen = _clock(), last[0]
+        last[0] = now
+        if now - seen >= REPEATED_INTERRUPT_S:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+

@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 
 from mrdib_cli.errors import MrdibError, UsageError
-from mrdib_cli.job import (ERRORS_ENV, LAUNCHER_ENV, QUIET_ENV, is_main, launched,  # noqa: F401
-                           local_rank, local_world_size, node_rank, rank, world_size)
+from mrdib_cli.job import (ALREADY_SAID, ERRORS_ENV, INTERRUPTED, LAUNCHER_ENV, QUIET_ENV,  # noqa: F401
+                           is_main, launched, leave_error, local_rank, local_world_size, node_rank, rank,
+                           world_size)
 from mrdib_cli.local_channel import SHM_DIR, LocalChannel
 
 T = TypeVar("T")
@@ -215,20 +216,6 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-def leave_error(message: str) -> bool:
-    """In a worker started by :func:`launch`: hand ``message`` to the launcher; False when it must be printed
-    here (started by torchrun directly, or the note could not be written)."""
-    folder = os.environ.get(ERRORS_ENV)
-    if not (folder and launched()):
-        return False
-    try:
-        with open(os.path.join(folder, str(rank())), "w", encoding="utf-8") as f:
-            f.write(message)
-    except OSError:
-        return False
-    return True
-
-
 #: the signals whose handlers torchrun's agent replaces
 _AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
                        if hasattr(signal, name))
@@ -329,8 +316,10 @@ def _worker_errors(folder: str) -> str | None:
     for name in sorted(os.listdir(folder), key=int):
         with open(os.path.join(folder, name), encoding="utf-8") as f:
             notes[int(name)] = f.read()
+    said = ALREADY_SAID in notes.values()  # rank 0 told the user how its run stopped: "interrupted" adds nothing
+    notes = {r: m for r, m in notes.items() if m != ALREADY_SAID and not (said and m == INTERRUPTED)}
     if not notes:
-        return None
+        return ALREADY_SAID if said else None
     if len(set(notes.values())) == 1:
         return next(iter(notes.values()))
     return "; ".join(f"rank {r}: {m}" for r, m in notes.items())
@@ -411,6 +400,8 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     except SignalException as e:  # the agent's own stop: Ctrl-C is an interrupt like a one-process run's
         if e.sigval == signal.SIGINT:
             note = _worker_errors(folder)  # what a machine without rank 0 has to say (cli/train.py)
+            if note == ALREADY_SAID:
+                return 130
             if note is not None:
                 raise MrdibError(note, exit_code=130) from None
             raise KeyboardInterrupt from None
@@ -419,6 +410,8 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
         codes = [f.exitcode for f in e.failures.values() if f.exitcode]
         code = int(codes[0]) if codes and codes[0] > 0 else 1
         message = _worker_errors(folder)
+        if message == ALREADY_SAID:
+            return code
         if message is not None:
             raise MrdibError(message, exit_code=code) from None
         # a worker killed by a signal printed nothing: name it, or the job ends without a word. The agent stops

@@ -11,12 +11,13 @@ import importlib
 import os
 import pkgutil
 import re
+import signal
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
-from typer.core import TyperOption
+from typer.core import TyperGroup, TyperOption
 from rich.markup import escape
 
 try:  # typer >= 0.20 vendors click as typer._click
@@ -27,10 +28,26 @@ except ImportError:  # pragma: no cover - older typer
 from mrdib_cli import __version__
 from mrdib_cli.cli.common import Globals, err, set_globals
 from mrdib_cli.errors import EXIT_RUNTIME, EXIT_USAGE, MrdibError
-from mrdib_cli.job import die_with_launcher, quiet_store_warnings
+from mrdib_cli.job import INTERRUPTED, die_with_launcher, leave_error, one_interrupt_per_press, quiet_store_warnings
 from mrdib_cli.workspace import Workspace
 
+class _Interrupted(Exception):
+    """Ctrl-C inside a command, on its way to :func:`_run`."""
+
+
+class _Commands(TyperGroup):
+    """The command group. typer turns a Ctrl-C inside a command into a silent exit 130; caught here first, it
+    becomes the one line :func:`_run` prints for every interruption."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="mrdib",
     help="Multimodal recommendation from raw Amazon reviews to evaluated models, with MRdIB.\n\n"
          "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input/offline, 4 protocol mismatch.",
@@ -115,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_store_warnings(sys.argv[1:] if argv is None else argv)
     die_with_launcher()
     try:
-        _run(argv)
+        with one_interrupt_per_press():
+            _run(argv)
     except SystemExit as e:
         if not _in_worker():
             raise
@@ -131,8 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _left_for_launcher(message: str) -> bool:
     """A worker of ``--nproc`` hands its one-line error to the launcher, which prints it once for all ranks."""
-    launch = sys.modules.get("mrdib_cli.launch")
-    return launch is not None and launch.leave_error(message)
+    return leave_error(message)
 
 
 def _in_worker() -> bool:
@@ -154,17 +171,16 @@ def _run(argv: list[str] | None) -> None:
         if not _left_for_launcher(str(e)):
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("[red]error:[/red] interrupted")
+    except (_Interrupted, KeyboardInterrupt, typer.Abort):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saying so and exiting: another Ctrl-C has nothing to stop
+        if not _left_for_launcher(INTERRUPTED):
+            err.print("[red]error:[/red] interrupted")
         sys.exit(130)
     except cx.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # help was already printed
             sys.exit(0)
         err.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False)
         sys.exit(EXIT_USAGE if isinstance(e, cx.UsageError) else e.exit_code)
-    except KeyboardInterrupt:
-        err.print("[red]error:[/red] interrupted")
-        sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except SystemExit:

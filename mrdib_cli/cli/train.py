@@ -248,6 +248,7 @@ def train_cmd(
     if result.status == "failed":
         raise UsageError(result.message, exit_code=1)
     if result.status == "stopped":
+        distributed.leave_error(distributed.ALREADY_SAID)  # a launcher has nothing to add (a no-op alone)
         raise typer.Exit(130)
 
 
