@@ -122,6 +122,23 @@ def digest_obj(obj: Any) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
+def first_difference(a: dict[str, Any], b: dict[str, Any], at: str = "") -> str:
+    """The first key (dotted path) whose value differs between two nested dicts (two configurations)."""
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+                return first_difference(a[k], b[k], f"{at}{k}.")
+            return f"{at}{k}"
+    return at.rstrip(".")
+
+
+def value_at(conf: dict[str, Any], key: str) -> str:
+    """The value at a dotted ``key`` of a nested dict, as the user would type it (None when absent)."""
+    for part in key.split("."):
+        conf = conf.get(part) if isinstance(conf, dict) else None
+    return repr(conf)
+
+
 def path_digest(path: str | os.PathLike) -> str:
     """Digest of a file, or of a directory's files (names + contents), for cache keys."""
     p = Path(path)

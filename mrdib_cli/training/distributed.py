@@ -41,6 +41,7 @@ from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.plugin import forward_terms
 from mrdib_cli.training.row_exchange import RowExchange, gather_block, make_exchange, owned_block
 from mrdib_cli.training.trainer import TrainingDiverged, Trainer, TrainResult
+from mrdib_cli.workspace import first_difference, value_at
 
 class _Step(nn.Module):
     """The DDP-wrapped unit: full propagation plus the (backbone + plug-in) loss of one batch slice.
@@ -61,22 +62,6 @@ class _Step(nn.Module):
             emb, terms = forward_terms(self.backbone, self.plugin, Batch(users, pos, neg), minibatch)
         self.last_emb = emb
         return terms
-
-
-def _first_difference(a: dict[str, Any], b: dict[str, Any], at: str = "") -> str:
-    """The first key (dotted path) whose value differs between two nested dicts."""
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-                return _first_difference(a[k], b[k], f"{at}{k}.")
-            return f"{at}{k}"
-    return at.rstrip(".")
-
-
-def _value(conf: dict[str, Any], key: str) -> str:
-    for part in key.split("."):
-        conf = conf.get(part) if isinstance(conf, dict) else None
-    return repr(conf)
 
 
 class _NoLock(contextlib.ExitStack):
@@ -135,9 +120,9 @@ class DistributedTrainer(Trainer):
         dist.all_gather_object(confs, conf)
         for r, other in enumerate(confs):
             if other != confs[0]:
-                key = _first_difference(confs[0], other)
-                raise UsageError(f"the ranks were started with different runs: {key} is {_value(confs[0], key)} "
-                                 f"on rank 0 and {_value(other, key)} on rank {r}; run the same command on every "
+                key = first_difference(confs[0], other)
+                raise UsageError(f"the ranks were started with different runs: {key} is {value_at(confs[0], key)} "
+                                 f"on rank 0 and {value_at(other, key)} on rank {r}; run the same command on every "
                                  "machine")
 
     # ------------------------------------------------------------------ run folder: rank 0 writes (RunFolder)

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS
 from mrdib_cli.errors import UsageError
 from mrdib_cli.training.config import TOP_KEYS, TRAIN_KEYS, TrainConfig, parse_value, train_value
 
@@ -190,6 +191,9 @@ def check_minibatch(cfg: RunConfig) -> None:
         if tc.node_budget:
             raise UsageError("node_budget (--node-budget) bounds the neighbourhoods of --minibatch sampled; "
                              "set minibatch to sampled, or node_budget to 0")
+        if tuple(tc.fanout) != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
+            raise UsageError("fanout (--fanout) sets the neighbourhoods of --minibatch sampled; set minibatch "
+                             "to sampled, or leave fanout at its default")
         return
     supported = sampled_backbones()
     if cfg.backbone not in supported:

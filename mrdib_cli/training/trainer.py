@@ -50,7 +50,19 @@ from mrdib_cli.training.resolve import RunConfig, check_minibatch
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
-from mrdib_cli.workspace import TMP_PREFIX, Workspace, check_name, digest_obj, file_lock, read_json
+from mrdib_cli.workspace import (TMP_PREFIX, Workspace, check_name, digest_obj, file_lock, first_difference,
+                                 read_json, value_at)
+
+
+def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
+    """The first difference between a run's identity and a command's, in the user's words."""
+    key = first_difference(was, now)
+    top = key.split(".")[0]
+    if top == "dataset_digest":
+        return "the dataset changed since"
+    if top == "feature_digests":
+        return f"the {key.split('.', 1)[-1]} feature table changed since"
+    return f"{key} was {value_at(was, key)}, now {value_at(now, key)}"
 
 
 class TrainingDiverged(MrdibError):
@@ -60,8 +72,10 @@ class TrainingDiverged(MrdibError):
     def at(cls, epoch: int, terms: dict[str, torch.Tensor], where: str = "") -> TrainingDiverged:
         """The one-line message naming each loss term's value (``epoch`` = the last completed one)."""
         bad = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-        return cls(f"loss became non-finite in epoch {epoch + 1} ({where}{bad}); stopped, the last good "
-                   f"checkpoint (epoch {epoch}) is kept; try a lower --lr or smaller weights")
+        kept = f"the last good checkpoint (epoch {epoch}) is kept" if epoch else "before its first checkpoint"
+        # resuming would diverge again (a resumed run repeats the same steps) and may not change --lr: start over
+        return cls(f"loss became non-finite in epoch {epoch + 1} ({where}{bad}); stopped, {kept}; train again "
+                   "with a lower --lr or smaller weights (--force replaces this run, or choose another --run-name)")
 
 
 @dataclass
@@ -297,12 +311,16 @@ class Trainer:
                 **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
 
     def _identity(self, conf: dict[str, Any]) -> str:
-        """What must not change between an interrupted run and its resumption."""
+        """What must not change between an interrupted run and its resumption, as one digest."""
+        return digest_obj(self._identity_fields(conf))
+
+    @staticmethod
+    def _identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
         keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
         if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
             keep["feature_digests"] = conf["feature_digests"]
         keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
-        return digest_obj(keep)
+        return keep
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
         """Create or reuse the run folder; returns whether there is a checkpoint to resume from."""
@@ -327,10 +345,12 @@ class Trainer:
         path = self.run_dir / "config.json"
         if conf is None or not path.exists():
             return
-        if self._identity(read_json(path)) != self._identity(conf):
-            raise UsageError(f"run '{self.run_name}' was started with a different configuration, dataset or "
-                             "feature tables; resume it with the same inputs and options, start it over with "
-                             "--force, or start a new --run-name")
+        was = read_json(path)
+        if self._identity(was) != self._identity(conf):
+            raise UsageError(f"run '{self.run_name}' was started with a different configuration "
+                             f"({_what_changed(self._identity_fields(was), self._identity_fields(conf))}); "
+                             "resume it with the same inputs and options, start it over with --force, or "
+                             "start a new --run-name")
 
     def _write_config(self) -> None:
         conf = self._config_dict()

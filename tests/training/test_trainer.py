@@ -131,8 +131,8 @@ def test_resume_refuses_changed_config_and_existing_runs_need_force(ws):
     train(ws, _cfg("r", epochs=1))
     with pytest.raises(UsageError, match="already exists"):
         Trainer(ws, _cfg("r", epochs=1))
-    with pytest.raises(UsageError, match="different configuration"):
-        Trainer(ws, _cfg("r", epochs=2, n_layers=2), resume=True)
+    with pytest.raises(UsageError, match=r"different configuration \(hparams.n_layers was 1, now 2\)"):
+        Trainer(ws, _cfg("r", epochs=2, n_layers=2), resume=True)  # what differs, not only that something does
     with pytest.raises(UsageError, match="no checkpoint"):
         Trainer(ws, _cfg("never", epochs=1), resume=True)
     assert Trainer(ws, _cfg("r", epochs=1), overwrite=True).fit().status == "finished"
@@ -227,10 +227,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws):
     cfg = _cfg("nan", epochs=5, plugin={"name": "poison-test", "nan_at": 10})  # 6 batches per epoch: NaN in epoch 2
     res = train(ws, cfg)
     assert res.status == "failed" and "non-finite" in res.message
+    assert "(epoch 1) is kept" in res.message and "--force" in res.message  # a resume would diverge again
     d = ws.run_dir("nan")
     last = ckpt.load(d / "checkpoints" / "last.pt")
     assert last["epoch"] == res.epochs_run >= 1
     assert json.loads((d / "results.json").read_text())["status"] == "failed"
+    first = train(ws, _cfg("nan0", epochs=5, plugin={"name": "poison-test", "nan_at": 2}))  # in epoch 1
+    assert first.status == "failed" and "before its first checkpoint" in first.message
+    assert not (ws.run_dir("nan0") / "checkpoints" / "last.pt").exists()
 
 
 @pytest.mark.parametrize("backbone", ["vbpr", "lgmrec"])
