@@ -285,9 +285,9 @@ def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: 
         ds, why = dataset_target("train", given)
     run_name, tc, sources = cfg.run_name, cfg.train, dict(cfg.sources)
     line = f"train: {'resuming ' if resume else ''}run "
-    if single:
-        if run_name is None:
-            run_name, sources["run_name"] = default_run_name(cfg.backbone, ds), DEFAULT
+    if single and run_name is None:  # a job of several processes takes rank 0's default name
+        run_name, sources["run_name"] = default_run_name(cfg.backbone, ds), DEFAULT
+    if run_name is not None:
         line += f"'{run_name}' "
     line += f"on dataset '{ds}' ({why})"
     if resolve_device(cfg.train.device).type == "cpu":

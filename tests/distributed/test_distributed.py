@@ -194,7 +194,8 @@ def test_sampled_mode_ranks_split_the_work_and_track_one_process(ws):
     common = ("-b", "lightgcn", "--batch-size", "128", "--seed", "7", "--reg-weight", "1e-4",
               "--device", "cpu", "--minibatch", "sampled", "--fanout", "1000", "--threads", "1")
     _cli(ws.root, "train", "-n", "one", "--epochs", "2", *common)
-    _cli(ws.root, "train", "-n", "two", "--epochs", "1", *common, "--nproc", "2")
+    first = _cli(ws.root, "train", "-n", "two", "--epochs", "1", *common, "--nproc", "2")
+    assert "train: run 'two' on dataset" in first.stderr  # the run a user named, also in a job of several
     _cli(ws.root, "train", "-n", "two", "--resume", "--epochs", "2", "--nproc", "2")  # moments gathered, re-split
     m1, m2 = ([json.loads(x) for x in (ws.run_dir(n) / "metrics.jsonl").read_text().splitlines()]
               for n in ("one", "two"))
