@@ -43,10 +43,13 @@ def _start(ws, tmp_path: Path, name: str, *extra: str) -> subprocess.Popen:
 
 
 def _wait_for_an_epoch(ws, launchers: list[subprocess.Popen]) -> None:
-    """Until the run has a finished epoch (the job is in its training loop, every rank in step)."""
+    """Until the run has a finished epoch and its checkpoint (the job is in its training loop, every rank in
+    step; the checkpoint is written after the epoch's metrics line, and a test that stopped the job between
+    the two would find none)."""
     metrics = ws.run_dir("long") / "metrics.jsonl"
+    last = ws.run_dir("long") / "checkpoints" / "last.pt"  # written whole or not at all (renamed into place)
     deadline = time.monotonic() + 240
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1 and last.exists()):
         assert all(p.poll() is None for p in launchers), "the job ended before its first epoch"
         assert time.monotonic() < deadline, "no epoch within 240 s"
         time.sleep(0.2)
