@@ -239,11 +239,15 @@ class MRdIB(Plugin):
                 backbone.install_hook(m, self._observe)
 
     def refuses_sampled(self) -> str | None:
-        hint = "add --mrdib-preset current (or --no-dual-path --placement projection)"
-        if self.cfg.dual_path:
+        # the hint names the settings at fault: both are the default preset's, and a user who chose the current
+        # preset and turned one of them back on needs that one, not the preset again
+        dual, raw = self.cfg.dual_path, self.cfg.placement == "input"
+        hint = ("add --mrdib-preset current (or --no-dual-path --placement projection)" if dual and raw else
+                "add --no-dual-path" if dual else "add --placement projection")
+        if dual:
             return ("the dual path (on in the default preset) scores a second, whole-catalogue forward, which the "
                     f"sampled step does not run: {hint}")
-        if self.cfg.placement == "input":
+        if raw:
             return ("the input placement (the default preset's) encodes every item's raw features, which the "
                     f"sampled step does not project: {hint}")
         return None

@@ -401,7 +401,10 @@ def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir):
     assert code == 2 and "add --mrdib-preset current" in err and "Traceback" not in err  # the default's reading
     code, _, err = cli("train", "-b", name, "--mrdib", "--no-dual-path", "--epochs", "1", "--minibatch", "sampled",
                        "-n", "dp")
-    assert code == 2 and "input placement" in err and "Traceback" not in err
+    assert code == 2 and "input placement" in err and "add --placement projection" in err and "Traceback" not in err
+    code, _, err = cli("train", "-b", name, "--mrdib", "--mrdib-preset", "current", "--dual-path", "--epochs", "1",
+                       "--minibatch", "sampled", "-n", "dp")  # the setting at fault, not the preset already given
+    assert code == 2 and "add --no-dual-path" in err and "preset current" not in err, err
     assert not (run.parent / "dp").exists()
 
 
