@@ -157,4 +157,3 @@ def one_interrupt_per_press() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-

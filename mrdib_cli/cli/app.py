@@ -13,6 +13,7 @@ import pkgutil
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,6 +31,7 @@ from mrdib_cli.cli.common import Globals, err, set_globals
 from mrdib_cli.errors import EXIT_RUNTIME, EXIT_USAGE, MrdibError
 from mrdib_cli.job import INTERRUPTED, die_with_launcher, leave_error, one_interrupt_per_press, quiet_store_warnings
 from mrdib_cli.workspace import Workspace
+
 
 class _Interrupted(Exception):
     """Ctrl-C inside a command, on its way to :func:`_run`."""
@@ -172,7 +174,8 @@ def _run(argv: list[str] | None) -> None:
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except (_Interrupted, KeyboardInterrupt, typer.Abort):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # saying so and exiting: another Ctrl-C has nothing to stop
+        if threading.current_thread() is threading.main_thread():  # saying so and exiting: nothing left to stop
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not _left_for_launcher(INTERRUPTED):
             err.print("[red]error:[/red] interrupted")
         sys.exit(130)
