@@ -57,6 +57,8 @@ from mrdib_cli.workspace import (TMP_PREFIX, Workspace, check_name, digest_obj, 
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
     """The first difference between a run's identity and a command's, in the user's words."""
     key = first_difference(was, now)
+    if not key:  # equal as values, different as stored (1 and 1.0)
+        return "its options as stored differ in type"
     top = key.split(".")[0]
     if top == "dataset_digest":
         return "the dataset changed since"
