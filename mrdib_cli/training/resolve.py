@@ -206,6 +206,12 @@ def check_minibatch(cfg: RunConfig) -> None:
     if tc.weight_decay:
         raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
                          "set weight_decay to 0 or use --minibatch full")
+    if cfg.plugin:  # a plug-in's own settings may need what a sampled step does not compute
+        from mrdib_cli.training.plugin import create_plugin
+
+        why = create_plugin(cfg.plugin["name"], {k: v for k, v in cfg.plugin.items() if k != "name"}).refuses_sampled()
+        if why:
+            raise UsageError(f"--minibatch sampled: {why}, or use --minibatch full")
 
 
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:

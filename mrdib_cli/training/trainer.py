@@ -239,8 +239,6 @@ class Trainer:
             self.plugin = create_plugin(cfg.plugin["name"], opts)
             self.plugin.attach(self.backbone)
             self.plugin.to(self.device)
-            if tc.minibatch == "sampled" and (why := self.plugin.refuses_sampled()):
-                raise UsageError(f"--minibatch sampled: {why}, or use --minibatch full")
         # only now: a backbone or plug-in that refuses this configuration leaves no half-made run folder
         resume = self._prepare_run_dir(resume, overwrite)
         self.optimizer = self._make_optimizer()

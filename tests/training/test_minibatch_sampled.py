@@ -405,6 +405,8 @@ def test_cli_sampled_with_mrdib_trains_and_evaluates_in_full(cli, workdir):
     code, _, err = cli("train", "-b", name, "--mrdib", "--mrdib-preset", "current", "--dual-path", "--epochs", "1",
                        "--minibatch", "sampled", "-n", "dp")  # the setting at fault, not the preset already given
     assert code == 2 and "add --no-dual-path" in err and "preset current" not in err, err
+    code, _, err = cli("train", "-b", name, "--mrdib", "--minibatch", "sampled", "--print-config")
+    assert code == 2 and "dual path" in err  # refused when the configuration is resolved, as the run would be
     assert not (run.parent / "dp").exists()
 
 
