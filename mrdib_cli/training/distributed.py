@@ -171,6 +171,8 @@ class DistributedTrainer(Trainer):
         # sampled mode: each rank samples the neighbourhoods of its own slice only (its own stream)
         minibatch = self._minibatch(torch.Generator().manual_seed(int(gen.initial_seed()) + self.rank))
         rows = self._rows() if minibatch is not None else None  # before the first forward: it may read through it
+        if rows is not None:
+            rows.release()  # the last epoch's evaluation and checkpoint read whole tables; steps read the blocks
         for batch in self.sampler.epoch():  # the global batch: identical on every rank
             n = len(batch.users)
             lo, hi = slice_bounds(n, self.rank, self.world)
@@ -252,21 +254,21 @@ class DistributedTrainer(Trainer):
         """A saved model must hold whole tables: a state read while each rank holds its block would write
         a model of the rank's rows only, which loads nowhere."""
         if not self._exchange.whole:
-            raise RuntimeError("the model's state was read while its tables are sharded; read it inside "
-                               "_whole_tables()")
+            raise RuntimeError("the model's state was read while its tables are sharded; call _whole_tables() "
+                               "first")
 
-    def _whole_tables(self) -> contextlib.AbstractContextManager[None]:
-        """Whole tables on every rank for the block (a collective when they are sharded)."""
-        exchange = getattr(self, "_exchange", None)
-        return exchange.whole_tables() if exchange is not None else contextlib.nullcontext()
+    def _whole_tables(self) -> None:
+        """Whole tables on every rank until the next epoch's training (a collective when they are sharded)."""
+        if getattr(self, "_exchange", None) is not None:
+            self._exchange.assemble()
 
     def _eval_embeddings(self) -> Any:
-        with self._whole_tables():
-            return super()._eval_embeddings()
+        self._whole_tables()
+        return super()._eval_embeddings()
 
     def _best_unit(self, user: np.ndarray, item: np.ndarray) -> dict[str, Any]:
-        with self._whole_tables():
-            return super()._best_unit(user, item)
+        self._whole_tables()
+        return super()._best_unit(user, item)
 
     def _dense_params(self) -> list[nn.Parameter]:
         """Every trained parameter but the sparse tables (averaged over the ranks, updated everywhere)."""
@@ -294,17 +296,17 @@ class DistributedTrainer(Trainer):
     def _state(self) -> dict[str, Any]:
         """The checkpoint, with the lazy Adam's moments of every row gathered from their owners on rank 0 (the
         writer) and every rank's RNG states (every rank calls this: a collective)."""
-        with self._whole_tables():  # sharded tables: whole in the checkpoint, and numbered as in it
-            st = super()._state()
-            parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
-            for k, o in enumerate(self._row_adams()):
-                packed = parts[k]["state"]
-                params = [p for g in o.param_groups for p in g["params"]]
-                for key, moments in list(packed.items()):
-                    gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
-                    for name in ("exp_avg", "exp_avg_sq"):
-                        gathered[name] = gather_block(moments[name], len(params[key]), self.rank, self.world)
-                    packed[key] = gathered
+        self._whole_tables()  # sharded tables: whole in the checkpoint, and numbered as in it
+        st = super()._state()
+        parts = st["optimizer"].get("parts", []) if isinstance(st["optimizer"], dict) else []
+        for k, o in enumerate(self._row_adams()):
+            packed = parts[k]["state"]
+            params = [p for g in o.param_groups for p in g["params"]]
+            for key, moments in list(packed.items()):
+                gathered = dict(moments)  # a new dict: the packed one is the optimiser's live state
+                for name in ("exp_avg", "exp_avg_sq"):
+                    gathered[name] = gather_block(moments[name], len(params[key]), self.rank, self.world)
+                packed[key] = gathered
         # every rank's global RNG states: the ranks draw different amounts (dropout on slices of different
         # sizes), so rank 0's state alone would resume the other ranks on another stream
         states: list[Any] = [None] * self.world

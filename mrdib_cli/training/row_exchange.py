@@ -19,12 +19,10 @@ Two carriers, one result:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -85,7 +83,7 @@ def sum_rows(ids: Tensor, vals: Tensor, shape: torch.Size, scale: float) -> Tens
 class RowExchange:
     """The step's two exchanges; subclasses carry the table rows (see the module docstring)."""
 
-    #: whether each rank holds only its own rows of the tables (see :meth:`whole_tables`)
+    #: whether each rank holds only its own rows of the tables (see :meth:`assemble`)
     sharded = False
     #: whether the tables are whole on this rank now
     whole = True
@@ -96,9 +94,11 @@ class RowExchange:
     def begin_step(self) -> None:
         """Called before each step's forward."""
 
-    def whole_tables(self) -> contextlib.AbstractContextManager[None]:
-        """A block within which every table is whole on this rank (it always is unless :attr:`sharded`)."""
-        return contextlib.nullcontext()
+    def assemble(self) -> None:
+        """Every table whole on this rank until :meth:`release` (it always is unless :attr:`sharded`)."""
+
+    def release(self) -> None:
+        """Back to this rank's own rows, before training steps."""
 
     def reduce(self, dense: list[nn.Parameter], loss: Tensor) -> float:
         """Average the gradients over the ranks (a table's: only the rows this rank owns) and return the
@@ -154,7 +154,7 @@ def _from_ranks(buf: Tensor, counts: list[list[int]], world: int) -> list[Tensor
         for j, c in enumerate(counts):
             out[j].append(buf[at:at + c[k]])
             at += c[k]
-    return [torch.cat(p) if p else buf[:0] for p in out]
+    return [torch.cat(p) for p in out]
 
 
 class ShardedExchange(RowExchange, RowSource):
@@ -162,20 +162,21 @@ class ShardedExchange(RowExchange, RowSource):
     rows and their moments). A step's forward reads its rows from their owners as it goes (every read goes
     through ``tables_rows``: all-to-alls of the counts, the ids and the rows), and the reduce sends the
     gradients of the rows read back to their owners (one all-to-all for all the step's reads). Nothing is
-    published: no rank keeps another's rows. Each rank thus sends and receives what its own slice reads, not every rank's
-    touched rows. Evaluation and checkpoints see whole tables inside :meth:`whole_tables`."""
+    published: no rank keeps another's rows. Each rank thus sends and receives what its own slice reads, not
+    every rank's touched rows. Evaluation and checkpoints read whole tables, put together by :meth:`assemble`."""
 
     sharded = True
 
     def __init__(self, tables: dict[str, nn.Parameter], rank: int, world: int) -> None:
         super().__init__(tables, rank, world)
         self.n_rows = {n: len(p) for n, p in tables.items()}
-        self.lo = {n: owned_block(len(p), rank, world)[0] for n, p in tables.items()}
+        self.lo: dict[str, int] = {}
         self.reads: list[_Read] = []
+        self.blocks: dict[str, Tensor] = {}  # this rank's rows while the tables are assembled
         self.whole = False
         for name, p in tables.items():
-            lo, hi = owned_block(len(p), rank, world)
-            p.data = p.data[lo:hi].clone()
+            self.lo[name], hi = owned_block(len(p), rank, world)
+            p.data = p.data[self.lo[name]:hi].clone()
             ROW_SOURCES[id(p)] = (self, name)
             weakref.finalize(p, ROW_SOURCES.pop, id(p), None)  # an id is reused once its table is gone
 
@@ -185,6 +186,8 @@ class ShardedExchange(RowExchange, RowSource):
     def fetch(self, reads: list[tuple[str, Tensor]]) -> list[Tensor]:
         """Rows ``ids`` of each (table name, ids) from their owners: three all-to-alls for all of them (the
         counts, the ids, the rows). A collective: every rank reads at the same point of its forward."""
+        if self.whole:  # rows would be looked up in the whole table as if it were this rank's block
+            raise RuntimeError("sharded tables read while assembled: release() them before training steps")
         world = self.world
         uniq, inv, sent = [], [], []
         for name, ids in reads:
@@ -245,23 +248,22 @@ class ShardedExchange(RowExchange, RowSource):
     def publish(self) -> None:
         """Nothing to send: each table's rows changed only on their owner, which alone holds them."""
 
-    @contextlib.contextmanager
-    def whole_tables(self) -> Iterator[None]:
-        """Within this block every rank holds whole tables (one all-gather per table); after it, its block
-        again. For evaluation and checkpoints, which need every row."""
-        if self.whole:  # already inside such a block
-            yield
+    def assemble(self) -> None:
+        """Whole tables on every rank (one all-gather per table) until :meth:`release`: an epoch's evaluation,
+        best model and checkpoint all read them, so they are put together once per epoch."""
+        if self.whole:
             return
-        blocks = {n: p.data for n, p in self.tables.items()}
-        try:
-            for n, p in self.tables.items():
-                p.data = all_blocks(blocks[n], self.n_rows[n], self.world)
-            self.whole = True
-            yield
-        finally:
-            self.whole = False
-            for n, p in self.tables.items():
-                p.data = blocks[n]
+        self.blocks = {n: p.data for n, p in self.tables.items()}
+        for n, p in self.tables.items():
+            p.data = all_blocks(self.blocks[n], self.n_rows[n], self.world)
+        self.whole = True
+
+    def release(self) -> None:
+        if not self.whole:
+            return
+        for n, p in self.tables.items():  # unchanged since assemble: no step runs on whole tables
+            p.data = self.blocks[n]
+        self.blocks, self.whole = {}, False
 
 
 class SharedExchange(RowExchange):

@@ -52,8 +52,9 @@ def _worker(rank: int, world: int, init: str, kind: str, out: str) -> None:
             for p, gr in zip(tables.values(), grads.values()):
                 p.index_add_(0, gr.indices()[0], -gr.values())
         ex.publish()
-        with ex.whole_tables():
-            whole = {n: p.detach().clone() for n, p in tables.items()}
+        ex.assemble()
+        whole = {n: p.detach().clone() for n, p in tables.items()}
+        ex.release()
         torch.save({"total": total, "loss": loss, "dense": dense.grad.clone(), "held": held,
                     "grads": {n: (gr.indices()[0], gr.values()) for n, gr in grads.items()},
                     "tables": whole, "after": {n: len(p) for n, p in tables.items()}}, f"{out}.{rank}")
