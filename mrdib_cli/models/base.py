@@ -156,6 +156,12 @@ class Backbone(nn.Module):
     #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
     hparam_help: ClassVar[dict[str, str]] = {}
 
+    @classmethod
+    def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
+        """The most hops a ``--minibatch sampled`` step draws with these hyper-parameters (0: it reads no
+        neighbourhood). Why: fan-outs past it would go unused without a word, so the configuration refuses them."""
+        return 0
+
     def __init__(self, data: Any = None, hparams: Mapping[str, Any] | None = None) -> None:
         """The preamble every backbone shares: the dataset's sizes and the hyper-parameters, resolved by
         :func:`resolve_hparams` (complete: a backbone never merges its defaults again)."""

@@ -62,6 +62,12 @@ class FREEDOM(Backbone):
         "n_mm_layers": "Propagation layers on the mixed item-item graph.",
     }
 
+    @classmethod
+    def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
+        """The user-item graph's ``n_ui_layers`` hops and the item-item graph's ``n_mm_layers``, each from the
+        first fan-out on."""
+        return max(int(hparams["n_ui_layers"]), int(hparams["n_mm_layers"]))
+
     def __init__(self, data: Any, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)
         hp, d = self.hp, self.dim

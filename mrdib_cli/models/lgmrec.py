@@ -159,6 +159,12 @@ class LGMRec(Backbone):
                      "keep_rate": 0.2, "alpha": 0.2},
     }
 
+    @classmethod
+    def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
+        """``n_ui_layers`` hops; with a plug-in at the modality hooks also ``n_mm_layers`` hops and, after
+        them, the users' sampled items (_mge_hops)."""
+        return max(int(hparams["n_ui_layers"]), int(hparams["n_mm_layers"]) + 1 if plugin else 0)
+
     def __init__(self, data: DatasetHandle, hparams: Mapping[str, Any], features: FeatureTables = None) -> None:
         super().__init__(data, hparams)
         h = hparams

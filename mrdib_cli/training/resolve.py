@@ -212,6 +212,23 @@ def check_minibatch(cfg: RunConfig) -> None:
         why = create_plugin(cfg.plugin["name"], {k: v for k, v in cfg.plugin.items() if k != "name"}).refuses_sampled()
         if why:
             raise UsageError(f"--minibatch sampled: {why}, or use --minibatch full")
+    check_fanout(cfg)
+
+
+def check_fanout(cfg: RunConfig) -> None:
+    """Refuse fan-outs the sampled step would not use (more values than it samples hops): a user who
+    asked for them would otherwise believe they shaped the run."""
+    from mrdib_cli.models.base import get_backbone
+
+    fanout = tuple(cfg.train.fanout)
+    hops = get_backbone(cfg.backbone).sampled_hops(cfg.hparams, bool(cfg.plugin))
+    if hops == 0 and fanout != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
+        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so fanout (--fanout) has "
+                         "no effect; leave it at its default")
+    if len(fanout) > max(hops, 1):
+        raise UsageError(f"fanout (--fanout) gives {len(fanout)} values, one per hop, but {cfg.backbone} samples "
+                         f"{hops} hop(s) with these settings; give at most {hops} (the last serves deeper hops) "
+                         "or raise the backbone's layers")
 
 
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:

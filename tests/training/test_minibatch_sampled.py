@@ -165,6 +165,14 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert code == 2 and "node_budget (--node-budget)" in err, out  # refused when resolved, not only when trained
     code, out, err = cli("train", "-b", "lightgcn", "--fanout", "5", "--print-config")  # used by sampled only
     assert code == 2 and "fanout (--fanout)" in err and "Traceback" not in err, out
+    code, out, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--fanout", "10", "--fanout", "5",
+                         "--print-config")  # one layer: the second fan-out would go unused
+    assert code == 2 and "samples 1 hop(s)" in err and "Traceback" not in err, out
+    code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--fanout", "10", "--fanout", "5",
+                       "--set", "n_layers=2", "--print-config")
+    assert code == 0, err
+    code, _, err = cli("train", "-b", "vbpr", "--minibatch", "sampled", "--fanout", "5", "--print-config")
+    assert code == 2 and "no graph neighbourhood" in err
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--set", "train.node_budget=-1",
                        "-n", "t")
     assert code == 2 and "node_budget must be" in err
@@ -456,3 +464,20 @@ def test_ranks_share_lgmrec_uniform_samples(wide, monkeypatch):
     for ranks in (1, 2, 4):
         model.propagate_batch(batch, MiniBatch((50,), torch.Generator().manual_seed(0), ranks=ranks))
     assert sizes == [15, 15, 8, 8, 4, 4]  # items and users, per call
+
+
+@pytest.mark.parametrize("name,over,hooked", [("lightgcn", {"n_layers": 3}, False), ("vbpr", {}, False),
+                                              ("freedom", {"n_ui_layers": 1, "n_mm_layers": 2}, False),
+                                              ("lgmrec", {"n_ui_layers": 1, "n_mm_layers": 2}, False),
+                                              ("lgmrec", {"n_ui_layers": 1, "n_mm_layers": 2}, True)])
+def test_sampled_hops_is_the_deepest_hop_a_step_draws(handle, name, over, hooked, monkeypatch):
+    """The configuration refuses fan-outs past ``sampled_hops``: it must be what a step really reads."""
+    model = _build(name, handle, **over)
+    if hooked:
+        for m in model.get_hook_points():
+            model.install_hook(m, lambda _, h: h)
+    asked: list[int] = []
+    hops = MiniBatch.hops
+    monkeypatch.setattr(MiniBatch, "hops", lambda self, n: asked.append(n) or hops(self, n))
+    model.propagate_batch(_batch(handle), MiniBatch((4,), torch.Generator().manual_seed(0)))
+    assert max(asked, default=0) == type(model).sampled_hops(model.hp, hooked)
