@@ -85,3 +85,24 @@ def test_sampled_blocks_unchanged_by_the_id_table(monkeypatch) -> None:
         (na, ba), (nb, bb) = draw
         assert all(torch.equal(a, b) for a, b in zip(na, nb)) and len(na) == len(nb) == 3
         assert all(torch.equal(getattr(a, f), getattr(b, f)) for a, b in zip(ba, bb) for f in ("dst", "src", "weight"))
+
+
+def test_aggregate_gives_autograd_bits_forward_and_backward() -> None:
+    """The hop's own backward is the arithmetic autograd would run, in the same order: same bits."""
+    from mrdib_cli.graphs.sampling import Block, aggregate
+
+    g = torch.Generator().manual_seed(3)
+    dst = torch.randint(0, 300, (5000,), generator=g).sort().values
+    block = Block(dst, torch.randint(0, 900, (5000,), generator=g), torch.rand(5000, generator=g), 300)
+    x = torch.randn(900, 16, generator=g, requires_grad=True)
+    grad = torch.randn(300, 16, generator=g)
+    out = aggregate(block, x)
+    out.backward(grad)
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = torch.zeros(300, 16).index_add(0, block.dst, ref_x.index_select(0, block.src) * block.weight[:, None])
+    ref.backward(grad)
+    assert torch.equal(out, ref) and torch.equal(x.grad, ref_x.grad)
+    assert torch.equal(aggregate(block, x.detach()), ref.detach())
+    w = block.weight.clone().requires_grad_(True)  # a learned weight gets its gradient
+    aggregate(Block(block.dst, block.src, w, 300), x.detach()).sum().backward()
+    assert w.grad is not None and w.grad.abs().sum() > 0
