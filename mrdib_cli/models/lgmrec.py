@@ -306,7 +306,9 @@ class LGMRec(Backbone):
         out: dict[str, tuple[Tensor, Tensor]] = {}
         for m in self.modalities:
             h, rx = self._feature_sums(m)
-            out[m] = (h[torch.cat([bu, bi + self.n_users])] @ self.trs[m], (rx[bu] * self.inv_deg_u[bu]) @ self.trs[m])
+            # constant tables: index_select, several times cheaper than x[ids] on the CPU
+            rows = h.index_select(0, torch.cat([bu, bi + self.n_users]))
+            out[m] = (rows @ self.trs[m], (rx.index_select(0, bu) * self.inv_deg_u.index_select(0, bu)) @ self.trs[m])
         return out
 
     def _mge_hops(self, bu: Tensor, bi: Tensor, mb: MiniBatch) -> dict[str, tuple[Tensor, Tensor]]:
@@ -348,7 +350,7 @@ class LGMRec(Backbone):
         out: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
         for m in self.modalities:
             z_i = getattr(self, f"feat_{m}").index_select(0, items) @ self.hyper[m]  # [items, H]
-            z_u = self._feature_sums(m)[1][users] @ self.hyper[m]  # Z_u = (R X) V
+            z_u = self._feature_sums(m)[1].index_select(0, users) @ self.hyper[m]  # Z_u = (R X) V
             h_i, h_u = self.drop(self._assign(z_i)), self.drop(self._assign(z_u))
             h_g, e = h_i[at_gi], c_g
             for _ in range(self.n_hyper_layer):
