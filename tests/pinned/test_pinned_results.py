@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.pinned.pin_results import CASES, PINNED, collect
+from tests.pinned.pin_results import CASES, PINNED, collect, machine_key, sums_close
 
 
 @pytest.fixture(scope="module")
@@ -24,4 +24,9 @@ def test_one_epoch_is_bit_identical(got, case):
     # exact equality on purpose: floats round-trip through JSON unchanged
     assert got[case]["loss"] == want["loss"]
     assert got[case]["valid"] == want["valid"]
-    assert got[case]["embeddings"] == want["embeddings"]
+    assert sums_close(got[case]["embedding_sums"], want["embedding_sums"])
+    digests = want["embeddings"]
+    key = machine_key()
+    if key in digests:  # this kind of machine is pinned: its bits exactly
+        assert got[case]["embeddings"] == digests[key], key
+    # else: a CPU that rounds in its own way and is not pinned yet: the sums above (pin_results --add-machine)
