@@ -168,11 +168,6 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     code, out, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--fanout", "10", "--fanout", "5",
                          "--print-config")  # one layer: the second fan-out would go unused
     assert code == 2 and "samples 1 hop(s)" in err and "Traceback" not in err, out
-    code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--fanout", "10", "--fanout", "5",
-                       "--set", "n_layers=2", "--print-config")
-    assert code == 0, err
-    code, _, err = cli("train", "-b", "vbpr", "--minibatch", "sampled", "--fanout", "5", "--print-config")
-    assert code == 2 and "no graph neighbourhood" in err
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--set", "train.node_budget=-1",
                        "-n", "t")
     assert code == 2 and "node_budget must be" in err
@@ -481,3 +476,20 @@ def test_sampled_hops_is_the_deepest_hop_a_step_draws(handle, name, over, hooked
     monkeypatch.setattr(MiniBatch, "hops", lambda self, n: asked.append(n) or hops(self, n))
     model.propagate_batch(_batch(handle), MiniBatch((4,), torch.Generator().manual_seed(0)))
     assert max(asked, default=0) == type(model).sampled_hops(model.hp, hooked)
+
+
+def test_fanouts_past_the_sampled_hops_are_refused_when_resolved():
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.training.resolve import resolve_run
+
+    def resolve(backbone: str, fanout: list[int], **hparams) -> None:
+        resolve_run(flags={"backbone": backbone, "dataset": "d", "hparams": hparams,
+                           "train": {"minibatch": "sampled", "fanout": fanout}})
+
+    resolve("lightgcn", [10, 5], n_layers=2)  # one value per hop
+    resolve("lightgcn", [10], n_layers=3)  # the last value serves the deeper hops
+    with pytest.raises(UsageError, match="samples 2 hop"):
+        resolve("lightgcn", [10, 5, 5], n_layers=2)
+    with pytest.raises(UsageError, match="no graph neighbourhood"):
+        resolve("vbpr", [5])
+    resolve("vbpr", [10])  # the default, which it does not read
