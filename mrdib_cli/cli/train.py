@@ -113,8 +113,9 @@ def train_cmd(
                                             help="full: MMRec's whole-graph forward per step \\[default]; sampled: "
                                                  "only the batch's sampled neighbourhoods (docs/scaling.md)."),
     fanout: List[int] = typer.Option([], "--fanout", min=1, rich_help_panel=PANEL_MODEL,
-                                     help="Sampled mode: neighbours kept per node, one value per hop (the last "
-                                          "repeats) [10]. Repeatable: --fanout 10 --fanout 5."),
+                                     help="Sampled mode: neighbours kept per node, one value per hop, no more "
+                                          "values than hops (the last repeats) [10]. Repeatable: --fanout 10 "
+                                          "--fanout 5."),
     node_budget: Optional[int] = typer.Option(None, "--node-budget", min=0, rich_help_panel=PANEL_MODEL,
                                               help="Sampled mode only: at most N new nodes per hop of a step's "
                                                    "neighbourhood, so a step's cost stops growing with the "
