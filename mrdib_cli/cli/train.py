@@ -119,7 +119,7 @@ def train_cmd(
     node_budget: Optional[int] = typer.Option(None, "--node-budget", min=0, rich_help_panel=PANEL_MODEL,
                                               help="Sampled mode only: at most N new nodes per hop of a step's "
                                                    "neighbourhood, so a step's cost stops growing with the "
-                                                   "catalogue (VBPR samples no graph: no effect) [0: no bound] "
+                                                   "catalogue (VBPR samples no graph: refused) [0: no bound] "
                                                    "(docs/scaling.md)."),
     test_mask: Optional[str] = typer.Option(None, "--test-mask", rich_help_panel=PANEL_EVAL,
                                             help="Items masked at test time: train (MMRec) or train+valid."),

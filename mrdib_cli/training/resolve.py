@@ -216,8 +216,8 @@ def check_minibatch(cfg: RunConfig) -> None:
 
 
 def check_fanout(cfg: RunConfig) -> None:
-    """Refuse fan-outs the sampled step would not use (more values than it samples hops): a user who
-    asked for them would otherwise believe they shaped the run."""
+    """Refuse fan-outs the sampled step would not use (more values than it samples hops), and a node budget
+    where it samples none: a user who asked for them would otherwise believe they shaped the run."""
     from mrdib_cli.models.base import get_backbone
 
     fanout = tuple(cfg.train.fanout)
@@ -225,6 +225,9 @@ def check_fanout(cfg: RunConfig) -> None:
     if hops == 0 and fanout != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so fanout (--fanout) has "
                          "no effect; leave it at its default")
+    if hops == 0 and cfg.train.node_budget:
+        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so node_budget "
+                         "(--node-budget) has no effect; set it to 0")
     if len(fanout) > max(hops, 1):
         raise UsageError(f"fanout (--fanout) gives {len(fanout)} values, one per hop, but {cfg.backbone} samples "
                          f"{hops} hop(s) with these settings; give at most {hops} (the last serves deeper hops) "

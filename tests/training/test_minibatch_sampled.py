@@ -493,3 +493,6 @@ def test_fanouts_past_the_sampled_hops_are_refused_when_resolved():
     with pytest.raises(UsageError, match="no graph neighbourhood"):
         resolve("vbpr", [5])
     resolve("vbpr", [10])  # the default, which it does not read
+    with pytest.raises(UsageError, match="node_budget"):
+        resolve_run(flags={"backbone": "vbpr", "dataset": "d",
+                           "train": {"minibatch": "sampled", "node_budget": 100}})
