@@ -156,6 +156,9 @@ class Backbone(nn.Module):
     #: help lines of this backbone's own hyper-parameters (shared names are explained in :data:`HPARAM_HELP`)
     hparam_help: ClassVar[dict[str, str]] = {}
 
+    #: the hyper-parameters that set :meth:`sampled_hops`, named in the refusal of too many fan-outs
+    hop_settings: ClassVar[str] = ""
+
     @classmethod
     def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
         """The most hops a ``--minibatch sampled`` step draws with these hyper-parameters (0: it reads no

@@ -62,6 +62,8 @@ class FREEDOM(Backbone):
         "n_mm_layers": "Propagation layers on the mixed item-item graph.",
     }
 
+    hop_settings = "n_ui_layers or n_mm_layers"
+
     @classmethod
     def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
         """The user-item graph's ``n_ui_layers`` hops and the item-item graph's ``n_mm_layers``, each from the

@@ -159,6 +159,8 @@ class LGMRec(Backbone):
                      "keep_rate": 0.2, "alpha": 0.2},
     }
 
+    hop_settings = "n_ui_layers (or n_mm_layers, with a plug-in)"
+
     @classmethod
     def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
         """``n_ui_layers`` hops; with a plug-in at the modality hooks also ``n_mm_layers`` hops and, after

@@ -64,6 +64,8 @@ class LightGCN(Backbone):
     mmrec_grid: dict[str, list[Any]] = {"n_layers": [1, 2, 3, 4], "reg_weight": [1e-2, 1e-3, 1e-4, 1e-5, 1e-6]}
     sparse_tables = ("user_embedding", "item_embedding")
 
+    hop_settings = "n_layers"
+
     @classmethod
     def sampled_hops(cls, hparams: Mapping[str, Any], plugin: bool) -> int:
         return int(hparams["n_layers"])

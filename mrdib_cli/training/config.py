@@ -19,6 +19,9 @@ from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, LATER_TRAIN_DEFAULTS, SEED
 from mrdib_cli.errors import MissingInputError, UsageError
 
 MINIBATCH_MODES = ("full", "sampled")
+#: the largest fan-out and node budget: the sampler's index arithmetic is int64, and a fan-out above a node's
+#: degree already keeps every neighbour, so a larger value could only overflow it
+MAX_SAMPLE = 2**31 - 1
 TOP_KEYS = ("backbone", "dataset", "run_name", "train", "hparams", "plugin", "features")
 
 
@@ -61,10 +64,13 @@ class TrainConfig:
             raise UsageError(f"valid_metric '{self.valid_metric}' must be '<metric>@K' with K in ks {self.ks}")
         if self.minibatch not in MINIBATCH_MODES:
             raise UsageError(f"minibatch must be {' or '.join(MINIBATCH_MODES)}, got {self.minibatch!r}")
-        if not self.fanout or any(not isinstance(k, int) or k < 1 for k in self.fanout):
-            raise UsageError(f"fanout must be a non-empty list of positive integers, got {self.fanout!r}")
-        if not isinstance(self.node_budget, int) or isinstance(self.node_budget, bool) or self.node_budget < 0:
-            raise UsageError(f"node_budget must be an integer >= 0 (0: no bound), got {self.node_budget!r}")
+        if not self.fanout or any(not isinstance(k, int) or not 1 <= k <= MAX_SAMPLE for k in self.fanout):
+            raise UsageError(f"fanout must be a non-empty list of integers from 1 to {MAX_SAMPLE} (a fan-out "
+                             f"above a node's degree keeps all its neighbours), got {self.fanout!r}")
+        if (not isinstance(self.node_budget, int) or isinstance(self.node_budget, bool)
+                or not 0 <= self.node_budget <= MAX_SAMPLE):
+            raise UsageError(f"node_budget must be an integer from 0 (no bound) to {MAX_SAMPLE}, "
+                             f"got {self.node_budget!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 

@@ -229,9 +229,12 @@ def check_fanout(cfg: RunConfig) -> None:
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so node_budget "
                          "(--node-budget) has no effect; set it to 0")
     if len(fanout) > max(hops, 1):
+        fix = (f"give at most {hops} (the last serves deeper hops) or raise "
+               f"{get_backbone(cfg.backbone).hop_settings}")
+        if cfg.sources.get("train.fanout") == STORED:  # a run stored before this check: its settings are fixed
+            fix = "train it again with --force, or as a new run with another --run-name"
         raise UsageError(f"fanout (--fanout) gives {len(fanout)} values, one per hop, but {cfg.backbone} samples "
-                         f"{hops} hop(s) with these settings; give at most {hops} (the last serves deeper hops) "
-                         "or raise the backbone's layers")
+                         f"{hops} hop(s) with these settings; {fix}")
 
 
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:

@@ -488,8 +488,14 @@ def test_fanouts_past_the_sampled_hops_are_refused_when_resolved():
 
     resolve("lightgcn", [10, 5], n_layers=2)  # one value per hop
     resolve("lightgcn", [10], n_layers=3)  # the last value serves the deeper hops
-    with pytest.raises(UsageError, match="samples 2 hop"):
+    with pytest.raises(UsageError, match="samples 2 hop.*raise n_layers"):
         resolve("lightgcn", [10, 5, 5], n_layers=2)
+    stored = {"backbone": "lightgcn", "dataset": "d", "hparams": {"n_layers": 1},
+              "train": {"minibatch": "sampled", "fanout": [10, 5]}}  # a run stored before the check
+    with pytest.raises(UsageError, match="--force, or as a new run"):
+        resolve_run(stored=stored)
+    with pytest.raises(UsageError, match="fanout must be .* to 2147483647"):  # would overflow the sampler
+        resolve("lightgcn", [2**63])
     with pytest.raises(UsageError, match="no graph neighbourhood"):
         resolve("vbpr", [5])
     resolve("vbpr", [10])  # the default, which it does not read
