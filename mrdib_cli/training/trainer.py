@@ -40,7 +40,7 @@ import torch.utils.deterministic
 
 from mrdib_cli import __version__
 from mrdib_cli.cpu import auto_threads, choose_threads
-from mrdib_cli.defaults import settled_train
+from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
@@ -64,7 +64,17 @@ def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
         return "the dataset changed since"
     if top == "feature_digests":
         return f"the {key.split('.', 1)[-1]} feature table changed since"
-    return f"{key} was {value_at(was, key)}, now {value_at(now, key)}"
+    return f"{key} was {_shown(was, key)}, now {_shown(now, key)}"
+
+
+def _shown(identity: dict[str, Any], key: str) -> str:
+    """A value of a run's identity as the user would type it: an option added later is left out of the
+    identity at its default (settled_train), and shows that default, not None."""
+    value = value_at(identity, key)
+    default = LATER_TRAIN_DEFAULTS.get(key.partition("train.")[2]) if key.startswith("train.") else None
+    if value == "None" and default is not None:
+        return repr(list(default) if isinstance(default, tuple) else default)
+    return value
 
 
 class TrainingDiverged(MrdibError):

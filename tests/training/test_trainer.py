@@ -271,3 +271,12 @@ def test_cpu_runtime_flushes_denormals() -> None:
         assert rt["threads"] == 1 and float(tiny * 1.0) == 0.0
     finally:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def test_a_later_option_back_at_its_default_is_shown_as_that_default():
+    """An option at its default is left out of a run's identity; the refusal shows the default, not None."""
+    from mrdib_cli.training.trainer import _what_changed
+
+    was = {"train": {"minibatch": "sampled", "fanout": [10, 5]}}
+    now = {"train": {"minibatch": "sampled"}}
+    assert _what_changed(was, now) == "train.fanout was [10, 5], now [10]"
