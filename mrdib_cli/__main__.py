@@ -8,7 +8,7 @@ from mrdib_cli.job import INTERRUPTED, leave_error, one_interrupt_per_press
 def run() -> None:
     """The command line. Its imports take a second or two; a Ctrl-C during them is said in one line, like any
     other interruption, instead of a traceback through the import machinery."""
-    with one_interrupt_per_press():
+    with one_interrupt_per_press():  # main() holds its own while it runs
         try:
             from mrdib_cli.cli.app import main
         except KeyboardInterrupt:

@@ -149,11 +149,6 @@ def main(argv: list[str] | None = None) -> None:
     os._exit(code)
 
 
-def _left_for_launcher(message: str) -> bool:
-    """A worker of ``--nproc`` hands its one-line error to the launcher, which prints it once for all ranks."""
-    return leave_error(message)
-
-
 def _in_worker() -> bool:
     """True in a worker of a multi-process job (looked up, not imported: a command that never loaded the
     launch helpers, and torch with them, cannot be one)."""
@@ -170,13 +165,13 @@ def _run(argv: list[str] | None) -> None:
     except MrdibError as e:
         if verbose:
             err.print_exception()
-        if not _left_for_launcher(str(e)):
+        if not leave_error(str(e)):
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except (_Interrupted, KeyboardInterrupt, typer.Abort):
         if threading.current_thread() is threading.main_thread():  # saying so and exiting: nothing left to stop
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if not _left_for_launcher(INTERRUPTED):
+        if not leave_error(INTERRUPTED):
             err.print("[red]error:[/red] interrupted")
         sys.exit(130)
     except cx.ClickException as e:
@@ -197,7 +192,7 @@ def _run(argv: list[str] | None) -> None:
         if launch is not None and launch.lost_peer(e):  # another rank stopped: say so, not the socket's words
             if verbose:
                 err.print_exception()
-            if not _left_for_launcher(launch.LOST_PEER_MESSAGE):
+            if not leave_error(launch.LOST_PEER_MESSAGE):
                 err.print(f"[red]error:[/red] {launch.LOST_PEER_MESSAGE}", highlight=False)
             sys.exit(EXIT_RUNTIME)
         code = _wrapped_errno(e)

@@ -19,6 +19,7 @@ neighbourhoods stop overlapping (two hops at fan-out 10 reach most of a Baby-siz
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,10 +97,6 @@ class IdTable:
         self.slot.index_fill_(0, table, self.mark)
         return self.slot.index_select(0, x) == self.mark
 
-    def extend(self, first: Tensor, more: Tensor) -> Tensor:
-        """:func:`extend` (``first`` then the distinct ids of ``more`` not in it, sorted)."""
-        return torch.cat([first, unique_ids(more[~self.isin(more, first)])])
-
 
 def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator: torch.Generator | None = None,
                   budget: int = 0) -> tuple[list[Tensor], list[Block]]:
@@ -118,7 +115,7 @@ def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator:
             owner, nbr, w, new_nodes = cap_new_nodes(cur, owner, nbr, w, budget, generator, graph.ids)
             nxt = torch.cat([cur, new_nodes])
         else:
-            nxt = graph.ids.extend(cur, nbr)
+            nxt = extend(cur, nbr, graph.ids.isin)
         blocks.append(Block(owner, graph.ids.positions(nxt, nbr), w, len(cur)))
         nodes.append(nxt)
     return nodes, blocks
@@ -142,9 +139,10 @@ def cap_new_nodes(cur: Tensor, owner: Tensor, nbr: Tensor, w: Tensor, budget: in
     return owner[keep], nbr[keep], w[keep], fresh[pick]
 
 
-def extend(first: Tensor, more: Tensor) -> Tensor:
-    """``first`` (distinct ids, order kept) followed by the ids of ``more`` not in it, sorted and distinct."""
-    return torch.cat([first, unique_ids(more[~isin_ids(more, first)])])
+def extend(first: Tensor, more: Tensor, isin: Callable[[Tensor, Tensor], Tensor] = isin_ids) -> Tensor:
+    """``first`` (distinct ids, order kept) followed by the ids of ``more`` not in it, sorted and distinct
+    (``isin``: a graph's :class:`IdTable` where there is one)."""
+    return torch.cat([first, unique_ids(more[~isin(more, first)])])
 
 
 def positions(table: Tensor, ids: Tensor) -> Tensor:

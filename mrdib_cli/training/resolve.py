@@ -220,8 +220,8 @@ def check_fanout(cfg: RunConfig) -> None:
     where it samples none: a user who asked for them would otherwise believe they shaped the run."""
     from mrdib_cli.models.base import get_backbone
 
-    fanout = tuple(cfg.train.fanout)
-    hops = get_backbone(cfg.backbone).sampled_hops(cfg.hparams, bool(cfg.plugin))
+    fanout, cls = tuple(cfg.train.fanout), get_backbone(cfg.backbone)
+    hops = cls.sampled_hops(cfg.hparams, bool(cfg.plugin))
     if hops == 0 and fanout != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so fanout (--fanout) has "
                          "no effect; leave it at its default")
@@ -229,8 +229,7 @@ def check_fanout(cfg: RunConfig) -> None:
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so node_budget "
                          "(--node-budget) has no effect; set it to 0")
     if len(fanout) > max(hops, 1):
-        fix = (f"give at most {hops} (the last serves deeper hops) or raise "
-               f"{get_backbone(cfg.backbone).hop_settings}")
+        fix = f"give at most {hops} (the last serves deeper hops) or raise {cls.hop_settings}"
         if cfg.sources.get("train.fanout") == STORED:  # a run stored before this check: its settings are fixed
             fix = "train it again with --force, or as a new run with another --run-name"
         raise UsageError(f"fanout (--fanout) gives {len(fanout)} values, one per hop, but {cfg.backbone} samples "

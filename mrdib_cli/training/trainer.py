@@ -56,6 +56,7 @@ from mrdib_cli.workspace import (TMP_PREFIX, Workspace, check_name, digest_obj, 
 
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
     """The first difference between a run's identity and a command's, in the user's words."""
+    was, now = _with_later_defaults(was), _with_later_defaults(now)
     key = first_difference(was, now)
     if not key:  # equal as values, different as stored (1 and 1.0)
         return "its options as stored differ in type"
@@ -64,17 +65,14 @@ def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
         return "the dataset changed since"
     if top == "feature_digests":
         return f"the {key.split('.', 1)[-1]} feature table changed since"
-    return f"{key} was {_shown(was, key)}, now {_shown(now, key)}"
+    return f"{key} was {value_at(was, key)}, now {value_at(now, key)}"
 
 
-def _shown(identity: dict[str, Any], key: str) -> str:
-    """A value of a run's identity as the user would type it: an option added later is left out of the
-    identity at its default (settled_train), and shows that default, not None."""
-    value = value_at(identity, key)
-    default = LATER_TRAIN_DEFAULTS.get(key.partition("train.")[2]) if key.startswith("train.") else None
-    if value == "None" and default is not None:
-        return repr(list(default) if isinstance(default, tuple) else default)
-    return value
+def _with_later_defaults(identity: dict[str, Any]) -> dict[str, Any]:
+    """An identity with the options added later put back at their defaults, where settled_train left them
+    out: the same differences, shown as the values the user set ([10], not None)."""
+    later = {k: list(v) if isinstance(v, tuple) else v for k, v in LATER_TRAIN_DEFAULTS.items()}
+    return {**identity, "train": {**later, **identity["train"]}}
 
 
 class TrainingDiverged(MrdibError):
@@ -355,10 +353,10 @@ class Trainer:
         path = self.run_dir / "config.json"
         if conf is None or not path.exists():
             return
-        was = read_json(path)
-        if self._identity(was) != self._identity(conf):
+        was, now = self._identity_fields(read_json(path)), self._identity_fields(conf)
+        if digest_obj(was) != digest_obj(now):
             raise UsageError(f"run '{self.run_name}' was started with a different configuration "
-                             f"({_what_changed(self._identity_fields(was), self._identity_fields(conf))}); "
+                             f"({_what_changed(was, now)}); "
                              "resume it with the same inputs and options, start it over with --force, or "
                              "start a new --run-name")
 

@@ -58,7 +58,7 @@ def test_id_table_answers_as_sorting_does_call_after_call() -> None:
         assert torch.equal(ids.isin(x, table), isin_ids(x, table))
         q = table[torch.randint(0, len(table), (700,), generator=g)]
         assert torch.equal(ids.positions(table, q), positions(table, q))
-        assert torch.equal(ids.extend(table, x), extend(table, x))
+        assert torch.equal(extend(table, x, ids.isin), extend(table, x))
 
 
 def test_sampled_blocks_unchanged_by_the_id_table(monkeypatch) -> None:
@@ -75,7 +75,6 @@ def test_sampled_blocks_unchanged_by_the_id_table(monkeypatch) -> None:
 
     class Sorting:
         positions, isin = staticmethod(sampling.positions), staticmethod(isin_ids)
-        extend = staticmethod(sampling.extend)
 
     for budget in (0, 200):
         draw = [sampling.sample_blocks(graph, seeds, [5, 3], torch.Generator().manual_seed(7), budget)]

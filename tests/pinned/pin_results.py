@@ -10,8 +10,8 @@ in ``pinned_results.json`` beside this file; regenerate them only when a change 
 Why digests per kind of machine: CPUs with other vector units (AVX2 against AVX-512) or vendors take other
 matrix kernels, which round differently in the last bits of the embeddings (the losses and metrics have
 agreed so far). The digests are keyed by :func:`machine_key`; on a machine without its own, the embeddings
-must match one pinned digest or the pinned sums closely. ``--add-machine`` refuses results that differ beyond
-rounding, so it can only record another machine's bits, never a moved result.
+must match the pinned sums closely. ``--add-machine`` refuses results that differ beyond rounding, so it can
+only record another machine's bits, never a moved result.
 
 The demo's interactions come from ``mrdib prepare demo``; the item features are seeded random vectors
 written straight into the feature store, so the pin covers training code and not the encoders.
@@ -19,6 +19,7 @@ written straight into the feature store, so the pin covers training code and not
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -76,6 +77,7 @@ def _write_features(workdir: Path) -> None:
 SUMS_RTOL = 1e-5
 
 
+@functools.lru_cache(maxsize=1)
 def machine_key() -> str:
     """What decides the CPU kernels' rounding: torch's vector capability and the CPU's vendor."""
     import platform
