@@ -171,6 +171,9 @@ def train_cmd(
                       sets=sets)
 
     if print_config:
+        if stored is not None:  # what the real resume would refuse, refused here too (data digests: at the run)
+            from mrdib_cli.training.trainer import check_same_run
+            check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
         out.print_json(json.dumps(cfg.with_sources()))
         return
 

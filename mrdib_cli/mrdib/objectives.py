@@ -88,10 +88,17 @@ class MRdIBConfig:
         "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
         "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
 
+    #: annotation -> (accepted types, the words a refusal uses); bool is refused where a number is expected
+    KINDS: ClassVar[dict[str, tuple[tuple[type, ...], str]]] = {
+        "bool": ((bool,), "true or false"), "float": ((int, float), "a number"), "int": ((int,), "an integer"),
+        "int | None": ((int, type(None)), "an integer or null"), "str": ((str,), "a name")}
+
     def validate(self) -> None:
         for f in fields(self):
-            if f.type in (bool, "bool") and not isinstance(getattr(self, f.name), bool):
-                raise UsageError(f"MRdIB option {f.name} must be true or false, got {getattr(self, f.name)!r}")
+            accepted, words = self.KINDS[str(f.type)]
+            value = getattr(self, f.name)
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                raise UsageError(f"MRdIB option {f.name} must be {words}, got {value!r}")
         for k in ("alpha_kl", "alpha_red", "alpha_uni", "alpha_syn", "critic_lr", "init_noise"):
             if getattr(self, k) < 0:
                 raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
@@ -191,16 +198,21 @@ class MRdIB(Plugin):
         self._backbone: list[Backbone] = []  # a list, so the backbone is not registered as a submodule
 
     # ---------------------------------------------------------------------------------- attaching
+    def refuses_backbone(self, backbone: type[Backbone]) -> str | None:
+        if not backbone.get_hook_points():
+            return (f"backbone '{backbone.name}' has no modality hook points: --mrdib needs a multimodal "
+                    f"backbone (e.g. vbpr, lgmrec)")
+        if self.cfg.dual_path and backbone.training_mode != "bpr":
+            return (f"--dual-path scores the backbone's BPR twice, and '{backbone.name}' trains without "
+                    f"a BPR term: drop --dual-path for it")
+        return None
+
     def attach(self, backbone: Backbone) -> None:
         """Probe the backbone's hook dimensions (one deterministic forward), build heads, install hooks."""
-        points = backbone.get_hook_points()
-        if not points:
-            raise UsageError(f"backbone '{backbone.name}' has no modality hook points: --mrdib needs a multimodal "
-                             f"backbone (e.g. vbpr, lgmrec)")
-        cfg = self.cfg
-        if cfg.dual_path and backbone.training_mode != "bpr":
-            raise UsageError(f"--dual-path scores the backbone's BPR twice, and '{backbone.name}' trains without "
-                             f"a BPR term: drop --dual-path for it")
+        why = self.refuses_backbone(type(backbone))
+        if why:
+            raise UsageError(why)
+        points, cfg = backbone.get_hook_points(), self.cfg
         dims, inputs, emb = self._probe(backbone, points)
         if not dims:
             raise UsageError(f"backbone '{backbone.name}' formed no modality representation (no image/text "

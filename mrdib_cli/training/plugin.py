@@ -38,6 +38,11 @@ class Plugin(nn.Module):
         Lets a plug-in on an item-local backbone (``Backbone.item_local_hooks``) transform only the batch's rows.
         """
 
+    def refuses_backbone(self, backbone: type[Backbone]) -> str | None:
+        """Why this plug-in, so configured, cannot work with ``backbone`` (None: it can). Asked when the run's
+        configuration is resolved, before any model is built. Default: it can."""
+        return None
+
     def refuses_sampled(self) -> str | None:
         """Why this plug-in's configuration cannot train in ``--minibatch sampled`` mode (None: it can), e.g.
         a term that needs a second whole-catalogue forward. Default: it can."""

@@ -177,8 +177,30 @@ def resolve_run(ws: Any = None, *, stored: Mapping[str, Any] | None = None,
                     run_name=layers.values.get("run_name"), train=tc, hparams=MappingProxyType(hparams),
                     plugin=MappingProxyType(plug) if plug else None,
                     features=MappingProxyType(layers.section("features")), sources=MappingProxyType(sources))
-    check_minibatch(cfg)
+    check_run(cfg)
     return cfg
+
+
+def check_run(cfg: RunConfig) -> None:
+    """Refuse, when the configuration is resolved, what the run itself would refuse later: so that nothing is
+    written, and ``--print-config`` and dry runs show no configuration that cannot train."""
+    check_plugin(cfg)
+    check_minibatch(cfg)
+
+
+def check_plugin(cfg: RunConfig) -> None:
+    """The plug-in's options (names, types, ranges), and whether it can work with this backbone and mode."""
+    if not cfg.plugin:
+        return
+    from mrdib_cli.models.base import get_backbone
+    from mrdib_cli.training.plugin import create_plugin
+
+    plugin = create_plugin(str(cfg.plugin.get("name")), {k: v for k, v in cfg.plugin.items() if k != "name"})
+    why = plugin.refuses_backbone(get_backbone(cfg.backbone))
+    if why:
+        raise UsageError(why)
+    if cfg.train.minibatch == "sampled" and (why := plugin.refuses_sampled()):
+        raise UsageError(f"--minibatch sampled: {why}, or use --minibatch full")
 
 
 def check_minibatch(cfg: RunConfig) -> None:
@@ -189,11 +211,11 @@ def check_minibatch(cfg: RunConfig) -> None:
     tc = cfg.train
     if tc.minibatch == "full":
         if tc.node_budget:
-            raise UsageError("node_budget (--node-budget) bounds the neighbourhoods of --minibatch sampled; "
-                             "set minibatch to sampled, or node_budget to 0")
+            raise UsageError(f"{named(cfg, 'train.node_budget')} bounds the neighbourhoods of --minibatch "
+                             "sampled; set minibatch to sampled, or node_budget to 0")
         if tuple(tc.fanout) != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
-            raise UsageError("fanout (--fanout) sets the neighbourhoods of --minibatch sampled; set minibatch "
-                             "to sampled, or leave fanout at its default")
+            raise UsageError(f"{named(cfg, 'train.fanout')} sets the neighbourhoods of --minibatch sampled; "
+                             "set minibatch to sampled, or leave fanout at its default")
         return
     supported = sampled_backbones()
     if cfg.backbone not in supported:
@@ -206,12 +228,6 @@ def check_minibatch(cfg: RunConfig) -> None:
     if tc.weight_decay:
         raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
                          "set weight_decay to 0 or use --minibatch full")
-    if cfg.plugin:  # a plug-in's own settings may need what a sampled step does not compute
-        from mrdib_cli.training.plugin import create_plugin
-
-        why = create_plugin(cfg.plugin["name"], {k: v for k, v in cfg.plugin.items() if k != "name"}).refuses_sampled()
-        if why:
-            raise UsageError(f"--minibatch sampled: {why}, or use --minibatch full")
     check_fanout(cfg)
 
 
@@ -223,17 +239,26 @@ def check_fanout(cfg: RunConfig) -> None:
     fanout, cls = tuple(cfg.train.fanout), get_backbone(cfg.backbone)
     hops = cls.sampled_hops(cfg.hparams, bool(cfg.plugin))
     if hops == 0 and fanout != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
-        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so fanout (--fanout) has "
-                         "no effect; leave it at its default")
+        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so "
+                         f"{named(cfg, 'train.fanout')} has no effect; leave it at its default")
     if hops == 0 and cfg.train.node_budget:
-        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so node_budget "
-                         "(--node-budget) has no effect; set it to 0")
+        raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so "
+                         f"{named(cfg, 'train.node_budget')} has no effect; set it to 0")
     if len(fanout) > max(hops, 1):
         fix = f"give at most {hops} (the last serves deeper hops) or raise {cls.hop_settings}"
         if cfg.sources.get("train.fanout") == STORED:  # a run stored before this check: its settings are fixed
             fix = "train it again with --force, or as a new run with another --run-name"
-        raise UsageError(f"fanout (--fanout) gives {len(fanout)} values, one per hop, but {cfg.backbone} samples "
-                         f"{hops} hop(s) with these settings; {fix}")
+        raise UsageError(f"{named(cfg, 'train.fanout')} gives {len(fanout)} values, one per hop, but "
+                         f"{cfg.backbone} samples {hops} hop(s) with these settings; {fix}")
+
+
+def named(cfg: RunConfig, key: str) -> str:
+    """An option as a refusal names it: with its flag when the command line set it, else with where it came
+    from (a config file, a study, --set, a stored run), so the user knows what to change."""
+    name, source = key.rpartition(".")[2], cfg.sources.get(key, DEFAULT)
+    if source == COMMAND_LINE:
+        return f"{name} (--{name.replace('_', '-')})"
+    return f"{name} ({'its default' if source == DEFAULT else 'from ' + source})"
 
 
 def _dataset_defaults(cls: Any, dataset: Any) -> set[str]:

@@ -46,12 +46,32 @@ from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.resolve import RunConfig, check_minibatch
+from mrdib_cli.training.resolve import RunConfig, check_run
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
 from mrdib_cli.workspace import (TMP_PREFIX, Workspace, check_name, digest_obj, file_lock, first_difference,
                                  read_json, value_at)
+
+
+def identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
+    """What must not change between an interrupted run and its resumption: the data, the model and the
+    training options that shape the steps (not the device, threads or the number of epochs)."""
+    keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
+    if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
+        keep["feature_digests"] = conf["feature_digests"]
+    keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
+    return keep
+
+
+def check_same_run(run_name: str, stored: dict[str, Any], conf: dict[str, Any]) -> None:
+    """Refuse to continue run ``run_name`` (its ``config.json`` is ``stored``) with other options or data."""
+    was, now = identity_fields(stored), identity_fields(conf)
+    if digest_obj(was) != digest_obj(now):
+        raise UsageError(f"run '{run_name}' was started with a different configuration "
+                         f"({_what_changed(was, now)}); "
+                         "resume it with the same inputs and options, start it over with --force, or "
+                         "start a new --run-name")
 
 
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
@@ -239,7 +259,7 @@ class Trainer:
         import random
 
         random.seed(tc.seed)
-        check_minibatch(cfg)
+        check_run(cfg)
         self.backbone: Backbone = cls(self.handle, self.hparams, cfg.features or None).to(self.device)
         self.plugin: Plugin | None = None
         if cfg.plugin:
@@ -320,15 +340,7 @@ class Trainer:
 
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption, as one digest."""
-        return digest_obj(self._identity_fields(conf))
-
-    @staticmethod
-    def _identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
-        keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
-        if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
-            keep["feature_digests"] = conf["feature_digests"]
-        keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
-        return keep
+        return digest_obj(identity_fields(conf))
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
         """Create or reuse the run folder; returns whether there is a checkpoint to resume from."""
@@ -351,14 +363,8 @@ class Trainer:
     def _check_identity(self, conf: dict[str, Any] | None) -> None:
         """Refuse to continue a run with other options or data than it was started with."""
         path = self.run_dir / "config.json"
-        if conf is None or not path.exists():
-            return
-        was, now = self._identity_fields(read_json(path)), self._identity_fields(conf)
-        if digest_obj(was) != digest_obj(now):
-            raise UsageError(f"run '{self.run_name}' was started with a different configuration "
-                             f"({_what_changed(was, now)}); "
-                             "resume it with the same inputs and options, start it over with --force, or "
-                             "start a new --run-name")
+        if conf is not None and path.exists():
+            check_same_run(self.run_name, read_json(path), conf)
 
     def _write_config(self) -> None:
         conf = self._config_dict()

@@ -309,9 +309,9 @@ def train_manifest_dir(ws: Workspace) -> Path:
     return ws.runs_dir / ".manifests"
 
 
-def train_step(ws: Workspace, study: Study, rs: RunSpec, execute: bool, log: Log,
+def train_step(ws: Workspace, rs: RunSpec, cfg: Any, execute: bool, log: Log,
                on_epoch: Callable[[Any], None] | None = None) -> StepRecord:
-    cfg = run_config(study, rs)
+    """Train one run of the study (``cfg``: its :func:`run_config`), or say whether it would, is cached or waits."""
     ident = train_identity(ws, cfg)
     base = ws.run_dir(rs.run_name)
     step = f"train-{rs.run_name}"
@@ -409,12 +409,15 @@ def run_pipeline(ws: Workspace, study: Study, *, dry_run: bool = False, log: Log
             emit(r)
 
     specs = specs if specs is not None else run_specs(study)
+    # every run resolved before the first step: a setting no run can train with is refused now, not after
+    # the dataset, features and graphs were built
+    configs = {rs.run_name: run_config(study, rs) for rs in specs}
     for ds in study.datasets:
         add(dataset_step(ws, ds, study, execute, log))
         add(feature_steps(ws, ds, study, execute, log))
         add(graph_step(ws, ds, study, execute))
         for rs in (r for r in specs if r.dataset == ds.name):
-            add(train_step(ws, study, rs, execute, log, on_epoch))
+            add(train_step(ws, rs, configs[rs.run_name], execute, log, on_epoch))
             add(eval_steps(ws, study, rs, execute))
     runs = [r.run_name for r in specs]
     report_dir = None

@@ -99,6 +99,9 @@ def test_resume_with_other_options_is_refused(demo_wd: Path) -> None:
     killed(mrdib(demo_wd, *TRAIN, fault=KILL_POINTS["after-epoch-2"]))
     before = snapshot(demo_wd / "runs" / "r")
     one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "--lr", "0.01"), "different configuration", code=2)
+    # --print-config shows what the run would do: here, the same refusal
+    one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "--lr", "0.01", "--print-config"),
+                   "different configuration (train.lr was 0.001, now 0.01)", code=2)
     assert_intact(before, demo_wd / "runs" / "r")
 
 

@@ -16,19 +16,19 @@ def test_yaml_and_toml_files_merge(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("backbone: lightgcn\ntrain:\n  lr: 0.0005\n  epochs: 7\nhparams:\n  n_layers: 3\n")
     t = tmp_path / "c.toml"
-    t.write_text('backbone = "vbpr"\n[train]\nbatch_size = 512\n[plugin]\nname = "mrdib"\nalpha = 0.1\n')
+    t.write_text('backbone = "vbpr"\n[train]\nbatch_size = 512\n[plugin]\nname = "mrdib"\nalpha_kl = 0.1\n')
     cfg = resolve_run(file=load_config_file(y))
     assert (cfg.backbone, cfg.train.lr, cfg.train.epochs, cfg.hparams["n_layers"]) == ("lightgcn", 5e-4, 7, 3)
     # a stored config.json under a config file: the file wins where both speak, the rest is kept
     stored = {k: v for k, v in load_config_file(y).items() if k != "hparams"}  # n_layers is not VBPR's
     cfg = resolve_run(stored=stored, file=load_config_file(t), file_source="c.toml")
-    assert cfg.backbone == "vbpr" and cfg.train.batch_size == 512 and cfg.plugin == {"name": "mrdib", "alpha": 0.1}
+    assert cfg.backbone == "vbpr" and cfg.train.batch_size == 512 and cfg.plugin == {"name": "mrdib", "alpha_kl": 0.1}
     assert cfg.train.epochs == 7 and cfg.sources["train.epochs"] == "stored config.json"
     assert cfg.sources["train.batch_size"] == "c.toml" and cfg.sources["train.seed"] == "default"
 
 
 def test_sources_in_order_and_frozen():
-    cfg = resolve_run(file={"backbone": "lightgcn", "train": {"lr": 1e-2, "epochs": 5}},
+    cfg = resolve_run(file={"backbone": "vbpr", "train": {"lr": 1e-2, "epochs": 5}},
                       flags={"train": {"lr": 2e-2}}, plugin={"name": "mrdib", "alpha_kl": 0.1},
                       sets=["train.epochs=9", "plugin.alpha_kl=0.2"])
     assert (cfg.train.lr, cfg.train.epochs, cfg.plugin["alpha_kl"]) == (2e-2, 9, 0.2)
@@ -63,6 +63,37 @@ def test_unknown_keys_are_errors(tmp_path):
         resolve_run(flags={"backbone": "lightgcn", "hparams": {"n_layer": 2}})
     with pytest.raises(UsageError, match="no backbone"):
         resolve_run()
+
+
+def test_plugin_options_are_checked_when_resolved():
+    """What the run would refuse at its start, --print-config and dry runs refuse too."""
+    def resolve(backbone: str = "vbpr", **options) -> None:
+        resolve_run(flags={"backbone": backbone}, plugin={"name": "mrdib", **options})
+
+    resolve(alpha_kl=0.1, bottleneck_dim=None, critic="concat")
+    with pytest.raises(UsageError, match="unknown MRdIB option.*beta"):
+        resolve(beta=0.5)
+    with pytest.raises(UsageError, match="alpha_kl must be a number, got 'abc'"):
+        resolve(alpha_kl="abc")
+    with pytest.raises(UsageError, match="alpha_kl must be a number, got True"):
+        resolve(alpha_kl=True)
+    with pytest.raises(UsageError, match="critic_hidden must be an integer, got 1.5"):
+        resolve(critic_hidden=1.5)
+    with pytest.raises(UsageError, match="'lightgcn' has no modality hook points"):
+        resolve("lightgcn")
+    with pytest.raises(UsageError, match="unknown plug-in 'nope'"):
+        resolve_run(flags={"backbone": "vbpr"}, plugin={"name": "nope"})
+
+
+def test_a_refusal_names_where_the_value_came_from():
+    def refusal(**sources) -> str:
+        with pytest.raises(UsageError) as e:
+            resolve_run(**{"flags": {"backbone": "lightgcn"}, **sources})
+        return str(e.value)
+
+    assert refusal(flags={"backbone": "lightgcn", "train": {"fanout": [3]}}).startswith("fanout (--fanout)")
+    assert refusal(file={"train": {"fanout": [3]}}, file_source="study.yaml").startswith("fanout (from study.yaml)")
+    assert refusal(sets=["node_budget=9"]).startswith("node_budget (from --set)")
 
 
 def test_set_values_and_sections():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 
+import pytest
+
 from mrdib_cli.workflow.config import parse_study
 from mrdib_cli.workflow.pipeline import run_pipeline
 from tests.workflow.conftest import TINY
@@ -55,6 +57,17 @@ def test_dry_run_on_empty_workdir_marks_dependent_steps_pending(tmp_path):
     assert not (tmp_path / "empty" / "datasets").exists()
 
 
+def test_a_run_no_setting_can_train_is_refused_before_any_step(tmp_path):
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.workspace import Workspace
+
+    conf = copy.deepcopy(TINY)
+    conf["train"].update(minibatch="sampled", fanout=[10, 5])  # LightGCN with n_layers 1 samples one hop
+    with pytest.raises(UsageError, match=r"fanout \(from .*t.yaml\) gives 2 values"):
+        run_pipeline(Workspace(tmp_path / "wd"), parse_study(conf, where="t.yaml", path=tmp_path / "t.yaml"))
+    assert not (tmp_path / "wd" / "datasets").exists()  # not prepared first, then refused
+
+
 def test_cli_dry_run_json(cli, tmp_path):
     import yaml
 
@@ -94,8 +107,6 @@ def test_mrdib_on_off_runs_and_report(tiny_ws, tmp_path):
     import shutil
 
     import numpy as np
-    import pytest
-
     from mrdib_cli.errors import UsageError
     from mrdib_cli.data.feature_store import table_path, write_feature_table
     from mrdib_cli.workspace import Workspace

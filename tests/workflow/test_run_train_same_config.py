@@ -8,7 +8,7 @@ import pytest
 
 from mrdib_cli.cli.app import main
 from mrdib_cli.workflow.config import BackboneSpec, DatasetSpec, Study
-from mrdib_cli.workflow.pipeline import RunSpec, train_step
+from mrdib_cli.workflow.pipeline import RunSpec, run_config, train_step
 from mrdib_cli.workspace import Workspace
 from tests.pinned.pin_results import BACKBONES
 from tests.synth_data import make_dataset
@@ -36,7 +36,7 @@ def test_run_and_train_resolve_the_same_config(ws, backbone, mrdib):
     study = Study(path=None, name="same", datasets=[DatasetSpec("tiny")], backbones=[BackboneSpec(backbone)],
                   seeds=[5], mrdib_options={"alpha_kl": 0.02} if mrdib else {}, train=dict(TRAIN))
     rs = RunSpec("tiny", study.backbones[0], 5, mrdib, f"run-{backbone}-{mrdib}")
-    train_step(ws, study, rs, execute=True, log=lambda s: None)
+    train_step(ws, rs, run_config(study, rs), execute=True, log=lambda s: None)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in TRAIN.items()]
     _train_cli(ws.root, "-b", backbone, "-d", "tiny", "--seed", "5", *flags, "-n", f"train-{backbone}-{mrdib}",
                *(["--mrdib", "--alpha-kl", "0.02"] if mrdib else []))
