@@ -33,14 +33,12 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def cli(workdir: Path):
-    """Run the CLI in-process: returns (exit_code, stdout, stderr)."""
-    import subprocess
-    import sys
+    """Run the CLI in a fresh process (a fork of the pre-warmed fork server): returns (exit_code, stdout,
+    stderr)."""
+    from tests.forked import mrdib_forked
 
     def run(*args: str, check: bool = False, env: dict | None = None) -> tuple[int, str, str]:
-        e = {**os.environ, "MRDIB_HOME": str(workdir), "COLUMNS": "200", **(env or {})}
-        p = subprocess.run([sys.executable, "-m", "mrdib_cli", *args], capture_output=True, text=True,
-                           env=e, cwd=str(ROOT))
+        p = mrdib_forked(workdir, *args, **(env or {}))
         if check and p.returncode != 0:
             raise AssertionError(f"mrdib {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
         return p.returncode, p.stdout, p.stderr

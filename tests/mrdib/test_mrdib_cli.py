@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.forked import mrdib_forked
 from tests.synth_data import make_dataset
 
 FAST = ("--epochs", "3", "--batch-size", "64", "--threads", "1")
 
 
 def _cli(workdir, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "MRDIB_HOME": str(workdir), "COLUMNS": "200"}
-    p = subprocess.run([sys.executable, "-m", "mrdib_cli", *args], capture_output=True, text=True, env=env,
-                       cwd=str(ROOT))
+    p = mrdib_forked(Path(workdir), *args)
     return p.returncode, p.stdout, p.stderr
 
 

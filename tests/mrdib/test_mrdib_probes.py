@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +11,7 @@ import torch
 
 from mrdib_cli.data.demo_truth import ITEM_ATTRS
 from mrdib_cli.mrdib.probes import attribute_probes, probe_accuracy
-from tests.conftest import ROOT
+from tests.forked import mrdib_forked
 
 
 def _labels(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -52,9 +49,7 @@ def test_attribute_probes_report_the_majority_rate_as_chance() -> None:
 
 # ------------------------------------------------------------------------------------------- diagnose on a demo
 def _cli(workdir: Path, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "MRDIB_HOME": str(workdir), "COLUMNS": "200"}
-    p = subprocess.run([sys.executable, "-m", "mrdib_cli", *args], capture_output=True, text=True, env=env,
-                       cwd=str(ROOT))
+    p = mrdib_forked(Path(workdir), *args)
     return p.returncode, p.stdout, p.stderr
 
 
