@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mrdib_cli.ids import isin_ids, unique_ids, unique_ids_inverse
+from mrdib_cli.ids import IdTable, isin_ids, unique_ids, unique_ids_inverse
 
 
 @dataclass(frozen=True)
@@ -70,32 +70,6 @@ class CSRGraph:
         edge = at_start + torch.where(at_deg <= fanout, offset, drawn)
         scale = at_deg.to(self.values.dtype) / at_count.clamp(min=1).to(self.values.dtype)
         return owner, self.indices.index_select(0, edge), self.values.index_select(0, edge) * scale
-
-
-class IdTable:
-    """One int64 slot per node id, reused by every step (one at a time), for the set operations a hop runs on
-    node ids: each costs a scatter and a gather over the ids involved instead of sorting them.
-
-    Why: ``positions`` by sorting cost 3.3 ms for 25,000 ids on one thread (torch 2.14), a slot table 0.35 ms;
-    ``isin`` 1.2 ms against 0.35 ms. A hop runs both on all its sampled edges, so they were a third of the
-    sampling. The results are the same as by sorting. A slot holds a position (>= 0) or a membership mark
-    (< 0, a new one per call, so the table is never cleared); the memory is 8 bytes per node of the graph.
-    """
-
-    def __init__(self, n: int, device: torch.device) -> None:
-        self.slot = torch.zeros(n, dtype=torch.int64, device=device)
-        self.mark = 0
-
-    def positions(self, table: Tensor, ids: Tensor) -> Tensor:
-        """Position of each of ``ids`` in ``table`` (distinct ids, every one of ``ids`` present)."""
-        self.slot.index_copy_(0, table, torch.arange(len(table), device=table.device))
-        return self.slot.index_select(0, ids)
-
-    def isin(self, x: Tensor, table: Tensor) -> Tensor:
-        """Whether each id of ``x`` occurs in ``table``."""
-        self.mark -= 1
-        self.slot.index_fill_(0, table, self.mark)
-        return self.slot.index_select(0, x) == self.mark
 
 
 def sample_blocks(graph: CSRGraph, seeds: Tensor, fanouts: list[int], generator: torch.Generator | None = None,

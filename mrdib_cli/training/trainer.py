@@ -43,6 +43,7 @@ from mrdib_cli.cpu import auto_threads, choose_threads
 from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
+from mrdib_cli.ids import IdTable, touched_rows
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
@@ -639,6 +640,7 @@ class RowAdam(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
         #: per table, the rows whose moments this optimiser keeps (all of them unless :meth:`keep_rows` says)
         self.blocks: dict[torch.Tensor, tuple[int, int]] = {}
+        self._slots: dict[torch.Tensor, IdTable] = {}  # per table, a slot per row for :meth:`_touched`
 
     def keep_rows(self, p: torch.Tensor, lo: int, hi: int) -> None:
         """Keep the moments of ``p``'s rows ``lo .. hi-1`` only, the only rows this optimiser will be asked to
@@ -662,6 +664,13 @@ class RowAdam(torch.optim.Optimizer):
         st["exp_avg"], st["exp_avg_sq"] = (p.new_zeros(hi - lo, *p.shape[1:]) for _ in range(2))
         return st
 
+    def _touched(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of ``p`` the step touched, each once, and their gradients (any order: each row's update
+        is its own)."""
+        if p not in self._slots:
+            self._slots[p] = IdTable(len(p), p.device)
+        return touched_rows(p.grad, self._slots[p])
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]
         for group in self.param_groups:
@@ -669,8 +678,7 @@ class RowAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                grad = p.grad.coalesce()
-                rows, g = grad.indices()[0], grad.values()
+                rows, g = self._touched(p)
                 st = self.state[p] or self._init_state(p)
                 st["step"] += 1
                 t = float(st["step"])

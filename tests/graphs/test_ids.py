@@ -48,7 +48,8 @@ def test_ids_as_large_as_a_catalogue_allows() -> None:
 def test_id_table_answers_as_sorting_does_call_after_call() -> None:
     """The slot table is reused without clearing: every call must still answer as the sort-based operations
     do, whatever earlier calls left in it (positions and marks share the slots)."""
-    from mrdib_cli.graphs.sampling import IdTable, extend, positions
+    from mrdib_cli.graphs.sampling import extend, positions
+    from mrdib_cli.ids import IdTable
 
     g = torch.Generator().manual_seed(0)
     ids = IdTable(5000, torch.device("cpu"))
@@ -59,6 +60,9 @@ def test_id_table_answers_as_sorting_does_call_after_call() -> None:
         q = table[torch.randint(0, len(table), (700,), generator=g)]
         assert torch.equal(ids.positions(table, q), positions(table, q))
         assert torch.equal(extend(table, x, ids.isin), extend(table, x))
+        assert ids.distinct(table) and ids.distinct(table[:1]) and ids.distinct(table[:0])
+        assert ids.distinct(x) == (len(torch.unique(x)) == len(x))
+        assert not ids.distinct(torch.cat([table, table[-1:]]))
 
 
 def test_sampled_blocks_unchanged_by_the_id_table(monkeypatch) -> None:

@@ -217,6 +217,34 @@ def test_row_adam_matches_sparse_adam():
     assert not torch.allclose(a[touched], start[touched])
 
 
+def test_row_adam_takes_distinct_rows_in_any_order_without_sorting_them(monkeypatch):
+    """A sampled step reads each row once: its gradient's rows are used as they come (not sorted) and give
+    the bits of the coalesced gradient; a gradient with a row twice is still summed per row first."""
+    from mrdib_cli.training.trainer import RowAdam
+
+    def trained(ids_per_step: list[torch.Tensor], coalesce_first: bool) -> torch.Tensor:
+        p = torch.nn.Parameter(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)))
+        opt = RowAdam([p], lr=0.01)
+        for step, ids in enumerate(ids_per_step):
+            opt.zero_grad()
+            w = torch.randn(len(ids), 4, generator=torch.Generator().manual_seed(step))
+            (torch.nn.functional.embedding(ids, p, sparse=True) * w).sum().backward()
+            if coalesce_first:
+                p.grad = p.grad.coalesce()
+            opt.step()
+        return p.detach()
+
+    g = torch.Generator().manual_seed(1)
+    distinct = [torch.randperm(50, generator=g)[:20] for _ in range(4)]  # shuffled, no row twice
+    expected = trained(distinct, coalesce_first=True)
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "coalesce", lambda self: pytest.fail("distinct rows were sorted"))
+        assert torch.equal(trained(distinct, coalesce_first=False), expected)
+    repeated = [torch.cat([ids, ids[:5]]) for ids in distinct]  # rows read twice: their gradients add up
+    assert torch.equal(trained(repeated, coalesce_first=False), trained(repeated, coalesce_first=True))
+    assert not torch.equal(trained(repeated, coalesce_first=False), expected)
+
+
 def test_row_adam_keeping_a_block_of_rows_updates_them_as_the_whole_table_does():
     """A rank's lazy Adam keeps the moments of its own rows only: updating them gives the bits the optimiser
     holding every row gives, with moments of the block's size; moments of every row (a checkpoint's) are cut
