@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from mrdib_cli.ids import IdTable, touched_rows, unique_ids_inverse
+from mrdib_cli.ids import unique_ids_inverse
 from mrdib_cli.launch import local_channel, step_barrier, sum_across_ranks
 from mrdib_cli.local_channel import map_shared, shared_setup
 from mrdib_cli.models._common import ROW_SOURCES, RowSource
@@ -276,7 +276,6 @@ class SharedExchange(RowExchange):
         super().__init__(tables, rank, world)
         self.stage_ids: dict[str, Tensor] = {}
         self.stage_vals: dict[str, Tensor] = {}
-        self.slots = {name: IdTable(len(p), p.device) for name, p in tables.items()}  # set operations, no sorts
 
         def create(base: Path, made: list[Path]) -> None:  # rank 0 creates and fills, the others map
             for name, p in tables.items():
@@ -290,40 +289,33 @@ class SharedExchange(RowExchange):
         shared_setup(rank, create, "mrdib-rows")
 
     def _stage(self) -> Tensor:
-        """This rank's gradient rows, each once, into its staging area, grouped by owner (each group in the
-        order the rows came: no sort)."""
+        """Sum this rank's gradient rows per id straight into its staging area (sorted ids: grouped by owner)."""
         counts = torch.zeros(self.world, self.world, len(self.tables))  # [writer, owner, table]
         for t, (name, p) in enumerate(self.tables.items()):
             if p.grad is None:
                 continue
-            ids, vals = touched_rows(p.grad, self.slots[name])
-            owner = owner_of(ids, p.shape[0], self.world)
-            order = torch.cat([torch.nonzero(owner == k).squeeze(1) for k in range(self.world)])
-            torch.index_select(ids, 0, order, out=self.stage_ids[name][self.rank, :len(ids)])
-            torch.index_select(vals, 0, order, out=self.stage_vals[name][self.rank, :len(ids)])
-            counts[self.rank, :, t] = torch.bincount(owner, minlength=self.world)
+            g = p.grad
+            ids, vals = (g.indices()[0], g.values()) if g.is_coalesced() else (g._indices()[0], g._values())
+            uniq, inv = unique_ids_inverse(ids)
+            self.stage_ids[name][self.rank, :len(uniq)] = uniq
+            self.stage_vals[name][self.rank, :len(uniq)].zero_().index_add_(0, inv, vals)
+            counts[self.rank, :, t] = torch.bincount(owner_of(uniq, p.shape[0], self.world), minlength=self.world)
         return counts
 
     def _combine(self, counts: list) -> None:
-        """Each writer's rows of this rank's share, summed per row in writer order; the rows (distinct, in the
-        order they first came) found with the table's slots instead of sorting them."""
         for t, (name, p) in enumerate(self.tables.items()):
             spans = []  # where every writer staged this owner's rows, in writer order
             for w in range(self.world):
                 start = sum(counts[w][k][t] for k in range(self.rank))
                 spans.append((w, start, start + counts[w][self.rank][t]))
-            parts = [self.stage_ids[name][w, a:b] for w, a, b in spans]
-            rows, slots = parts[0].clone(), self.slots[name]
-            for more in parts[1:]:
-                rows = torch.cat([rows, more[~slots.isin(more, rows)]])
-            inv = slots.positions(rows, torch.cat(parts))
-            acc = p.new_zeros(len(rows), *p.shape[1:])
+            uniq, inv = unique_ids_inverse(torch.cat([self.stage_ids[name][w, a:b] for w, a, b in spans]))
+            acc = p.new_zeros(len(uniq), *p.shape[1:])
             at = 0
             for w, a, b in spans:  # read in place from the staging areas
                 acc.index_add_(0, inv[at:at + b - a], self.stage_vals[name][w, a:b])
                 at += b - a
-            p.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), acc.mul_(1.0 / self.world), p.shape,
-                                             check_invariants=False)  # distinct rows, not sorted
+            p.grad = torch.sparse_coo_tensor(uniq.unsqueeze(0), acc.mul_(1.0 / self.world), p.shape,
+                                             is_coalesced=True, check_invariants=False)  # sorted, distinct
 
     def publish(self) -> None:
         # the owners wrote their rows into the shared tables; wait until all did (and until every owner has
