@@ -67,10 +67,20 @@ def _plugin_opts(items: list[str], selected: str | None) -> dict[str, object]:
     opts: dict[str, object] = {}
     for item in items:
         k, eq, v = item.partition("=")
-        if not eq or selected is None:
-            raise UsageError(f"--plugin-opt {item!r}: expected key=value after --plugin NAME")
+        if not eq:
+            raise UsageError(f"--plugin-opt {item!r}: expected key=value")
+        if selected is None:
+            raise UsageError(f"--plugin-opt {item!r}: no plug-in chosen; add --plugin NAME or its switch "
+                             "(e.g. --mrdib)")
         opts[k.strip()] = parse_value(v)
     return opts
+
+
+def _plugin_name(source: dict | None) -> str | None:
+    """The plug-in a config file or stored run names (None where its section is missing or malformed: the
+    resolver says what is wrong with it)."""
+    section = (source or {}).get("plugin")
+    return section.get("name") if isinstance(section, dict) else None
 
 
 def _fmt_losses(loss: dict[str, float]) -> str:
@@ -159,9 +169,10 @@ def train_cmd(
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
                    "fanout": list(fanout) or None, "node_budget": node_budget}
-    selected = plugin or ((file or {}).get("plugin") or (stored or {}).get("plugin") or {}).get("name")
+    selected = plugin or _plugin_name(file) or _plugin_name(stored)
     claimed, extra = claim_plugin_args(list(ctx.args), selected)
-    plug = {**(claimed or {}), **({"name": plugin} if plugin else {}), **_plugin_opts(plugin_opt, selected)}
+    plug = {**(claimed or {}), **({"name": plugin} if plugin else {}),
+            **_plugin_opts(plugin_opt, selected or (claimed or {}).get("name"))}
     chosen = backbone or (file or {}).get("backbone") or (stored or {}).get("backbone")
     hparams = _extra_hparams(extra, chosen)
     flags = {"backbone": backbone, "dataset": dataset, "run_name": run_name,

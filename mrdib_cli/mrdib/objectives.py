@@ -99,9 +99,13 @@ class MRdIBConfig:
             value = getattr(self, f.name)
             if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
                 raise UsageError(f"MRdIB option {f.name} must be {words}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+                raise UsageError(f"MRdIB option {f.name} must be a finite number, got {value}")
         for k in ("alpha_kl", "alpha_red", "alpha_uni", "alpha_syn", "critic_lr", "init_noise"):
             if getattr(self, k) < 0:
                 raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
+        if self.critic_hidden < 1:
+            raise UsageError(f"--critic-hidden must be a positive integer, got {self.critic_hidden}")
         if self.bottleneck_dim is not None and self.bottleneck_dim < 1:
             raise UsageError(f"--bottleneck-dim must be a positive integer, got {self.bottleneck_dim}")
         for key, allowed in self.CHOICES.items():
@@ -203,8 +207,8 @@ class MRdIB(Plugin):
             return (f"backbone '{backbone.name}' has no modality hook points: --mrdib needs a multimodal "
                     f"backbone (e.g. vbpr, lgmrec)")
         if self.cfg.dual_path and backbone.training_mode != "bpr":
-            return (f"--dual-path scores the backbone's BPR twice, and '{backbone.name}' trains without "
-                    f"a BPR term: drop --dual-path for it")
+            return (f"the dual path (dual_path, on in the paper preset) scores the backbone's BPR twice, and "
+                    f"'{backbone.name}' trains without a BPR term: add --no-dual-path (or --mrdib-preset current)")
         return None
 
     def attach(self, backbone: Backbone) -> None:
@@ -257,11 +261,11 @@ class MRdIB(Plugin):
         hint = ("add --mrdib-preset current (or --no-dual-path --placement projection)" if dual and raw else
                 "add --no-dual-path" if dual else "add --placement projection")
         if dual:
-            return ("the dual path (on in the default preset) scores a second, whole-catalogue forward, which the "
-                    f"sampled step does not run: {hint}")
+            return ("the dual path (dual_path, on in the paper preset) scores a second, whole-catalogue forward, "
+                    f"which the sampled step does not run: {hint}")
         if raw:
-            return ("the input placement (the default preset's) encodes every item's raw features, which the "
-                    f"sampled step does not project: {hint}")
+            return ("the input placement (placement: input, the paper preset's) encodes every item's raw features, "
+                    f"which the sampled step does not project: {hint}")
         return None
 
     def _unique_side(self, m: str, d_item: int, emb: Embeddings) -> None:

@@ -98,6 +98,21 @@ def parse_value(text: str) -> Any:
     return t
 
 
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, except that ``1e-3`` is a number, as in YAML 1.2 and JSON: PyYAML follows YAML 1.1,
+    which wants a dot (``1.0e-3``) and reads ``1e-3`` as text, the way most people write learning rates."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML (.yaml/.yml) or TOML (.toml) run configuration; keys are checked by :func:`merge`."""
     p = Path(path)
@@ -113,9 +128,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
             data = tomllib.loads(text)
         elif p.suffix.lower() in (".yaml", ".yml", ".json"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
+            data = _yaml_load(text) or {}
         else:
             raise UsageError(f"config file {p} must end in .yaml, .yml, .toml or .json")
     except UsageError:

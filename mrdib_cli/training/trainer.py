@@ -67,6 +67,9 @@ def identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
 
 def check_same_run(run_name: str, stored: dict[str, Any], conf: dict[str, Any]) -> None:
     """Refuse to continue run ``run_name`` (its ``config.json`` is ``stored``) with other options or data."""
+    if stored.get("dataset") and conf.get("dataset") and stored["dataset"] != conf["dataset"]:
+        raise UsageError(f"run '{run_name}' was started on dataset '{stored['dataset']}', not "
+                         f"'{conf['dataset']}'; resume it without -d, or start a new --run-name")
     was, now = identity_fields(stored), identity_fields(conf)
     if digest_obj(was) != digest_obj(now):
         raise UsageError(f"run '{run_name}' was started with a different configuration "

@@ -318,8 +318,8 @@ def parse_study(data: dict[str, Any], where: str = "config", path: Path | None =
     backbones = c.list_of(bb_raw, "backbones", lambda x, k: _backbone(c, x, k))
     seeds = c.list_of(data.get("seeds", data.get("seed", [SEED])), "seeds", c.int_)
     mrdib = c.list_of(data.get("mrdib", [False]), "mrdib", c.bool_)
-    opts = c.keys(data.get("mrdib_options"), "mrdib_options",
-                  tuple(str(k) for k in (data.get("mrdib_options") or {})))
+    raw_opts = data.get("mrdib_options")
+    opts = c.keys(raw_opts, "mrdib_options", tuple(str(k) for k in raw_opts) if isinstance(raw_opts, dict) else ())
     name = c.str_(data.get("name", path.stem if path else "study"), "name")
     from mrdib_cli.workspace import check_name
 

@@ -75,6 +75,15 @@ def test_flag_errors_are_one_line_and_leave_no_run(workdir, cli):
     rc, _, err = cli("train", "-b", "vbpr", "-n", "y", "--mrdib", "--synergy-head", "attention", *FAST)
     assert rc == 2 and "synergy-head" in err
     assert not (workdir / "runs" / "y").exists()
+    rc, out, err = cli("train", "-b", "vbpr", "--mrdib", "--plugin-opt", "critic_hidden=16", "--print-config")
+    assert rc == 0 and json.loads(out)["plugin"]["critic_hidden"] == 16, err  # the switch chooses the plug-in
+    rc, _, err = cli("train", "-b", "vbpr", "--plugin-opt", "critic_hidden=16", "--print-config")
+    assert rc == 2 and "no plug-in chosen" in err
+    (workdir / "p.yaml").write_text("backbone: vbpr\nplugin: mrdib\n")
+    rc, _, err = cli("train", "-c", str(workdir / "p.yaml"), "--print-config")
+    assert rc == 2 and "'plugin' must be a mapping" in err and "Traceback" not in err
+    rc, _, err = cli("train", "-b", "bm3", "--mrdib", "--print-config")  # the default preset's dual path
+    assert rc == 2 and "add --no-dual-path" in err
     rc, _, err = cli("diagnose", "nope")
     assert rc != 0 and "Traceback" not in err
 

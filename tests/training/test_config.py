@@ -79,10 +79,40 @@ def test_plugin_options_are_checked_when_resolved():
         resolve(alpha_kl=True)
     with pytest.raises(UsageError, match="critic_hidden must be an integer, got 1.5"):
         resolve(critic_hidden=1.5)
+    for bad, says in ((0, "positive integer"), (-4, "positive integer")):
+        with pytest.raises(UsageError, match=f"critic-hidden must be a {says}"):
+            resolve(critic_hidden=bad)
+    for bad in (float("nan"), float("inf")):  # NaN passes every comparison, so each range check
+        with pytest.raises(UsageError, match="alpha_kl must be a finite number"):
+            resolve(alpha_kl=bad)
     with pytest.raises(UsageError, match="'lightgcn' has no modality hook points"):
         resolve("lightgcn")
+    with pytest.raises(UsageError, match="'bm3' trains without a BPR term: add --no-dual-path"):
+        resolve("bm3")
+    resolve("bm3", dual_path=False)
     with pytest.raises(UsageError, match="unknown plug-in 'nope'"):
         resolve_run(flags={"backbone": "vbpr"}, plugin={"name": "nope"})
+
+
+def test_yaml_numbers_written_without_a_dot(tmp_path):
+    """PyYAML reads 1e-3 as text (YAML 1.1 wants 1.0e-3); a config file reads it as the number people mean."""
+    y = tmp_path / "c.yaml"
+    y.write_text("backbone: vbpr\ntrain: {lr: 1e-3}\nplugin: {name: mrdib, alpha_kl: 5E-3}\n"
+                 "features: {image: 1e3}\n")
+    cfg = resolve_run(file=load_config_file(y))
+    assert cfg.train.lr == 1e-3 and cfg.plugin["alpha_kl"] == 5e-3
+    assert load_config_file(y)["features"]["image"] == 1000.0 and parse_value("1e-3") == 1e-3
+
+
+def test_a_resume_on_another_dataset_is_refused_by_name():
+    from mrdib_cli.training.trainer import check_same_run
+
+    stored = {**resolve_run(flags={"backbone": "lightgcn"}).to_dict(), "dataset": "demo", "dataset_digest": "d1"}
+    check_same_run("r", stored, {**stored})
+    with pytest.raises(UsageError, match="started on dataset 'demo', not 'demo-loo'"):
+        check_same_run("r", stored, {**stored, "dataset": "demo-loo"})
+    with pytest.raises(UsageError, match="train.lr was 0.001, now 0.01"):
+        check_same_run("r", stored, {**stored, "train": {**stored["train"], "lr": 0.01}})
 
 
 def test_a_refusal_names_where_the_value_came_from():

@@ -45,6 +45,7 @@ def test_unknown_keys_are_errors_naming_the_key(extra, key):
     ({"backbones": [{"name": "lightgcn", "hparams": {"n_layers": "two"}}]}, "backbones[0].hparams.n_layers"),
     ({"datasets": [{"name": "demo", "source": "demo", "prepare": {"users": "many"}}]}, "datasets[0].prepare.users"),
     ({"features": {"image": {"allow_random_weights": "yes"}}}, "features.image.allow_random_weights"),
+    ({"mrdib_options": 5}, "mrdib_options"),
 ])
 def test_wrong_types_are_errors_naming_the_key(extra, key):
     with pytest.raises(UsageError) as e:
