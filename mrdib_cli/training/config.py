@@ -110,7 +110,11 @@ def _yaml_load(text: str) -> Any:
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))
-    return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader)
+    loader = Loader(text)  # a SafeLoader: plain data only, no Python objects
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
