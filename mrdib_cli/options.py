@@ -39,8 +39,18 @@ class Option:
         return "--no-" + self.flag[2:] if self.is_switch and self.default is True else None
 
     def convert(self, raw: str) -> Any:
-        """A command-line value as this option's type; ValueError when it is not one."""
+        """A command-line value as this option's type (``null`` where the default is None, which means "the
+        option's own choice": ``--bottleneck-dim null``); ValueError when it is not one."""
+        if self.default is None and raw.strip().lower() in ("null", "none"):
+            return None
         return self.type(raw)
+
+    @property
+    def words(self) -> str:
+        """What a value must be, for a refusal: "an integer", "a number", ..."""
+        kind = {int: "an integer", float: "a number", str: "a name", bool: "true or false"}.get(
+            self.type, f"a {self.type.__name__}")
+        return f"{kind} or null" if self.default is None else kind
 
 
 def options_from_defaults(defaults: dict[str, Any], helps: dict[str, str]) -> tuple[Option, ...]:

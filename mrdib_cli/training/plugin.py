@@ -134,7 +134,7 @@ def _convert(opt: Option, raw: str) -> Any:
     try:
         return opt.convert(raw)
     except ValueError:
-        raise UsageError(f"{opt.flag} expects a {opt.type.__name__}, got {raw!r}") from None
+        raise UsageError(f"{opt.flag} expects {opt.words}, got {raw!r}") from None
 
 
 def claim_plugin_args(args: list[str], selected: str | None = None) -> tuple[dict[str, Any] | None, list[str]]:

@@ -409,6 +409,10 @@ class Trainer:
         self._restore_rng(st)
         self.sampler.set_state(st["sampler"])
         self.epoch = int(st["epoch"])
+        if self.epoch > self.cfg.train.epochs:  # its results would claim a cap its epochs went past
+            raise UsageError(f"run '{self.run_name}' has trained {self.epoch} epochs already, more than --epochs "
+                             f"{self.cfg.train.epochs}: resume it with --epochs {self.epoch} or more, or start "
+                             "it over with --force")
         self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
         self.stopper.bad_epochs = int(st["bad_epochs"])
         self.best_valid = dict(st["best_valid"])

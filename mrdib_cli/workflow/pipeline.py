@@ -97,6 +97,10 @@ def run_specs(study: Study) -> list[RunSpec]:
 
 
 def check_plugin_available(study: Study) -> None:
+    """MRdIB available and its options valid when a run uses it; options no run would use are refused."""
+    if study.mrdib_options and not any(study.mrdib):
+        raise UsageError("mrdib_options are set, but no run uses MRdIB (mrdib: false): set mrdib: true (or "
+                         "[false, true]), or remove mrdib_options")
     if any(study.mrdib):
         from mrdib_cli.training.plugin import available_plugins
 

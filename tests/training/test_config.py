@@ -94,6 +94,17 @@ def test_plugin_options_are_checked_when_resolved():
         resolve_run(flags={"backbone": "vbpr"}, plugin={"name": "nope"})
 
 
+def test_a_plugin_flag_whose_default_is_none_takes_null():
+    from mrdib_cli.training.plugin import claim_plugin_args
+
+    assert claim_plugin_args(["--mrdib", "--bottleneck-dim", "null"])[0] == {"name": "mrdib", "bottleneck_dim": None}
+    assert claim_plugin_args(["--mrdib", "--bottleneck-dim", "32"])[0]["bottleneck_dim"] == 32
+    with pytest.raises(UsageError, match="--bottleneck-dim expects an integer or null, got 'wide'"):
+        claim_plugin_args(["--mrdib", "--bottleneck-dim", "wide"])
+    with pytest.raises(UsageError, match="--alpha-kl expects a number, got 'null'"):
+        claim_plugin_args(["--mrdib", "--alpha-kl", "null"])
+
+
 def test_yaml_numbers_written_without_a_dot(tmp_path):
     """PyYAML reads 1e-3 as text (YAML 1.1 wants 1.0e-3); a config file reads it as the number people mean."""
     y = tmp_path / "c.yaml"

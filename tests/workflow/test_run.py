@@ -66,6 +66,9 @@ def test_a_run_no_setting_can_train_is_refused_before_any_step(tmp_path):
     with pytest.raises(UsageError, match=r"fanout \(from .*t.yaml\) gives 2 values"):
         run_pipeline(Workspace(tmp_path / "wd"), parse_study(conf, where="t.yaml", path=tmp_path / "t.yaml"))
     assert not (tmp_path / "wd" / "datasets").exists()  # not prepared first, then refused
+    unused = {**copy.deepcopy(TINY), "mrdib_options": {"alpha_kl": 0.1}}  # mrdib: false, the default
+    with pytest.raises(UsageError, match="no run uses MRdIB"):
+        run_pipeline(Workspace(tmp_path / "wd"), parse_study(unused, where="t.yaml"), dry_run=True)
 
 
 def test_cli_dry_run_json(cli, tmp_path):
