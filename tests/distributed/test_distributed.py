@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 
 from tests.conftest import ROOT
+from tests.forked import mrdib_forked
 from tests.synth_data import make_dataset
 
 torch_dist = pytest.importorskip("torch.distributed")
@@ -30,9 +31,12 @@ def _cli(workdir: Path, *args: str, threads: int | None = None,
     env.pop("OMP_NUM_THREADS", None)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, *args] if python_module else [sys.executable, "-m", "mrdib_cli", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                       cwd=str(ROOT), timeout=300)
+    if not python_module and (threads or "OMP_NUM_THREADS" not in os.environ):
+        # the launcher as a fork of the pre-warmed server (its workers still start fresh interpreters)
+        p = mrdib_forked(workdir, *args, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    else:
+        cmd = [sys.executable, *args] if python_module else [sys.executable, "-m", "mrdib_cli", *args]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(ROOT), timeout=300)
     assert p.returncode == 0, f"mrdib {' '.join(args)} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}"
     return p
 

@@ -4,16 +4,13 @@ the test runner can run both files at once."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
 from tests.distributed.test_distributed import _cli
+from tests.forked import start_forked
 from tests.synth_data import make_dataset
 
 torch_dist = pytest.importorskip("torch.distributed")
@@ -43,15 +40,12 @@ def _machines(workdir: Path, *args: str, n: int = 2, timeout_min: str = "30",
     """``mrdib ARGS --nnodes n`` started n times at once, as on n machines meeting at a local endpoint (machine
     i adds ``each[i]`` to its command line and ``env_each[i]`` to its environment): (exit code, stdout,
     stderr) of each launcher."""
-    env = {**os.environ, "MRDIB_HOME": str(workdir), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200",
-           "MRDIB_DIST_TIMEOUT_MIN": timeout_min}
     meet = ("--nnodes", "2", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}")
-    launchers = [subprocess.Popen([sys.executable, "-m", "mrdib_cli", *args, *(each[i] if each else ()), *meet],
-                                  env={**env, **(env_each[i] if env_each else {})}, cwd=str(ROOT), text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # forks of the pre-warmed server, all started before any is waited for (they must meet)
+    launchers = [start_forked(workdir, *args, *(each[i] if each else ()), *meet, MRDIB_DIST_TIMEOUT_MIN=timeout_min,
+                              **(env_each[i] if env_each else {}))
                  for i in range(n)]
-    outs = [p.communicate(timeout=300) for p in launchers]
-    return [(p.returncode, out, err) for p, (out, err) in zip(launchers, outs)]
+    return [(r.returncode, r.stdout, r.stderr) for r in (child.wait(300) for child in launchers)]
 
 
 def test_ranks_on_two_machines_train_as_ranks_on_one(ws):
