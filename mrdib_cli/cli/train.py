@@ -181,10 +181,13 @@ def train_cmd(
     cfg = resolve_run(w, stored=stored, file=file, file_source=str(config), flags=flags, plugin=plug or None,
                       sets=sets)
 
-    if print_config:
-        if stored is not None:  # what the real resume would refuse, refused here too (data digests: at the run)
-            from mrdib_cli.training.trainer import check_same_run
+    if print_config:  # what the run would refuse, refused here too (data digests: at the run)
+        from mrdib_cli.training.trainer import check_same_run, run_exists
+
+        if stored is not None:
             check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
+        elif not force and cfg.run_name and (w.run_dir(cfg.run_name) / "config.json").exists():
+            raise run_exists(cfg.run_name)
         out.print_json(json.dumps(cfg.with_sources()))
         return
 

@@ -90,7 +90,7 @@ def parse_value(text: str) -> Any:
         return t.lower() == "true"
     if t.lower() in ("null", "none"):
         return None
-    if t[:1] in "[{\"":
+    if t and t[0] in "[{\"":
         try:
             return json.loads(t)
         except json.JSONDecodeError:

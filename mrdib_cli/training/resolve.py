@@ -195,6 +195,9 @@ def check_plugin(cfg: RunConfig) -> None:
     from mrdib_cli.models.base import get_backbone
     from mrdib_cli.training.plugin import create_plugin
 
+    if "resolved" in cfg.plugin and cfg.sources.get("plugin.resolved") != STORED:
+        raise UsageError("plugin.resolved is what a run derives from its backbone when it starts (config.json "
+                         "stores it), not an option: remove it")
     plugin = create_plugin(str(cfg.plugin.get("name")), {k: v for k, v in cfg.plugin.items() if k != "name"})
     why = plugin.refuses_backbone(get_backbone(cfg.backbone))
     if why:

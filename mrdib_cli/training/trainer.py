@@ -65,6 +65,12 @@ def identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
     return keep
 
 
+def run_exists(run_name: str) -> UsageError:
+    """The refusal of a new run under a name another run has."""
+    return UsageError(f"run '{run_name}' already exists; use --resume to continue it, --force to overwrite it, "
+                      "or choose another --run-name")
+
+
 def check_same_run(run_name: str, stored: dict[str, Any], conf: dict[str, Any]) -> None:
     """Refuse to continue run ``run_name`` (its ``config.json`` is ``stored``) with other options or data."""
     if stored.get("dataset") and conf.get("dataset") and stored["dataset"] != conf["dataset"]:
@@ -358,8 +364,7 @@ class Trainer:
             resume, overwrite = False, True
         if exists and not resume:
             if not overwrite:
-                raise UsageError(f"run '{self.run_name}' already exists; use --resume to continue it, "
-                                 "--force to overwrite it, or choose another --run-name")
+                raise run_exists(self.run_name)
             _discard(self.run_dir)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         return resume

@@ -90,6 +90,10 @@ def test_plugin_options_are_checked_when_resolved():
     with pytest.raises(UsageError, match="'bm3' trains without a BPR term: add --no-dual-path"):
         resolve("bm3")
     resolve("bm3", dual_path=False)
+    with pytest.raises(UsageError, match="plugin.resolved is what a run derives"):
+        resolve(resolved=5)
+    stored = {"backbone": "vbpr", "plugin": {"name": "mrdib", "resolved": {"hooks": ["image"]}}}
+    assert resolve_run(stored=stored).plugin["resolved"] == {"hooks": ["image"]}  # a resumed run's own
     with pytest.raises(UsageError, match="unknown plug-in 'nope'"):
         resolve_run(flags={"backbone": "vbpr"}, plugin={"name": "nope"})
 
@@ -144,6 +148,7 @@ def test_set_values_and_sections():
     assert cfg.train.lr == 5e-4 and cfg.train.epochs == 3 and cfg.train.ks == [5, 10]
     assert cfg.hparams["n_layers"] == 2 and cfg.hparams["reg_weight"] == 1e-3
     assert parse_value("1e-3") == 1e-3 and parse_value("true") is True and parse_value("abc") == "abc"
+    assert parse_value("") == "" and parse_value(" ") == ""  # the option's own check then says what it wants
     with pytest.raises(UsageError, match="valid_metric"):
         resolve_run(flags={"backbone": "lightgcn"}, sets=["valid_metric=recall@50"])
 

@@ -151,9 +151,10 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert conf["train"]["minibatch"] == "sampled" and conf["train"]["fanout"] == [5]
     res = json.loads((workdir / "runs" / "s" / "results.json").read_text())
     assert res["test"]["recall@20"] >= 0
-    code, _, err = cli("train", "-b", "lightgcn", "--epochs", "1", "--minibatch", "sampled", "-n", "s",
+    code, _, err = cli("train", "-b", "lightgcn", "--epochs", "3", "--minibatch", "sampled", "-n", "s",
                        "--resume")
     assert code == 0, err
+    assert json.loads((workdir / "runs" / "s" / "results.json").read_text())["epochs_run"] == 3
     code, _, err = cli("train", "-b", "mgcn", "--epochs", "1", "--minibatch", "sampled", "-n", "m")
     assert code == 2 and "not available for mgcn" in err and "Traceback" not in err
     assert not (workdir / "runs" / "m").exists()
