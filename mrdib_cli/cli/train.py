@@ -165,6 +165,9 @@ def train_cmd(
     if resume:
         run_name = _run_to_resume(run_name)
         stored = read_json(w.run_dir(run_name) / "config.json")
+    if stored is not None and backbone and backbone != stored.get("backbone"):
+        raise UsageError(f"run '{run_name}' was started with backbone {stored.get('backbone')}, not {backbone}; "
+                         "resume it without --backbone, or start a new --run-name")
     file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,

@@ -103,6 +103,8 @@ def test_resume_with_other_options_is_refused(demo_wd: Path) -> None:
     one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "--lr", "0.01", "--print-config"),
                    "different configuration (train.lr was 0.001, now 0.01)", code=2)
     one_line_error(mrdib(demo_wd, *TRAIN, "--print-config"), "already exists; use --resume", code=2)
+    one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "-b", "vbpr"), "started with backbone lightgcn, not vbpr",
+                   code=2)
     assert_intact(before, demo_wd / "runs" / "r")
 
 
