@@ -286,6 +286,15 @@ def run_config(study: Study, rs: RunSpec) -> Any:
     return resolve_run(file=entry, file_source=str(study.path or study.name))
 
 
+def _resolved(study: Study, rs: RunSpec) -> Any:
+    """:func:`run_config`, a refusal naming the study and the run (a sweep's point is in its name)."""
+    try:
+        return run_config(study, rs)
+    except UsageError as e:
+        where = study.path.name if study.path else study.name
+        raise UsageError(f"{where}, run '{rs.run_name}': {e}", exit_code=e.exit_code) from None
+
+
 def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, Any]] | None:
     """(inputs, params) of a training step, or None when the dataset does not exist yet."""
     from mrdib_cli.data.handle import DatasetHandle
@@ -415,7 +424,7 @@ def run_pipeline(ws: Workspace, study: Study, *, dry_run: bool = False, log: Log
     specs = specs if specs is not None else run_specs(study)
     # every run resolved before the first step: a setting no run can train with is refused now, not after
     # the dataset, features and graphs were built
-    configs = {rs.run_name: run_config(study, rs) for rs in specs}
+    configs = {rs.run_name: _resolved(study, rs) for rs in specs}
     for ds in study.datasets:
         add(dataset_step(ws, ds, study, execute, log))
         add(feature_steps(ws, ds, study, execute, log))

@@ -66,6 +66,13 @@ def test_a_run_no_setting_can_train_is_refused_before_any_step(tmp_path):
     with pytest.raises(UsageError, match=r"fanout \(from .*t.yaml\) gives 2 values"):
         run_pipeline(Workspace(tmp_path / "wd"), parse_study(conf, where="t.yaml", path=tmp_path / "t.yaml"))
     assert not (tmp_path / "wd" / "datasets").exists()  # not prepared first, then refused
+    from mrdib_cli.workflow.sweep import sweep_specs
+
+    swept = {**copy.deepcopy(TINY), "backbones": ["vbpr"], "mrdib": True,
+             "sweep": {"grid": {"mrdib_options.alpha_kl": [0.01, "abc"]}}}
+    study = parse_study(swept, where="t.yaml", path=tmp_path / "t.yaml")
+    with pytest.raises(UsageError, match=r"t.yaml, run 't-vbpr-mrdib-.*abc.*': MRdIB option alpha_kl must be a number"):
+        run_pipeline(Workspace(tmp_path / "wd"), study, specs=sweep_specs(study), dry_run=True)
     unused = {**copy.deepcopy(TINY), "mrdib_options": {"alpha_kl": 0.1}}  # mrdib: false, the default
     with pytest.raises(UsageError, match="no run uses MRdIB"):
         run_pipeline(Workspace(tmp_path / "wd"), parse_study(unused, where="t.yaml"), dry_run=True)
