@@ -45,6 +45,15 @@ class Option:
             return None
         return self.type(raw)
 
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` (from a config file or ``--set``) has this option's type: an integer is a number,
+        a bool is not; null only where the default is None."""
+        if value is None:
+            return self.default is None
+        if isinstance(value, bool):
+            return self.type is bool
+        return isinstance(value, (int, float) if self.type is float else self.type)
+
     @property
     def words(self) -> str:
         """What a value must be, for a refusal: "an integer", "a number", ..."""

@@ -34,6 +34,7 @@ from mrdib_cli.errors import UsageError
 from mrdib_cli.models.base import Backbone, Batch, Embeddings
 from mrdib_cli.mrdib.bottleneck import BottleneckOut, GaussianBottleneck
 from mrdib_cli.mrdib.mine import CriticTrainer, make_critic, redundancy_term
+from mrdib_cli.options import options_from_dataclass
 from mrdib_cli.training.plugin import Plugin
 
 
@@ -88,19 +89,13 @@ class MRdIBConfig:
         "kl_reduction": ("sum", "mean"), "placement": ("projection", "input"), "units": ("scaled", "raw"),
         "unique_decoders": ("shared", "independent"), "red_gate": ("positive", "always")}
 
-    #: annotation -> (accepted types, the words a refusal uses); bool is refused where a number is expected
-    KINDS: ClassVar[dict[str, tuple[tuple[type, ...], str]]] = {
-        "bool": ((bool,), "true or false"), "float": ((int, float), "a number"), "int": ((int,), "an integer"),
-        "int | None": ((int, type(None)), "an integer or null"), "str": ((str,), "a name")}
-
     def validate(self) -> None:
-        for f in fields(self):
-            accepted, words = self.KINDS[str(f.type)]
-            value = getattr(self, f.name)
-            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
-                raise UsageError(f"MRdIB option {f.name} must be {words}, got {value!r}")
+        for opt in options_from_dataclass(type(self), {}):  # the same types the flags convert to
+            value = getattr(self, opt.name)
+            if not opt.accepts(value):
+                raise UsageError(f"MRdIB option {opt.name} must be {opt.words}, got {value!r}")
             if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
-                raise UsageError(f"MRdIB option {f.name} must be a finite number, got {value}")
+                raise UsageError(f"MRdIB option {opt.name} must be a finite number, got {value}")
         for k in ("alpha_kl", "alpha_red", "alpha_uni", "alpha_syn", "critic_lr", "init_noise"):
             if getattr(self, k) < 0:
                 raise UsageError(f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}")
