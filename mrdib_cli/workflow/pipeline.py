@@ -291,8 +291,24 @@ def _resolved(study: Study, rs: RunSpec) -> Any:
     try:
         return run_config(study, rs)
     except UsageError as e:
-        where = study.path.name if study.path else study.name
-        raise UsageError(f"{where}, run '{rs.run_name}': {e}", exit_code=e.exit_code) from None
+        raise _in_run(study, rs, e) from None
+
+
+def _in_run(study: Study, rs: RunSpec, e: UsageError) -> UsageError:
+    """``e`` prefixed with the study file and the run it concerns."""
+    where = study.path.name if study.path else study.name
+    return UsageError(f"{where}, run '{rs.run_name}': {e}", exit_code=e.exit_code)
+
+
+def _check_devices(study: Study, specs: list[RunSpec], configs: dict[str, Any]) -> None:
+    """Refuse a run whose training device this machine does not have (``train: {device: cuda}`` without CUDA)."""
+    import torch
+
+    for rs in specs:
+        device = configs[rs.run_name].train.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise _in_run(study, rs, UsageError(f"train.device is '{device}' but this machine has no CUDA device "
+                                                "(set device: cpu or auto)"))
 
 
 def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, Any]] | None:
@@ -425,6 +441,8 @@ def run_pipeline(ws: Workspace, study: Study, *, dry_run: bool = False, log: Log
     # every run resolved before the first step: a setting no run can train with is refused now, not after
     # the dataset, features and graphs were built
     configs = {rs.run_name: _resolved(study, rs) for rs in specs}
+    if execute:  # and a device this machine lacks, before the first step too
+        _check_devices(study, specs, configs)
     for ds in study.datasets:
         add(dataset_step(ws, ds, study, execute, log))
         add(feature_steps(ws, ds, study, execute, log))

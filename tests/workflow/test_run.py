@@ -78,6 +78,24 @@ def test_a_run_no_setting_can_train_is_refused_before_any_step(tmp_path):
         run_pipeline(Workspace(tmp_path / "wd"), parse_study(unused, where="t.yaml"), dry_run=True)
 
 
+def test_a_device_this_machine_lacks_is_refused_before_any_step(tmp_path, monkeypatch):
+    """``train: {device: cuda}`` on a machine without CUDA: refused before the dataset is prepared (a dry run,
+    which may be previewing a study meant for another machine, still lists it)."""
+    import torch
+
+    from mrdib_cli.errors import UsageError
+    from mrdib_cli.workspace import Workspace
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    conf = copy.deepcopy(TINY)
+    conf["train"]["device"] = "cuda"
+    study = parse_study(conf, where="t.yaml", path=tmp_path / "t.yaml")
+    assert run_pipeline(Workspace(tmp_path / "wd"), study, dry_run=True).steps
+    with pytest.raises(UsageError, match=r"t.yaml, run '.*': train.device is 'cuda' but this machine has no CUDA"):
+        run_pipeline(Workspace(tmp_path / "wd"), study)
+    assert not (tmp_path / "wd" / "datasets").exists()
+
+
 def test_cli_dry_run_json(cli, tmp_path):
     import yaml
 
