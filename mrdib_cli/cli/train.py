@@ -158,7 +158,7 @@ def train_cmd(
     from mrdib_cli.training.config import load_config_file
     from mrdib_cli.training.plugin import claim_plugin_args
     from mrdib_cli.training.resolve import resolve_run
-    from mrdib_cli.training.trainer import EpochRecord, Trainer
+    from mrdib_cli.training.trainer import EpochRecord, Trainer, check_same_run
 
     w = ws()
     stored = None
@@ -168,6 +168,8 @@ def train_cmd(
     if stored is not None and backbone and backbone != stored.get("backbone"):
         raise UsageError(f"run '{run_name}' was started with backbone {stored.get('backbone')}, not {backbone}; "
                          "resume it without --backbone, or start a new --run-name")
+    if stored is not None and dataset and dataset != stored.get("dataset"):  # before the banner names it
+        check_same_run(run_name, stored, {"dataset": dataset})
     file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
@@ -185,7 +187,7 @@ def train_cmd(
                       sets=sets)
 
     if print_config:  # what the run would refuse, refused here too (data digests: at the run)
-        from mrdib_cli.training.trainer import check_same_run, run_exists
+        from mrdib_cli.training.trainer import run_exists
 
         if stored is not None:
             check_same_run(run_name, stored, {**stored, **cfg.to_dict()})

@@ -95,7 +95,13 @@ def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
         return "the dataset changed since"
     if top == "feature_digests":
         return f"the {key.split('.', 1)[-1]} feature table changed since"
+    if top == "plugin" and None in (was.get("plugin"), now.get("plugin")):  # a whole section on or off
+        return f"plugin was {_plugin_named(was)}, now {_plugin_named(now)}"
     return f"{key} was {value_at(was, key)}, now {value_at(now, key)}"
+
+
+def _plugin_named(identity: dict[str, Any]) -> str:
+    return (identity.get("plugin") or {}).get("name") or "none"
 
 
 def _with_later_defaults(identity: dict[str, Any]) -> dict[str, Any]:

@@ -105,6 +105,10 @@ def test_resume_with_other_options_is_refused(demo_wd: Path) -> None:
     one_line_error(mrdib(demo_wd, *TRAIN, "--print-config"), "already exists; use --resume", code=2)
     one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "-b", "vbpr"), "started with backbone lightgcn, not vbpr",
                    code=2)
+    state = (demo_wd / "state.json").read_bytes() if (demo_wd / "state.json").exists() else None
+    one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "-d", "baby"), "started on dataset 'demo', not 'baby'", code=2)
+    # refused before the banner, which would have made 'baby' the active dataset
+    assert ((demo_wd / "state.json").read_bytes() if (demo_wd / "state.json").exists() else None) == state
     assert_intact(before, demo_wd / "runs" / "r")
 
 

@@ -128,6 +128,11 @@ def test_a_resume_on_another_dataset_is_refused_by_name():
         check_same_run("r", stored, {**stored, "dataset": "demo-loo"})
     with pytest.raises(UsageError, match="train.lr was 0.001, now 0.01"):
         check_same_run("r", stored, {**stored, "train": {**stored["train"], "lr": 0.01}})
+    with_plugin = {**stored, "plugin": {"name": "mrdib", "alpha_kl": 0.005}}
+    with pytest.raises(UsageError, match=r"\(plugin was none, now mrdib\)"):  # not the section's repr
+        check_same_run("r", stored, with_plugin)
+    with pytest.raises(UsageError, match=r"\(plugin was mrdib, now none\)"):
+        check_same_run("r", with_plugin, stored)
 
 
 def test_a_refusal_names_where_the_value_came_from():
