@@ -66,8 +66,8 @@ def test_topk_cosine_holds_at_most_block_cells_similarities(monkeypatch):
 
     x = np.random.default_rng(3).standard_normal((57, 9)).astype(np.float32)
     shapes: list[tuple[int, ...]] = []
-    real = np.argpartition
-    monkeypatch.setattr(knn.np, "argpartition", lambda a, *args, **kw: shapes.append(a.shape) or real(a, *args, **kw))
+    real = knn._top_k
+    monkeypatch.setattr(knn, "_top_k", lambda sim, k: shapes.append(sim.shape) or real(sim, k))
     idx, _ = topk_cosine(x, 5)
     assert shapes == [(57, 57)]
     monkeypatch.setattr(knn, "BLOCK_CELLS", 57 * 10)
@@ -75,6 +75,50 @@ def test_topk_cosine_holds_at_most_block_cells_similarities(monkeypatch):
     idx2, _ = topk_cosine(x, 5)
     assert max(s[0] for s in shapes) == 10 and sum(s[0] for s in shapes) == 57
     np.testing.assert_array_equal(idx, idx2)
+
+
+def _topk_by_argpartition(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The definition topk_cosine keeps: every row's argpartition, then (similarity desc, index asc)."""
+    xn = np.array(x, dtype=np.float32)
+    norms = np.linalg.norm(xn, axis=1, keepdims=True)
+    xn = np.divide(xn, norms, out=np.zeros_like(xn), where=norms > 0)
+    sim = xn @ xn.T
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    pv = np.take_along_axis(sim, part, 1)
+    order = np.lexsort((part, -pv), axis=1)
+    return np.take_along_axis(part, order, 1), np.take_along_axis(pv, order, 1)
+
+
+@pytest.mark.parametrize("n,k", [(2000, 10), (301, 7), (40, 9), (12, 11)])
+def test_topk_cosine_picks_what_argpartition_picks_ties_included(n, k):
+    """The chunked selection must not change a stored graph: the same neighbours as a plain argpartition of
+    every row, also where ties at the k-th place leave the choice to argpartition (duplicated items, items
+    without features, all of whose similarities are 0)."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    x[rng.choice(n, n // 4)] = x[rng.choice(n, n // 4)]  # duplicates: equal similarities
+    x[rng.choice(n, max(1, n // 20))] = 0.0  # no features: a row of zeros
+    x[: n // 10, :4] = np.round(x[: n // 10, :4])  # coarse values: more exact ties
+    idx, val = topk_cosine(x, k)
+    ref_idx, ref_val = _topk_by_argpartition(x, k)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_array_equal(val, ref_val)
+
+
+def test_chunked_selection_settles_untied_rows_and_leaves_tied_ones():
+    from mrdib_cli.graphs import knn
+
+    rng = np.random.default_rng(5)
+    sim = rng.standard_normal((6, 500)).astype(np.float32)
+    sim[1, [3, 77]] = 9.0  # a tie at the top is no problem
+    sim[2, :] = 0.0  # every entry tied
+    sim[3, 10] = np.nan
+    order4 = np.argsort(-sim[4])
+    sim[4, order4[5]] = sim[4, order4[4]]  # the 5th and 6th largest equal: a tie at the k-th place (k=5)
+    rows, cols = knn._top_k_by_chunks(sim, 5, 20)
+    assert list(rows) == [0, 1, 5]
+    for r, c in zip(rows, cols):
+        np.testing.assert_array_equal(np.sort(c), np.sort(np.argsort(-sim[r], kind="stable")[:5]))
 
 
 def test_knn_normalisations():
