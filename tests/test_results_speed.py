@@ -191,3 +191,29 @@ def test_a_second_sampled_only_rerun_keeps_naming_the_run_of_the_full_mode_rows(
     (tmp_path / "scaling.json").write_text(json.dumps(
         {"meta": {"date": "2026-12-07 05:49 UTC", "commit": "dde2adc", "cpu": "EPYC"}, "result": once}))
     assert scaling.keep_full_part(ctx, {"rows": []})["full_from"] == origin
+
+
+def test_a_graph_only_rerun_keeps_the_training_rows_and_names_their_run(tmp_path):
+    """``MRDIB_SCALING_PARTS=graph`` replaces only the build-graph point: the page must say which run the
+    full-mode and sampled rows come from, and a later sampled rerun must stop saying so of its own rows."""
+    from types import SimpleNamespace
+
+    origin = {"date": "2026-12-07 09:10 UTC", "commit": "b281316", "cpu": "EPYC"}
+    full_origin = {"date": "2026-11-27 06:48 UTC", "commit": "e97e9f1", "cpu": "Xeon"}
+    sampled = {"factors": [1, 4], "rows": [], "exponents": {}, "graph": {"factor": 4, "wall_s": 9.0, "cpu_s": 8.0,
+                                                                         "peak_rss_mib": 1000}}
+    result = {**_scaling_result(), "sampled": sampled, "full_from": full_origin}
+    (tmp_path / "scaling.json").write_text(json.dumps({"meta": origin, "result": result}))
+    ctx = SimpleNamespace(out_dir=tmp_path)
+    new_graph = {"factor": 64, "wall_s": 700.0, "cpu_s": 650.0, "peak_rss_mib": 1200}
+    res = scaling.keep_all_but_graph(ctx, new_graph)
+    assert res["sampled"]["graph"] == new_graph and res["sampled"]["factors"] == [1, 4]
+    assert res["full_from"] == full_origin and res["sampled_from"] == origin
+    md = scaling.render(res)
+    assert "The sampled rows above are from the run of 2026-12-07 09:10 UTC (EPYC, commit b281316)." in md
+    assert "the build-graph point below was measured again (`MRDIB_SCALING_PARTS=graph`)" in md
+    assert "`mrdib build-graph` at 64x" in md and "700 s wall" in md
+    (tmp_path / "scaling.json").write_text(json.dumps({"meta": {**origin, "date": "later"}, "result": res}))
+    again = scaling.keep_full_part(ctx, sampled)
+    assert "sampled_from" not in again and again["full_from"] == full_origin
+    assert "The sampled rows above" not in scaling.render(again)

@@ -224,12 +224,16 @@ def run_sampled(ctx, ws: Path, seed: int) -> dict:
                                 [r[m] for r in rows if r["backbone"] == b])
                 for m in ("train_s_per_epoch", "train_cpu_s", "peak_rss_mib", "valid_s_per_pass")
                 if all(m in r for r in rows if r["backbone"] == b)} for b in labels}
-    # exact kNN costs items^2: at 64x about an hour of one core per modality, so a short run may name a smaller size
-    gf = int(os.environ.get("MRDIB_SCALING_GRAPH_FACTOR", factors[-1]))
+    return {"factors": list(factors), "rows": rows, "exponents": exps, "eval_backbone": EVAL_BACKBONE,
+            "graph": graph_point(ctx, ws, factors[-1])}
+
+
+def graph_point(ctx, ws: Path, largest: int) -> dict:
+    """``mrdib build-graph`` at the largest sampled size (MRDIB_SCALING_GRAPH_FACTOR names another)."""
+    gf = int(os.environ.get("MRDIB_SCALING_GRAPH_FACTOR", largest))
     graph = build_graph_point(ws, write_dataset(ws, gf), ctx.threads)
     ctx.log(f"scaling: build-graph at {gf}x: {graph['wall_s']:.0f} s, peak RSS {graph['peak_rss_mib']} MiB")
-    return {"factors": list(factors), "rows": rows, "exponents": exps, "eval_backbone": EVAL_BACKBONE,
-            "graph": {"factor": gf, **graph}}
+    return {"factor": gf, **graph}
 
 
 def build_graph_point(workdir: Path, dataset: str, threads: int) -> dict:
@@ -257,6 +261,8 @@ def run(ctx) -> dict:
         factors = tuple(int(f) for f in os.environ["MRDIB_SCALING_FACTORS"].split(","))
     ws = Path(ctx.workdir) / "ws"
     seed = ctx.seeds[0]
+    if os.environ.get("MRDIB_SCALING_PARTS") == "graph":
+        return keep_all_but_graph(ctx, graph_point(ctx, ws, SAMPLED_FULL_FACTORS[-1]))
     sampled = run_sampled(ctx, ws, seed) if ctx.device == "cpu" else None
     if os.environ.get("MRDIB_SCALING_PARTS") == "sampled":
         return keep_full_part(ctx, sampled)
@@ -286,13 +292,27 @@ def run(ctx) -> dict:
     return res
 
 
+def _stored(ctx) -> tuple[dict, dict]:
+    """The stored section's result, and the run it came from (date, commit, CPU)."""
+    stored = json.loads((Path(ctx.out_dir) / "scaling.json").read_text())
+    return stored["result"], {k: stored["meta"].get(k) for k in ("date", "commit", "cpu")}
+
+
 def keep_full_part(ctx, sampled: dict | None) -> dict:
     """``MRDIB_SCALING_PARTS=sampled``: measure the sampled points only and keep the stored full-mode rows (the
     full mode's 16x point alone costs a quarter of an hour); the page names the run they come from."""
-    stored = json.loads((Path(ctx.out_dir) / "scaling.json").read_text())
+    res, origin = _stored(ctx)
     # a page already rebuilt this way names the run its full-mode rows come from; its own meta is that rebuild's
-    full_from = stored["result"].get("full_from") or {k: stored["meta"].get(k) for k in ("date", "commit", "cpu")}
-    return {**stored["result"], "sampled": sampled, "full_from": full_from}
+    res = {k: v for k, v in res.items() if k != "sampled_from"}
+    return {**res, "sampled": sampled, "full_from": res.get("full_from") or origin}
+
+
+def keep_all_but_graph(ctx, graph: dict) -> dict:
+    """``MRDIB_SCALING_PARTS=graph``: measure ``mrdib build-graph`` only (at 64x: minutes) and keep every stored
+    training row (hours); the page names the runs those rows come from."""
+    res, origin = _stored(ctx)
+    return {**res, "sampled": {**res["sampled"], "graph": graph}, "full_from": res.get("full_from") or origin,
+            "sampled_from": res.get("sampled_from") or origin}
 
 
 def plot(res: dict, path: Path) -> str:
@@ -364,15 +384,20 @@ def render(res: dict) -> str:
             "embedding export) lower the fitted slope. Peak RSS includes the ~1 GB baseline of a Python process "
             "with torch loaded, which dominates the small sizes."]
     if res.get("full_from"):
-        f = res["full_from"]
-        out += ["", f"The full-mode rows above are from the run of {f['date']} ({f['cpu']}, commit {f['commit']}); "
-                "the sampled part below was measured again (`MRDIB_SCALING_PARTS=sampled`)."]
-    out += render_sampled(res.get("sampled"), res["threads"])
+        again = ("the build-graph point below was measured again (`MRDIB_SCALING_PARTS=graph`)"
+                 if res.get("sampled_from") else
+                 "the sampled part below was measured again (`MRDIB_SCALING_PARTS=sampled`)")
+        out += ["", f"The full-mode rows above are from the run of {_run_of(res['full_from'])}; {again}."]
+    out += render_sampled(res.get("sampled"), res["threads"], res.get("sampled_from"))
     out += [f"\n![Scaling on log-log axes](results/{f})" for f in res.get("figures", [])]
     return "\n".join(out)
 
 
-def render_sampled(sampled: dict | None, threads: int) -> list[str]:
+def _run_of(origin: dict) -> str:
+    return f"{origin['date']} ({origin['cpu']}, commit {origin['commit']})"
+
+
+def render_sampled(sampled: dict | None, threads: int, sampled_from: dict | None = None) -> list[str]:
     """The ``--minibatch sampled`` table up to 64x: train epoch, one evaluation pass (one backbone), peak RSS;
     their exponents; the graph build at the largest size."""
     if not sampled:
@@ -399,6 +424,8 @@ def render_sampled(sampled: dict | None, threads: int) -> list[str]:
     for b, e in sampled["exponents"].items():
         ex = f"{e['valid_s_per_pass']:.2f}" if "valid_s_per_pass" in e else "-"
         out.append(f"| {b} | {e['train_s_per_epoch']:.2f} | {e['train_cpu_s']:.2f} | {e['peak_rss_mib']:.2f} | {ex} |")
+    if sampled_from:
+        out += ["", f"The sampled rows above are from the run of {_run_of(sampled_from)}."]
     g = sampled.get("graph")
     if g:
         out += ["", f"`mrdib build-graph` at {g['factor']}x (user-item adjacency and the image and text item-item "
