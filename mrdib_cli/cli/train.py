@@ -186,17 +186,13 @@ def train_cmd(
     cfg = resolve_run(w, stored=stored, file=file, file_source=str(config), flags=flags, plugin=plug or None,
                       sets=sets)
 
-    if print_config:  # what the run would refuse, refused here too (data digests: at the run)
-        from mrdib_cli.training.trainer import run_exists
+    from mrdib_cli import launch as distributed
 
-        if stored is not None:
-            check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
-        elif not force and cfg.run_name and (w.run_dir(cfg.run_name) / "config.json").exists():
-            raise run_exists(cfg.run_name)
+    if not distributed.launched():  # (a worker would see the folder its rank 0 just made)
+        _refuse_early(cfg, stored, run_name, force)
+    if print_config:
         out.print_json(json.dumps(cfg.with_sources()))
         return
-
-    from mrdib_cli import launch as distributed
 
     several = distributed.wants_launch(nproc, nnodes, endpoint)
     if not distributed.launched():
@@ -288,6 +284,17 @@ def _run_to_resume(run_name: str | None) -> str:
         raise MissingInputError(f"no interrupted run to resume in {w.runs_dir}; 'mrdib runs' lists the runs")
     raise UsageError(f"{len(cands)} runs are interrupted ({', '.join(cands)}); choose one with "
                      "--resume --run-name NAME")
+
+
+def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, force: bool) -> None:
+    """What the run would refuse (its data digests aside), refused before a banner, a print or a worker starts."""
+    from mrdib_cli.training.trainer import check_same_run, resolve_device, run_exists
+
+    if stored is not None:
+        check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
+    elif not force and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
+        raise run_exists(cfg.run_name)
+    resolve_device(cfg.train.device)
 
 
 def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: bool) -> RunConfig:

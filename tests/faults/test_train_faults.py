@@ -103,6 +103,11 @@ def test_resume_with_other_options_is_refused(demo_wd: Path) -> None:
     one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "--lr", "0.01", "--print-config"),
                    "different configuration (train.lr was 0.001, now 0.01)", code=2)
     one_line_error(mrdib(demo_wd, *TRAIN, "--print-config"), "already exists; use --resume", code=2)
+    # a job of several processes refuses in its launcher, before a banner or a worker
+    launched = mrdib(demo_wd, *TRAIN, "--resume", "--lr", "0.01", "--nproc", "2", "--device", "cpu")
+    one_line_error(launched, "different configuration (train.lr was 0.001, now 0.01)", code=2)
+    assert "resuming run" not in launched.stderr, launched.stderr
+    one_line_error(mrdib(demo_wd, *TRAIN, "--nproc", "2", "--device", "cpu"), "already exists; use --resume", code=2)
     one_line_error(mrdib(demo_wd, *TRAIN, "--resume", "-b", "vbpr"), "started with backbone lightgcn, not vbpr",
                    code=2)
     state = (demo_wd / "state.json").read_bytes() if (demo_wd / "state.json").exists() else None
