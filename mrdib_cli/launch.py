@@ -117,7 +117,12 @@ def shutdown(sync: bool = False) -> None:
 
 def default_threads() -> int:
     """CPU threads per worker: the machine's cores shared by the processes on this node."""
-    return max(1, (os.cpu_count() or 1) // max(1, local_world_size()))
+    return worker_share(local_world_size())
+
+
+def worker_share(nproc: int | None) -> int:
+    """The threads each of ``nproc`` processes on this machine gets unless ``--threads`` says otherwise."""
+    return max(1, (os.cpu_count() or 1) // max(1, nproc or 1))
 
 
 def barrier() -> None:
@@ -386,7 +391,7 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
     signal.signal(signal.SIGTERM, _stop_by_signal)
     try:
         if env_threads is None:  # torchrun would warn and force 1; give each worker its share instead
-            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+            os.environ["OMP_NUM_THREADS"] = str(worker_share(nproc))
         if os.environ.pop(QUIET_ENV, None):  # the workers get the user's C++ log level (job.quiet_store_warnings)
             os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
         if nnodes > 1:

@@ -196,7 +196,7 @@ def train_cmd(
 
     several = distributed.wants_launch(nproc, nnodes, endpoint)
     if not distributed.launched():
-        cfg = _announce(cfg, threads, stored, single=not several)
+        cfg = _announce(cfg, threads, stored, workers=nproc or 1 if several else None)
     if several:
         raise typer.Exit(distributed.launch(nproc, nnodes=nnodes, endpoint=endpoint))
     if distributed.launched():
@@ -297,11 +297,14 @@ def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, for
     resolve_device(cfg.train.device)
 
 
-def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: bool) -> RunConfig:
+def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, workers: int | None) -> RunConfig:
     """The first line: which run, on which dataset and why, and the CPU threads. The dataset, default run name
     and thread count are fixed here, in a copy of ``cfg``, so that the line tells the truth; a resumed run
-    keeps its stored count (see docs/training.md)."""
+    keeps its stored count (see docs/training.md). ``workers``: the processes this launcher starts, each of
+    which takes its share of the cores unless --threads is given (what it will use is shown, not this
+    process's count)."""
     from mrdib_cli.training.resolve import DEFAULT
+    from mrdib_cli.launch import worker_share
     from mrdib_cli.training.trainer import default_run_name, resolve_device, train_threads
 
     resume = stored is not None
@@ -314,6 +317,7 @@ def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: 
         given = cfg.dataset if cfg.sources.get("dataset") not in (None, DEFAULT) else None
         ds, why = dataset_target("train", given)
     run_name, tc, sources = cfg.run_name, cfg.train, dict(cfg.sources)
+    single = workers is None
     line = f"train: {'resuming ' if resume else ''}run "
     if single and run_name is None:  # a job of several processes takes rank 0's default name
         run_name, sources["run_name"] = default_run_name(cfg.backbone, ds), DEFAULT
@@ -321,7 +325,10 @@ def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, single: 
         line += f"'{run_name}' "
     line += f"on dataset '{ds}' ({why})"
     if resolve_device(cfg.train.device).type == "cpu":
-        n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
+        if single or threads:
+            n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
+        else:
+            n, how = worker_share(workers), f"each of {workers} processes' share of the cores; --threads N overrides"
         if single:
             tc = replace(cfg.train, threads=n)
             sources["train.threads"] = sources.get("train.threads", DEFAULT) if threads else how

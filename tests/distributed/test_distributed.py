@@ -56,8 +56,12 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
 
     train(ws, resolve_run(ws, file={"backbone": "lightgcn", "run_name": "single", "hparams": {"reg_weight": 1e-4},
                                     "train": {"epochs": 4, "batch_size": 128, "threads": 1, "seed": 7}}))
-    _cli(ws.root, "train", "-b", "lightgcn", "-n", "ddp", "--epochs", "2", "--batch-size", "128", "--seed", "7",
-         "--reg-weight", "1e-4", "--device", "cpu", "--nproc", "2")
+    launched = _cli(ws.root, "train", "-b", "lightgcn", "-n", "ddp", "--epochs", "2", "--batch-size", "128",
+                    "--seed", "7", "--reg-weight", "1e-4", "--device", "cpu", "--nproc", "2")
+    # the first line names the threads each worker then uses, not the launcher's own count
+    used = json.loads((ws.run_dir("ddp") / "config.json").read_text())["runtime"]["threads"]
+    first = launched.stderr.splitlines()[0]
+    assert f"; {used} torch thread" in first and "each of 2 processes' share of the cores" in first, first
     # resume through plain torchrun (the documented multi-node entry point), not --nproc
     p = _cli(ws.root, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mrdib_cli",
              "train", "--resume", "-n", "ddp", "--epochs", "4", python_module=True)
