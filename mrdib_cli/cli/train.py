@@ -188,7 +188,9 @@ def train_cmd(
 
     from mrdib_cli import launch as distributed
 
-    if not distributed.launched():  # (a worker would see the folder its rank 0 just made)
+    # not in a worker (it would see the folder its rank 0 just made), nor on one of several machines (each
+    # sees its own disk; the workers' rank 0 decides for all)
+    if print_config or (not distributed.launched() and (nnodes or 1) <= 1):
         _refuse_early(cfg, stored, run_name, force)
     if print_config:
         out.print_json(json.dumps(cfg.with_sources()))
