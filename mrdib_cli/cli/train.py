@@ -158,7 +158,7 @@ def train_cmd(
     from mrdib_cli.training.config import load_config_file
     from mrdib_cli.training.plugin import claim_plugin_args
     from mrdib_cli.training.resolve import resolve_run
-    from mrdib_cli.training.trainer import EpochRecord, Trainer, check_same_run
+    from mrdib_cli.training.trainer import EpochRecord, Trainer
 
     w = ws()
     stored = None
@@ -168,8 +168,6 @@ def train_cmd(
     if stored is not None and backbone and backbone != stored.get("backbone"):
         raise UsageError(f"run '{run_name}' was started with backbone {stored.get('backbone')}, not {backbone}; "
                          "resume it without --backbone, or start a new --run-name")
-    if stored is not None and dataset and dataset != stored.get("dataset"):  # before the banner names it
-        check_same_run(run_name, stored, {"dataset": dataset})
     file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
@@ -188,10 +186,9 @@ def train_cmd(
 
     from mrdib_cli import launch as distributed
 
-    # not in a worker (it would see the folder its rank 0 just made), nor on one of several machines (each
-    # sees its own disk; the workers' rank 0 decides for all)
-    if print_config or (not distributed.launched() and (nnodes or 1) <= 1):
-        _refuse_early(cfg, stored, run_name, force)
+    if print_config or not distributed.launched():  # a worker would see the folder its rank 0 just made
+        # across machines each sees its own disk: whether a new run's name is taken, the workers' rank 0 decides
+        _refuse_early(cfg, stored, run_name, check_name=not force and (print_config or (nnodes or 1) <= 1))
     if print_config:
         out.print_json(json.dumps(cfg.with_sources()))
         return
@@ -288,13 +285,14 @@ def _run_to_resume(run_name: str | None) -> str:
                      "--resume --run-name NAME")
 
 
-def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, force: bool) -> None:
-    """What the run would refuse (its data digests aside), refused before a banner, a print or a worker starts."""
+def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, check_name: bool) -> None:
+    """What the run would refuse (its data digests aside), refused before a banner, a print or a worker starts;
+    ``check_name``: also a new run's name already taken."""
     from mrdib_cli.training.trainer import check_same_run, resolve_device, run_exists
 
     if stored is not None:
         check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
-    elif not force and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
+    elif check_name and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
         raise run_exists(cfg.run_name)
     resolve_device(cfg.train.device)
 

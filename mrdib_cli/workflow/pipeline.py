@@ -302,13 +302,15 @@ def _in_run(study: Study, rs: RunSpec, e: UsageError) -> UsageError:
 
 def _check_devices(study: Study, specs: list[RunSpec], configs: dict[str, Any]) -> None:
     """Refuse a run whose training device this machine does not have (``train: {device: cuda}`` without CUDA)."""
-    import torch
+    from mrdib_cli.training.trainer import resolve_device
 
     for rs in specs:
         device = configs[rs.run_name].train.device
-        if device.startswith("cuda") and not torch.cuda.is_available():
+        try:
+            resolve_device(device)
+        except UsageError:  # its message names --device; a study's user set train.device
             raise _in_run(study, rs, UsageError(f"train.device is '{device}' but this machine has no CUDA device "
-                                                "(set device: cpu or auto)"))
+                                                "(set device: cpu or auto)")) from None
 
 
 def train_identity(ws: Workspace, cfg: Any) -> tuple[dict[str, str], dict[str, Any]] | None:
