@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, LATER_TRAIN_DEFAULTS, SEED
 from mrdib_cli.errors import MissingInputError, UsageError
+from mrdib_cli.evaluation.metrics import METRICS
 
 MINIBATCH_MODES = ("full", "sampled")
 #: the largest fan-out and node budget: the sampler's index arithmetic is int64, and a fan-out above a node's
@@ -48,31 +50,40 @@ class TrainConfig:
     # sampled: at most this many new nodes per hop of a step's neighbourhood (0: no bound)
     node_budget: int = LATER_TRAIN_DEFAULTS["node_budget"]
 
-    def validate(self) -> None:
-        if self.epochs < 1 or self.patience < 0 or self.batch_size < 1 or not self.lr > 0 or math.isinf(self.lr):
-            raise UsageError(f"epochs and batch_size must be >= 1, patience >= 0 and lr a finite number > 0 "
-                             f"(got epochs={self.epochs}, batch_size={self.batch_size}, patience={self.patience}, "
-                             f"lr={self.lr})")
-        if not self.weight_decay >= 0 or math.isinf(self.weight_decay):
-            raise UsageError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if self.test_mask not in ("train", "train+valid"):
-            raise UsageError(f"test_mask must be 'train' or 'train+valid', got {self.test_mask!r}")
-        if not self.ks or any(k < 1 for k in self.ks):
-            raise UsageError("ks must be a non-empty list of positive integers")
+    def validate(self, named: Callable[[str], str] = str) -> None:
+        """Refuse out-of-range values; ``named`` turns a key into how the refusal names it (with the flag,
+        config file or ``--set`` it came from, so the user knows what to change)."""
+        for key, ok, rule in self._rules():
+            if not ok:
+                raise UsageError(f"{named(key)} must be {rule}, got {getattr(self, key)!r}")
         metric, _, k = self.valid_metric.partition("@")
-        if not k.isdigit() or int(k) not in self.ks:
-            raise UsageError(f"valid_metric '{self.valid_metric}' must be '<metric>@K' with K in ks {self.ks}")
-        if self.minibatch not in MINIBATCH_MODES:
-            raise UsageError(f"minibatch must be {' or '.join(MINIBATCH_MODES)}, got {self.minibatch!r}")
-        if not self.fanout or any(not isinstance(k, int) or not 1 <= k <= MAX_SAMPLE for k in self.fanout):
-            raise UsageError(f"fanout must be a non-empty list of integers from 1 to {MAX_SAMPLE} (a fan-out "
-                             f"above a node's degree keeps all its neighbours), got {self.fanout!r}")
-        if (not isinstance(self.node_budget, int) or isinstance(self.node_budget, bool)
-                or not 0 <= self.node_budget <= MAX_SAMPLE):
-            raise UsageError(f"node_budget must be an integer from 0 (no bound) to {MAX_SAMPLE}, "
-                             f"got {self.node_budget!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise UsageError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if metric not in METRICS or not k.isdigit() or int(k) not in self.ks:
+            raise UsageError(f"{named('valid_metric')} '{self.valid_metric}' must be '<metric>@K' with metric one "
+                             f"of {', '.join(METRICS)} and K in ks {self.ks}")
+
+    def _rules(self) -> list[tuple[str, bool, str]]:
+        """(key, whether its value is valid, what a valid value is), in the order they are checked."""
+        def count(v: Any, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and low <= v <= MAX_SAMPLE
+        finite = "a finite number"
+        return [
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("patience", self.patience >= 0, "an integer >= 0"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("lr", self.lr > 0 and not math.isinf(self.lr), f"{finite} > 0"),
+            ("weight_decay", self.weight_decay >= 0 and not math.isinf(self.weight_decay), f"{finite} >= 0"),
+            ("test_mask", self.test_mask in ("train", "train+valid"), "'train' or 'train+valid'"),
+            ("ks", bool(self.ks) and all(k >= 1 for k in self.ks), "a non-empty list of positive integers"),
+            ("minibatch", self.minibatch in MINIBATCH_MODES, " or ".join(MINIBATCH_MODES)),
+            ("fanout", bool(self.fanout) and all(count(k, 1) for k in self.fanout),
+             (f"a non-empty list of integers from 1 to {MAX_SAMPLE} (a fan-out above a node's degree keeps all "
+              "its neighbours)")),
+            ("node_budget", count(self.node_budget, 0), f"an integer from 0 (no bound) to {MAX_SAMPLE}"),
+            ("eval_batch_users", count(self.eval_batch_users, 1), f"an integer from 1 to {MAX_SAMPLE}"),
+            ("threads", count(self.threads, 0), "an integer >= 0 (0: the free cores)"),
+            ("device", self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             "auto, cpu, cuda or cuda:N"),
+        ]
 
 
 TRAIN_KEYS = tuple(f.name for f in fields(TrainConfig))

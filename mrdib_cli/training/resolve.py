@@ -167,7 +167,7 @@ def resolve_run(ws: Any = None, *, stored: Mapping[str, Any] | None = None,
         train["patience"] = int(cls.default_patience)  # e.g. SOIL's released code stops after 10 bad epochs
         sources["train.patience"] = f"{cls.name} default"
     tc = TrainConfig(**train)
-    tc.validate()
+    tc.validate(lambda key: _named(sources, f"train.{key}"))
     plug = layers.section("plugin")
     for key in [*SCALARS, *(f"train.{k}" for k in TRAIN_KEYS), *(f"hparams.{k}" for k in hparams)]:
         if key not in sources:
@@ -258,7 +258,11 @@ def check_fanout(cfg: RunConfig) -> None:
 def named(cfg: RunConfig, key: str) -> str:
     """An option as a refusal names it: with its flag when the command line set it, else with where it came
     from (a config file, a study, --set, a stored run), so the user knows what to change."""
-    name, source = key.rpartition(".")[2], cfg.sources.get(key, DEFAULT)
+    return _named(cfg.sources, key)
+
+
+def _named(sources: Mapping[str, str], key: str) -> str:
+    name, source = key.rpartition(".")[2], sources.get(key, DEFAULT)
     if source == COMMAND_LINE:
         return f"{name} (--{name.replace('_', '-')})"
     return f"{name} ({'its default' if source == DEFAULT else 'from ' + source})"

@@ -220,9 +220,9 @@ def _train(c: _Checker, d: Any) -> dict[str, Any]:
         except UsageError as e:
             raise UsageError(str(e).replace("training option '", "train.").replace("' must", " must")) from None
     try:
-        TrainConfig(**given).validate()
+        TrainConfig(**given).validate(lambda key: f"train.{key}")
     except UsageError as e:
-        raise UsageError(f"{c.where}: train: {e}") from None
+        raise UsageError(f"{c.where}: {e}") from None
     return given
 
 

@@ -144,6 +144,16 @@ def test_a_refusal_names_where_the_value_came_from():
     assert refusal(flags={"backbone": "lightgcn", "train": {"fanout": [3]}}).startswith("fanout (--fanout)")
     assert refusal(file={"train": {"fanout": [3]}}, file_source="study.yaml").startswith("fanout (from study.yaml)")
     assert refusal(sets=["node_budget=9"]).startswith("node_budget (from --set)")
+    # ranges too: each refusal names the one option and its source, not every option checked with it
+    sampled = ["minibatch=sampled"]
+    assert refusal(sets=[*sampled, "train.fanout=0"]).startswith("fanout (from --set) must be")
+    assert refusal(sets=[*sampled, "node_budget=-5"]).startswith("node_budget (from --set) must be")
+    assert refusal(flags={"backbone": "lightgcn", "train": {"lr": -1.0}}) == \
+        "lr (--lr) must be a finite number > 0, got -1.0"
+    assert refusal(file={"train": {"eval_batch_users": 0}}, file_source="c.yaml").startswith(
+        "eval_batch_users (from c.yaml) must be")
+    assert refusal(sets=["threads=-1"]).startswith("threads (from --set) must be")
+    assert "metric one of recall" in refusal(sets=["valid_metric=foo@20"])  # not refused after an epoch
 
 
 def test_set_values_and_sections():

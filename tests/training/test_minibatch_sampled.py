@@ -159,7 +159,7 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert code == 2 and "not available for mgcn" in err and "Traceback" not in err
     assert not (workdir / "runs" / "m").exists()
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "tiny", "-n", "t")
-    assert code == 2 and "minibatch must be" in err
+    assert code == 2 and "minibatch (--minibatch) must be" in err
     code, _, err = cli("train", "-b", "lightgcn", "--node-budget", "100", "-n", "t")
     assert code == 2 and "--minibatch sampled" in err and "Traceback" not in err
     code, out, err = cli("train", "-b", "lightgcn", "--set", "train.node_budget=100", "--print-config")
@@ -171,7 +171,7 @@ def test_cli_sampled_mode_trains_and_refuses_unsupported(cli, workdir):
     assert code == 2 and "samples 1 hop(s)" in err and "Traceback" not in err, out
     code, _, err = cli("train", "-b", "lightgcn", "--minibatch", "sampled", "--set", "train.node_budget=-1",
                        "-n", "t")
-    assert code == 2 and "node_budget must be" in err
+    assert code == 2 and "node_budget (from --set) must be" in err
     assert not (workdir / "runs" / "t").exists()
     code, _, err = cli("train", "-b", "lightgcn", "--epochs", "1", "--threads", "1", "--minibatch", "sampled",
                        "--node-budget", "8", "-n", "nb")
@@ -523,7 +523,7 @@ def test_fanouts_past_the_sampled_hops_are_refused_when_resolved():
               "train": {"minibatch": "sampled", "fanout": [10, 5]}}  # a run stored before the check
     with pytest.raises(UsageError, match="--force, or as a new run"):
         resolve_run(stored=stored)
-    with pytest.raises(UsageError, match="fanout must be .* to 2147483647"):  # would overflow the sampler
+    with pytest.raises(UsageError, match=r"fanout \(--fanout\) must be .* to 2147483647"):  # would overflow the sampler
         resolve("lightgcn", [2**63])
     with pytest.raises(UsageError, match="no graph neighbourhood"):
         resolve("vbpr", [5])
