@@ -134,9 +134,23 @@ REPEATED_INTERRUPT_S = 1.0
 _clock = time.monotonic
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's stop before its SIGKILL): a stop like Ctrl-C's, so that a
+    training run keeps its checkpoint, writes results.json and says how to continue, instead of dying
+    without a word; the command then exits with the signal's code, 143."""
+
+    exit_code = 128 + int(signal.SIGTERM)
+
+
+def stop_exit_code(e: BaseException | None) -> int:
+    """The exit code of a stop: 143 after SIGTERM, else 130 (Ctrl-C)."""
+    return Terminated.exit_code if isinstance(e, Terminated) else 130
+
+
 @contextlib.contextmanager
 def one_interrupt_per_press() -> Iterator[None]:
-    """Within this block a Ctrl-C raises KeyboardInterrupt once per key press. Why: a stopped training run
+    """Within this block a Ctrl-C raises KeyboardInterrupt once per key press, and SIGTERM :class:`Terminated`
+    (outside a multi-process job's workers). Why: a stopped training run
     still evaluates the test split and writes results.json, and any command then says it was interrupted; a
     copy of the same Ctrl-C arriving during that work would abort it (a traceback, or nothing written). A
     Ctrl-C that comes later is the user insisting, and interrupts as usual."""
@@ -152,8 +166,16 @@ def one_interrupt_per_press() -> Iterator[None]:
         if now - seen >= REPEATED_INTERRUPT_S:
             raise KeyboardInterrupt
 
+    def on_terminate(signum: int, frame: Any) -> None:
+        raise Terminated
+
     signal.signal(signal.SIGINT, on_interrupt)
+    # a worker of a multi-process job is stopped with SIGTERM by its agent, which then waits for it: it ends
+    # there at once, as before (the launcher says why and how to continue)
+    previous_term = None if launched() else signal.signal(signal.SIGTERM, on_terminate)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)

@@ -222,6 +222,8 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
 
 
 #: the signals whose handlers torchrun's agent replaces
+#: what a stopped job keeps (training writes a checkpoint after every epoch)
+CONTINUE_HINT = "a training run continues from its last checkpoint with --resume"
 _AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
                        if hasattr(signal, name))
 
@@ -247,8 +249,7 @@ def lost_peer(e: BaseException) -> bool:
 
 #: what a worker says when another rank was lost (see :func:`lost_peer`)
 LOST_PEER_MESSAGE = ("lost contact with another rank of the job (its process or machine stopped, or the network "
-                     "failed), so this rank stopped too; a training run continues from its last checkpoint with "
-                     "--resume")
+                     f"failed), so this rank stopped too; {CONTINUE_HINT}")
 
 
 def _is_this_machine(host: str) -> bool:
@@ -410,7 +411,8 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
             if note is not None:
                 raise MrdibError(note, exit_code=130) from None
             raise KeyboardInterrupt from None
-        raise MrdibError(f"stopped by signal {signal.Signals(e.sigval).name}", exit_code=128 + int(e.sigval)) from None
+        raise MrdibError(f"stopped by signal {signal.Signals(e.sigval).name}; {CONTINUE_HINT}",
+                         exit_code=128 + int(e.sigval)) from None
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values() if f.exitcode]
         code = int(codes[0]) if codes and codes[0] > 0 else 1
@@ -425,7 +427,7 @@ def launch(nproc: int | None, argv: Sequence[str] | None = None, nnodes: int = 1
         if killed:
             _, _, r, f = min(killed)
             raise MrdibError(f"rank {r} was killed by {signal.Signals(-f.exitcode).name} and the other ranks were "
-                             "stopped; a training run continues from its last checkpoint with --resume",
+                             f"stopped; {CONTINUE_HINT}",
                              exit_code=128 - f.exitcode) from None
         return code
     finally:

@@ -1,12 +1,13 @@
 """The ``mrdib`` Typer application: global options, command discovery, error rendering.
 
 Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input or model/data unavailable offline,
-4 protocol mismatch refused.
+4 protocol mismatch refused; 130 Ctrl-C, 143 SIGTERM, 141 the output pipe closed (README's table).
 """
 
 from __future__ import annotations
 
 import errno
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -29,7 +30,8 @@ except ImportError:  # pragma: no cover - older typer
 from mrdib_cli import __version__
 from mrdib_cli.cli.common import Globals, err, set_globals
 from mrdib_cli.errors import EXIT_RUNTIME, EXIT_USAGE, MrdibError
-from mrdib_cli.job import INTERRUPTED, die_with_launcher, leave_error, one_interrupt_per_press, quiet_store_warnings
+from mrdib_cli.job import (INTERRUPTED, Terminated, die_with_launcher, leave_error, one_interrupt_per_press,
+                           quiet_store_warnings, stop_exit_code)
 from mrdib_cli.workspace import Workspace
 
 
@@ -38,21 +40,25 @@ class _Interrupted(Exception):
 
 
 class _Commands(TyperGroup):
-    """The command group. typer turns a Ctrl-C inside a command into a silent exit 130; caught here first, it
-    becomes the one line :func:`_run` prints for every interruption."""
+    """The command group. typer turns a Ctrl-C inside a command into a silent exit 130, and click a closed
+    output pipe into a silent exit 1; caught here first, the first becomes the one line :func:`_run` prints
+    for every interruption, the second SIGPIPE's exit code (:func:`_output_closed`)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            raise _Interrupted from None
+        except KeyboardInterrupt as e:
+            raise _Interrupted(e) from None
+        except BrokenPipeError:  # here: click would turn it into a silent exit 1
+            _output_closed()
 
 
 app = typer.Typer(
     cls=_Commands,
     name="mrdib",
     help="Multimodal recommendation from raw Amazon reviews to evaluated models, with MRdIB.\n\n"
-         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input/offline, 4 protocol mismatch.",
+         "Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input/offline, 4 protocol mismatch, "
+         "130 Ctrl-C, 143 SIGTERM, 141 output pipe closed.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
@@ -168,12 +174,16 @@ def _run(argv: list[str] | None) -> None:
         if not leave_error(str(e)):
             err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
-    except (_Interrupted, KeyboardInterrupt, typer.Abort):
+    except (_Interrupted, KeyboardInterrupt, typer.Abort) as e:
         if threading.current_thread() is threading.main_thread():  # saying so and exiting: nothing left to stop
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if not leave_error(INTERRUPTED):
-            err.print("[red]error:[/red] interrupted")
-        sys.exit(130)
+        cause = e.args[0] if isinstance(e, _Interrupted) else e
+        said = "stopped by SIGTERM" if isinstance(cause, Terminated) else INTERRUPTED
+        if not leave_error(said):
+            err.print(f"[red]error:[/red] {said}")
+        sys.exit(stop_exit_code(cause))
+    except BrokenPipeError:
+        _output_closed()
     except cx.ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # help was already printed
             sys.exit(0)
@@ -210,6 +220,18 @@ def _wrapped_errno(e: Exception) -> int | None:
     m = _OS_ERROR_RE.search(str(e))
     code = int(m.group(1)) if m else None
     return code if code in _WRITE_ERRNOS else None
+
+
+def _output_closed() -> None:
+    """stdout or stderr was a pipe whose reader went away (``mrdib ... | head``): end quietly with SIGPIPE's
+    exit code (141), as Unix tools do; there is no one left to tell. A training run stopped this way keeps its
+    last checkpoint and shows as interrupted in ``mrdib runs``. Both streams go to /dev/null first, or
+    Python's own flush at exit would report the closed pipe."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(null, stream.fileno())
+    sys.exit(128 + int(signal.SIGPIPE))
 
 
 def _write_failure(code: int, strerror: str, filename: str | None, verbose: bool) -> None:

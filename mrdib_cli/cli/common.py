@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,9 +17,19 @@ from mrdib_cli.defaults import SEED
 from mrdib_cli.job import announces
 from mrdib_cli.workspace import Workspace
 
+
+
+class _Console(Console):
+    """rich's console ends the process with a bare exit 1 when its output pipe closes (``mrdib ... | head``);
+    raised instead, the error reaches the command line's handler, which exits like a Unix tool (141)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
 # Results go to stdout, progress and messages to stderr (so `mrdib eval --json - | jq` works).
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+out = _Console(soft_wrap=True)
+err = _Console(stderr=True, soft_wrap=True)
 
 # Option panels in --help, shared by all commands.
 PANEL_DATA = "Data"

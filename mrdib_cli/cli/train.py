@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import TYPE_CHECKING, Callable, List, Mapping, Optional
 
 import click
 import typer
@@ -188,9 +188,10 @@ def train_cmd(
 
     if print_config or not distributed.launched():  # a worker would see the folder its rank 0 just made
         # across machines each sees its own disk: whether a new run's name is taken, the workers' rank 0 decides
-        _refuse_early(cfg, stored, run_name, check_name=not force and (print_config or (nnodes or 1) <= 1))
+        cfg = _refuse_early(cfg, stored, run_name, check_name=not force and (print_config or (nnodes or 1) <= 1))
     if print_config:
-        out.print_json(json.dumps(cfg.with_sources()))
+        workers = nproc or 1 if distributed.wants_launch(nproc, nnodes, endpoint) else None
+        out.print_json(json.dumps(_threads(cfg, threads, stored, workers)[0].with_sources()))
         return
 
     several = distributed.wants_launch(nproc, nnodes, endpoint)
@@ -235,7 +236,7 @@ def train_cmd(
                  f"({trainer.handle.n_users} users, {trainer.handle.n_items} items), device {trainer.device}, "
                  f"{sum(p.numel() for p in trainer.backbone.parameters())} trainable parameters"
                  + (f", {distributed.world_size()} processes" if distributed.launched() else ""))
-            _say_features(trainer.feature_tables(), cfg.features)
+            _say_features(trainer.feature_tables(), cfg.sources)
         in_step = False  # whether the ranks end together: not after an error, nor after Ctrl-C on one machine
         try:
             result = trainer.fit()
@@ -267,7 +268,7 @@ def train_cmd(
         raise UsageError(result.message, exit_code=1)
     if result.status == "stopped":
         distributed.leave_error(distributed.ALREADY_SAID)  # a launcher has nothing to add (a no-op alone)
-        raise typer.Exit(130)
+        raise typer.Exit(result.exit_code)
 
 
 def _run_to_resume(run_name: str | None) -> str:
@@ -285,9 +286,13 @@ def _run_to_resume(run_name: str | None) -> str:
                      "--resume --run-name NAME")
 
 
-def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, check_name: bool) -> None:
+def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, check_name: bool) -> RunConfig:
     """What the run would refuse (its data digests aside), refused before a banner, a print or a worker starts;
-    ``check_name``: also a new run's name already taken."""
+    ``check_name``: also a new run's name already taken. Returns ``cfg`` with the feature tables the run
+    will read (named, else the newest), as config.json records them."""
+    from mrdib_cli.data.handle import DatasetHandle
+    from mrdib_cli.models.base import get_backbone
+    from mrdib_cli.training.resolve import NEWEST
     from mrdib_cli.training.trainer import check_same_run, resolve_device, run_exists
 
     if stored is not None:
@@ -295,17 +300,39 @@ def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, che
     elif check_name and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
         raise run_exists(cfg.run_name)
     resolve_device(cfg.train.device)
+    tables = get_backbone(cfg.backbone).feature_tables(DatasetHandle.open(ws(), cfg.dataset), cfg.features)
+    sources = {**cfg.sources, **{f"features.{m}": NEWEST for m in tables if m not in cfg.features}}
+    return replace(cfg, features=MappingProxyType({m: p.name for m, p in tables.items()}),
+                   sources=MappingProxyType(sources))
+
+
+def _threads(cfg: RunConfig, threads: int | None, stored: dict | None, workers: int | None) -> tuple[RunConfig, str]:
+    """The CPU threads the run will use, and why, for the first line; fixed in a copy of ``cfg`` for a single
+    process, as config.json records them (a resumed run keeps its stored count, see docs/training.md).
+    ``workers``: the processes a launcher starts, each of which takes its share of the cores unless --threads
+    is given (what each will use is shown, not the launcher's own count)."""
+    from mrdib_cli.launch import worker_share
+    from mrdib_cli.training.resolve import DEFAULT
+    from mrdib_cli.training.trainer import resolve_device, train_threads
+
+    if resolve_device(cfg.train.device).type != "cpu":
+        return cfg, ""
+    if workers is not None and not threads:
+        n, how = worker_share(workers), f"each of {workers} processes' share of the cores; --threads N overrides"
+        return cfg, f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
+    n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
+    if workers is None:
+        source = cfg.sources.get("train.threads", DEFAULT) if threads else how
+        cfg = replace(cfg, train=replace(cfg.train, threads=n),
+                      sources=MappingProxyType({**cfg.sources, "train.threads": source}))
+    return cfg, f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
 
 
 def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, workers: int | None) -> RunConfig:
-    """The first line: which run, on which dataset and why, and the CPU threads. The dataset, default run name
-    and thread count are fixed here, in a copy of ``cfg``, so that the line tells the truth; a resumed run
-    keeps its stored count (see docs/training.md). ``workers``: the processes this launcher starts, each of
-    which takes its share of the cores unless --threads is given (what it will use is shown, not this
-    process's count)."""
+    """The first line: which run, on which dataset and why, and the CPU threads (:func:`_threads`). The
+    dataset and default run name are fixed here, in a copy of ``cfg``, so that the line tells the truth."""
     from mrdib_cli.training.resolve import DEFAULT
-    from mrdib_cli.launch import worker_share
-    from mrdib_cli.training.trainer import default_run_name, resolve_device, train_threads
+    from mrdib_cli.training.trainer import default_run_name
 
     resume = stored is not None
     if resume:
@@ -316,34 +343,26 @@ def _announce(cfg: RunConfig, threads: int | None, stored: dict | None, workers:
     else:
         given = cfg.dataset if cfg.sources.get("dataset") not in (None, DEFAULT) else None
         ds, why = dataset_target("train", given)
-    run_name, tc, sources = cfg.run_name, cfg.train, dict(cfg.sources)
-    single = workers is None
+    run_name, sources = cfg.run_name, dict(cfg.sources)
     line = f"train: {'resuming ' if resume else ''}run "
-    if single and run_name is None:  # a job of several processes takes rank 0's default name
+    if workers is None and run_name is None:  # a job of several processes takes rank 0's default name
         run_name, sources["run_name"] = default_run_name(cfg.backbone, ds), DEFAULT
     if run_name is not None:
         line += f"'{run_name}' "
-    line += f"on dataset '{ds}' ({why})"
-    if resolve_device(cfg.train.device).type == "cpu":
-        if single or threads:
-            n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
-        else:
-            n, how = worker_share(workers), f"each of {workers} processes' share of the cores; --threads N overrides"
-        if single:
-            tc = replace(cfg.train, threads=n)
-            sources["train.threads"] = sources.get("train.threads", DEFAULT) if threads else how
-        line += f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
-    info(line)
-    return replace(cfg, dataset=ds, run_name=run_name, train=tc, sources=MappingProxyType(sources))
+    cfg, threads_said = _threads(replace(cfg, sources=MappingProxyType(sources)), threads, stored, workers)
+    info(f"{line}on dataset '{ds}' ({why}){threads_said}")
+    return replace(cfg, dataset=ds, run_name=run_name)
 
 
-def _say_features(tables: dict[str, Path], named: dict[str, str]) -> None:
+def _say_features(tables: dict[str, Path], sources: Mapping[str, str]) -> None:
     """Which feature table each modality uses: "newest wins" would otherwise silently pick up a leftover
     smoke-test table, so random-weight tables are also warned about."""
     from mrdib_cli.data.feature_store import read_meta
+    from mrdib_cli.training.resolve import NEWEST
 
     for modality, path in tables.items():
-        how = "named" if named.get(modality) else f"newest; --{modality}-features NAME picks another"
+        named = sources.get(f"features.{modality}") not in (None, NEWEST)
+        how = "named" if named else f"newest; --{modality}-features NAME picks another"
         info(f"{modality} features: {path.name} ({how})")
         if read_meta(path).get("random_weights"):
             warn(f"{path.name} comes from RANDOM model weights (a smoke-test table): these results say nothing "

@@ -8,6 +8,7 @@ norms) that change results.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -83,27 +84,33 @@ def batch_norms(*embs: Tensor) -> list[Tensor]:
     return list((half + half.detach()).unbind())  # value ||e_r||^2 / ||E||
 
 
-def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tuple[str, ...],
-                    tables: dict[str, str | None] | None, backbone: str) -> dict[str, Tensor]:
-    """Feature matrices (float32 tensors) of the wanted modalities that the dataset has.
-
-    A required modality that is missing is a one-line MissingInputError naming the fix; an optional one is
-    simply absent from the result (the backbone then runs on the others, as MMRec does). ``tables`` picks
-    a named feature table per modality (default: the newest).
-    """
+def select_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tuple[str, ...],
+                      tables: dict[str, str | None] | None, backbone: str) -> dict[str, Path]:
+    """The feature table of each wanted modality that the dataset has (``tables`` names one per modality,
+    default the newest). A required modality that is missing, or none at all, is a one-line MissingInputError
+    naming the fix; an optional one is simply absent (the backbone then runs on the others, as MMRec does)."""
     tables = tables or {}
-    out: dict[str, Tensor] = {}
+    out: dict[str, Path] = {}
     for m in wanted:
-        if data.feature_path(m, tables.get(m)) is None:
+        path = data.feature_path(m, tables.get(m))
+        if path is None:
             if m in required:
                 raise MissingInputError(f"{backbone} needs {m} features but dataset '{data.name}' has none; "
                                         f"run 'mrdib extract-features --modality {m}' first")
             continue
-        out[m] = torch.from_numpy(np.array(data.features(m, tables.get(m)).vectors, dtype=np.float32))
-    if not out:
+        out[m] = path
+    if wanted and not out:
         raise MissingInputError(f"{backbone} needs image and/or text features but dataset '{data.name}' "
                                 "has none; run 'mrdib extract-features' first")
     return out
+
+
+def load_modalities(data: DatasetHandle, wanted: tuple[str, ...], required: tuple[str, ...],
+                    tables: dict[str, str | None] | None, backbone: str) -> dict[str, Tensor]:
+    """Feature matrices (float32 tensors) of the tables :func:`select_modalities` picks."""
+    tables = tables or {}
+    return {m: torch.from_numpy(np.array(data.features(m, tables.get(m)).vectors, dtype=np.float32))
+            for m in select_modalities(data, wanted, required, tables, backbone)}
 
 
 def xavier_uniform(*shape: int) -> torch.nn.Parameter:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
 import torch
@@ -176,6 +177,14 @@ class Backbone(nn.Module):
         self.dim = int(self.hp.get("embedding_size", 0))
         if data is not None:
             self.n_users, self.n_items = data.n_users, data.n_items
+
+    @classmethod
+    def feature_tables(cls, data: Any, features: Mapping[str, str | None] | None) -> dict[str, Path]:
+        """The feature table each modality reads (named, else the newest); a missing required one is an error.
+        What a run records in config.json and ``--print-config`` shows, checked before anything starts."""
+        from mrdib_cli.models._common import select_modalities
+
+        return select_modalities(data, cls.modalities, cls.required_modalities, dict(features or {}), cls.name)
 
     def load_features(self, data: Any, features: Mapping[str, str | None] | None) -> dict[str, Tensor]:
         """This backbone's modality features that the dataset has (a missing required one is an error)."""

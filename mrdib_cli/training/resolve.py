@@ -31,6 +31,8 @@ CONFIG_FILE = "config file"
 COMMAND_LINE = "command line"
 PLUGIN_OPTION = "plug-in option"
 SET = "--set"
+#: a feature table picked because it is the newest of its modality (none named)
+NEWEST = "newest of its modality"
 SECTIONS = ("train", "hparams", "plugin", "features")
 SCALARS = ("backbone", "dataset", "run_name")
 

@@ -44,6 +44,7 @@ from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.ids import IdTable, touched_rows
+from mrdib_cli.job import Terminated, stop_exit_code
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
 from mrdib_cli.provenance import code_version
 from mrdib_cli.training import checkpoint as ckpt
@@ -149,6 +150,8 @@ class TrainResult:
     test: dict[str, float]
     message: str = ""
     history: list[EpochRecord] = field(default_factory=list)
+    #: how a stopped run's command exits: 130 after Ctrl-C, 143 after SIGTERM (job.stop_exit_code)
+    exit_code: int = 0
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -297,6 +300,7 @@ class Trainer:
         # resume never pairs results.json with the files of another epoch (see _restore_best)
         self.best_unit: dict[str, Any] | None = None
         self.history: list[EpochRecord] = []
+        self._exit_code = 0
         if resume:
             self._check_identity(self._config_dict())
             self._restore()
@@ -340,11 +344,7 @@ class Trainer:
 
     def feature_tables(self) -> dict[str, Path]:
         """The feature table each modality of the backbone reads: the named one, else the newest."""
-        return {m: p for m in self.backbone_cls_modalities()
-                if (p := self.handle.feature_path(m, self.cfg.features.get(m))) is not None}
-
-    def backbone_cls_modalities(self) -> tuple[str, ...]:
-        return get_backbone(self.cfg.backbone).modalities
+        return get_backbone(self.cfg.backbone).feature_tables(self.handle, self.cfg.features)
 
     def plugin_config(self) -> dict[str, Any] | None:
         """The plug-in's resolved configuration (its defaults included), overridden by the given options."""
@@ -586,9 +586,10 @@ class Trainer:
                            f"for {self.stopper.bad_epochs} epochs")
             else:
                 message = f"reached the epoch limit ({tc.epochs})"
-        except KeyboardInterrupt:
-            status = "stopped"
-            message = (f"interrupted after epoch {self.epoch}; the checkpoint is saved, continue with "
+        except KeyboardInterrupt as e:
+            status, self._exit_code = "stopped", stop_exit_code(e)
+            how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
+            message = (f"{how} after epoch {self.epoch}; the checkpoint is saved, continue with "
                        f"'mrdib train --resume --run-name {self.run_name}'")
         except TrainingDiverged as e:
             status, message = "failed", str(e)
@@ -616,7 +617,8 @@ class Trainer:
             results["warnings"] = list(self.warnings)
         self.folder.write_results(results, res)
         return TrainResult(self.run_name, self.run_dir, status, self.stopper.best_epoch, self.epoch,
-                           self.best_valid, test, message, self.history)
+                           self.best_valid, test, message, self.history,
+                           exit_code=self._exit_code if status == "stopped" else 0)
 
 
 def saved_epoch(path: Path) -> int | None:
