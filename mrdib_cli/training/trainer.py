@@ -133,9 +133,12 @@ class EpochRecord:
     time: dict[str, float]
     best: bool = False
     health: dict[str, float] = field(default_factory=dict)  # the plug-in's state after the epoch (Plugin.health)
+    #: the processes that trained the epoch: train_cpu_s sums over them, and a resume may change --nproc
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"epoch": self.epoch, "loss": self.loss, "valid": self.valid, "time": self.time, "best": self.best}
+        d = {"epoch": self.epoch, "loss": self.loss, "valid": self.valid, "time": self.time, "best": self.best,
+             "processes": self.processes}
         return {**d, "health": self.health} if self.health else d
 
 
@@ -576,7 +579,7 @@ class Trainer:
                 rec = EpochRecord(self.epoch, {k: round(v, 6) for k, v in losses.items()}, valid,
                                   {"train_s": round(t1 - t0, 3), "valid_s": round(t2 - t1, 3),
                                    "train_cpu_s": round(cpu, 3)}, improved,
-                                  health)
+                                  health, getattr(self, "world", 1))
                 self.history.append(rec)
                 self.folder.append_metrics(rec.to_dict())
                 self.folder.save_last(self._state())

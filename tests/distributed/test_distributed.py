@@ -70,6 +70,8 @@ def test_ddp_training_matches_single_process_and_resumes(ws):
     m1 = [json.loads(x) for x in (single / "metrics.jsonl").read_text().splitlines()]
     m2 = [json.loads(x) for x in (ddp / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in m2] == [1, 2, 3, 4]  # one writer: no duplicated lines, resume kept 1-2
+    # each epoch names the processes its train_cpu_s sums over (a resume may change --nproc)
+    assert [r["processes"] for r in m1] == [1] * 4 and [r["processes"] for r in m2] == [2] * 4
     for a, b in zip(m1, m2):
         assert b["loss"]["bpr"] == pytest.approx(a["loss"]["bpr"], abs=2e-3)
         assert b["loss"]["total"] == pytest.approx(a["loss"]["total"], abs=2e-3)  # not summed twice
