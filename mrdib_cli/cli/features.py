@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -152,6 +153,10 @@ def register(app: typer.Typer) -> None:
         device: str = DeviceOption,
         seed: int = SeedOption,
         force: bool = ForceOption,
+        threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
+                                              help="torch CPU threads for the encoders \\[default: the free "
+                                                   "cores: cores minus the 1-minute load, at least 1; with "
+                                                   "--nproc, each process's share of the cores]."),
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,
                                             help="Split the item shards over N processes (one GPU each, else "
                                                  "CPU); see docs/scaling.md."),
@@ -170,7 +175,7 @@ def register(app: typer.Typer) -> None:
         w = ws()
         handle = DatasetHandle.open(w, target_dataset("extract-features", dataset))
         ro = RunOptions(device=device, batch_size=batch_size, shard_size=shard_size, workers=workers,
-                        normalize=normalize, seed=seed, force=force)
+                        normalize=normalize, seed=seed, force=force, threads=threads or 0)
         io = ImageOptions(model=image_model, pretrained=image_pretrained, checkpoint=image_checkpoint,
                           allow_random_weights=allow_random_weights, model_config=image_model_config,
                           image_dir=image_dir, download_workers=download_workers, download_timeout=download_timeout,
@@ -203,6 +208,11 @@ def register(app: typer.Typer) -> None:
                 _print_reasons(r)
             _render(results, as_json)
             return
+        from mrdib_cli.cpu import choose_threads
+
+        n, how = choose_threads(threads)
+        info(f"{n} torch CPU thread{'s' if n > 1 else ''} ({how})")
+        ro = replace(ro, threads=n)
         results = []
         with _progress() as prog:
             rep = RichReporter(prog)

@@ -59,6 +59,9 @@ class RunOptions:
     normalize: bool = True
     seed: int = SEED
     force: bool = False
+    # torch's CPU threads for the encoders (0: torch's own choice). Not a cache param: it moves no result
+    # beyond float rounding, as batch order does not either
+    threads: int = 0
     # Sharded extraction (features.sharded): encode only shards k with k % shard_world == shard_rank, write
     # them and stop (no table, no manifest); a final merge pass then finds every shard done. Not cache params:
     # shard boundaries do not depend on them, so the merged table is the single-process one.
@@ -313,6 +316,15 @@ def _step(handle: DatasetHandle, modality: str, label: str, inputs: dict[str, st
 
 
 # --------------------------------------------------------------------------------------------- image
+def _use_threads(ro: RunOptions) -> None:
+    """Give the encoders ``ro.threads`` CPU threads, as the command resolved them (``--threads``, else the free
+    cores): torch's default, every core, is slower on a machine whose cores are busy (see mrdib_cli.cpu)."""
+    if ro.threads:
+        import torch
+
+        torch.set_num_threads(ro.threads)
+
+
 def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: RunOptions,
                   reporter: Reporter | None = None, on_shard: Callable[[int], None] | None = None
                   ) -> ExtractResult:
@@ -326,6 +338,7 @@ def extract_image(ws: Workspace, handle: DatasetHandle, io: ImageOptions, ro: Ru
         register_model_config(io.model_config)
     weights = resolve_image_weights(io.model, io.pretrained, io.checkpoint, io.allow_random_weights)
     device = resolve_device(ro.device)
+    _use_threads(ro)
     kind, image_dir, source_fp = _image_source(handle, io.image_dir)
     warnings = []
     if weights.kind == "random":
@@ -420,6 +433,7 @@ def extract_text(ws: Workspace, handle: DatasetHandle, to: TextOptions, ro: RunO
     template_fields(to.template)
     weights = resolve_text_model(to.model)
     device = resolve_device(ro.device)
+    _use_threads(ro)
     label = Path(to.model).name if weights.source == "local" else to.model.split("/")[-1]
     texts = build_texts(handle.items, to.template, handle.n_items)
     inputs = {"items": _items_digest(handle)}

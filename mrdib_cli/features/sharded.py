@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-import torch
 
 from mrdib_cli.errors import UsageError
 from mrdib_cli.features.extract import RunOptions
@@ -28,7 +27,7 @@ def worker_options(ro: RunOptions) -> RunOptions:
     """This rank's device (``cuda:LOCAL_RANK`` or cpu) and CPU-thread share."""
     dev = distributed.worker_device(ro.device)
     if dev == "cpu":
-        torch.set_num_threads(distributed.default_threads())
+        return replace(ro, device=dev, threads=ro.threads or distributed.default_threads())
     return replace(ro, device=dev)
 
 

@@ -123,3 +123,19 @@ def test_text_model_offline_or_missing_is_exit_3(run_cli, awkward_dataset, tmp_p
     rc, _, err = run_cli("extract-features", "--modality", "text", "--text-model", str(tmp_path / "nope"))
     assert rc == 3 and "not found" in one_line(err)
     assert not (awkward_dataset[0] / "features").exists()
+
+
+def test_threads_option_sets_the_encoders_threads(run_cli, awkward_dataset, monkeypatch) -> None:
+    """--threads N gives the encoders N torch threads and says so (torch's default, every core, is slower on
+    a busy machine); without it the free cores are taken, with the reason on the same line."""
+    seen: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)
+    args = ("extract-features", "--modality", "image", *TINY_ARGS, "--device", "cpu", "--workers", "0",
+            "--max-pixels", "100000")
+    rc, _, err = run_cli(*args, "--threads", "1")
+    assert rc == 0, err
+    assert seen == [1] and "1 torch CPU thread (--threads)" in err
+    seen.clear()
+    rc, _, err = run_cli(*args, "--force")
+    assert rc == 0, err
+    assert len(seen) == 1 and seen[0] >= 1 and "auto from load" in err
