@@ -218,9 +218,9 @@ def check_minibatch(cfg: RunConfig) -> None:
         if tc.node_budget:
             raise UsageError(f"{named(cfg, 'train.node_budget')} bounds the neighbourhoods of --minibatch "
                              "sampled; set minibatch to sampled, or node_budget to 0")
-        if tuple(tc.fanout) != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
+        if _fanout_given(cfg):
             raise UsageError(f"{named(cfg, 'train.fanout')} sets the neighbourhoods of --minibatch sampled; "
-                             "set minibatch to sampled, or leave fanout at its default")
+                             "set minibatch to sampled, or remove it")
         return
     supported = sampled_backbones()
     if cfg.backbone not in supported:
@@ -243,9 +243,9 @@ def check_fanout(cfg: RunConfig) -> None:
 
     fanout, cls = tuple(cfg.train.fanout), get_backbone(cfg.backbone)
     hops = cls.sampled_hops(cfg.hparams, bool(cfg.plugin))
-    if hops == 0 and fanout != tuple(LATER_TRAIN_DEFAULTS["fanout"]):
+    if hops == 0 and _fanout_given(cfg):
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so "
-                         f"{named(cfg, 'train.fanout')} has no effect; leave it at its default")
+                         f"{named(cfg, 'train.fanout')} has no effect; remove it")
     if hops == 0 and cfg.train.node_budget:
         raise UsageError(f"{cfg.backbone}'s sampled step reads no graph neighbourhood, so "
                          f"{named(cfg, 'train.node_budget')} has no effect; set it to 0")
@@ -255,6 +255,14 @@ def check_fanout(cfg: RunConfig) -> None:
             fix = "train it again with --force, or as a new run with another --run-name"
         raise UsageError(f"{named(cfg, 'train.fanout')} gives {len(fanout)} values, one per hop, but "
                          f"{cfg.backbone} samples {hops} hop(s) with these settings; {fix}")
+
+
+def _fanout_given(cfg: RunConfig) -> bool:
+    """Whether a fan-out was asked for: a value other than the default, or the default typed on the command line
+    (``--fanout 10``, ``--set fanout=10``), where the user expects it to shape the run. A config file may hold
+    the default: ``--print-config`` writes every value, and its output must train when fed back."""
+    return (tuple(cfg.train.fanout) != tuple(LATER_TRAIN_DEFAULTS["fanout"])
+            or cfg.sources.get("train.fanout") in (COMMAND_LINE, SET))
 
 
 def named(cfg: RunConfig, key: str) -> str:

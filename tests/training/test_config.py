@@ -154,6 +154,11 @@ def test_a_refusal_names_where_the_value_came_from():
         "eval_batch_users (from c.yaml) must be")
     assert refusal(sets=["threads=-1"]).startswith("threads (from --set) must be")
     assert "metric one of recall" in refusal(sets=["valid_metric=foo@20"])  # not refused after an epoch
+    # a fan-out typed on the command line is refused where none is sampled, even the default's value: the user
+    # expects it to shape the run; a config file may hold the default (--print-config writes every value)
+    assert refusal(flags={"backbone": "lightgcn", "train": {"fanout": [10]}}).startswith("fanout (--fanout) sets")
+    assert refusal(sets=["fanout=10"]).startswith("fanout (from --set) sets")
+    assert resolve_run(flags={"backbone": "lightgcn"}, file={"train": {"fanout": [10]}}).train.fanout == [10]
 
 
 def test_set_values_and_sections():

@@ -527,7 +527,10 @@ def test_fanouts_past_the_sampled_hops_are_refused_when_resolved():
         resolve("lightgcn", [2**63])
     with pytest.raises(UsageError, match="no graph neighbourhood"):
         resolve("vbpr", [5])
-    resolve("vbpr", [10])  # the default, which it does not read
+    with pytest.raises(UsageError, match="no graph neighbourhood"):
+        resolve("vbpr", [10])  # the default's value, typed: the user expects it to shape the run
+    resolve_run(flags={"backbone": "vbpr", "dataset": "d", "train": {"minibatch": "sampled"}},
+                file={"train": {"fanout": [10]}})  # a file may hold the default (--print-config writes it)
     with pytest.raises(UsageError, match="node_budget"):
         resolve_run(flags={"backbone": "vbpr", "dataset": "d",
                            "train": {"minibatch": "sampled", "node_budget": 100}})
