@@ -326,6 +326,8 @@ def _worker_errors(folder: str) -> str | None:
     notes = {r: m for r, m in notes.items() if m != ALREADY_SAID and not (said and m == INTERRUPTED)}
     if not notes:
         return ALREADY_SAID if said else None
+    if set(notes.values()) - {LOST_PEER_MESSAGE}:  # the ranks that lost contact lost it with the one that failed
+        notes = {r: m for r, m in notes.items() if m != LOST_PEER_MESSAGE}
     if len(set(notes.values())) == 1:
         return next(iter(notes.values()))
     return "; ".join(f"rank {r}: {m}" for r, m in notes.items())

@@ -171,8 +171,7 @@ def _run(argv: list[str] | None) -> None:
     except MrdibError as e:
         if verbose:
             err.print_exception()
-        if not leave_error(str(e)):
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False)
+        _say(str(e))
         sys.exit(e.exit_code)
     except (_Interrupted, KeyboardInterrupt, typer.Abort) as e:
         if threading.current_thread() is threading.main_thread():  # saying so and exiting: nothing left to stop
@@ -202,8 +201,7 @@ def _run(argv: list[str] | None) -> None:
         if launch is not None and launch.lost_peer(e):  # another rank stopped: say so, not the socket's words
             if verbose:
                 err.print_exception()
-            if not leave_error(launch.LOST_PEER_MESSAGE):
-                err.print(f"[red]error:[/red] {launch.LOST_PEER_MESSAGE}", highlight=False)
+            _say(launch.LOST_PEER_MESSAGE)
             sys.exit(EXIT_RUNTIME)
         code = _wrapped_errno(e)
         if code is None:
@@ -216,9 +214,12 @@ def _run(argv: list[str] | None) -> None:
 
 
 def _wrapped_errno(e: Exception) -> int | None:
-    """The errno of a disk-full/permission failure that a library reported only in its message."""
+    """The errno of a disk-full/permission failure that a library reported only in its message: Rust's
+    "(os error 28)", or C's strerror and number, as torch's shared memory says it ("File too large (27)")."""
     m = _OS_ERROR_RE.search(str(e))
     code = int(m.group(1)) if m else None
+    if code is None:
+        code = next((c for c in _WRITE_ERRNOS if f"{os.strerror(c)} ({c})" in str(e)), None)
     return code if code in _WRITE_ERRNOS else None
 
 
@@ -238,9 +239,9 @@ def _write_failure(code: int, strerror: str, filename: str | None, verbose: bool
     """One line naming the failure (ENOSPC, EFBIG, EACCES...) and its fix; exit code 1."""
     if verbose:
         err.print_exception()
-    where = escape(f"{filename}: ") if filename else ""
-    err.print(f"[red]error:[/red] {where}{strerror} ({errno.errorcode.get(code, code)}); {_WRITE_ERRNOS[code]} "
-              "(finished artefacts are untouched; rerun afterwards)", highlight=False)
+    where = f"{filename}: " if filename else ""
+    _say(f"{where}{strerror} ({errno.errorcode.get(code, code)}); {_WRITE_ERRNOS[code]} "
+         "(finished artefacts are untouched; rerun afterwards)")
     sys.exit(EXIT_RUNTIME)
 
 
@@ -249,6 +250,13 @@ def _bug(e: BaseException, verbose: bool) -> None:
     if verbose:
         raise e
     first = (str(e).strip().splitlines() or [""])[0]
-    err.print(f"[red]error:[/red] {type(e).__name__}: {escape(first)} (rerun with --verbose for the traceback)",
-              highlight=False)
+    _say(f"{type(e).__name__}: {first} (rerun with --verbose for the traceback)")
     sys.exit(EXIT_RUNTIME)
+
+
+def _say(message: str) -> None:
+    """The one error line: printed here or, in a worker of mrdib's launcher, handed to it to print once for the
+    job with the worker's exit code (a worker's own line was followed by the launcher's about the ranks it
+    then stopped, with their signal's exit code)."""
+    if not leave_error(message):
+        err.print(f"[red]error:[/red] {escape(message)}", highlight=False)

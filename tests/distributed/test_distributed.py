@@ -269,6 +269,12 @@ def test_workers_with_different_errors_are_each_named(tmp_path):
     assert _worker_errors(str(tmp_path)) == "rank 0: bad shard; rank 1: disk full"
     (tmp_path / "0").write_text("disk full")
     assert _worker_errors(str(tmp_path)) == "disk full"
+    from mrdib_cli.launch import LOST_PEER_MESSAGE
+
+    (tmp_path / "1").write_text(LOST_PEER_MESSAGE)  # a rank that lost the failed one: the cause is named
+    assert _worker_errors(str(tmp_path)) == "disk full"
+    (tmp_path / "0").write_text(LOST_PEER_MESSAGE)
+    assert _worker_errors(str(tmp_path)) == LOST_PEER_MESSAGE
 
 
 def test_a_batch_sum_term_keeps_its_weight_on_two_ranks(tmp_path):
@@ -286,3 +292,21 @@ def test_a_batch_sum_term_keeps_its_weight_on_two_ranks(tmp_path):
                 for n in ("one", "two"))
     assert two["hcl"] == pytest.approx(one["hcl"], rel=0.05)
     assert two["bpr"] == pytest.approx(one["bpr"], rel=0.05)
+
+
+def test_a_write_failure_in_a_worker_is_one_line_with_exit_1(ws):
+    """A worker's disk error (here a file-size limit; the ranks' shared memory meets it first) is handed to
+    the launcher like any other error: one line and exit 1, as one process gives. It used to be printed by the
+    worker, and the launcher then added a line about the rank it stopped, with that rank's SIGTERM code."""
+    import resource
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "MRDIB_HOME": str(ws.root), "MRDIB_NO_PROGRESS": "1", "COLUMNS": "200"}
+    p = subprocess.run([sys.executable, "-m", "mrdib_cli", "train", "-b", "lightgcn", "-n", "big", "--epochs", "1",
+                        "--device", "cpu", "--threads", "1", "--nproc", "2"], capture_output=True, text=True,
+                       env=env, cwd=str(ROOT), timeout=300, preexec_fn=small_files)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert p.returncode == 1 and len(errors) == 1 and "(EFBIG)" in errors[0], p.stderr
+    assert "Traceback" not in p.stderr
