@@ -161,14 +161,15 @@ def train_cmd(
     from mrdib_cli.training.trainer import EpochRecord, Trainer
 
     w = ws()
+    file = load_config_file(config) if config else None
     stored = None
-    if resume:
-        run_name = _run_to_resume(run_name)
+    if resume:  # the run a config file names is the one it resumes, as it is the one it would start
+        named = run_name or (file or {}).get("run_name")
+        run_name = _run_to_resume(None if named is None else str(named))
         stored = read_json(w.run_dir(run_name) / "config.json")
     if stored is not None and backbone and backbone != stored.get("backbone"):
         raise UsageError(f"run '{run_name}' was started with backbone {stored.get('backbone')}, not {backbone}; "
                          "resume it without --backbone, or start a new --run-name")
-    file = load_config_file(config) if config else None
     train_flags = {"epochs": epochs, "patience": patience, "lr": lr, "batch_size": batch_size, "seed": seed,
                    "device": device, "threads": threads, "test_mask": test_mask, "minibatch": minibatch,
                    "fanout": list(fanout) or None, "node_budget": node_budget}
@@ -293,10 +294,13 @@ def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, che
     from mrdib_cli.data.handle import DatasetHandle
     from mrdib_cli.models.base import get_backbone
     from mrdib_cli.training.resolve import NEWEST
-    from mrdib_cli.training.trainer import check_same_run, resolve_device, run_exists
+    from mrdib_cli.training.checkpoint import saved_epoch
+    from mrdib_cli.training.trainer import check_epoch_cap, check_same_run, resolve_device, run_exists
 
     if stored is not None:
         check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
+        trained = saved_epoch(ws().run_dir(str(run_name)) / "checkpoints" / "last.pt")
+        check_epoch_cap(str(run_name), trained or 0, cfg.train.epochs)
     elif check_name and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
         raise run_exists(cfg.run_name)
     resolve_device(cfg.train.device)

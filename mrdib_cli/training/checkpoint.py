@@ -69,6 +69,15 @@ def _write_failure(tmp: Path, path: Path, e: RuntimeError) -> Exception:
     return DataError(f"cannot write checkpoint {path} ({str(e).splitlines()[0][:200]})")
 
 
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a checkpoint holds, read without loading its tensors (memory-mapped), for checks made
+    before a run starts; None when there is no readable checkpoint (the run itself then says why)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # absent or damaged: refused, with the reason, when the run opens it
+        return None
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)

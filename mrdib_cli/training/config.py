@@ -152,6 +152,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"cannot parse config file {p}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise UsageError(f"config file {p} must contain a mapping at the top level")
+    # what --print-config adds to say where each value came from: read back, the file is where they come from
+    data.pop("sources", None)
     return data
 
 

@@ -85,6 +85,13 @@ def check_same_run(run_name: str, stored: dict[str, Any], conf: dict[str, Any]) 
                          "start a new --run-name")
 
 
+def check_epoch_cap(run_name: str, trained: int, cap: int) -> None:
+    """Refuse to resume a run past ``--epochs``: its results would claim a cap its epochs went beyond."""
+    if trained > cap:
+        raise UsageError(f"run '{run_name}' has trained {trained} epochs already, more than --epochs {cap}: "
+                         f"resume it with --epochs {trained} or more, or start it over with --force")
+
+
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
     """The first difference between a run's identity and a command's, in the user's words."""
     was, now = _with_later_defaults(was), _with_later_defaults(now)
@@ -423,10 +430,7 @@ class Trainer:
         self._restore_rng(st)
         self.sampler.set_state(st["sampler"])
         self.epoch = int(st["epoch"])
-        if self.epoch > self.cfg.train.epochs:  # its results would claim a cap its epochs went past
-            raise UsageError(f"run '{self.run_name}' has trained {self.epoch} epochs already, more than --epochs "
-                             f"{self.cfg.train.epochs}: resume it with --epochs {self.epoch} or more, or start "
-                             "it over with --force")
+        check_epoch_cap(self.run_name, self.epoch, self.cfg.train.epochs)
         self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
         self.stopper.bad_epochs = int(st["bad_epochs"])
         self.best_valid = dict(st["best_valid"])
@@ -594,6 +598,9 @@ class Trainer:
             how = "stopped by SIGTERM" if isinstance(e, Terminated) else "interrupted"
             message = (f"{how} after epoch {self.epoch}; the checkpoint is saved, continue with "
                        f"'mrdib train --resume --run-name {self.run_name}'")
+            if self.epoch == 0:  # no epoch ended, so no checkpoint was written
+                message = (f"{how} before the first epoch ended, so there is no checkpoint; "
+                           f"'mrdib train --resume --run-name {self.run_name}' starts it from epoch 0")
         except TrainingDiverged as e:
             status, message = "failed", str(e)
         except torch.cuda.OutOfMemoryError:

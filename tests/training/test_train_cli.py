@@ -40,14 +40,23 @@ def test_print_config_shows_what_the_run_records(cli, workdir):
     assert rc == 0, err
     printed = json.loads(out)
     assert printed["sources"]["features.image"] == "newest of its modality" and printed["train"]["threads"] >= 1
-    rc, _, err = cli("train", "-b", "vbpr", "--epochs", "1", "--threads", str(printed["train"]["threads"]),
+    rc, _, err = cli("train", "-b", "vbpr", "--epochs", "2", "--threads", str(printed["train"]["threads"]),
                      "-n", "v")
     assert rc == 0, err
     stored = json.loads((workdir / "runs/v/config.json").read_text())
     assert stored["features"] == printed["features"] and set(printed["features"]) == {"image", "text"}
-    assert stored["train"] == {**printed["train"], "epochs": 1}
+    assert stored["train"] == {**printed["train"], "epochs": 2}
     rc, _, err = cli("train", "-b", "vbpr", "-d", "nope", "--print-config")
     assert rc == 3 and "dataset 'nope' not found" in err
+    # what it printed is a config file (its 'sources' is ignored there), and one naming a run resumes that run
+    (workdir / "printed.json").write_text(json.dumps({**printed, "run_name": "v"}))
+    rc, out, err = cli("train", "--config", str(workdir / "printed.json"), "--print-config")
+    assert rc == 2 and "run 'v' already exists" in err  # the same run: read back whole
+    rc, out, err = cli("train", "--resume", "--config", str(workdir / "printed.json"), "--print-config")
+    assert rc == 0 and json.loads(out)["run_name"] == "v", err
+    # a resume below the epochs already trained is refused here as the run refuses it (the cap would lie)
+    rc, _, err = cli("train", "--resume", "-n", "v", "--epochs", "1", "--print-config")
+    assert rc == 2 and "has trained 2 epochs already" in err
     rc, _, err = cli("train", "-b", "vbpr", "--image-features", "nope", "--print-config")
     assert rc == 3 and "no image feature table 'nope'" in err
 

@@ -127,6 +127,21 @@ def test_interrupt_then_resume_equals_uninterrupted(ws):
     assert [m["loss"] for m in _metrics(ws, "full")] == [m["loss"] for m in _metrics(ws, "part")]
 
 
+def test_a_stop_before_the_first_epoch_claims_no_checkpoint(ws, monkeypatch):
+    """Ctrl-C during the first epoch: nothing was saved, and the message says so (it used to say "interrupted
+    after epoch 0; the checkpoint is saved")."""
+    trainer = Trainer(ws, _cfg("early"))
+
+    def stopped_in_epoch_1() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_train_epoch", stopped_in_epoch_1)
+    result = trainer.fit()
+    assert result.status == "stopped" and result.epochs_run == 0
+    assert "before the first epoch ended, so there is no checkpoint" in result.message
+    assert not (ws.run_dir("early") / "checkpoints" / "last.pt").exists()
+
+
 def test_resume_refuses_changed_config_and_existing_runs_need_force(ws):
     train(ws, _cfg("r2", epochs=2))
     before = (ws.run_dir("r2") / "config.json").read_bytes()
