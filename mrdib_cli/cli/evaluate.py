@@ -201,6 +201,8 @@ def compare_cmd(
     cmp = compare(evals, metrics=[m for v in metric for m in v.replace(",", " ").split()] or None, force=force)
     for p in cmp.mismatches:
         warn(f"protocols differ ({p}); compared anyway because of --force")
+    for p in cmp.repeats:
+        warn(f"{p}: pooled as two seeds because of --force (their std and n overstate the evidence)")
     console: Console = err if json_path == "-" else out
     print_comparison(console, cmp, split)
     payload = cmp.to_dict()

@@ -67,10 +67,11 @@ class Comparison:
     tests: list[dict[str, Any]]  # one row per (group != baseline, metric)
     protocol: Protocol
     mismatches: list[str] = field(default_factory=list)  # filled when --force overrode a refusal
+    repeats: list[str] = field(default_factory=list)  # runs pooled as seeds that share one (--force)
 
     def to_dict(self) -> dict[str, Any]:
         return {"protocol": self.protocol.to_dict(), "metrics": self.metrics, "groups": self.summary,
-                "tests": self.tests, "forced_mismatches": self.mismatches}
+                "tests": self.tests, "forced_mismatches": self.mismatches, "repeated_seeds": self.repeats}
 
 
 def _settings(run: Run) -> dict[str, Any]:
@@ -109,10 +110,10 @@ def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str =
     evals = []
     for name in names:
         run = Run.open(ws, name)
-        saved = run.saved_result(tag)
+        saved, why = run.saved_result(tag)
         if saved is None:
             if on_info:
-                on_info(f"run '{name}' has no saved {tag} evaluation; evaluating it now")
+                on_info(f"run '{name}' {why}; evaluating it now")
             res, _ = evaluate_run(run, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index)
             evals.append(RunEval(run, res.protocol, res.metrics, res.per_user))
             continue
@@ -127,6 +128,20 @@ def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str =
                             f"evaluation; re-run 'mrdib eval --run {name}' to rewrite it")
         evals.append(RunEval(run, proto, dict(saved["metrics"]), per_user))
     return evals
+
+
+def _repeated_seeds(groups: list[Group]) -> list[str]:
+    """Runs of one configuration with the same seed: repeats of one run, not seeds. Pooled, they would show a
+    standard deviation of about 0 and count twice in n."""
+    found = []
+    for g in groups:
+        first: dict[Any, str] = {}
+        for e in g.members:
+            if e.run.seed in first:
+                found.append(f"runs '{first[e.run.seed]}' and '{e.run.name}' have the same configuration and the "
+                             f"same seed ({e.run.seed})")
+            first.setdefault(e.run.seed, e.run.name)
+    return found
 
 
 def check_protocols(evals: list[RunEval], force: bool = False) -> list[str]:
@@ -175,6 +190,10 @@ def compare(evals: list[RunEval], metrics: list[str] | None = None, force: bool 
         key = e.run.config_key()
         groups.setdefault(key, Group(key, [])).members.append(e)
     glist = list(groups.values())
+    repeats = _repeated_seeds(glist)
+    if repeats and not force:
+        raise UsageError(f"{repeats[0]}: repeats of one run, not two seeds; compare one of them, train the other "
+                         "with another --seed, or pass --force")
     summary = []
     base_means: dict[str, float] = {}
     for gi, g in enumerate(glist):
@@ -201,4 +220,4 @@ def compare(evals: list[RunEval], metrics: list[str] | None = None, force: bool 
                 t = paired_tests(joined[m].to_numpy(), joined[f"{m}__b"].to_numpy())
                 tests.append({"group": g.label, "baseline": glist[0].label, "metric": m, **t.to_dict()})
     return Comparison(groups=glist, metrics=metrics, summary=summary, tests=tests,
-                      protocol=evals[0].protocol, mismatches=mismatches)
+                      protocol=evals[0].protocol, mismatches=mismatches, repeats=repeats)

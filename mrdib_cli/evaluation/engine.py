@@ -147,14 +147,14 @@ class EvalResult:
             d["ann_check"] = self.ann_check
         return d
 
-    def save(self, run_dir: str | Path, split: str | None = None) -> dict[str, Path]:
+    def save(self, run_dir: str | Path, split: str | None = None, embeddings: str | None = None) -> dict[str, Path]:
         """Write ``per_user-<tag>.parquet``, ``topk-<tag>.parquet`` and, last, ``eval-<tag>.json`` as one unit.
 
         ``tag`` is :func:`result_tag` of ``split`` (default: the protocol's) and the protocol's mask, index
         and cut-offs: just ``test`` under the default protocol (mask train, exact search, K 10 and 20), e.g.
         ``test.mask-train+valid`` otherwise, so one protocol's files never overwrite another's. The JSON is
         the unit's index (:mod:`mrdib_cli.publish`): it names the digests of the two tables, so a set torn by
-        a crash between the renames is never read as one result.
+        a crash between the renames is never read as one result, and of the embeddings scored (``embeddings``).
         """
         tag = result_tag(split or self.protocol.split or "eval", self.protocol.mask, self.protocol.index,
                          self.protocol.ks)
@@ -171,7 +171,10 @@ class EvalResult:
         })
         with atomic_path(paths["topk"]) as tmp:
             topk_df.write_parquet(tmp)
-        write_index(paths["json"], self.to_dict(), [paths["per_user"], paths["topk"]])
+        # ``embeddings``: the digest of the run's embeddings.npz these figures score; a resume that finds a better
+        # epoch rewrites it, and a reader then knows the saved figures are of another epoch (runs.Run.saved_result)
+        record = {**self.to_dict(), **({"embeddings_digest": embeddings} if embeddings else {})}
+        write_index(paths["json"], record, [paths["per_user"], paths["topk"]])
         return paths
 
 

@@ -8,6 +8,8 @@ would produce numbers that mean nothing, so it is refused with a one-line error.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import zipfile
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
 from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, read_json
+
+#: the best epoch's user and item embeddings in a run folder (training.run_folder writes it)
+EMBEDDINGS = "embeddings.npz"
 
 
 # training options that change how fast or on which random draw a run trains, not which setting it is
@@ -75,19 +80,28 @@ class Run:
 
     @cached_property
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(user [n_users, d], item [n_items, d]) float32 from ``embeddings.npz`` (no pickle)."""
-        p = self.dir / "embeddings.npz"
+        """(user [n_users, d], item [n_items, d]) float32 from ``embeddings.npz`` (no pickle). The file is read
+        once, so :attr:`embeddings_digest` names exactly the bytes these arrays came from."""
+        p = self.dir / EMBEDDINGS
         if not p.exists():
             raise MissingInputError(f"run '{self.name}' has no embeddings.npz (training did not finish an "
                                     "epoch); train it first or pick another --run")
         try:
-            with np.load(p, allow_pickle=False) as z:
+            data = p.read_bytes()
+            self._embeddings_digest = "sha256:" + hashlib.sha256(data).hexdigest()
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if "user" not in z or "item" not in z:
                     raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
                 self._check_epoch(p, int(z["epoch"]) if "epoch" in z.files else None)
                 return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
             raise DataError(f"{p}: unreadable ({type(e).__name__}); retrain the run") from None
+
+    @property
+    def embeddings_digest(self) -> str:
+        """Digest of the ``embeddings.npz`` that :attr:`embeddings` read: what a saved evaluation records."""
+        self.embeddings  # noqa: B018 - reads (and checks) the file once
+        return self._embeddings_digest
 
     def _check_epoch(self, path: Path, epoch: int | None) -> None:
         """Embeddings must be those of the epoch results.json reports (a crash can leave them one ahead)."""
@@ -122,9 +136,15 @@ class Run:
             name += f"+{plug['name']}"
         return name
 
-    def saved_result(self, tag: str) -> dict[str, Any] | None:
-        """The saved evaluation of ``tag`` when its files are one intact unit (else None: evaluate again)."""
-        return read_index(self.dir / f"eval-{tag}.json")
+    def saved_result(self, tag: str) -> tuple[dict[str, Any] | None, str]:
+        """The saved evaluation of ``tag`` when its files are one intact unit and it scored the run's current
+        embeddings (a resume that found a better epoch rewrote them); else None and why, to evaluate again."""
+        saved = read_index(self.dir / f"eval-{tag}.json")
+        if saved is None:
+            return None, f"has no saved {tag} evaluation"
+        if saved.get("embeddings_digest") != self.embeddings_digest:
+            return None, f"has a saved {tag} evaluation of other embeddings than its current best epoch's"
+        return saved, ""
 
 
 def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[int, ...] = KS,
@@ -138,5 +158,5 @@ def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[i
     res = evaluate_split(run.handle, user, item, split=split, mask=mask, ks=ks, batch_users=batch_users,
                          index=index, index_params=index_params, verify_exact=verify_exact, seed=seed,
                          on_batch=on_batch, threads=threads)
-    paths = res.save(run.dir, split) if save else {}
+    paths = res.save(run.dir, split, embeddings=run.embeddings_digest) if save else {}
     return res, paths

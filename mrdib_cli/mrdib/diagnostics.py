@@ -32,7 +32,7 @@ from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
 from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
 from mrdib_cli.mrdib.mine import estimate_mi
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest
 
 
 
@@ -227,7 +227,8 @@ def diagnose(ws: Workspace, run: str | None, baseline: str | None = None, *, mi_
     scale), so a caller can show where a long diagnosis is."""
     on_stage(f"{run or 'run'}: rebuilding the model")
     main = load_run(ws, run, device)
-    report: dict[str, Any] = {"run": diagnose_run(main, mi_steps=mi_steps, seed=seed, on_stage=on_stage),
+    report: dict[str, Any] = {"run": _stamped(main, diagnose_run(main, mi_steps=mi_steps, seed=seed,
+                                                                 on_stage=on_stage)),
                               "baseline": None,
                               "mi_steps": mi_steps, "seed": seed,
                               "method": "MINE/DV bound with a fresh critic: fit on 80% of the items, "
@@ -238,12 +239,23 @@ def diagnose(ws: Workspace, run: str | None, baseline: str | None = None, *, mi_
         if base.handle.digest != main.handle.digest:
             raise ProtocolMismatchError(f"baseline '{base.name}' was trained on another dataset "
                                         f"('{base.handle.name}') than '{main.name}' ('{main.handle.name}')")
-        report["baseline"] = diagnose_run(base, mi_steps=mi_steps, seed=seed, on_stage=on_stage)
+        report["baseline"] = _stamped(base, diagnose_run(base, mi_steps=mi_steps, seed=seed, on_stage=on_stage))
     check_finite(report)
     jpath, ppath = main.dir / "diagnose.json", main.dir / "diagnose.png"
     atomic_write_json(jpath, report)
     plot(report, ppath)
     return report, jpath, ppath
+
+
+def checkpoint_digest(run_dir: Path) -> str | None:
+    """Digest of a run's ``best.pt``: a diagnosis records the one it read, so that a reader can tell when a
+    resume has since found a better epoch (reporting.report then leaves the old figures out)."""
+    best = run_dir / "checkpoints" / "best.pt"
+    return file_digest(best) if best.exists() else None
+
+
+def _stamped(run: Any, part: dict[str, Any]) -> dict[str, Any]:
+    return {**part, "checkpoint_digest": checkpoint_digest(run.dir)}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

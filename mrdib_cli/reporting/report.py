@@ -42,6 +42,13 @@ def _fmt(x: Any, nd: int = 4) -> str:
     return str(x)
 
 
+def _stale_diagnosis(ws: Workspace, part: dict[str, Any]) -> bool:
+    """Whether a diagnosis read another best.pt than the run holds now (or predates the record of it)."""
+    from mrdib_cli.mrdib.diagnostics import checkpoint_digest
+
+    return part.get("checkpoint_digest") != checkpoint_digest(ws.run_dir(str(part.get("run"))))
+
+
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
@@ -103,6 +110,10 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
         if comp.mismatches:
             md.append("> **Warning: protocol mismatch.** These runs were evaluated under different protocols, "
                       "so their numbers are not comparable: " + "; ".join(comp.mismatches) + "\n")
+        if comp.repeats:
+            md.append("> **Warning: repeated seeds.** Runs pooled as seeds of one system share a seed, so they "
+                      "are repeats of one run and its std and n overstate the evidence: " + "; ".join(comp.repeats)
+                      + "\n")
         rows = [[row["system"], ", ".join(f"`{n}`" for n in row["runs"]), len(row["runs"])] +
                 [f"{row['metrics'][m]['mean']:.4f} ± {_fmt(row['metrics'][m]['std'])}" +
                  (f" ({100 * row['metrics'][m]['rel_change']:+.1f}%)" if i else "")
@@ -148,18 +159,26 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
         rows = []
         for r in diag:
             d = json.loads((r.dir / "diagnose.json").read_text())
-            for part in (d.get("run"), d.get("baseline")):
-                if part:
-                    rk = part.get("ranking", {})
-                    rows.append([part["run"], part.get("plugin") or "baseline", (part.get("mi") or {}).get("mi")] +
-                                [(rk.get(g) or {}).get("recall@20") for g in ("image", "text", "fused")])
+            parts = [part for part in (d.get("run"), d.get("baseline")) if part]
+            stale = [part["run"] for part in parts if _stale_diagnosis(ws, part)]
+            if stale:  # the figure shows every part, so it goes too
+                md.append(f"> **Left out: the diagnostics in `{r.name}/diagnose.json`**: they read another "
+                          f"checkpoint of {' and '.join(stale)} than its best epoch's now (a resume found a better "
+                          f"one, or it was retrained); run `mrdib diagnose` on `{r.name}` again.\n")
+                res.skipped.append(f"{r.name}: diagnose.json read another checkpoint of {', '.join(stale)}")
+                continue
+            for part in parts:
+                rk = part.get("ranking", {})
+                rows.append([part["run"], part.get("plugin") or "baseline", (part.get("mi") or {}).get("mi")] +
+                            [(rk.get(g) or {}).get("recall@20") for g in ("image", "text", "fused")])
             if (r.dir / "diagnose.png").exists():
                 dst = out_dir / f"diagnose-{_safe(r.name)}.png"
                 shutil.copyfile(r.dir / "diagnose.png", dst)
                 res.figures.append(dst)
                 md.append(f"![diagnostics of {r.name}]({dst.name})\n")
-        md.append(_table(["run", "plug-in", "MI [nats]", "R@20 image alone", "R@20 text alone", "R@20 fused"],
-                         rows) + "\n")
+        if rows:
+            md.append(_table(["run", "plug-in", "MI [nats]", "R@20 image alone", "R@20 text alone", "R@20 fused"],
+                             rows) + "\n")
 
     # ---- doctor
     from mrdib_cli.reporting.doctor import check_runs

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest
 
 
 class RunFolder:
@@ -65,6 +65,6 @@ class RunFolder:
     def write_results(self, results: dict[str, Any], test: Any = None) -> None:
         """``results.json``, after the test evaluation's own files (``test`` = its EvalResult, if any)."""
         if self.writes:
-            if test is not None:
-                test.save(self.path, "test")
+            if test is not None:  # the figures name the embeddings they scored (evaluation.runs.Run.saved_result)
+                test.save(self.path, "test", embeddings=file_digest(self.path / "embeddings.npz"))
             atomic_write_json(self.path / "results.json", results)

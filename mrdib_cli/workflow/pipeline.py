@@ -400,12 +400,14 @@ def _required(backbone: str) -> tuple[str, ...]:
 
 def eval_steps(ws: Workspace, study: Study, rs: RunSpec, execute: bool) -> list[StepRecord]:
     """Extra test evaluations (e.g. mask train+valid); the trainer already saved the train-mask one."""
-    from mrdib_cli.evaluation.runs import result_tag
+    from mrdib_cli.evaluation.runs import Run, result_tag
 
     recs = []
     for mask in study.eval_masks:
         tag = result_tag("test", mask, "flat")
-        have = (ws.run_dir(rs.run_name) / f"eval-{tag}.json").exists()
+        # a dry run before training has no run yet; a saved result counts only if it scored the current best epoch
+        have = (ws.run_dir(rs.run_name) / "embeddings.npz").exists() and \
+            Run.open(ws, rs.run_name).saved_result(tag)[0] is not None
         target = f"{rs.run_name} ({tag})"
         if not execute:
             recs.append(StepRecord("eval", target, "cached" if have else "will run",
@@ -414,7 +416,7 @@ def eval_steps(ws: Workspace, study: Study, rs: RunSpec, execute: bool) -> list[
         if have:
             recs.append(StepRecord("eval", target, "cached", "saved result present", run=rs.run_name))
             continue
-        from mrdib_cli.evaluation.runs import Run, evaluate_run
+        from mrdib_cli.evaluation.runs import evaluate_run
 
         t0 = time.perf_counter()
         evaluate_run(Run.open(ws, rs.run_name), split="test", mask=mask, ks=tuple(study.train_config.ks))

@@ -181,3 +181,33 @@ def test_two_settings_of_one_backbone_are_told_apart_in_compare(cli, runs) -> No
     assert rc == 0, err
     systems = [g["system"] for g in json.loads(out)["groups"]]
     assert systems == ["lightgcn (n_layers=unset)", "lightgcn (n_layers=3)"]
+
+
+def test_compare_refuses_repeats_pooled_as_seeds_unless_forced(cli, runs) -> None:
+    """Two runs of one setting with the same seed are one run twice: pooled, they showed "2 seeds" and a std of
+    0. Refused; with --force compared, with a warning."""
+    rng = np.random.default_rng(2)
+    write_run(runs, "again-s1", "tiny", rng.standard_normal((40, 30)), rng.standard_normal((30, 30)), seed=1)
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "again-s1")
+    assert rc == 2 and "runs 'rand-s1' and 'again-s1' have the same configuration and the same seed (1)" in err
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "again-s1", "--force", "--json", str(runs / "c.json"))
+    assert rc == 0 and "pooled as two seeds because of --force" in err, err
+    assert json.loads((runs / "c.json").read_text())["repeated_seeds"]
+
+
+def test_a_saved_evaluation_of_other_embeddings_is_not_reused(cli, runs) -> None:
+    """A saved evaluation names the embeddings it scored: once a resume (or anything) rewrites embeddings.npz,
+    compare evaluates the run again instead of reporting the old epoch's figures."""
+    assert cli("eval", "--run", "rand-s1", "--mask", "train+valid")[0] == 0
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "--mask", "train+valid")
+    assert rc == 0 and "'rand-s1' has no saved" not in err and "'rand-s1' has a saved" not in err, err
+    rng = np.random.default_rng(9)  # a better epoch's embeddings, as a resume writes them
+    np.savez(runs / "runs" / "rand-s1" / "embeddings.npz", user=rng.standard_normal((40, 30)).astype(np.float32),
+             item=rng.standard_normal((30, 30)).astype(np.float32))
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "--mask", "train+valid", "--json", str(runs / "c.json"))
+    assert rc == 0 and "run 'rand-s1' has a saved test.mask-train+valid evaluation of other embeddings" in err, err
+    from mrdib_cli.evaluation.runs import Run
+    from mrdib_cli.workspace import Workspace
+
+    fresh = Run.open(Workspace(runs), "rand-s1")
+    assert fresh.saved_result("test.mask-train+valid")[0] is not None  # evaluated again, and saved

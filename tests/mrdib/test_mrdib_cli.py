@@ -61,6 +61,23 @@ def test_diagnose_writes_json_and_png(trained):
     png = (trained / "runs" / "ib" / "diagnose.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert "I(Z_v; Z_t)" in out
+    # the diagnosis names the checkpoint it read; report leaves it out once the run holds another best.pt
+    from mrdib_cli.workspace import file_digest
+
+    path = trained / "runs" / "ib" / "diagnose.json"
+    assert rep["run"]["checkpoint_digest"] == file_digest(trained / "runs" / "ib" / "checkpoints" / "best.pt")
+    rc, _, err = _cli(trained, "report", "ib", "base", "--out", str(trained / "rep1"))
+    assert rc == 0, err
+    assert "| ib | mrdib |" in (trained / "rep1" / "report.md").read_text()
+    text = path.read_text()
+    try:  # as a resume that found a better epoch leaves it: the record names another best.pt
+        path.write_text(json.dumps({**rep, "run": {**rep["run"], "checkpoint_digest": "sha256:earlier"}}))
+        rc, _, err = _cli(trained, "report", "ib", "base", "--out", str(trained / "rep2"))
+        assert rc == 0, err
+        md = (trained / "rep2" / "report.md").read_text()
+        assert "| ib | mrdib |" not in md and "Left out: the diagnostics in `ib/diagnose.json`" in md
+    finally:
+        path.write_text(text)
 
 
 def test_flag_errors_are_one_line_and_leave_no_run(workdir, cli):
