@@ -381,6 +381,21 @@ class Workspace:
         """Lock file of one ``kind`` of artefact (``dataset``, ``run``...), outside anything that is swapped."""
         return self.root / ".locks" / f"{kind}-{check_name(name)}.lock"
 
+    def run_writer(self, name: str) -> str | None:
+        """Who is writing run ``name`` now (``pid N``: a training run, or an evaluation saving into it), else
+        None. Asked without waiting and without taking the lock from anyone."""
+        path = self.lock("run", name)
+        if not path.exists():
+            return None
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                return fh.read().strip() or "another process"
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        return None
+
     def _update_state(self, **changes: Any) -> None:
         with file_lock(self.root / ".locks" / "state.lock", what="the workdir state"):
             st = self.state()
@@ -461,8 +476,10 @@ class Workspace:
         return p.stat().st_mtime if p.exists() else (self.run_dir(name) / "config.json").stat().st_mtime
 
     def run_status(self, name: str) -> str:
-        """finished / stopped / failed from results.json; else interrupted (a checkpoint but no results: a
-        crash or kill) or created (nothing trained yet)."""
+        """running (a process holds the run's lock); finished / stopped / failed from results.json; else
+        interrupted (a checkpoint but no results: a crash or kill) or created (nothing trained yet)."""
+        if self.run_writer(name):  # a resumed run still has the results.json of its earlier end
+            return "running"
         d = self.run_dir(name)
         with contextlib.suppress(OSError, json.JSONDecodeError):
             return str(read_json(d / "results.json").get("status") or "created")

@@ -116,6 +116,8 @@ def eval_cmd(
     if verify_exact and index == "flat":
         raise UsageError("--verify-exact checks an approximate index; use it with --index ivf or hnsw")
     r = Run.open(ws(), target_run("eval", run, dataset), dataset)
+    if why := r.unfinished():
+        warn(why)
     h = r.handle
     if ks[-1] > h.n_items:
         raise UsageError(f"K={ks[-1]} is larger than the catalogue ({h.n_items} items); use a smaller --k")
@@ -197,7 +199,7 @@ def compare_cmd(
     from mrdib_cli.evaluation.compare import compare, load_evals
 
     evals = load_evals(ws(), list(runs), split=split, mask=mask, index=index, batch_users=batch_users,
-                       on_info=info)
+                       on_info=info, unfinished=force)
     cmp = compare(evals, metrics=[m for v in metric for m in v.replace(",", " ").split()] or None, force=force)
     for p in cmp.mismatches:
         warn(f"protocols differ ({p}); compared anyway because of --force")
@@ -273,6 +275,8 @@ def recommend_cmd(
     if not tokens and out_path is None:
         raise UsageError("name users with --user ID (reviewer id or index), or pass --out FILE for all users")
     r = Run.open(ws(), target_run("recommend", run, dataset), dataset)
+    if why := r.unfinished():
+        warn(why)
     if out_path is not None and out_path.suffix.lower() not in (".parquet", ".csv"):
         raise UsageError(f"--out {out_path}: use a .parquet or .csv file name")
     users = resolve_users(r, tokens) if tokens else None

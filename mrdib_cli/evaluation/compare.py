@@ -102,14 +102,21 @@ def systems(groups: list[Group]) -> list[str]:
 
 def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str = "train", index: str = "flat",
                ks: tuple[int, ...] = KS, batch_users: int = EVAL_BATCH_USERS,
-               on_info: Callable[[str], None] | None = None) -> list[RunEval]:
-    """Saved results of each run under the protocol tag; runs without them are evaluated (and saved) now."""
+               on_info: Callable[[str], None] | None = None, unfinished: bool = False) -> list[RunEval]:
+    """Saved results of each run under the protocol tag; runs without them are evaluated (and saved) now. A run
+    killed before it finished is refused unless ``unfinished`` (then said through ``on_info``): its best epoch
+    so far would sit beside finished runs as if it were one of them."""
     if len(set(names)) != len(names):
         raise UsageError("a run is listed twice; list each run once")
     tag = result_tag(split, mask, index, ks)
     evals = []
     for name in names:
         run = Run.open(ws, name)
+        if why := run.unfinished():
+            if not unfinished:
+                raise UsageError(f"{why}, or pass --force to compare that epoch")
+            if on_info:
+                on_info(f"{why}; compared anyway because of --force")
         saved, why = run.saved_result(tag)
         if saved is None:
             if on_info:

@@ -8,6 +8,7 @@ would produce numbers that mean nothing, so it is refused with a one-line error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -21,10 +22,10 @@ import numpy as np
 
 from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.errors import DataError, MissingInputError, UsageError
+from mrdib_cli.errors import DataError, LockedError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
 from mrdib_cli.publish import read_index
-from mrdib_cli.workspace import Workspace, read_json
+from mrdib_cli.workspace import Workspace, file_lock, read_json
 
 #: the best epoch's user and item embeddings in a run folder (training.run_folder writes it)
 EMBEDDINGS = "embeddings.npz"
@@ -48,6 +49,9 @@ class Run:
         """The named run, or the latest run of the (active) dataset; one-line errors otherwise."""
         name = ws.resolve_run(name, dataset)
         d = ws.run_dir(name)
+        if writer := ws.run_writer(name):  # its files change under a reader (a trainer's best epoch, an eval)
+            raise LockedError(f"run '{name}' is being written by {writer} (training, or an evaluation saving into "
+                              "it); wait for it to end")
         try:
             cfg = read_json(d / "config.json")
         except (OSError, json.JSONDecodeError) as e:
@@ -117,6 +121,18 @@ class Run:
                             f"'mrdib train --resume --run-name {self.name}'")
 
     @property
+    def status(self) -> str:
+        """finished / stopped / failed, or interrupted (killed after a checkpoint: no results.json)."""
+        return self.workspace.run_status(self.name)
+
+    def unfinished(self) -> str | None:
+        """Why the run's embeddings are not a finished run's (killed before results.json), else None."""
+        if self.status != "interrupted":
+            return None
+        return (f"run '{self.name}' did not finish (killed after a checkpoint; no results.json), so its embeddings "
+                f"are of its best epoch so far; continue it with 'mrdib train --resume --run-name {self.name}'")
+
+    @property
     def seed(self) -> Any:
         return (self.config.get("train") or {}).get("seed")
 
@@ -154,9 +170,12 @@ def evaluate_run(run: Run, split: str = "test", mask: str = "train", ks: tuple[i
     """Evaluate a run's saved embeddings; save per-user metrics and top-K lists in the run folder."""
     if mask not in MASKS:
         raise UsageError(f"unknown mask '{mask}' (choose from {', '.join(MASKS)})")
-    user, item = run.embeddings
-    res = evaluate_split(run.handle, user, item, split=split, mask=mask, ks=ks, batch_users=batch_users,
-                         index=index, index_params=index_params, verify_exact=verify_exact, seed=seed,
-                         on_batch=on_batch, threads=threads)
-    paths = res.save(run.dir, split, embeddings=run.embeddings_digest) if save else {}
+    # a training run started meanwhile would rewrite the embeddings these files name
+    with file_lock(run.workspace.lock("run", run.name), wait=False, what=f"run '{run.name}'") if save \
+            else contextlib.nullcontext():
+        user, item = run.embeddings
+        res = evaluate_split(run.handle, user, item, split=split, mask=mask, ks=ks, batch_users=batch_users,
+                             index=index, index_params=index_params, verify_exact=verify_exact, seed=seed,
+                             on_batch=on_batch, threads=threads)
+        paths = res.save(run.dir, split, embeddings=run.embeddings_digest) if save else {}
     return res, paths

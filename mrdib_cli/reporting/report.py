@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrdib_cli.errors import MissingInputError, UsageError
+from mrdib_cli.errors import LockedError, MissingInputError, UsageError
 from mrdib_cli.reporting import plots
 from mrdib_cli.workspace import Workspace, atomic_write_text, check_name, read_json
 
@@ -71,10 +71,20 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
         check_name(r, "run name")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    opened = [Run.open(ws, r) for r in runs]
     res = ReportResult(markdown=out_dir / "report.md")
+    opened, busy = [], []
+    for r in runs:
+        try:
+            opened.append(Run.open(ws, r))
+        except LockedError as e:  # training now: its files change as it goes; the others are reported
+            busy.append(r)
+            res.skipped.append(f"{r}: {e}")
+    if not opened:
+        raise LockedError(res.skipped[0].split(": ", 1)[1])
     md: list[str] = ["# mrdib report\n", f"{len(opened)} run(s): " + ", ".join(f"`{r.name}`" for r in opened),
                      ""]
+    md += [f"> **Left out: `{r}`**, being written now (a training run, or an evaluation saving into it).\n"
+           for r in busy]
     histories: dict[str, list[dict[str, Any]]] = {}
     status_rows = []
     for r in opened:
@@ -100,6 +110,12 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
     for ds, names in by_ds.items():
         usable = [n for n in names if (ws.run_dir(n) / "embeddings.npz").exists()]
         res.skipped += [f"{n}: no embeddings.npz (not trained)" for n in names if n not in usable]
+        unfinished = [n for n in usable if ws.run_status(n) == "interrupted"]
+        for n in unfinished:  # its best epoch so far would be pooled with finished runs
+            res.skipped.append(f"{n}: killed before it finished (no results.json); resume it to report it")
+            md.append(f"> **Left out: `{n}`**, killed before it finished (no `results.json`); continue it with "
+                      f"`mrdib train --resume --run-name {n}`.\n")
+        usable = [n for n in usable if n not in unfinished]
         if not usable:
             continue
         evals = load_evals(ws, usable, split=split, mask=mask, on_info=log)

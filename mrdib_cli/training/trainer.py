@@ -273,7 +273,7 @@ class Trainer:
         self.folder = RunFolder(ws, self.run_name, writes=getattr(self, "rank", 0) == 0)
         self.run_dir = self.folder.path
         if getattr(self, "rank", 0) == 0:  # one writer per run (in a torchrun job: rank 0)
-            self._lock.enter_context(file_lock(ws.root / ".locks" / f"run-{self.run_name}.lock", wait=False,
+            self._lock.enter_context(file_lock(ws.lock("run", self.run_name), wait=False,
                                                what=f"run '{self.run_name}'"))
         self.device = resolve_device(tc.device)
         self.runtime: dict[str, Any] = {"device": str(self.device)}

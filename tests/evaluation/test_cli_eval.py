@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import polars as pl
 import pytest
 
 from mrdib_cli.data.handle import DatasetHandle
+from mrdib_cli.errors import LockedError
 
 from .helpers import write_dataset, write_run
 
@@ -211,3 +213,34 @@ def test_a_saved_evaluation_of_other_embeddings_is_not_reused(cli, runs) -> None
 
     fresh = Run.open(Workspace(runs), "rand-s1")
     assert fresh.saved_result("test.mask-train+valid")[0] is not None  # evaluated again, and saved
+
+
+def test_runs_being_written_or_killed_are_not_read_as_finished(cli, runs) -> None:
+    """A run a process is writing (a trainer: its best epoch changes as it goes) is refused by the commands that
+    read runs, left out of a report, and listed as running; a run killed before results.json is refused by
+    compare (its best epoch so far beside finished runs) unless --force, left out of report, warned in eval."""
+    from mrdib_cli.evaluation.runs import Run
+    from mrdib_cli.workspace import Workspace, file_lock
+
+    ws = Workspace(runs)
+    with file_lock(ws.lock("run", "rand-s2"), wait=False, what="run 'rand-s2'"):  # as a trainer holds it
+        assert ws.run_status("rand-s2") == "running" and ws.run_writer("rand-s2") == f"pid {os.getpid()}"
+        with pytest.raises(LockedError, match="run 'rand-s2' is being written by pid"):
+            Run.open(ws, "rand-s2")
+        from mrdib_cli.reporting.report import build_report
+
+        rep = build_report(ws, ["rand-s1", "rand-s2"], runs / "rep")
+        assert any(s.startswith("rand-s2: run 'rand-s2' is being written") for s in rep.skipped)
+    assert ws.run_writer("rand-s2") is None and ws.run_status("rand-s2") == "finished"
+    killed = runs / "runs" / "rand-s3"
+    (killed / "results.json").unlink()
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.pt").write_bytes(b"a checkpoint")
+    rc, _, err = cli("compare", "rand-s1", "rand-s3")
+    assert rc == 2 and "run 'rand-s3' did not finish" in err and "--resume --run-name rand-s3" in err, err
+    rc, _, err = cli("compare", "rand-s1", "rand-s3", "--force")
+    assert rc == 0 and "compared anyway because of --force" in err, err
+    rc, _, err = cli("eval", "--run", "rand-s3")
+    assert rc == 0 and "warning: run 'rand-s3' did not finish" in err, err
+    rc, _, err = cli("report", "rand-s1", "rand-s3", "--out", str(runs / "rep2"))
+    assert rc == 0 and "Left out: `rand-s3`**, killed before it finished" in (runs / "rep2" / "report.md").read_text()
