@@ -396,6 +396,12 @@ class Workspace:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
         return None
 
+    def refuse_written(self, name: str) -> None:
+        """Refuse to read run ``name`` while a process writes it: its best epoch changes under the reader."""
+        if writer := self.run_writer(name):
+            raise LockedError(f"run '{name}' is being written by {writer} (training, or an evaluation saving "
+                              "into it); wait for it to end")
+
     def _update_state(self, **changes: Any) -> None:
         with file_lock(self.root / ".locks" / "state.lock", what="the workdir state"):
             st = self.state()

@@ -22,7 +22,7 @@ import numpy as np
 
 from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
-from mrdib_cli.errors import DataError, LockedError, MissingInputError, UsageError
+from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
 from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, file_lock, read_json
@@ -49,9 +49,7 @@ class Run:
         """The named run, or the latest run of the (active) dataset; one-line errors otherwise."""
         name = ws.resolve_run(name, dataset)
         d = ws.run_dir(name)
-        if writer := ws.run_writer(name):  # its files change under a reader (a trainer's best epoch, an eval)
-            raise LockedError(f"run '{name}' is being written by {writer} (training, or an evaluation saving into "
-                              "it); wait for it to end")
+        ws.refuse_written(name)
         try:
             cfg = read_json(d / "config.json")
         except (OSError, json.JSONDecodeError) as e:

@@ -72,6 +72,7 @@ def load_run(ws: Workspace, run: str | None, device: str = "cpu") -> LoadedRun:
     from mrdib_cli.training.plugin import create_plugin
 
     name = ws.resolve_run(run)
+    ws.refuse_written(name)
     rdir = ws.run_dir(name)
     cfg_path, best = rdir / "config.json", rdir / "checkpoints" / "best.pt"
     for p in (cfg_path, best):
