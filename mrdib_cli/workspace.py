@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mrdib_cli import __version__
-from mrdib_cli.errors import LockedError, MissingInputError, UsageError
+from mrdib_cli.errors import DataError, LockedError, MissingInputError, UsageError
 
 DEFAULT_WORKDIR = "./mrdib-data"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -101,9 +101,25 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+class DamagedJSONError(DataError, json.JSONDecodeError):
+    """A JSON artefact that does not parse: a one-line error naming the file (a JSONDecodeError still, for the
+    callers that fall back on one)."""
+
+    def __init__(self, path: str | os.PathLike, e: json.JSONDecodeError) -> None:
+        json.JSONDecodeError.__init__(self, e.msg, e.doc, e.pos)
+        self.args = (f"{path} is damaged (not valid JSON: {e.msg}, line {e.lineno} column {e.colno}); restore it, "
+                     "or redo the step that wrote it (for a run: train it again with --force)",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as e:
+            raise DamagedJSONError(path, e) from None
 
 
 # --------------------------------------------------------------------------------------------- digests

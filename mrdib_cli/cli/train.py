@@ -388,11 +388,15 @@ def runs_cmd(
     rows = []
     for name in w.runs():
         d = w.run_dir(name)
-        conf = read_json(d / "config.json")
-        res = read_json(d / "results.json") if (d / "results.json").exists() else {}
+        try:
+            conf = read_json(d / "config.json")
+            res = read_json(d / "results.json") if (d / "results.json").exists() else {}
+            status = w.run_status(name)
+        except MrdibError as e:  # one damaged run does not hide the others
+            warn(str(e))
+            conf, res, status = {"dataset": None, "backbone": "?"}, {}, "damaged"
         if dataset and conf.get("dataset") != dataset:
             continue
-        status = w.run_status(name)
         rows.append({"run": name, "dataset": conf.get("dataset"), "backbone": conf.get("backbone"),
                      "plugin": (conf.get("plugin") or {}).get("name"), "status": status,
                      "best_epoch": res.get("best_epoch"), "valid": res.get("valid", {}),

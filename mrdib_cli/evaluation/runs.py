@@ -52,7 +52,7 @@ class Run:
         ws.refuse_written(name)
         try:
             cfg = read_json(d / "config.json")
-        except (OSError, json.JSONDecodeError) as e:
+        except OSError as e:
             raise DataError(f"run '{name}': cannot read config.json ({type(e).__name__})") from None
         if dataset is not None and cfg.get("dataset") != dataset:
             raise UsageError(f"run '{name}' was trained on dataset '{cfg.get('dataset')}', not '{dataset}'; "

@@ -265,18 +265,43 @@ def check_resume(run: str, run_dir: Path) -> list[Finding]:
             import torch
 
             st = torch.load(last, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torn, foreign or hostile (code in a pickle): never loaded
+        except Exception:  # noqa: BLE001 - check_files names it
             st = None
-            out.append(Finding("unreadable-checkpoint", "error", run,
-                               f"checkpoints/last.pt cannot be loaded as plain tensors ({type(e).__name__}); "
-                               "it is corrupt, or holds objects that would run code when unpickled",
-                               "Do not load it with weights_only=False. Start the run again with "
-                               "'mrdib train --force', or restore this run's own checkpoint."))
         if isinstance(st, dict) and ("rng" not in st or "sampler" not in st):
             out.append(Finding("rng-not-restored", "warning", run,
                                "checkpoints/last.pt holds no RNG/sampler state",
                                "Resuming from it would continue with fresh random streams, so the resumed run "
                                "would not match an uninterrupted one."))
+    return out
+
+
+def check_files(run: str, run_dir: Path) -> list[Finding]:
+    """The run folder's files that a later step opens, each opened as that step would: a damaged one is
+    otherwise found only when a resume, diagnose or eval needs it."""
+    import numpy as np
+    import torch
+
+    out = []
+    for rel in ("config.json", "results.json", "checkpoints/last.pt", "checkpoints/best.pt", "embeddings.npz"):
+        path = run_dir / rel
+        if not path.exists():
+            continue
+        try:
+            if rel.endswith(".json"):
+                read_json(path)
+            elif rel.endswith(".pt"):
+                torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            else:
+                with np.load(path, allow_pickle=False) as z:
+                    z.files  # noqa: B018 - the archive's directory, at its end: a torn file has none
+        except Exception as e:  # noqa: BLE001 - torn, foreign or hostile (code in a pickle): never loaded
+            checkpoint = rel.endswith(".pt")
+            out.append(Finding(
+                "unreadable-checkpoint" if checkpoint else "damaged-file", "error", run,
+                f"{rel} cannot be read as plain data ({type(e).__name__}): it is damaged"
+                + (", or holds objects that would run code when unpickled" if checkpoint else ""),
+                "Steps that need it refuse the run: restore this run's own file, or train the run again with "
+                "'mrdib train --force' (never load a checkpoint with weights_only=False)."))
     return out
 
 
@@ -310,6 +335,10 @@ def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
     proto_rows = []
     for name in runs:
         rdir = ws.run_dir(name)
+        damaged = check_files(name, rdir)
+        findings += damaged
+        if any(f.message.startswith("config.json") for f in damaged):
+            continue  # what it would check is unknown
         conf = read_json(rdir / "config.json") if (rdir / "config.json").exists() else {}
         results = _results(rdir)
         ds = str(conf.get("dataset"))

@@ -82,8 +82,9 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise DataError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0]})") \
-            from None
+        why = str(e).splitlines()[0].split(". ")[0][:160]  # torch appends a paragraph about miniz
+        raise DataError(f"cannot read checkpoint {path} ({type(e).__name__}: {why}); it is damaged: restore the "
+                        "run's own file, or train the run again with --force") from None
     if obj.get("format") != FORMAT:
         raise DataError(f"checkpoint {path} has format {obj.get('format')}, expected {FORMAT}")
     return obj

@@ -183,3 +183,20 @@ def test_cli_doctor_exit_code_and_json(cli, workdir):
     assert rc == 1
     d = json.loads(out)
     assert {f["code"] for f in d["findings"]} == {"graph-leak", "valid-unmasked"}
+
+
+def test_damaged_run_files_are_findings_and_do_not_hide_other_runs(cli, workdir):
+    """A torn config.json, results.json, checkpoint or embeddings.npz is an error finding naming the file, found
+    by doctor rather than when a later step needs it; the other runs are still checked and listed."""
+    ws = _setup(workdir, runs=("r1", "r2"))
+    (ws.run_dir("r1") / "config.json").write_text('{"backbone": "lightgcn",')
+    (ws.run_dir("r2") / "checkpoints").mkdir()
+    (ws.run_dir("r2") / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04 torn")
+    emb = ws.run_dir("r2") / "embeddings.npz"
+    emb.write_bytes(emb.read_bytes()[:100])
+    found = {(f.run, f.code, f.message.split(" ")[0]) for f in check_runs(ws, ["r1", "r2"]) if f.severity == "error"}
+    assert found == {("r1", "damaged-file", "config.json"), ("r2", "unreadable-checkpoint", "checkpoints/best.pt"),
+                     ("r2", "damaged-file", "embeddings.npz")}
+    rc, out, err = cli("runs")
+    assert rc == 0 and "r1" in out and "damaged" in out and "r2" in out and "finished" in out, err
+    assert "config.json is damaged (not valid JSON" in err and "Traceback" not in err
