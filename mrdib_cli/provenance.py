@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from mrdib_cli import __version__
+from mrdib_cli.defaults import settled_train
+from mrdib_cli.workspace import digest_obj
 
 _SRC = Path(__file__).resolve().parent
 
@@ -38,3 +40,25 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     return out
+
+
+def identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
+    """What makes a run that run: the data, the model and the training options that shape the steps (not the
+    device, threads or the number of epochs). A resume must not change it; the files a run writes carry its
+    digest (:func:`run_identity`), so that a file copied in from another run is refused where it is read."""
+    keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
+    if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
+        keep["feature_digests"] = conf["feature_digests"]
+    keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
+    return keep
+
+
+def run_identity(conf: dict[str, Any]) -> str:
+    """:func:`identity_fields` of a run's ``config.json`` as one digest."""
+    return digest_obj(identity_fields(conf))
+
+
+def foreign_file(path: Path, run: str) -> str:
+    """The refusal of a run's file whose identity is not the run's."""
+    return (f"{path} was written by another run than '{run}' (its options, seed or data differ from config.json, "
+            "or one of them was copied or edited); restore this run's own files, or train it again with --force")

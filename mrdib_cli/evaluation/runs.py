@@ -24,6 +24,7 @@ from mrdib_cli.defaults import EVAL_BATCH_USERS, KS, settled_train
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
+from mrdib_cli.provenance import foreign_file, run_identity
 from mrdib_cli.publish import read_index
 from mrdib_cli.workspace import Workspace, file_lock, read_json
 
@@ -94,6 +95,8 @@ class Run:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 if "user" not in z or "item" not in z:
                     raise DataError(f"{p}: expected arrays 'user' and 'item', found {sorted(z.files)}")
+                if "identity" in z.files and str(z["identity"]) != run_identity(self.config):
+                    raise DataError(foreign_file(p, self.name))
                 self._check_epoch(p, int(z["epoch"]) if "epoch" in z.files else None)
                 return np.asarray(z["user"], np.float32), np.asarray(z["item"], np.float32)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:

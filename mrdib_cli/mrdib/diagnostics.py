@@ -32,7 +32,8 @@ from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
 from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
 from mrdib_cli.mrdib.mine import estimate_mi
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest
+from mrdib_cli.provenance import foreign_file, run_identity
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest, read_json
 
 
 
@@ -57,6 +58,8 @@ def _load_best(rdir: Path, best: Path, backbone: Any, plugin: Any) -> None:
         want = json.loads((rdir / "results.json").read_text()).get("best_epoch")
     except (OSError, ValueError, AttributeError):  # no (readable) results yet: nothing to check against
         want = None
+    if state.get("identity") not in (None, run_identity(read_json(rdir / "config.json"))):
+        raise DataError(foreign_file(best, rdir.name))
     if want and state.get("epoch") not in (None, want):
         raise DataError(f"{best} holds epoch {state.get('epoch')} but results.json reports epoch {want}; {fix}")
     try:

@@ -49,14 +49,17 @@ class RunFolder:
 
     def save_best(self, unit: dict[str, Any]) -> None:
         """The best epoch's embeddings (what evaluation reads) and its model state (``best.pt``), each with the
-        epoch inside, which their readers check against ``results.json``."""
+        epoch inside, which their readers check against ``results.json``, and the run's identity
+        (provenance.run_identity), which they check against ``config.json``: a file copied in from another
+        run is refused."""
         if self.writes:
+            mark = {"identity": unit["identity"]} if unit.get("identity") else {}  # absent in older checkpoints
             with atomic_path(self.path / "embeddings.npz") as tmp:
                 with open(tmp, "wb") as fh:
                     np.savez(fh, user=unit["user"].cpu().numpy(), item=unit["item"].cpu().numpy(),
-                             epoch=np.int64(unit["epoch"]))
+                             epoch=np.int64(unit["epoch"]), **{k: np.str_(v) for k, v in mark.items()})
             ckpt.save(self.ckpt_dir / "best.pt", {"epoch": unit["epoch"], "model": unit["model"],
-                                                  "plugin": unit["plugin"]})
+                                                  "plugin": unit["plugin"], **mark})
 
     def save_last(self, state: dict[str, Any]) -> None:
         if self.writes:

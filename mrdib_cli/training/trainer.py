@@ -40,13 +40,13 @@ import torch.utils.deterministic
 
 from mrdib_cli import __version__
 from mrdib_cli.cpu import auto_threads, choose_threads
-from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS, settled_train
+from mrdib_cli.defaults import LATER_TRAIN_DEFAULTS
 from mrdib_cli.data.handle import DatasetHandle
 from mrdib_cli.errors import DataError, MrdibError, UsageError
 from mrdib_cli.ids import IdTable, touched_rows
 from mrdib_cli.job import Terminated, stop_exit_code
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
-from mrdib_cli.provenance import code_version
+from mrdib_cli.provenance import code_version, identity_fields, run_identity
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.resolve import RunConfig, check_run
 from mrdib_cli.training.run_folder import RunFolder
@@ -54,16 +54,6 @@ from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
 from mrdib_cli.workspace import (TMP_PREFIX, Workspace, check_name, digest_obj, file_lock, first_difference,
                                  read_json, value_at)
-
-
-def identity_fields(conf: dict[str, Any]) -> dict[str, Any]:
-    """What must not change between an interrupted run and its resumption: the data, the model and the
-    training options that shape the steps (not the device, threads or the number of epochs)."""
-    keep = {k: conf[k] for k in ("dataset_digest", "backbone", "hparams", "plugin", "features")}
-    if conf.get("feature_digests"):  # runs without feature tables keep their earlier identity
-        keep["feature_digests"] = conf["feature_digests"]
-    keep["train"] = settled_train(conf["train"], ("device", "threads", "epochs"))
-    return keep
 
 
 def run_exists(run_name: str) -> UsageError:
@@ -366,7 +356,7 @@ class Trainer:
 
     def _identity(self, conf: dict[str, Any]) -> str:
         """What must not change between an interrupted run and its resumption, as one digest."""
-        return digest_obj(identity_fields(conf))
+        return run_identity(conf)
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
         """Create or reuse the run folder; returns whether there is a checkpoint to resume from."""
@@ -477,7 +467,8 @@ class Trainer:
         clone = lambda sd: {k: v.detach().clone() for k, v in sd.items()}  # noqa: E731
         return {"epoch": self.epoch, "user": torch.from_numpy(user), "item": torch.from_numpy(item),
                 "model": clone(self.backbone.state_dict()),
-                "plugin": clone(self.plugin.state_dict()) if self.plugin else None}
+                "plugin": clone(self.plugin.state_dict()) if self.plugin else None,
+                "identity": self._identity(self._config_dict())}
 
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:

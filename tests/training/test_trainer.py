@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrdib_cli.errors import UsageError
+from mrdib_cli.errors import DataError, UsageError
 from mrdib_cli.training import checkpoint as ckpt
 from mrdib_cli.training.resolve import resolve_run
 from mrdib_cli.training.plugin import Plugin, create_plugin, register_plugin
@@ -300,3 +300,32 @@ def test_a_later_option_back_at_its_default_is_shown_as_that_default():
     was = {"train": {"minibatch": "sampled", "fanout": [10, 5]}}
     now = {"train": {"minibatch": "sampled"}}
     assert _what_changed(was, now) == "train.fanout was [10, 5], now [10]"
+
+
+def test_a_file_copied_in_from_another_run_is_refused(ws):
+    """embeddings.npz and best.pt carry the run's identity (its options, seed and data): one copied in from
+    another run, or a config.json edited after training, is refused where it is read, not scored under the
+    wrong name."""
+    import shutil
+
+    from mrdib_cli.evaluation.runs import Run
+    from mrdib_cli.mrdib.diagnostics import load_run
+
+    train(ws, _cfg("a", epochs=1))
+    train(ws, _cfg("b", epochs=1, train={"seed": 5}))
+    Run.open(ws, "a").embeddings  # noqa: B018 - its own files read
+    load_run(ws, "a")
+    for rel in ("embeddings.npz", "checkpoints/best.pt"):
+        shutil.copy(ws.run_dir("a") / rel, ws.run_dir("a") / (rel + ".own"))
+        shutil.copy(ws.run_dir("b") / rel, ws.run_dir("a") / rel)
+    with pytest.raises(DataError, match="embeddings.npz was written by another run than 'a'"):
+        Run.open(ws, "a").embeddings  # noqa: B018
+    with pytest.raises(DataError, match="best.pt was written by another run than 'a'"):
+        load_run(ws, "a")
+    for rel in ("embeddings.npz", "checkpoints/best.pt"):
+        shutil.move(ws.run_dir("a") / (rel + ".own"), ws.run_dir("a") / rel)
+    conf = json.loads((ws.run_dir("a") / "config.json").read_text())
+    conf["hparams"]["n_layers"] = 3  # edited after training: the files no longer match it
+    (ws.run_dir("a") / "config.json").write_text(json.dumps(conf))
+    with pytest.raises(DataError, match="written by another run"):
+        Run.open(ws, "a").embeddings  # noqa: B018
