@@ -244,3 +244,15 @@ def test_runs_being_written_or_killed_are_not_read_as_finished(cli, runs) -> Non
     assert rc == 0 and "warning: run 'rand-s3' did not finish" in err, err
     rc, _, err = cli("report", "rand-s1", "rand-s3", "--out", str(runs / "rep2"))
     assert rc == 0 and "Left out: `rand-s3`**, killed before it finished" in (runs / "rep2" / "report.md").read_text()
+
+
+def test_saved_figures_that_their_per_user_table_does_not_give_are_refused(cli, runs) -> None:
+    """The saved metrics are user-macro means of the digest-checked per-user table: a figure edited in
+    eval-test.json (0.5 where the users give about 0.03) is refused, not compared."""
+    assert cli("eval", "--run", "rand-s1")[0] == 0
+    path = runs / "runs" / "rand-s1" / "eval-test.json"
+    saved = json.loads(path.read_text())
+    saved["metrics"]["recall@20"] = 0.5
+    path.write_text(json.dumps(saved))
+    rc, _, err = cli("compare", "rand-s1", "rand-s2")
+    assert rc == 1 and "eval-test.json says recall@20 0.5 (its users' mean is" in err, err
