@@ -42,10 +42,13 @@ class RunFolder:
             with atomic_path(self.path / "metrics.jsonl") as tmp:
                 tmp.write_text("".join(ln + "\n" for ln in lines))
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: dict[str, Any]) -> str:
+        """Append one epoch's line; returns it (the checkpoint keeps every line, see Trainer._state)."""
+        line = json.dumps(record, sort_keys=True)
         if self.writes:
             with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+                fh.write(line + "\n")
+        return line
 
     def save_best(self, unit: dict[str, Any]) -> None:
         """The best epoch's embeddings (what evaluation reads) and its model state (``best.pt``), each with the

@@ -300,6 +300,7 @@ class Trainer:
         # resume never pairs results.json with the files of another epoch (see _restore_best)
         self.best_unit: dict[str, Any] | None = None
         self.history: list[EpochRecord] = []
+        self._metric_lines: list[str] = []  # metrics.jsonl as written, kept in every last.pt too
         self._exit_code = 0
         if resume:
             self._check_identity(self._config_dict())
@@ -401,6 +402,8 @@ class Trainer:
             "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
             "identity": self._identity(self._config_dict()),
             "warnings": list(self.warnings), "best": self.best_unit,
+            # the history too: a metrics.jsonl torn or deleted since is rewritten from it on resume
+            "metrics": json.dumps(self._metric_lines),
         }
 
     def _restore(self) -> None:
@@ -426,16 +429,25 @@ class Trainer:
         self.best_valid = dict(st["best_valid"])
         self.warnings = list(st.get("warnings") or [])  # absent in checkpoints from before warnings were kept
         self._restore_best(st.get("best"))
-        # keep the metrics of the epochs the checkpoint covers; later lines are recomputed
-        mpath = self.run_dir / "metrics.jsonl"
-        if mpath.exists():
-            lines = [ln for ln in mpath.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if _epoch_of(ln) <= self.epoch]
-            self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
-                                           if k in EpochRecord.__dataclass_fields__}) for ln in kept]
-            self.folder.keep_metrics(kept)
+        self._restore_metrics(st)
         self.on_info(f"resumed run '{self.run_name}' after epoch {self.epoch} "
                      f"(best epoch {self.stopper.best_epoch}, {self.stopper.bad_epochs} epochs without improvement)")
+
+    def _restore_metrics(self, st: dict[str, Any]) -> None:
+        """The history of the epochs the checkpoint covers (later lines are recomputed): the checkpoint's own
+        copy, which also repairs a metrics.jsonl torn or deleted since; the file's lines for checkpoints
+        written before they kept one."""
+        mpath = self.run_dir / "metrics.jsonl"
+        on_disk = [ln for ln in mpath.read_text().splitlines() if ln.strip()] if mpath.exists() else []
+        on_disk = [ln for ln in on_disk if _epoch_of(ln) <= self.epoch]
+        kept = json.loads(st["metrics"]) if "metrics" in st else on_disk
+        if kept != on_disk:
+            self.on_info(f"metrics.jsonl held {len(on_disk)} of the {len(kept)} epochs the checkpoint covers "
+                         "(torn, edited or deleted); rewritten from the checkpoint")
+        self._metric_lines = list(kept)
+        self.history = [EpochRecord(**{k: v for k, v in json.loads(ln).items()
+                                       if k in EpochRecord.__dataclass_fields__}) for ln in kept]
+        self.folder.keep_metrics(kept)
 
     def _restore_rng(self, st: dict[str, Any]) -> None:
         ckpt.set_rng_state(st["rng"])
@@ -576,7 +588,7 @@ class Trainer:
                                    "train_cpu_s": round(cpu, 3)}, improved,
                                   health, getattr(self, "world", 1))
                 self.history.append(rec)
-                self.folder.append_metrics(rec.to_dict())
+                self._metric_lines.append(self.folder.append_metrics(rec.to_dict()))
                 self.folder.save_last(self._state())
                 self.on_epoch(rec)
             if self.stopper.should_stop:

@@ -329,3 +329,20 @@ def test_a_file_copied_in_from_another_run_is_refused(ws):
     (ws.run_dir("a") / "config.json").write_text(json.dumps(conf))
     with pytest.raises(DataError, match="written by another run"):
         Run.open(ws, "a").embeddings  # noqa: B018
+
+
+def test_a_torn_or_deleted_metrics_file_is_rewritten_from_the_checkpoint(ws):
+    """The checkpoint keeps the history: a resume after metrics.jsonl was torn or deleted rewrites it whole
+    (it used to continue silently with the lines that were left, and report showed fewer epochs)."""
+    train(ws, _cfg("whole", epochs=3))
+    train(ws, _cfg("torn", epochs=2))
+    path = ws.run_dir("torn") / "metrics.jsonl"
+    path.write_text(path.read_text()[:40])  # the first line cut short
+    said = []
+    Trainer(ws, _cfg("torn", epochs=3), resume=True, on_info=said.append).fit()
+    assert any("held 0 of the 2 epochs the checkpoint covers" in s for s in said), said
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "time"} for r in rows]  # noqa: E731
+    assert strip(_metrics(ws, "torn")) == strip(_metrics(ws, "whole"))
+    path.unlink()
+    Trainer(ws, _cfg("torn", epochs=3), resume=True).fit()
+    assert strip(_metrics(ws, "torn")) == strip(_metrics(ws, "whole"))
