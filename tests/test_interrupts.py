@@ -76,3 +76,19 @@ def test_the_launcher_adds_nothing_to_what_rank_0_said(tmp_path) -> None:
     assert notes(r0=INTERRUPTED, r1=INTERRUPTED) == INTERRUPTED
     assert notes(r0=ALREADY_SAID, r1="lost contact with another rank") == "lost contact with another rank"
     assert notes() is None
+
+
+def test_a_write_failure_outside_the_workdir_is_not_blamed_on_it(monkeypatch, capsys, tmp_path) -> None:
+    """EACCES on an --out path outside the workdir: the advice names that folder, not --workdir/MRDIB_HOME."""
+    import errno
+    from types import SimpleNamespace
+
+    import mrdib_cli.cli.app as appmod
+    import mrdib_cli.cli.common as common
+
+    monkeypatch.setattr(common, "ws", lambda: SimpleNamespace(root=tmp_path / "wd"))
+    for path, advice in ((tmp_path / "elsewhere" / "r.md", "make that folder writable or write elsewhere"),
+                         (tmp_path / "wd" / "runs" / "x", "make the workdir writable")):
+        with pytest.raises(SystemExit):
+            appmod._write_failure(errno.EACCES, "Permission denied", str(path), False)
+        assert advice in capsys.readouterr().err

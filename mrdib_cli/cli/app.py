@@ -76,6 +76,16 @@ _WRITE_ERRNOS = {
     errno.ENOTDIR: "a path component is a file; point --workdir/MRDIB_HOME at a directory",
     errno.EFBIG: "a file outgrew the file-size limit; raise it ('ulimit -f') or point --workdir/MRDIB_HOME elsewhere",
 }
+# the same failures on a path outside the workdir (an --out file or folder): the workdir is not the fix
+_OUTSIDE_ERRNOS = {
+    errno.ENOSPC: "free some space there or write elsewhere",
+    errno.EDQUOT: "free some space there or write elsewhere",
+    errno.EACCES: "make that folder writable or write elsewhere",
+    errno.EPERM: "make that folder writable or write elsewhere",
+    errno.EROFS: "that file system is read-only; write elsewhere",
+    errno.ENOTDIR: "a path component is a file; write elsewhere",
+    errno.EFBIG: "a file outgrew the file-size limit; raise it ('ulimit -f') or write elsewhere",
+}
 # Rust-backed libraries (polars) report an OS error only inside their message
 _OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
 # Help lists commands (and their panels) in pipeline order; modules not named here follow alphabetically.
@@ -240,9 +250,23 @@ def _write_failure(code: int, strerror: str, filename: str | None, verbose: bool
     if verbose:
         err.print_exception()
     where = f"{filename}: " if filename else ""
-    _say(f"{where}{strerror} ({errno.errorcode.get(code, code)}); {_WRITE_ERRNOS[code]} "
+    fix = _OUTSIDE_ERRNOS[code] if filename and not _in_workdir(filename) else _WRITE_ERRNOS[code]
+    _say(f"{where}{strerror} ({errno.errorcode.get(code, code)}); {fix} "
          "(finished artefacts are untouched; rerun afterwards)")
     sys.exit(EXIT_RUNTIME)
+
+
+def _in_workdir(filename: str | os.PathLike) -> bool:
+    """Whether a path lies in the workdir (or where the workdir is unknown, as the workdir advice assumes)."""
+    from mrdib_cli.cli.common import ws
+
+    if not isinstance(filename, (str, os.PathLike)):
+        return True
+    try:
+        root = Path(ws().root).resolve()
+    except Exception:  # noqa: BLE001 - no workdir set up yet: the workdir advice it was
+        return True
+    return Path(filename).resolve().is_relative_to(root)
 
 
 def _bug(e: BaseException, verbose: bool) -> None:

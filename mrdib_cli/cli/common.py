@@ -81,7 +81,9 @@ def warn(msg: str) -> None:
 
 
 def progress_enabled() -> bool:
-    return not globals_().quiet and os.environ.get("MRDIB_NO_PROGRESS") != "1"
+    """Progress bars on stderr: not with --quiet or MRDIB_NO_PROGRESS=1, nor when stderr is no terminal (a
+    log file or a pipe), where rich draws no bar and leaves a blank line behind, before an error too."""
+    return not globals_().quiet and os.environ.get("MRDIB_NO_PROGRESS") != "1" and err.is_terminal
 
 
 def make_progress(transient: bool = True) -> Progress:

@@ -70,6 +70,8 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
     for r in runs:
         check_name(r, "run name")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for report.md and its figures")
     out_dir.mkdir(parents=True, exist_ok=True)
     res = ReportResult(markdown=out_dir / "report.md")
     opened, busy = [], []

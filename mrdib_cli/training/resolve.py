@@ -231,8 +231,9 @@ def check_minibatch(cfg: RunConfig) -> None:
         raise UsageError(f"--minibatch sampled takes a plug-in only on backbones that pass its hooks the step's "
                          f"rows ({able}), not on {cfg.backbone}; drop the plug-in or use --minibatch full")
     if tc.weight_decay:
-        raise UsageError("--minibatch sampled updates embedding rows lazily and has no weight decay; "
-                         "set weight_decay to 0 or use --minibatch full")
+        raise UsageError(f"--minibatch sampled updates embedding rows lazily and has no weight decay, but "
+                         f"{named(cfg, 'train.weight_decay')} is {tc.weight_decay:g}; set it to 0 or use "
+                         "--minibatch full")
     check_fanout(cfg)
 
 

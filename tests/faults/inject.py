@@ -52,10 +52,12 @@ def _act(action: str, args: tuple) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os.kill(os.getpid(), signal.SIGKILL)
+    # the file the operating system would name: the call's first path argument (a writer's data comes first)
+    path = next((str(a) for a in args if isinstance(a, (str, os.PathLike))), None)
     if action == "enospc":
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]) if args else None)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
     if action == "eacces":
-        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(args[0]) if args else None)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
     if action.startswith("sleep:"):
         marker = os.environ.get("MRDIB_TEST_FAULT_MARKER")
         if marker:
