@@ -114,6 +114,17 @@ class DamagedJSONError(DataError, json.JSONDecodeError):
         return str(self.args[0])
 
 
+def read_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``config.json``: valid JSON with the shape the trainer writes (a backbone and dataset named, a
+    train section), else a one-line DataError naming the file, as for torn JSON."""
+    conf = read_json(path)
+    if not (isinstance(conf, dict) and isinstance(conf.get("backbone"), str)
+            and isinstance(conf.get("dataset"), str) and isinstance(conf.get("train"), dict)):
+        raise DataError(f"{path} is damaged (not a run configuration: it lacks a backbone, dataset or train "
+                        "section); restore it, or train the run again with --force")
+    return conf
+
+
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as fh:
         try:
@@ -488,8 +499,8 @@ class Workspace:
         return max(done)[1], f"newest finished run of the {src} dataset '{ds}'"
 
     def run_dataset(self, name: str) -> str | None:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            return read_json(self.run_dir(name) / "config.json").get("dataset")
+        with contextlib.suppress(OSError, DataError):
+            return read_run_config(self.run_dir(name) / "config.json").get("dataset")
         return None
 
     def _run_created(self, name: str) -> float:
@@ -509,8 +520,9 @@ class Workspace:
 
     def interrupted_runs(self) -> list[str]:
         """Runs that ``train --resume`` can continue: stopped with Ctrl-C or killed after a checkpoint."""
-        return [r for r in self.runs() if self.run_status(r) in ("stopped", "interrupted")
-                and (self.run_dir(r) / "checkpoints" / "last.pt").exists()]
+        # a run stopped before its first epoch ended has no checkpoint: resumed, it starts from epoch 0
+        return [r for r in self.runs() if (status := self.run_status(r)) == "stopped"
+                or (status == "interrupted" and (self.run_dir(r) / "checkpoints" / "last.pt").exists())]
 
     def runs(self) -> list[str]:
         if not self.runs_dir.exists():

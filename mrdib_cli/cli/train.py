@@ -21,7 +21,7 @@ from mrdib_cli.cli.common import (PANEL_DATA, PANEL_EVAL, PANEL_MODEL, PANEL_RUN
                                   EndpointOption, NnodesOption, dataset_target, err, info, make_progress, out, warn, ws)
 from mrdib_cli.errors import MissingInputError, MrdibError, UsageError
 from mrdib_cli.options import Option
-from mrdib_cli.workspace import read_json
+from mrdib_cli.workspace import read_json, read_run_config
 
 if TYPE_CHECKING:
     from mrdib_cli.training.resolve import RunConfig
@@ -166,7 +166,7 @@ def train_cmd(
     if resume:  # the run a config file names is the one it resumes, as it is the one it would start
         named = run_name or (file or {}).get("run_name")
         run_name = _run_to_resume(None if named is None else str(named))
-        stored = read_json(w.run_dir(run_name) / "config.json")
+        stored = read_run_config(w.run_dir(run_name) / "config.json")
     if stored is not None and backbone and backbone != stored.get("backbone"):
         raise UsageError(f"run '{run_name}' was started with backbone {stored.get('backbone')}, not {backbone}; "
                          "resume it without --backbone, or start a new --run-name")
@@ -316,15 +316,20 @@ def _threads(cfg: RunConfig, threads: int | None, stored: dict | None, workers: 
     ``workers``: the processes a launcher starts, each of which takes its share of the cores unless --threads
     is given (what each will use is shown, not the launcher's own count)."""
     from mrdib_cli.launch import worker_share
-    from mrdib_cli.training.resolve import DEFAULT
+    from mrdib_cli.training.resolve import DEFAULT, STORED
     from mrdib_cli.training.trainer import resolve_device, train_threads
 
     if resolve_device(cfg.train.device).type != "cpu":
         return cfg, ""
+    given = cfg.sources.get("train.threads") not in (None, DEFAULT, STORED) and cfg.train.threads > 0
+    if not threads and given:  # a config file's or --set's count counts as the flag's
+        threads = cfg.train.threads
     if workers is not None and not threads:
         n, how = worker_share(workers), f"each of {workers} processes' share of the cores; --threads N overrides"
         return cfg, f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
     n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
+    if given and cfg.sources.get("train.threads") != "command line":
+        how = f"from {cfg.sources['train.threads']}"
     if workers is None:
         source = cfg.sources.get("train.threads", DEFAULT) if threads else how
         cfg = replace(cfg, train=replace(cfg.train, threads=n),
@@ -389,7 +394,7 @@ def runs_cmd(
     for name in w.runs():
         d = w.run_dir(name)
         try:
-            conf = read_json(d / "config.json")
+            conf = read_run_config(d / "config.json")
             res = read_json(d / "results.json") if (d / "results.json").exists() else {}
             status = w.run_status(name)
         except MrdibError as e:  # one damaged run does not hide the others

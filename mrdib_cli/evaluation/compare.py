@@ -124,20 +124,29 @@ def load_evals(ws: Workspace, names: list[str], split: str = "test", mask: str =
             res, _ = evaluate_run(run, split=split, mask=mask, ks=ks, batch_users=batch_users, index=index)
             evals.append(RunEval(run, res.protocol, res.metrics, res.per_user))
             continue
+        again = eval_command(name, split, mask, index, ks)
         try:
             per_user = pl.read_parquet(run.dir / f"per_user-{tag}.parquet")
         except Exception as e:  # polars raises several error types for corrupt files
             raise DataError(f"run '{name}': per_user-{tag}.parquet unreadable ({type(e).__name__}); "
-                            f"re-run 'mrdib eval --run {name}'") from None
+                            f"re-run '{again}'") from None
         proto = Protocol.from_dict(saved["protocol"])
         if (proto.split, proto.mask, proto.index) != (split, mask, index):
             raise DataError(f"run '{name}': eval-{tag}.json holds a {proto.split}/{proto.mask}/{proto.index} "
-                            f"evaluation; re-run 'mrdib eval --run {name}' to rewrite it")
+                            f"evaluation; re-run '{again}' to rewrite it")
         if off := _not_its_users_mean(saved["metrics"], per_user):
             raise DataError(f"run '{name}': eval-{tag}.json says {off}, which its per-user table does not give "
-                            f"(the file was edited or damaged); re-run 'mrdib eval --run {name}' to rewrite it")
+                            f"(the file was edited or damaged); re-run '{again}' to rewrite it")
         evals.append(RunEval(run, proto, dict(saved["metrics"]), per_user))
     return evals
+
+
+def eval_command(run: str, split: str, mask: str, index: str, ks: tuple[int, ...]) -> str:
+    """The ``mrdib eval`` command that rewrites one protocol's saved evaluation (its options, not the
+    defaults')."""
+    opts = [f"--split {split}" if split != "test" else "", f"--mask {mask}" if mask != "train" else "",
+            f"--index {index}" if index != "flat" else "", "--k " + " ".join(map(str, ks)) if tuple(ks) != KS else ""]
+    return " ".join(["mrdib eval --run", run, *[o for o in opts if o]])
 
 
 def _not_its_users_mean(metrics: dict[str, float], per_user: pl.DataFrame) -> str | None:

@@ -26,7 +26,7 @@ from mrdib_cli.errors import DataError, MissingInputError, UsageError
 from mrdib_cli.evaluation.engine import MASKS, EvalResult, evaluate_split, result_tag  # noqa: F401
 from mrdib_cli.provenance import foreign_file, run_identity
 from mrdib_cli.publish import read_index
-from mrdib_cli.workspace import Workspace, file_lock, read_json
+from mrdib_cli.workspace import Workspace, file_lock, read_json, read_run_config
 
 #: the best epoch's user and item embeddings in a run folder (training.run_folder writes it)
 EMBEDDINGS = "embeddings.npz"
@@ -52,7 +52,7 @@ class Run:
         d = ws.run_dir(name)
         ws.refuse_written(name)
         try:
-            cfg = read_json(d / "config.json")
+            cfg = read_run_config(d / "config.json")
         except OSError as e:
             raise DataError(f"run '{name}': cannot read config.json ({type(e).__name__})") from None
         if dataset is not None and cfg.get("dataset") != dataset:

@@ -33,7 +33,7 @@ from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
 from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
 from mrdib_cli.mrdib.mine import estimate_mi
 from mrdib_cli.provenance import foreign_file, run_identity
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest, read_json
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest, read_json, read_run_config
 
 
 
@@ -58,7 +58,7 @@ def _load_best(rdir: Path, best: Path, backbone: Any, plugin: Any) -> None:
         want = json.loads((rdir / "results.json").read_text()).get("best_epoch")
     except (OSError, ValueError, AttributeError):  # no (readable) results yet: nothing to check against
         want = None
-    if state.get("identity") not in (None, run_identity(read_json(rdir / "config.json"))):
+    if state.get("identity") not in (None, run_identity(read_run_config(rdir / "config.json"))):
         raise DataError(foreign_file(best, rdir.name))
     if want and state.get("epoch") not in (None, want):
         raise DataError(f"{best} holds epoch {state.get('epoch')} but results.json reports epoch {want}; {fix}")
@@ -165,11 +165,10 @@ def diagnose_run(lr: LoadedRun, *, mi_steps: int = 2000, seed: int = 0,
                                      f"has no trained alignment map"}
             continue
         ranking[m] = _rank(lr.handle, user, items[m], mask)
-    emb_path = lr.dir / "embeddings.npz"
-    if not emb_path.exists():
-        raise MissingInputError(f"run '{lr.name}' has no embeddings.npz")
-    with np.load(emb_path, allow_pickle=False) as f:
-        ranking["fused"] = _rank(lr.handle, f["user"], f["item"], mask)
+    from mrdib_cli.evaluation.runs import Run  # its checks: the run's own file, of the reported epoch
+
+    user_emb, item_emb = Run(lr.name, lr.dir, lr.conf, None).embeddings  # a workspace is not needed to read
+    ranking["fused"] = _rank(lr.handle, user_emb, item_emb, mask)
     out["ranking"] = ranking
     on_stage(f"{lr.name}: planted-attribute probes (demo datasets only)")
     probes = planted_probes(lr, z, seed, item=emb.item)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from mrdib_cli.workspace import Workspace, read_json
+from mrdib_cli.workspace import Workspace, read_json, read_run_config
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
@@ -287,7 +287,9 @@ def check_files(run: str, run_dir: Path) -> list[Finding]:
         if not path.exists():
             continue
         try:
-            if rel.endswith(".json"):
+            if rel == "config.json":
+                read_run_config(path)
+            elif rel.endswith(".json"):
                 read_json(path)
             elif rel.endswith(".pt"):
                 torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -339,7 +341,7 @@ def check_runs(ws: Workspace, runs: list[str]) -> list[Finding]:
         findings += damaged
         if any(f.message.startswith("config.json") for f in damaged):
             continue  # what it would check is unknown
-        conf = read_json(rdir / "config.json") if (rdir / "config.json").exists() else {}
+        conf = read_run_config(rdir / "config.json") if (rdir / "config.json").exists() else {}
         results = _results(rdir)
         ds = str(conf.get("dataset"))
         findings += check_test_selection(ws, name)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrdib_cli.errors import LockedError, MissingInputError, UsageError
+from mrdib_cli.errors import DataError, LockedError, MissingInputError, UsageError
 from mrdib_cli.reporting import plots
 from mrdib_cli.workspace import Workspace, atomic_write_text, check_name, read_json
 
@@ -74,19 +74,18 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
         raise UsageError(f"--out {out_dir} is a file; give a folder for report.md and its figures")
     out_dir.mkdir(parents=True, exist_ok=True)
     res = ReportResult(markdown=out_dir / "report.md")
-    opened, busy = [], []
+    opened, left_out, errors = [], [], []
     for r in runs:
         try:
             opened.append(Run.open(ws, r))
-        except LockedError as e:  # training now: its files change as it goes; the others are reported
-            busy.append(r)
+        except (LockedError, DataError) as e:  # being written, or damaged: the others are still reported
+            errors.append(e)
+            left_out.append(f"> **Left out: `{r}`**: {e}\n")
             res.skipped.append(f"{r}: {e}")
     if not opened:
-        raise LockedError(res.skipped[0].split(": ", 1)[1])
+        raise errors[0]
     md: list[str] = ["# mrdib report\n", f"{len(opened)} run(s): " + ", ".join(f"`{r.name}`" for r in opened),
-                     ""]
-    md += [f"> **Left out: `{r}`**, being written now (a training run, or an evaluation saving into it).\n"
-           for r in busy]
+                     "", *left_out]
     histories: dict[str, list[dict[str, Any]]] = {}
     status_rows = []
     for r in opened:

@@ -70,6 +70,8 @@ class TrainConfig:
             ("epochs", self.epochs >= 1, "an integer >= 1"),
             ("patience", self.patience >= 0, "an integer >= 0"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("seed", isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed < 2**64,
+             "an integer from 0 to 2**64 - 1 (torch's seed range)"),
             ("lr", self.lr > 0 and not math.isinf(self.lr), f"{finite} > 0"),
             ("weight_decay", self.weight_decay >= 0 and not math.isinf(self.weight_decay), f"{finite} >= 0"),
             ("test_mask", self.test_mask in ("train", "train+valid"), "'train' or 'train+valid'"),

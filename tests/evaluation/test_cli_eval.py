@@ -249,10 +249,11 @@ def test_runs_being_written_or_killed_are_not_read_as_finished(cli, runs) -> Non
 def test_saved_figures_that_their_per_user_table_does_not_give_are_refused(cli, runs) -> None:
     """The saved metrics are user-macro means of the digest-checked per-user table: a figure edited in
     eval-test.json (0.5 where the users give about 0.03) is refused, not compared."""
-    assert cli("eval", "--run", "rand-s1")[0] == 0
-    path = runs / "runs" / "rand-s1" / "eval-test.json"
+    assert cli("eval", "--run", "rand-s1", "--mask", "train+valid")[0] == 0
+    path = runs / "runs" / "rand-s1" / "eval-test.mask-train+valid.json"
     saved = json.loads(path.read_text())
     saved["metrics"]["recall@20"] = 0.5
     path.write_text(json.dumps(saved))
-    rc, _, err = cli("compare", "rand-s1", "rand-s2")
-    assert rc == 1 and "eval-test.json says recall@20 0.5 (its users' mean is" in err, err
+    rc, _, err = cli("compare", "rand-s1", "rand-s2", "--mask", "train+valid")
+    assert rc == 1 and "eval-test.mask-train+valid.json says recall@20 0.5 (its users' mean is" in err, err
+    assert "re-run 'mrdib eval --run rand-s1 --mask train+valid'" in err  # the command that rewrites it

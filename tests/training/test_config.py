@@ -153,6 +153,7 @@ def test_a_refusal_names_where_the_value_came_from():
     assert refusal(file={"train": {"eval_batch_users": 0}}, file_source="c.yaml").startswith(
         "eval_batch_users (from c.yaml) must be")
     assert refusal(sets=["threads=-1"]).startswith("threads (from --set) must be")
+    assert refusal(sets=["seed=-1"]).startswith("seed (from --set) must be")  # torch refused it after writing
     assert "metric one of recall" in refusal(sets=["valid_metric=foo@20"])  # not refused after an epoch
     # a fan-out typed on the command line is refused where none is sampled, even the default's value: the user
     # expects it to shape the run; a config file may hold the default (--print-config writes every value)

@@ -54,6 +54,11 @@ def test_print_config_shows_what_the_run_records(cli, workdir):
     assert rc == 2 and "run 'v' already exists" in err  # the same run: read back whole
     rc, out, err = cli("train", "--resume", "--config", str(workdir / "printed.json"), "--print-config")
     assert rc == 0 and json.loads(out)["run_name"] == "v", err
+    # a thread count in a config file is used (it was replaced by the automatic count)
+    (workdir / "threads.yaml").write_text("train:\n  threads: 1\n")
+    rc, out, err = cli("train", "-b", "vbpr", "--config", str(workdir / "threads.yaml"), "--print-config")
+    assert rc == 0 and json.loads(out)["train"]["threads"] == 1, err
+    assert json.loads(out)["sources"]["train.threads"] == str(workdir / "threads.yaml")
     # a resume below the epochs already trained is refused here as the run refuses it (the cap would lie)
     rc, _, err = cli("train", "--resume", "-n", "v", "--epochs", "1", "--print-config")
     assert rc == 2 and "has trained 2 epochs already" in err

@@ -140,6 +140,7 @@ def test_a_stop_before_the_first_epoch_claims_no_checkpoint(ws, monkeypatch):
     assert result.status == "stopped" and result.epochs_run == 0
     assert "before the first epoch ended, so there is no checkpoint" in result.message
     assert not (ws.run_dir("early") / "checkpoints" / "last.pt").exists()
+    assert ws.interrupted_runs() == ["early"]  # what a plain 'train --resume' picks
 
 
 def test_resume_refuses_changed_config_and_existing_runs_need_force(ws):
@@ -322,6 +323,11 @@ def test_a_file_copied_in_from_another_run_is_refused(ws):
         Run.open(ws, "a").embeddings  # noqa: B018
     with pytest.raises(DataError, match="best.pt was written by another run than 'a'"):
         load_run(ws, "a")
+    shutil.copy(ws.run_dir("a") / "checkpoints/best.pt.own", ws.run_dir("a") / "checkpoints/best.pt")
+    from mrdib_cli.mrdib.diagnostics import diagnose_run
+
+    with pytest.raises(DataError, match="embeddings.npz was written by another run than 'a'"):
+        diagnose_run(load_run(ws, "a"), mi_steps=5)  # its fused ranking reads embeddings.npz
     for rel in ("embeddings.npz", "checkpoints/best.pt"):
         shutil.move(ws.run_dir("a") / (rel + ".own"), ws.run_dir("a") / rel)
     conf = json.loads((ws.run_dir("a") / "config.json").read_text())

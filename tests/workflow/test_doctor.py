@@ -200,3 +200,13 @@ def test_damaged_run_files_are_findings_and_do_not_hide_other_runs(cli, workdir)
     rc, out, err = cli("runs")
     assert rc == 0 and "r1" in out and "damaged" in out and "r2" in out and "finished" in out, err
     assert "config.json is damaged (not valid JSON" in err and "Traceback" not in err
+    for shape in ("[1, 2]", "{}", '{"dataset": 5}'):  # JSON, but not a run configuration
+        (ws.run_dir("r1") / "config.json").write_text(shape)
+        rc, out, err = cli("runs")
+        assert rc == 0 and "damaged" in out and "r2" in out and "not a run configuration" in err, (shape, err)
+        assert ("r1", "damaged-file") in {(f.run, f.code) for f in check_runs(ws, ["r1"])}
+    from mrdib_cli.reporting.report import build_report
+
+    write_run(workdir, "r3", "tiny", np.ones((40, 4)), np.ones((30, 4)))
+    rep = build_report(ws, ["r1", "r3"], workdir / "rep")
+    assert [s.split(":")[0] for s in rep.skipped] == ["r1"]  # left out; r3 reported
