@@ -33,7 +33,7 @@ from mrdib_cli.errors import DataError, MissingInputError, ProtocolMismatchError
 from mrdib_cli.models.base import Backbone, Embeddings, get_backbone
 from mrdib_cli.mrdib.mine import estimate_mi
 from mrdib_cli.provenance import foreign_file, run_identity
-from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest, read_json, read_run_config
+from mrdib_cli.workspace import Workspace, atomic_path, atomic_write_json, file_digest, read_run_config
 
 
 
