@@ -153,8 +153,9 @@ def register(app: typer.Typer) -> None:
         device: str = DeviceOption,
         seed: int = SeedOption,
         force: bool = ForceOption,
-        threads: Optional[int] = typer.Option(None, "--threads", min=1, rich_help_panel=PANEL_RUNTIME,
-                                              help="torch CPU threads for the encoders \\[default: the free "
+        threads: Optional[int] = typer.Option(None, "--threads", min=0, rich_help_panel=PANEL_RUNTIME,
+                                              help="torch CPU threads for the encoders; 0, as in train, "
+                                                   "means the default \\[default: the free "
                                                    "cores: cores minus the 1-minute load, at least 1; with "
                                                    "--nproc, each process's share of the cores]."),
         nproc: Optional[int] = typer.Option(None, "--nproc", min=1, rich_help_panel=PANEL_RUNTIME,

@@ -300,7 +300,7 @@ def _refuse_early(cfg: RunConfig, stored: dict | None, run_name: str | None, che
     if stored is not None:
         check_same_run(run_name, stored, {**stored, **cfg.to_dict()})
         trained = saved_epoch(ws().run_dir(str(run_name)) / "checkpoints" / "last.pt")
-        check_epoch_cap(str(run_name), trained or 0, cfg.train.epochs)
+        check_epoch_cap(str(run_name), trained or 0, cfg)
     elif check_name and cfg.run_name and (ws().run_dir(cfg.run_name) / "config.json").exists():
         raise run_exists(cfg.run_name)
     resolve_device(cfg.train.device)
@@ -406,6 +406,10 @@ def runs_cmd(
                      "plugin": (conf.get("plugin") or {}).get("name"), "status": status,
                      "best_epoch": res.get("best_epoch"), "valid": res.get("valid", {}),
                      "test": res.get("test", {}), "created": conf.get("created")})
+    if w.runs_dir.exists():  # a folder without config.json is no run: say so rather than leave it out unseen
+        for d in sorted(p for p in w.runs_dir.iterdir() if p.is_dir() and not (p / "config.json").exists()
+                        and not p.name.startswith(".")):
+            warn(f"{d} has no config.json, so it is not listed (not a run, one being created, or its config.json was deleted)")
     if as_json:
         out.print_json(json.dumps(rows))
         return

@@ -48,7 +48,7 @@ from mrdib_cli.job import Terminated, stop_exit_code
 from mrdib_cli.models.base import Backbone, MiniBatch, get_backbone
 from mrdib_cli.provenance import code_version, identity_fields, run_identity
 from mrdib_cli.training import checkpoint as ckpt
-from mrdib_cli.training.resolve import RunConfig, check_run
+from mrdib_cli.training.resolve import RunConfig, check_run, named
 from mrdib_cli.training.run_folder import RunFolder
 from mrdib_cli.training.plugin import Plugin, create_plugin, forward_terms
 from mrdib_cli.training.sampler import BPRSampler
@@ -75,11 +75,12 @@ def check_same_run(run_name: str, stored: dict[str, Any], conf: dict[str, Any]) 
                          "start a new --run-name")
 
 
-def check_epoch_cap(run_name: str, trained: int, cap: int) -> None:
-    """Refuse to resume a run past ``--epochs``: its results would claim a cap its epochs went beyond."""
-    if trained > cap:
-        raise UsageError(f"run '{run_name}' has trained {trained} epochs already, more than --epochs {cap}: "
-                         f"resume it with --epochs {trained} or more, or start it over with --force")
+def check_epoch_cap(run_name: str, trained: int, cfg: RunConfig) -> None:
+    """Refuse to resume a run past its epoch cap: its results would claim a cap its epochs went beyond."""
+    if trained > cfg.train.epochs:
+        raise UsageError(f"run '{run_name}' has trained {trained} epochs already, more than "
+                         f"{named(cfg, 'train.epochs')} {cfg.train.epochs}: resume it with --epochs {trained} or "
+                         "more, or start it over with --force")
 
 
 def _what_changed(was: dict[str, Any], now: dict[str, Any]) -> str:
@@ -423,7 +424,7 @@ class Trainer:
         self._restore_rng(st)
         self.sampler.set_state(st["sampler"])
         self.epoch = int(st["epoch"])
-        check_epoch_cap(self.run_name, self.epoch, self.cfg.train.epochs)
+        check_epoch_cap(self.run_name, self.epoch, self.cfg)
         self.stopper.best_score, self.stopper.best_epoch = float(st["best_score"]), int(st["best_epoch"])
         self.stopper.bad_epochs = int(st["bad_epochs"])
         self.best_valid = dict(st["best_valid"])

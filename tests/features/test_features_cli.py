@@ -135,7 +135,8 @@ def test_threads_option_sets_the_encoders_threads(run_cli, awkward_dataset, monk
     rc, _, err = run_cli(*args, "--threads", "1")
     assert rc == 0, err
     assert seen == [1] and "1 torch CPU thread (--threads)" in err
-    seen.clear()
-    rc, _, err = run_cli(*args, "--force")
-    assert rc == 0, err
-    assert len(seen) == 1 and seen[0] >= 1 and "auto from load" in err
+    for auto in ((), ("--threads", "0")):  # 0 means the default, as in train
+        seen.clear()
+        rc, _, err = run_cli(*args, "--force", *auto)
+        assert rc == 0, err
+        assert len(seen) == 1 and seen[0] >= 1 and "auto from load" in err

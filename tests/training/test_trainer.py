@@ -146,7 +146,7 @@ def test_a_stop_before_the_first_epoch_claims_no_checkpoint(ws, monkeypatch):
 def test_resume_refuses_changed_config_and_existing_runs_need_force(ws):
     train(ws, _cfg("r2", epochs=2))
     before = (ws.run_dir("r2") / "config.json").read_bytes()
-    with pytest.raises(UsageError, match="trained 2 epochs already, more than --epochs 1"):
+    with pytest.raises(UsageError, match=r"trained 2 epochs already, more than epochs \(from config file\) 1"):
         Trainer(ws, _cfg("r2", epochs=1), resume=True)  # its results would claim a cap of 1
     assert (ws.run_dir("r2") / "config.json").read_bytes() == before
     train(ws, _cfg("r", epochs=1))

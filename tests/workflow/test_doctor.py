@@ -210,3 +210,6 @@ def test_damaged_run_files_are_findings_and_do_not_hide_other_runs(cli, workdir)
     write_run(workdir, "r3", "tiny", np.ones((40, 4)), np.ones((30, 4)))
     rep = build_report(ws, ["r1", "r3"], workdir / "rep")
     assert [s.split(":")[0] for s in rep.skipped] == ["r1"]  # left out; r3 reported
+    (workdir / "runs" / "half").mkdir()  # a folder without config.json: named, not silently left out
+    rc, _, err = cli("runs")
+    assert rc == 0 and "half has no config.json, so it is not listed" in err
