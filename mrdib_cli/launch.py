@@ -221,9 +221,9 @@ def strip_option(argv: Sequence[str], name: str) -> list[str]:
     return out
 
 
-#: the signals whose handlers torchrun's agent replaces
 #: what a stopped job keeps (training writes a checkpoint after every epoch)
 CONTINUE_HINT = "a training run continues from its last checkpoint with --resume"
+#: the signals whose handlers torchrun's agent replaces
 _AGENT_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
                        if hasattr(signal, name))
 

@@ -520,9 +520,9 @@ class Workspace:
 
     def interrupted_runs(self) -> list[str]:
         """Runs that ``train --resume`` can continue: stopped with Ctrl-C or killed after a checkpoint."""
-        # a run stopped before its first epoch ended has no checkpoint: resumed, it starts from epoch 0
-        return [r for r in self.runs() if (status := self.run_status(r)) == "stopped"
-                or (status == "interrupted" and (self.run_dir(r) / "checkpoints" / "last.pt").exists())]
+        # "interrupted" has a checkpoint by definition; a run stopped before its first epoch ended has none, and
+        # resumed, it starts from epoch 0
+        return [r for r in self.runs() if self.run_status(r) in ("stopped", "interrupted")]
 
     def runs(self) -> list[str]:
         if not self.runs_dir.exists():

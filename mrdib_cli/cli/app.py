@@ -6,8 +6,8 @@ Exit codes: 0 ok, 1 runtime failure, 2 usage error, 3 missing input or model/dat
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
 import importlib
 import os
 import pkgutil
@@ -187,9 +187,7 @@ def _run(argv: list[str] | None) -> None:
         if threading.current_thread() is threading.main_thread():  # saying so and exiting: nothing left to stop
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         cause = e.args[0] if isinstance(e, _Interrupted) else e
-        said = "stopped by SIGTERM" if isinstance(cause, Terminated) else INTERRUPTED
-        if not leave_error(said):
-            err.print(f"[red]error:[/red] {said}")
+        _say("stopped by SIGTERM" if isinstance(cause, Terminated) else INTERRUPTED)
         sys.exit(stop_exit_code(cause))
     except BrokenPipeError:
         _output_closed()

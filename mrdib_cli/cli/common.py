@@ -18,7 +18,6 @@ from mrdib_cli.job import announces
 from mrdib_cli.workspace import Workspace
 
 
-
 class _Console(Console):
     """rich's console ends the process with a bare exit 1 when its output pipe closes (``mrdib ... | head``);
     raised instead, the error reaches the command line's handler, which exits like a Unix tool (141)."""

@@ -316,7 +316,7 @@ def _threads(cfg: RunConfig, threads: int | None, stored: dict | None, workers: 
     ``workers``: the processes a launcher starts, each of which takes its share of the cores unless --threads
     is given (what each will use is shown, not the launcher's own count)."""
     from mrdib_cli.launch import worker_share
-    from mrdib_cli.training.resolve import DEFAULT, STORED
+    from mrdib_cli.training.resolve import COMMAND_LINE, DEFAULT, STORED
     from mrdib_cli.training.trainer import resolve_device, train_threads
 
     if resolve_device(cfg.train.device).type != "cpu":
@@ -328,7 +328,7 @@ def _threads(cfg: RunConfig, threads: int | None, stored: dict | None, workers: 
         n, how = worker_share(workers), f"each of {workers} processes' share of the cores; --threads N overrides"
         return cfg, f"; {n} torch thread{'s' if n > 1 else ''} ({how})"
     n, how = train_threads(threads, ((stored or {}).get("runtime") or {}).get("threads"))
-    if given and cfg.sources.get("train.threads") != "command line":
+    if given and cfg.sources.get("train.threads") != COMMAND_LINE:
         how = f"from {cfg.sources['train.threads']}"
     if workers is None:
         source = cfg.sources.get("train.threads", DEFAULT) if threads else how
@@ -409,7 +409,8 @@ def runs_cmd(
     if w.runs_dir.exists():  # a folder without config.json is no run: say so rather than leave it out unseen
         for d in sorted(p for p in w.runs_dir.iterdir() if p.is_dir() and not (p / "config.json").exists()
                         and not p.name.startswith(".")):
-            warn(f"{d} has no config.json, so it is not listed (not a run, one being created, or its config.json was deleted)")
+            warn(f"{d} has no config.json, so it is not listed (not a run, one being created, or its config.json "
+                 "was deleted)")
     if as_json:
         out.print_json(json.dumps(rows))
         return

@@ -121,14 +121,9 @@ class Run:
             raise DataError(f"{path} holds epoch {epoch} but results.json reports epoch {best}; rewrite them with "
                             f"'mrdib train --resume --run-name {self.name}'")
 
-    @property
-    def status(self) -> str:
-        """finished / stopped / failed, or interrupted (killed after a checkpoint: no results.json)."""
-        return self.workspace.run_status(self.name)
-
     def unfinished(self) -> str | None:
         """Why the run's embeddings are not a finished run's (killed before results.json), else None."""
-        if self.status != "interrupted":
+        if self.workspace.run_status(self.name) != "interrupted":
             return None
         return (f"run '{self.name}' did not finish (killed after a checkpoint; no results.json), so its embeddings "
                 f"are of its best epoch so far; continue it with 'mrdib train --resume --run-name {self.name}'")

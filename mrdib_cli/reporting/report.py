@@ -111,7 +111,8 @@ def build_report(ws: Workspace, runs: list[str], out_dir: Path, metrics: list[st
     for ds, names in by_ds.items():
         usable = [n for n in names if (ws.run_dir(n) / "embeddings.npz").exists()]
         res.skipped += [f"{n}: no embeddings.npz (not trained)" for n in names if n not in usable]
-        unfinished = [n for n in usable if ws.run_status(n) == "interrupted"]
+        by_name = {r.name: r for r in opened}
+        unfinished = [n for n in usable if by_name[n].unfinished()]
         for n in unfinished:  # its best epoch so far would be pooled with finished runs
             res.skipped.append(f"{n}: killed before it finished (no results.json); resume it to report it")
             md.append(f"> **Left out: `{n}`**, killed before it finished (no `results.json`); continue it with "

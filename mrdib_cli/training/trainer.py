@@ -31,6 +31,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -356,9 +357,11 @@ class Trainer:
         return {**resolved, "name": self.cfg.plugin["name"],
                 **{k: v for k, v in self.cfg.plugin.items() if k != "name"}}
 
-    def _identity(self, conf: dict[str, Any]) -> str:
-        """What must not change between an interrupted run and its resumption, as one digest."""
-        return run_identity(conf)
+    @cached_property
+    def identity(self) -> str:
+        """What must not change between an interrupted run and its resumption, as one digest; fixed for the
+        run's life (a resume that would change it is refused), so computed once."""
+        return run_identity(self._config_dict())
 
     def _prepare_run_dir(self, resume: bool, overwrite: bool) -> bool:
         """Create or reuse the run folder; returns whether there is a checkpoint to resume from."""
@@ -401,7 +404,7 @@ class Trainer:
             "rng": ckpt.rng_state(), "sampler": self.sampler.state(),
             "best_score": self.stopper.best_score, "best_epoch": self.stopper.best_epoch,
             "best_valid": self.best_valid, "bad_epochs": self.stopper.bad_epochs,
-            "identity": self._identity(self._config_dict()),
+            "identity": self.identity,
             "warnings": list(self.warnings), "best": self.best_unit,
             # the history too: a metrics.jsonl torn or deleted since is rewritten from it on resume
             "metrics": json.dumps(self._metric_lines),
@@ -412,7 +415,7 @@ class Trainer:
         st = ckpt.load(path, self.device)
         foreign = DataError(f"checkpoint {path} belongs to another run (other backbone, options or dataset); "
                             f"restore this run's own checkpoint or start again with --force")
-        if st.get("identity") not in (None, self._identity(self._config_dict())):
+        if st.get("identity") not in (None, self.identity):
             raise foreign
         try:
             self.backbone.load_state_dict(st["model"])
@@ -481,7 +484,7 @@ class Trainer:
         return {"epoch": self.epoch, "user": torch.from_numpy(user), "item": torch.from_numpy(item),
                 "model": clone(self.backbone.state_dict()),
                 "plugin": clone(self.plugin.state_dict()) if self.plugin else None,
-                "identity": self._identity(self._config_dict())}
+                "identity": self.identity}
 
     # ------------------------------------------------------------------------------ loop
     def _apply_lr_schedule(self) -> None:
